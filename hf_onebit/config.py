@@ -1,0 +1,140 @@
+"""OneBitConfig: the quantization config stored in ``config.json`` under ``quantization_config``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .packing import FORMAT_VERSION, check_format_version
+
+QUANT_METHOD = "onebit"
+
+INIT_METHODS = ("svid", "nmf")
+SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+BACKENDS = ("auto", "reference", "cpu", "triton")
+WEIGHT_FORMATS = ("binary",)
+ACT_BITS = (0, 8)
+
+_FIELDS = (
+    "modules_to_not_convert",
+    "init",
+    "init_iters",
+    "post_layernorm",
+    "scale_dtype",
+    "backend",
+    "act_bits",
+    "weight_format",
+    "format_version",
+    "training",
+)
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"OneBitConfig.{field}: got {value!r}; allowed: {allowed}")
+
+
+class OneBitConfig(QuantizationConfigMixin):
+    """Configuration of hf_onebit's 1-bit quantization.
+
+    A quantized linear layer computes ``y = ((x * g) @ sign(W).T) * h (+ bias)`` from 1 bit per weight plus the two
+    float vectors ``g`` (``scale_in``, one per input) and ``h`` (``scale_out``, one per output).
+
+    Args:
+        modules_to_not_convert: extra module names (or name suffixes) to keep in full precision. The default skips
+            (``lm_head``, tied embeddings, the output embedding) always apply on top of this list.
+        init: how the scale vectors are initialised from a pretrained weight: ``"svid"`` (sign-value-independent
+            decomposition, rank-1 fit of ``|W|`` by power iteration) or ``"nmf"`` (rank-1 non-negative matrix
+            factorisation by multiplicative updates; OneBit's preferred variant).
+        init_iters: iterations of the rank-1 solver.
+        post_layernorm: add a LayerNorm without affine parameters after every 1-bit linear (OneBit's official code).
+            It stabilises training, but the quantized model no longer starts as the SVID approximation of the teacher.
+        scale_dtype: storage dtype of ``g`` and ``h``: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
+        backend: kernel choice: ``"auto"`` (fastest available for the device), ``"reference"`` (pure PyTorch),
+            ``"cpu"`` or ``"triton"`` (force that kernel; an error where it cannot run).
+        act_bits: ``0`` computes with exact float activations; ``8`` quantises ``x * g`` per token to int8 first (the
+            fast CPU path).
+        weight_format: ``"binary"`` ({-1, +1}, 1 bit per weight).
+        format_version: version of the packed layout (see :mod:`hf_onebit.packing`).
+        training: load linear layers in their latent (trainable float) form for distillation instead of packed.
+    """
+
+    def __init__(
+        self,
+        modules_to_not_convert: list[str] | None = None,
+        init: str = "svid",
+        init_iters: int = 30,
+        post_layernorm: bool = False,
+        scale_dtype: str = "float16",
+        backend: str = "auto",
+        act_bits: int = 0,
+        weight_format: str = "binary",
+        format_version: int = FORMAT_VERSION,
+        training: bool = False,
+        **kwargs,
+    ):
+        self.quant_method = QUANT_METHOD
+        kwargs.pop("quant_method", None)
+        self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        self.init = init
+        self.init_iters = init_iters
+        self.post_layernorm = post_layernorm
+        self.scale_dtype = str(scale_dtype).replace("torch.", "")
+        self.backend = backend
+        self.act_bits = act_bits
+        self.weight_format = weight_format
+        self.format_version = format_version
+        self.training = training
+        if kwargs:
+            warnings.warn(
+                f"OneBitConfig: ignoring unknown fields {sorted(kwargs)} (written by a newer hf_onebit?)", stacklevel=2
+            )
+        self.post_init()
+
+    def post_init(self):
+        """Validate every field; raise a ValueError naming the field, the value and what is allowed."""
+        skip = self.modules_to_not_convert
+        if skip is not None and not all(isinstance(name, str) and name for name in skip):
+            _fail("modules_to_not_convert", skip, "a list of non-empty module names")
+        if self.init not in INIT_METHODS:
+            _fail("init", self.init, f"one of {INIT_METHODS}")
+        if isinstance(self.init_iters, bool) or not isinstance(self.init_iters, int) or self.init_iters < 1:
+            _fail("init_iters", self.init_iters, "an integer >= 1")
+        if not isinstance(self.post_layernorm, bool):
+            _fail("post_layernorm", self.post_layernorm, "True or False")
+        if self.scale_dtype not in SCALE_DTYPES:
+            _fail("scale_dtype", self.scale_dtype, f"one of {tuple(SCALE_DTYPES)}")
+        if self.backend not in BACKENDS:
+            _fail("backend", self.backend, f"one of {BACKENDS}")
+        if isinstance(self.act_bits, bool) or self.act_bits not in ACT_BITS:
+            _fail("act_bits", self.act_bits, f"one of {ACT_BITS}")
+        if self.weight_format not in WEIGHT_FORMATS:
+            _fail("weight_format", self.weight_format, f"one of {WEIGHT_FORMATS}")
+        try:
+            self.format_version = check_format_version(self.format_version)
+        except ValueError as err:
+            raise ValueError(f"OneBitConfig.{err}") from None
+        if not isinstance(self.training, bool):
+            _fail("training", self.training, "True or False")
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"quant_method": self.quant_method}
+        out.update({name: getattr(self, name) for name in _FIELDS})
+        # What is saved is always the packed form: a reloaded checkpoint is an inference model.
+        out["training"] = False
+        return out
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by every OneBitLinear built from this config."""
+        return {
+            "post_layernorm": self.post_layernorm,
+            "scale_dtype": self.torch_scale_dtype,
+            "backend": self.backend,
+            "act_bits": self.act_bits,
+        }

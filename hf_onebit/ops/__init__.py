@@ -1,0 +1,182 @@
+"""The op interface every backend implements.
+
+Modules call :func:`binary_linear` and never a backend directly. The op ``torch.ops.hf_onebit.binary_linear`` is a
+``torch.library`` custom op with a fake (meta) implementation, so ``torch.compile`` can trace it. Its body picks a
+registered kernel for the input's device (the first one whose ``supports`` accepts the call) and falls back to the
+pure-PyTorch reference in :mod:`hf_onebit.ops.reference`, which is also the specification of every kernel.
+
+A backend registers itself with :func:`register_kernel`::
+
+    @register_kernel("cpu_simd", device_type="cpu", supports=lambda x, weight, act_bits: x.dtype == torch.float32)
+    def _cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits): ...
+
+Backend names accepted by :func:`binary_linear`: ``"auto"`` (best registered kernel, else reference),
+``"reference"`` (always the reference), or the name of a registered kernel (an error if it cannot run the call).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import reference
+from .reference import SUPPORTED_ACT_BITS
+
+__all__ = [
+    "Kernel",
+    "binary_linear",
+    "available_backends",
+    "register_kernel",
+    "kernels_for",
+    "select_kernel",
+    "SUPPORTED_ACT_BITS",
+]
+
+
+@dataclass
+class Kernel:
+    """A fast implementation of ``binary_linear`` for one device type."""
+
+    name: str
+    device_type: str
+    fn: Callable
+    supports: Callable[[torch.Tensor, torch.Tensor, int], bool]
+
+
+_KERNELS: dict[str, list[Kernel]] = {}
+
+
+def register_kernel(name: str, device_type: str, supports: Optional[Callable] = None, priority: int = 0):
+    """Decorator registering ``fn(x, weight, scale_in, scale_out, bias, in_features, act_bits) -> y``.
+
+    ``x`` arrives 2-D ``(M, in_features)`` and contiguous; the kernel returns ``(M, out_features)`` in ``x.dtype``.
+    Higher ``priority`` kernels are tried first.
+    """
+
+    def wrap(fn):
+        kernels = [k for k in _KERNELS.get(device_type, []) if k.name != name]
+        kernel = Kernel(name, device_type, fn, supports or (lambda x, weight, act_bits: True))
+        kernel.priority = priority  # type: ignore[attr-defined]
+        kernels.append(kernel)
+        kernels.sort(key=lambda k: -getattr(k, "priority", 0))
+        _KERNELS[device_type] = kernels
+        return fn
+
+    return wrap
+
+
+def kernels_for(device_type: str) -> list[Kernel]:
+    return list(_KERNELS.get(device_type, []))
+
+
+def available_backends() -> list[str]:
+    """Names accepted as ``backend``: ``auto``, ``reference`` and every registered kernel."""
+    return ["auto", "reference"] + sorted({k.name for ks in _KERNELS.values() for k in ks})
+
+
+def select_kernel(x: torch.Tensor, weight: torch.Tensor, act_bits: int, backend: str = "auto") -> Optional[Kernel]:
+    """The kernel that would run this call, or None for the reference path."""
+    if backend == "reference":
+        return None
+    for kernel in _KERNELS.get(x.device.type, []):
+        if backend not in ("auto", kernel.name):
+            continue
+        if kernel.supports(x, weight, act_bits):
+            return kernel
+    if backend != "auto":
+        raise ValueError(
+            f"backend: {backend!r} cannot run this call (device {x.device.type}, dtype {x.dtype}, act_bits {act_bits}); "
+            f"available: {available_backends()}"
+        )
+    return None
+
+
+def _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend):
+    kernel = select_kernel(x, weight, act_bits, backend)
+    if kernel is None:
+        return reference.binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    y = kernel.fn(x2, weight, scale_in, scale_out, bias, in_features, act_bits)
+    return y.reshape(*lead, y.shape[-1])
+
+
+@torch.library.custom_op("hf_onebit::binary_linear", mutates_args=())
+def _binary_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int,
+    backend: str,
+) -> torch.Tensor:
+    return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
+
+
+@_binary_linear_op.register_fake
+def _(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale_in, scale_out, bias, in_features, act_bits, backend = inputs
+    ctx.save_for_backward(x, weight, scale_in, scale_out)
+    ctx.in_features = in_features
+    ctx.act_bits = act_bits
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    # Gradients through the dense reference: training a packed model is not a hot path.
+    x, weight, scale_in, scale_out = ctx.saved_tensors
+    dtype = grad.dtype
+    signs = reference.unpack_signs(weight, ctx.in_features, dtype)
+    gy = grad * scale_out.to(dtype)
+    gxs = gy @ signs  # d loss / d (x * g); the int8 rounding is straight-through
+    gx = gxs * scale_in.to(dtype) if ctx.needs_input_grad[0] else None
+    gg = (gxs * x).reshape(-1, x.shape[-1]).sum(0).to(scale_in.dtype) if ctx.needs_input_grad[2] else None
+    gh = None
+    if ctx.needs_input_grad[3]:
+        ones = torch.ones_like(scale_out)
+        y0 = reference.binary_linear(x, weight, scale_in, ones, None, ctx.in_features, ctx.act_bits)
+        gh = (grad * y0).reshape(-1, grad.shape[-1]).sum(0).to(scale_out.dtype)
+    gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
+    return gx, None, gg, gh, gb, None, None, None
+
+
+_binary_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def binary_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)`` on packed sign bits (see :mod:`.reference`)."""
+    if act_bits not in SUPPORTED_ACT_BITS:
+        raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
+    if backend == "reference":
+        return reference.binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+    return torch.ops.hf_onebit.binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
+
+
+def _load_backends() -> None:
+    """Import the optional fast backends; each registers itself and stays silent when it cannot load."""
+    import importlib
+
+    for module in ("hf_onebit.ops.cpu", "hf_onebit.ops.triton"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                warnings.warn(f"hf_onebit: backend {module} could not be imported ({err}); using the reference path")
