@@ -1,6 +1,19 @@
-"""hf_onebit: 1-bit quantization for Hugging Face transformers."""
-from .config import OneBitConfig
-from .modules import OneBitLinear
+"""hf_onebit: 1-bit quantization for Hugging Face transformers.
+
+``import hf_onebit`` registers the ``"onebit"`` quantization method with transformers, so that
+``from_pretrained(name, quantization_config=OneBitConfig())`` quantizes a model and ``from_pretrained(path)`` reloads a
+saved 1-bit checkpoint. Without this import transformers does not know ``"onebit"`` checkpoints.
+"""
+
 from . import ops
+from .config import OneBitConfig
+from .convert import dequantize_, quantize_
+from .modules import OneBitLinear
+from .quantizer import OneBitHfQuantizer
+from .registration import register
 
 __version__ = "0.1.0"
+
+register()
+
+__all__ = ["OneBitConfig", "OneBitLinear", "OneBitHfQuantizer", "quantize_", "dequantize_", "register", "ops"]

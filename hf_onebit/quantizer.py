@@ -1,0 +1,144 @@
+"""OneBitHfQuantizer: hf_onebit on the transformers 5.x ``from_pretrained`` / ``save_pretrained`` paths."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers.base import HfQuantizer
+from transformers.quantizers.quantizers_utils import get_module_from_name
+
+from .checkpoint import validate_checkpoint
+from .convert import dequantize_, replace_with_empty_onebit_linear
+from .modules import OneBitLinear, quantize_weight
+from .packing import FORMAT_VERSION, METADATA_KEY
+
+logger = logging.getLogger(__name__)
+
+_SCALE_SUFFIXES = (".scale_in", ".scale_out")
+
+
+class OneBitQuantize(ConversionOps):
+    """Load-time op: one float ``...weight`` in, the module's packed (or latent) tensors out, under full names."""
+
+    def __init__(self, hf_quantizer: "OneBitHfQuantizer"):
+        self.hf_quantizer = hf_quantizer
+
+    @torch.no_grad()
+    def convert(self, input_dict, model=None, full_layer_name=None, **kwargs):
+        key, value = next(iter(input_dict.items()))
+        value = value[0] if isinstance(value, list) else value
+        module_name = key.rsplit(".", 1)[0]
+        module = model.get_submodule(module_name) if model is not None else None
+        latent = bool(module is not None and module.is_latent)
+        tensors = quantize_weight(value, self.hf_quantizer.quantization_config, latent=latent)
+        del value
+        return {f"{module_name}.{name}": tensor for name, tensor in tensors.items()}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        # Saving writes the packed tensors as they are (see get_state_dict_and_metadata).
+        return _KeepPacked()
+
+
+class _KeepPacked(ConversionOps):
+    def convert(self, input_dict, **kwargs):
+        return input_dict
+
+
+class OneBitHfQuantizer(HfQuantizer):
+    """Swaps the transformer blocks' linear layers for :class:`OneBitLinear` and fills them while weights load."""
+
+    requires_calibration = False
+
+    def __init__(self, quantization_config, **kwargs):
+        super().__init__(quantization_config, **kwargs)
+        self.modules_to_not_convert: list[str] = []
+
+    # ---------------------------------------------------------------- environment
+    def validate_environment(self, *args, **kwargs):
+        self.quantization_config.post_init()
+        if self.pre_quantized and self.quantization_config.training:
+            logger.warning("hf_onebit: a saved onebit checkpoint is packed; training=True is ignored when loading it")
+            self.quantization_config.training = False
+
+    @property
+    def latent(self) -> bool:
+        return bool(self.quantization_config.training and not self.pre_quantized)
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        if self.pre_quantized:
+            return False
+        module, tensor_name = get_module_from_name(model, param_name)
+        return isinstance(module, OneBitLinear) and tensor_name == "weight"
+
+    def param_element_size(self, model, param_name: str, param: torch.Tensor) -> float:
+        # The meta model already holds the packed uint8 shape: device_map sizing counts 1 bit per weight.
+        return param.element_size()
+
+    def get_new_dtype(self, converter, param, dtype):
+        targets = getattr(converter, "target_patterns", None) or []
+        if any(str(t).endswith(_SCALE_SUFFIXES) for t in targets):
+            return None  # keep the stored scale dtype (a cast to the model dtype could round fp16 scales)
+        return super().get_new_dtype(converter, param, dtype)
+
+    # ---------------------------------------------------------------- module swap
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        self.modules_to_not_convert = self.get_modules_to_not_convert(
+            model, self.quantization_config.modules_to_not_convert, model._keep_in_fp32_modules, add_default_skips=True
+        )
+        names = replace_with_empty_onebit_linear(
+            model, self.quantization_config, self.modules_to_not_convert, latent=self.latent
+        )
+        if not names:
+            logger.warning("hf_onebit: no nn.Linear layer to quantize was found in %s", type(model).__name__)
+        if self.pre_quantized:
+            layers = {name: model.get_submodule(name) for name in names}
+            validate_checkpoint(checkpoint_files, layers, getattr(model, "base_model_prefix", ""))
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        for name, module in model.named_modules():
+            if isinstance(module, OneBitLinear):
+                for pname, param in module.named_parameters(recurse=False):
+                    if param.device.type == "meta" and not getattr(model, "hf_device_map", None):
+                        raise ValueError(f"{name}.{pname}: was not loaded (still on the meta device)")
+                if module.is_latent:
+                    # Trainable float vectors stay float32 (bf16 updates round away at small learning rates).
+                    module.scale_in.data = module.scale_in.data.float()
+                    module.scale_out.data = module.scale_out.data.float()
+        return model
+
+    def get_quantize_ops(self):
+        return OneBitQuantize(self)
+
+    # ---------------------------------------------------------------- save / dequantize
+    def get_state_dict_and_metadata(self, model):
+        metadata = {METADATA_KEY: str(FORMAT_VERSION)}
+        latent = [(n, m) for n, m in model.named_modules() if isinstance(m, OneBitLinear) and m.is_latent]
+        if not latent:
+            return None, metadata
+        state_dict = model.state_dict()
+        for name, module in latent:
+            for key, tensor in module.packed_state().items():
+                state_dict[f"{name}.{key}"] = tensor
+        return state_dict, metadata
+
+    def _dequantize(self, model, dtype=None):
+        return dequantize_(model, dtype)
+
+    def is_serializable(self):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
