@@ -1,0 +1,44 @@
+"""The ``hf-onebit`` command line: one subcommand per module in :mod:`hf_onebit.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand name -> module defining ``add_parser(subparsers)`` and ``run(args) -> int``
+COMMANDS = {
+    "quantize": "hf_onebit.commands.quantize",
+    "eval": "hf_onebit.commands.evaluate",
+    "distill": "hf_onebit.commands.distill",
+    "bench": "hf_onebit.commands.bench",
+    "push": "hf_onebit.commands.push",
+    "info": "hf_onebit.commands.info",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-onebit",
+        description="Quantize Hugging Face causal LMs to 1-bit weights, distill them, evaluate and publish them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue  # a subcommand not shipped in this build
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``hf-onebit``; each module has ``add_parser(subparsers)`` which sets ``run`` as the default."""

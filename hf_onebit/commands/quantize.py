@@ -1,0 +1,66 @@
+"""``hf-onebit quantize SRC OUT``: quantize a float checkpoint to a packed 1-bit checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a float checkpoint to packed 1-bit weights (SVID init)",
+                       description="Load SRC (a local folder, a Hub id, or 'smollm2' for the bundled real model), "
+                       "replace the transformer blocks' linear layers by packed 1-bit layers and save to OUT.")
+    p.add_argument("src", help="float model: folder, Hub id, or 'smollm2'")
+    p.add_argument("out", help="output folder for the 1-bit checkpoint")
+    p.add_argument("--init", choices=["svid", "nmf"], default="svid", help="scale initialisation (default: svid)")
+    p.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--post-layernorm", action="store_true", help="add OneBit's non-affine post-LayerNorm")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME",
+                   help="extra module name to keep in full precision (repeatable)")
+    p.set_defaults(run=run)
+
+
+def resolve_model_path(src: str) -> str:
+    if src == "smollm2":
+        from ..real_model import smollm2_checkpoint
+
+        return smollm2_checkpoint()
+    return src
+
+
+def run(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .. import OneBitConfig
+    from ..eval import format_table, size_on_disk, size_report
+
+    src = resolve_model_path(args.src)
+    config = OneBitConfig(init=args.init, scale_dtype=args.scale_dtype, post_layernorm=args.post_layernorm,
+                          modules_to_not_convert=args.skip or None)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=config, dtype=torch.float32)
+    elapsed = time.perf_counter() - start
+    model.save_pretrained(args.out)
+    try:
+        AutoTokenizer.from_pretrained(src).save_pretrained(args.out)
+    except Exception as err:  # a checkpoint without a tokenizer is still a valid model
+        print(f"note: no tokenizer saved ({type(err).__name__}: {err})")
+    report = size_report(model)
+    rows = [
+        ["1-bit layers", f"{report.quantized_weights:,} weights", f"{report.bits_per_quantized_weight:.4f}"],
+        ["whole model", f"{report.quantized_weights + report.other_params:,} params", f"{report.bits_per_weight_overall:.3f}"],
+    ]
+    print(format_table(["part", "size", "bits/weight"], rows))
+    src_bytes = size_on_disk(src) if _is_dir(src) else None
+    print(format_table(
+        ["", "size on disk (MB)"],
+        ([["source", src_bytes / 1e6]] if src_bytes else []) + [["1-bit", size_on_disk(args.out) / 1e6]],
+    ))
+    print(f"quantized in {elapsed:.1f} s -> {args.out}  (load it with `import hf_onebit` + from_pretrained)")
+    return 0
+
+
+def _is_dir(path: str) -> bool:
+    import os
+
+    return os.path.isdir(path)
