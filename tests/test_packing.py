@@ -1,0 +1,68 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_onebit.packing import (
+    FORMAT_VERSION,
+    bits_per_weight,
+    check_format_version,
+    check_packed_shape,
+    pack_signs,
+    packed_columns,
+    unpack_bits,
+    unpack_signs,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(out=st.integers(1, 40), inp=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_pack_unpack_roundtrip(out, inp, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, inp, generator=g)
+    packed = pack_signs(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (out, packed_columns(inp))
+    expected = torch.where(w >= 0, 1.0, -1.0)
+    assert torch.equal(unpack_signs(packed, inp), expected)
+    # padding bits past in_features are zero
+    pad = packed_columns(inp) * 8 - inp
+    if pad:
+        assert int((packed[:, -1] >> (8 - pad)).max()) == 0
+
+
+def test_layout_is_lsb_first_along_inputs():
+    # inputs 0 and 9 positive, the rest negative -> byte0 = 0b00000001, byte1 = 0b00000010
+    w = -torch.ones(1, 12)
+    w[0, 0] = 1
+    w[0, 9] = 1
+    assert pack_signs(w).tolist() == [[1, 2]]
+    # int32 view of 4 bytes = 32 consecutive inputs with input i in bit i (the property GPU kernels rely on)
+    w = -torch.ones(1, 32)
+    w[0, 31] = 1
+    word = pack_signs(w).view(torch.int32).item()
+    assert word == -(2**31)
+
+
+def test_zero_is_plus_one_and_unpack_bits():
+    w = torch.tensor([[0.0, -0.0, -1.0, 2.0]])
+    assert unpack_bits(pack_signs(w), 4).tolist() == [[True, True, False, True]]
+
+
+def test_shape_and_version_errors_name_the_field():
+    with pytest.raises(ValueError, match="2-D"):
+        pack_signs(torch.randn(3))
+    with pytest.raises(ValueError, match="layer.weight.*shape"):
+        check_packed_shape(torch.zeros(4, 3, dtype=torch.uint8), 4, 30, name="layer.weight")
+    with pytest.raises(ValueError, match="uint8"):
+        check_packed_shape(torch.zeros(4, 4), 4, 30)
+    assert check_format_version(str(FORMAT_VERSION)) == FORMAT_VERSION
+    with pytest.raises(ValueError, match="format_version: 99"):
+        check_format_version(99)
+
+
+def test_bits_per_weight_4096():
+    # 1 bit per weight + two 16-bit vectors: 1 + 16 * 8192 / 4096^2 = 1.0078
+    assert bits_per_weight(4096, 4096) == pytest.approx(1.0078125)
+    assert bits_per_weight(4096, 4096, scale_bits=32) == pytest.approx(1.015625)
+    # row padding counts: 9 inputs need 2 bytes per row
+    assert bits_per_weight(9, 1, scale_bits=0) == pytest.approx(16 / 9)
