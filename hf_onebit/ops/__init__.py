@@ -180,3 +180,7 @@ def _load_backends() -> None:
         except ModuleNotFoundError as err:
             if err.name != module:
                 warnings.warn(f"hf_onebit: backend {module} could not be imported ({err}); using the reference path")
+
+
+# Register the fast backends that exist (their libraries are built lazily, on the first kernel call).
+_load_backends()

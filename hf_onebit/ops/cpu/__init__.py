@@ -1,0 +1,102 @@
+"""CPU backend: SIMD kernels for ``binary_linear`` in a small C library (no libtorch link), called through ctypes.
+
+Registers the kernel ``"cpu"`` for device type ``cpu``. Importing this module compiles nothing: the library is built
+on the first call (see :mod:`.build`) and, when that is impossible, the op falls back to the reference path after
+one warning. See docs/kernels-cpu.md for the design.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import register_kernel
+from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
+
+__all__ = [
+    "ISA_ENV",
+    "ISA_NAMES",
+    "active_isa_name",
+    "cpu_binary_linear",
+    "is_available",
+    "load_error",
+    "set_isa",
+    "supported_isas",
+]
+
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ERRORS = {-1: "invalid argument", -2: "ISA variant not available", -3: "out of memory"}
+
+
+def is_available() -> bool:
+    """True when the kernel library is built and loaded (builds it on first call)."""
+    return library() is not None
+
+
+def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _X_DTYPES
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.uint8
+        and weight.dim() == 2
+        and act_bits in (0, 8)
+        and is_available()
+    )
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous float32 tensor; the converted copy is cached on ``t`` while ``t`` is unchanged."""
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    key = (t._version, t.data_ptr(), t.dtype, tuple(t.shape))
+    cached = getattr(t, "_hf_onebit_f32", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    converted = t.detach().to(torch.float32).contiguous()
+    try:
+        t._hf_onebit_f32 = (key, converted)
+    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: just do not cache
+        pass
+    return converted
+
+
+def _check(x, weight, scale_in, scale_out, bias, in_features):
+    M, K = x.shape
+    if K != in_features:
+        raise ValueError(f"x: last dimension {K} does not match in_features={in_features}")
+    N = weight.shape[0]
+    if weight.shape[1] != (K + 7) // 8:
+        raise ValueError(f"weight: packed shape {tuple(weight.shape)}, expected ({N}, {(K + 7) // 8}) for K={K}")
+    if scale_in.numel() != K:
+        raise ValueError(f"scale_in: {scale_in.numel()} elements, expected in_features={K}")
+    if scale_out.numel() != N:
+        raise ValueError(f"scale_out: {scale_out.numel()} elements, expected out_features={N}")
+    if bias is not None and bias.numel() != N:
+        raise ValueError(f"bias: {bias.numel()} elements, expected out_features={N}")
+
+
+@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10)
+def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+    """``((x * g) @ sign(W).T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
+    _check(x, weight, scale_in, scale_out, bias, in_features)
+    lib = library()
+    M, K = x.shape
+    N = weight.shape[0]
+    dtype = x.dtype
+    if dtype == torch.float32:
+        xf, g = x.contiguous(), _float32(scale_in)
+    else:
+        # Same rounding as the reference: x * g in x's dtype, so act_bits=8 quantises the very same values.
+        xf, g = (x * scale_in.to(dtype)).float(), None
+    w = weight.contiguous()
+    h = _float32(scale_out)
+    b = _float32(bias) if bias is not None else None
+    y = torch.empty((M, N), dtype=torch.float32)
+    rc = lib.onebit_linear(
+        active_isa(), M, K, N, xf.data_ptr(), xf.stride(0) if M > 1 else K, g.data_ptr() if g is not None else None,
+        w.data_ptr(), w.shape[1], h.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), N,
+        int(act_bits), torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={K}, N={N}, act_bits={act_bits})")
+    return y if dtype == torch.float32 else y.to(dtype)

@@ -1,0 +1,103 @@
+"""ctypes binding of the CPU kernel library and the choice of ISA variant.
+
+The library is built and loaded lazily, on the first kernel call; if that fails (no compiler, compiler error, load
+error) a single warning says why and every call takes the PyTorch reference path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from typing import Optional
+
+from .build import build_library
+
+#: ISA variants, in the order of the C enum (onebit.h).
+ISA_NAMES = ("portable", "avx2", "avx512")
+#: Environment variable forcing an ISA variant (one of ISA_NAMES); :func:`set_isa` takes precedence.
+ISA_ENV = "HF_ONEBIT_CPU_ISA"
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "lib": None, "error": None, "forced": None}
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    lib.onebit_linear.argtypes = [
+        ctypes.c_int, i64, i64, i64, vp, i64, vp, vp, i64, vp, vp, vp, i64, ctypes.c_int, ctypes.c_int
+    ]
+    lib.onebit_linear.restype = ctypes.c_int
+    for name in ("onebit_isa_supported",):
+        getattr(lib, name).argtypes = [ctypes.c_int]
+        getattr(lib, name).restype = ctypes.c_int
+    for name in ("onebit_best_isa", "onebit_isa_count"):
+        getattr(lib, name).argtypes = []
+        getattr(lib, name).restype = ctypes.c_int
+    if lib.onebit_isa_count() != len(ISA_NAMES):
+        raise RuntimeError(f"library reports {lib.onebit_isa_count()} ISA variants, expected {len(ISA_NAMES)}")
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, building it on first use; None (after one warning) when it cannot be had."""
+    if _state["tried"]:
+        return _state["lib"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                lib = ctypes.CDLL(str(build_library()))
+                _declare(lib)
+                _state["lib"] = lib
+            except Exception as err:  # any failure means: reference path, said once
+                _state["error"] = err
+                warnings.warn(
+                    f"hf_onebit: the CPU kernel library is unavailable ({err}); binary_linear on CPU uses the "
+                    "PyTorch reference path (correct but slow). Install a C compiler (gcc or clang, or set CC) to "
+                    "enable the fast kernels.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            _state["tried"] = True
+    return _state["lib"]
+
+
+def load_error() -> Optional[Exception]:
+    """Why the library is unavailable (None if it loaded or was not tried yet)."""
+    return _state["error"]
+
+
+def supported_isas() -> list[str]:
+    """ISA variants compiled into the library that this CPU can run (empty when the library is unavailable)."""
+    lib = library()
+    if lib is None:
+        return []
+    return [name for i, name in enumerate(ISA_NAMES) if lib.onebit_isa_supported(i)]
+
+
+def _check_isa(name: str, source: str) -> int:
+    if name not in ISA_NAMES:
+        raise ValueError(f"{source}: {name!r} is not an ISA variant; allowed: {ISA_NAMES}")
+    supported = supported_isas()
+    if name not in supported:
+        raise ValueError(f"{source}: {name!r} is not available on this machine/build; available: {supported}")
+    return ISA_NAMES.index(name)
+
+
+def set_isa(name: Optional[str]) -> None:
+    """Force an ISA variant for every later call (``None`` restores automatic choice); validated immediately."""
+    _state["forced"] = None if name is None else _check_isa(name, "set_isa(name)")
+
+
+def active_isa() -> int:
+    """The ISA id the next call uses: :func:`set_isa`, else ``$HF_ONEBIT_CPU_ISA``, else the best supported one."""
+    if _state["forced"] is not None:
+        return _state["forced"]
+    env = os.environ.get(ISA_ENV)
+    if env:
+        return _check_isa(env, ISA_ENV)
+    return library().onebit_best_isa()
+
+
+def active_isa_name() -> str:
+    return ISA_NAMES[active_isa()]

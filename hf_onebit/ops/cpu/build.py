@@ -1,0 +1,145 @@
+"""Compile the CPU kernel library once per source/flag set into a per-user cache, safely across processes.
+
+The library is plain C (no libtorch), built with the system compiler (``$CC``, default ``cc``) the first time a kernel
+runs. The output lives in ``$HF_ONEBIT_CACHE/cpu-<hash>/`` (default ``~/.cache/hf_onebit``), where the hash covers the
+sources, the flags and the compiler name, so an upgrade rebuilds and two versions never share a file. A file lock
+serialises concurrent builds; the finished library is moved into place atomically.
+
+Each SIMD variant is its own translation unit with its own flags (never ``-march=native``): a variant the compiler
+cannot build is left out (the driver is told by ``-DONEBIT_HAVE_<ISA>``), and the driver picks among the compiled
+variants at run time with ``__builtin_cpu_supports``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+CSRC = Path(__file__).with_name("csrc")
+LIBRARY_NAME = "libhf_onebit_cpu.so"
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-Wall"]
+OPENMP_FLAGS = ["-fopenmp"]
+BUILD_TIMEOUT_S = 300
+
+# (source, flags, define) of the optional SIMD units, x86-64 only.
+X86_UNITS = (
+    ("kernels_avx2.c", ["-mavx2", "-mfma"], "ONEBIT_HAVE_AVX2"),
+    ("kernels_avx512.c", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"], "ONEBIT_HAVE_AVX512"),
+)
+
+
+class BuildError(RuntimeError):
+    """The kernel library could not be compiled (no compiler, or the compiler failed)."""
+
+
+def compiler() -> str:
+    return os.environ.get("CC") or "cc"
+
+
+def cache_root() -> Path:
+    root = os.environ.get("HF_ONEBIT_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "hf_onebit"
+
+
+def optional_units() -> tuple:
+    machine = platform.machine().lower()
+    return X86_UNITS if machine in ("x86_64", "amd64") else ()
+
+
+def build_key() -> str:
+    digest = hashlib.sha256()
+    digest.update(compiler().encode())
+    digest.update(repr((BASE_FLAGS, OPENMP_FLAGS, optional_units(), platform.machine())).encode())
+    for path in sorted(CSRC.glob("*.[ch]")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def library_path() -> Path:
+    return cache_root() / f"cpu-{build_key()}" / LIBRARY_NAME
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    try:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except FileNotFoundError:
+        raise BuildError(f"compiler {args[0]!r} not found (set CC to a C compiler)") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{' '.join(args)} took more than {BUILD_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        raise BuildError(f"{' '.join(args)} failed:\n{proc.stderr.strip()[-2000:]}")
+
+
+def _compile_all(workdir: Path) -> Path:
+    cc = compiler()
+    include = ["-I", str(CSRC)]
+    objects, defines = [], []
+    _run([cc, *BASE_FLAGS, *include, "-c", str(CSRC / "kernels_portable.c"), "-o", "portable.o"], workdir)
+    objects.append("portable.o")
+    for source, flags, define in optional_units():
+        obj = source.replace(".c", ".o")
+        try:
+            _run([cc, *BASE_FLAGS, *flags, *include, "-c", str(CSRC / source), "-o", obj], workdir)
+        except BuildError:
+            continue  # this compiler cannot target the ISA: the library simply lacks that variant
+        objects.append(obj)
+        defines.append(f"-D{define}")
+    out = workdir / LIBRARY_NAME
+    driver = [*BASE_FLAGS, *defines, *include, "-c", str(CSRC / "onebit.c"), "-o", "onebit.o"]
+    link = ["-shared", "onebit.o", *objects, "-o", LIBRARY_NAME, "-lm"]
+    try:
+        _run([cc, *OPENMP_FLAGS, *driver], workdir)
+        _run([cc, *OPENMP_FLAGS, *link], workdir)
+    except BuildError:
+        # A compiler without OpenMP (e.g. Apple clang) still gives a correct single-threaded library.
+        _run([cc, *driver], workdir)
+        _run([cc, *link], workdir)
+    return out
+
+
+def build_library() -> Path:
+    """Return the path of the compiled library, building it first if this source/flag set has not been built."""
+    target = library_path()
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / "build.lock"):
+        if target.exists():  # another process built it while we waited
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix="build-") as tmp:
+            built = _compile_all(Path(tmp))
+            staged = target.with_suffix(".so.tmp")
+            shutil.copy2(built, staged)
+            os.replace(staged, target)
+    return target
+
+
+class _file_lock:
+    """An exclusive advisory lock on a file (no-op where fcntl does not exist)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()  # closing releases the lock
+        return False

@@ -1,0 +1,107 @@
+/* AVX2 + FMA row kernels (compiled with -mavx2 -mfma; called only when the CPU reports both).
+ * float: a 256-entry table turns a weight byte into an 8-lane mask that selects x (B x by and + add).
+ * int8: 32 weight bits become 32 bytes in {0,1}; maddubs(u8 bits, s8 q) + madd(., 1) gives 8 int32 partial sums. */
+#include <immintrin.h>
+
+#include "kernels_common.h"
+
+static uint32_t byte_masks[256][8] __attribute__((aligned(32)));
+static volatile int byte_masks_ready;
+
+static void init_byte_masks(void) {
+    if (byte_masks_ready) return;
+    for (int b = 0; b < 256; ++b)
+        for (int j = 0; j < 8; ++j) byte_masks[b][j] = ((b >> j) & 1) ? 0xFFFFFFFFu : 0u;
+    byte_masks_ready = 1;
+}
+
+ONEBIT_INLINE float hsum256_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ONEBIT_INLINE int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint8_t *row, int64_t kbytes, float *out,
+                           int64_t ldo) {
+    const int nacc = ONEBIT_NACC(mr);
+    __m256 acc[ONEBIT_MR][4];
+    for (int m = 0; m < mr; ++m)
+        for (int a = 0; a < nacc; ++a) acc[m][a] = _mm256_setzero_ps();
+    int64_t kb = 0;
+    for (; kb + nacc <= kbytes; kb += nacc) {
+        for (int a = 0; a < nacc; ++a) {
+            const __m256 mask = _mm256_load_ps((const float *)byte_masks[row[kb + a]]);
+            for (int m = 0; m < mr; ++m) {
+                const __m256 xv = _mm256_loadu_ps(x + m * ldx + (kb + a) * 8);
+                acc[m][a] = _mm256_add_ps(acc[m][a], _mm256_and_ps(mask, xv));
+            }
+        }
+    }
+    for (; kb < kbytes; ++kb) {
+        const __m256 mask = _mm256_load_ps((const float *)byte_masks[row[kb]]);
+        for (int m = 0; m < mr; ++m)
+            acc[m][0] = _mm256_add_ps(acc[m][0], _mm256_and_ps(mask, _mm256_loadu_ps(x + m * ldx + kb * 8)));
+    }
+    for (int m = 0; m < mr; ++m) {
+        __m256 s = acc[m][0];
+        for (int a = 1; a < nacc; ++a) s = _mm256_add_ps(s, acc[m][a]);
+        out[m * ldo] = hsum256_ps(s);
+    }
+}
+
+/* 32 weight bits -> 32 bytes in {0, 1}, byte i = bit i. */
+ONEBIT_INLINE __m256i expand_bits32(uint32_t bits) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, /* lane 1: */
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i select = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
+    return _mm256_and_si256(v, _mm256_set1_epi8(1));
+}
+
+ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint8_t *row, int64_t kbytes,
+                          int32_t *out, int64_t ldo) {
+    const int nacc = ONEBIT_NACC(mr);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256i acc[ONEBIT_MR][4];
+    for (int m = 0; m < mr; ++m)
+        for (int a = 0; a < nacc; ++a) acc[m][a] = _mm256_setzero_si256();
+    const int64_t nwords = (kbytes + 3) / 4, full = kbytes / 4;
+    for (int64_t wi = 0; wi < nwords; wi += nacc) {
+        for (int a = 0; a < nacc && wi + a < nwords; ++a) {
+            const int64_t at = (wi + a) * 4;
+            uint32_t bits;
+            if (wi + a < full)
+                memcpy(&bits, row + at, 4);
+            else
+                bits = onebit_tail_u32(row, at, kbytes - at);
+            const __m256i wb = expand_bits32(bits);
+            for (int m = 0; m < mr; ++m) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + at * 8));
+                acc[m][a] = _mm256_add_epi32(acc[m][a], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, qv), ones16));
+            }
+        }
+    }
+    for (int m = 0; m < mr; ++m) {
+        __m256i s = acc[m][0];
+        for (int a = 1; a < nacc; ++a) s = _mm256_add_epi32(s, acc[m][a]);
+        out[m * ldo] = hsum256_epi32(s);
+    }
+}
+
+ONEBIT_DEFINE_ROWS(rows_f32, row_f32, float, float)
+ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
+
+void onebit_kernels_avx2(onebit_kernels *k) {
+    init_byte_masks();
+    k->rows_f32 = rows_f32;
+    k->rows_i8 = rows_i8;
+}
