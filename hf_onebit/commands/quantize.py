@@ -11,9 +11,12 @@ def add_parser(sub) -> None:
                        "replace the transformer blocks' linear layers by packed 1-bit layers and save to OUT.")
     p.add_argument("src", help="float model: folder, Hub id, or 'smollm2'")
     p.add_argument("out", help="output folder for the 1-bit checkpoint")
-    p.add_argument("--init", choices=["svid", "nmf"], default="svid", help="scale initialisation (default: svid)")
+    p.add_argument("--init", choices=["svid", "nmf"], default="svid",
+                   help="scale initialisation: SVID rank-1 fit by power iteration, or NMF (default: svid)")
     p.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--post-layernorm", action="store_true", help="add OneBit's non-affine post-LayerNorm")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="dtype of the layers kept in full precision (embeddings, norms, lm_head); default: as stored")
     p.add_argument("--skip", action="append", default=[], metavar="NAME",
                    help="extra module name to keep in full precision (repeatable)")
     p.set_defaults(run=run)
@@ -38,7 +41,8 @@ def run(args) -> int:
     config = OneBitConfig(init=args.init, scale_dtype=args.scale_dtype, post_layernorm=args.post_layernorm,
                           modules_to_not_convert=args.skip or None)
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=config, dtype=torch.float32)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=config, dtype=dtype)
     elapsed = time.perf_counter() - start
     model.save_pretrained(args.out)
     try:
