@@ -130,6 +130,11 @@ class OneBitConfig(QuantizationConfigMixin):
         out["training"] = False
         return out
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """Only the fields that differ from the defaults (plus ``quant_method``)."""
+        defaults = OneBitConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if k == "quant_method" or defaults.get(k) != v}
+
     def layer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every OneBitLinear built from this config."""
         return {

@@ -63,8 +63,14 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def replace_with_empty_onebit_linear(model: nn.Module, config, skips: Iterable[str] = (), latent: bool = False) -> list[str]:
-    """Swap converted linears for empty OneBitLinear modules (used on the meta device before weights load)."""
+def replace_with_empty_onebit_linear(
+    model: nn.Module, config, skips: Iterable[str] = (), latent: bool = False, float_placeholder: bool = False
+) -> list[str]:
+    """Swap converted linears for empty OneBitLinear modules (used on the meta device before weights load).
+
+    ``float_placeholder`` keeps a float ``weight`` of the linear's shape and dtype until the loader's quantize op
+    replaces it (on-the-fly quantization).
+    """
     names = []
     for name, linear in find_linear_layers(model, skips):
         bias_dtype = linear.bias.dtype if linear.bias is not None else None
@@ -77,6 +83,9 @@ def replace_with_empty_onebit_linear(model: nn.Module, config, skips: Iterable[s
             dtype=bias_dtype,
             **config.layer_kwargs(),
         )
+        if float_placeholder and not latent:
+            new.weight = nn.Parameter(torch.empty_like(linear.weight), requires_grad=False)
+            new._float_placeholder = True
         _set_submodule(model, name, new)
         names.append(name)
     return names

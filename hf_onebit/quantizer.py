@@ -29,10 +29,13 @@ class OneBitQuantize(ConversionOps):
     def convert(self, input_dict, model=None, full_layer_name=None, **kwargs):
         key, value = next(iter(input_dict.items()))
         value = value[0] if isinstance(value, list) else value
+        if not value.is_floating_point():
+            raise RuntimeError(
+                f"{key}: the loader handed hf_onebit a {value.dtype} tensor instead of the float weight (older "
+                "transformers releases cast weights to the packed dtype before quantizing); upgrade transformers"
+            )
         module_name = key.rsplit(".", 1)[0]
-        module = model.get_submodule(module_name) if model is not None else None
-        latent = bool(module is not None and module.is_latent)
-        tensors = quantize_weight(value, self.hf_quantizer.quantization_config, latent=latent)
+        tensors = quantize_weight(value, self.hf_quantizer.quantization_config, latent=self.hf_quantizer.latent)
         del value
         return {f"{module_name}.{name}": tensor for name, tensor in tensors.items()}
 
@@ -74,7 +77,10 @@ class OneBitHfQuantizer(HfQuantizer):
         return isinstance(module, OneBitLinear) and tensor_name == "weight"
 
     def param_element_size(self, model, param_name: str, param: torch.Tensor) -> float:
-        # The meta model already holds the packed uint8 shape: device_map sizing counts 1 bit per weight.
+        # device_map sizing counts what the layer will hold: a float placeholder that becomes packed bits costs
+        # 1 bit per weight; a pre-quantized meta model already has the packed uint8 shape.
+        if not self.latent and param.is_floating_point() and self.param_needs_quantization(model, param_name):
+            return 1 / 8
         return param.element_size()
 
     def get_new_dtype(self, converter, param, dtype):
@@ -88,8 +94,15 @@ class OneBitHfQuantizer(HfQuantizer):
         self.modules_to_not_convert = self.get_modules_to_not_convert(
             model, self.quantization_config.modules_to_not_convert, model._keep_in_fp32_modules, add_default_skips=True
         )
+        # Quantizing on the fly, each layer first holds a float `weight` placeholder (on meta, no memory) that the
+        # quantize op replaces with the packed bits: transformers releases before 5.23 cast a checkpoint tensor to
+        # the placeholder's dtype before handing it to the op, which would destroy a float weight cast to uint8.
         names = replace_with_empty_onebit_linear(
-            model, self.quantization_config, self.modules_to_not_convert, latent=self.latent
+            model,
+            self.quantization_config,
+            self.modules_to_not_convert,
+            latent=self.latent,
+            float_placeholder=not self.pre_quantized,
         )
         if not names:
             logger.warning("hf_onebit: no nn.Linear layer to quantize was found in %s", type(model).__name__)
@@ -104,6 +117,10 @@ class OneBitHfQuantizer(HfQuantizer):
                 for pname, param in module.named_parameters(recurse=False):
                     if param.device.type == "meta" and not getattr(model, "hf_device_map", None):
                         raise ValueError(f"{name}.{pname}: was not loaded (still on the meta device)")
+                if getattr(module, "_float_placeholder", False):
+                    if module.weight.dtype != torch.uint8 and not self.latent:
+                        raise ValueError(f"{name}.weight: was not quantized while loading (no float weight reached it)")
+                    del module._float_placeholder
                 if module.is_latent:
                     # Trainable float vectors stay float32 (bf16 updates round away at small learning rates).
                     module.scale_in.data = module.scale_in.data.float()
@@ -117,6 +134,10 @@ class OneBitHfQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(self, model):
         metadata = {METADATA_KEY: str(FORMAT_VERSION)}
         latent = [(n, m) for n, m in model.named_modules() if isinstance(m, OneBitLinear) and m.is_latent]
+        if latent and getattr(model, "_hf_onebit_save_latent", False):
+            # Set by the distillation callback during training: Trainer checkpoints keep the latent tensors so that
+            # resume_from_checkpoint can load them back (a final save_pretrained, after training, packs).
+            return None, {**metadata, "hf_onebit_form": "latent"}
         if not latent:
             return None, metadata
         state_dict = model.state_dict()
