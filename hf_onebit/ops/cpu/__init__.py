@@ -24,6 +24,9 @@ __all__ = [
 ]
 
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# onebit.h ONEBIT_X_*: float32, bfloat16 (read natively), float32 holding float16 values.
+_X_KIND = {torch.float32: 0, torch.bfloat16: 1}
+_X_F16 = 2
 _ERRORS = {-1: "invalid argument", -2: "ISA variant not available", -3: "out of memory"}
 
 
@@ -44,19 +47,23 @@ def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
     )
 
 
-def _float32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a contiguous float32 tensor; the converted copy is cached on ``t`` while ``t`` is unchanged."""
-    if t.dtype == torch.float32 and t.is_contiguous():
+def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
+    """``t`` rounded to ``via`` and held as contiguous float32; cached on ``t`` while ``t`` is unchanged."""
+    if via == torch.float32 and t.dtype == torch.float32 and t.is_contiguous():
         return t
-    key = (t._version, t.data_ptr(), t.dtype, tuple(t.shape))
-    cached = getattr(t, "_hf_onebit_f32", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    converted = t.detach().to(torch.float32).contiguous()
-    try:
-        t._hf_onebit_f32 = (key, converted)
-    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: just do not cache
-        pass
+    key = (via, t._version, t.data_ptr(), t.dtype, tuple(t.shape))
+    cache = getattr(t, "_hf_onebit_f32", None)
+    if cache is None:
+        cache = {}
+        try:
+            t._hf_onebit_f32 = cache
+        except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: just do not cache
+            pass
+    hit = cache.get(via)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    converted = t.detach().to(via).to(torch.float32).contiguous()
+    cache[via] = (key, converted)
     return converted
 
 
@@ -83,20 +90,22 @@ def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bit
     M, K = x.shape
     N = weight.shape[0]
     dtype = x.dtype
-    if dtype == torch.float32:
-        xf, g = x.contiguous(), _float32(scale_in)
+    if dtype == torch.float16:
+        # No float16 arithmetic in C: apply g in float16 here (the reference's rounding), compute in float32.
+        xc, x_kind, g = (x * scale_in.to(dtype)).float(), _X_F16, None
     else:
-        # Same rounding as the reference: x * g in x's dtype, so act_bits=8 quantises the very same values.
-        xf, g = (x * scale_in.to(dtype)).float(), None
+        # float32 as is; bfloat16 is read natively and x * g rounded to bfloat16 in C, like the reference's product.
+        xc, x_kind, g = x.contiguous(), _X_KIND[dtype], _float32(scale_in, via=dtype)
+    y_bf16 = dtype == torch.bfloat16
     w = weight.contiguous()
     h = _float32(scale_out)
     b = _float32(bias) if bias is not None else None
-    y = torch.empty((M, N), dtype=torch.float32)
+    y = torch.empty((M, N), dtype=torch.bfloat16 if y_bf16 else torch.float32)
     rc = lib.onebit_linear(
-        active_isa(), M, K, N, xf.data_ptr(), xf.stride(0) if M > 1 else K, g.data_ptr() if g is not None else None,
-        w.data_ptr(), w.shape[1], h.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), N,
-        int(act_bits), torch.get_num_threads(),
+        active_isa(), M, K, N, xc.data_ptr(), x_kind, xc.stride(0) if M > 1 else K,
+        g.data_ptr() if g is not None else None, w.data_ptr(), w.shape[1], h.data_ptr(),
+        b.data_ptr() if b is not None else None, y.data_ptr(), int(y_bf16), N, int(act_bits), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={K}, N={N}, act_bits={act_bits})")
-    return y if dtype == torch.float32 else y.to(dtype)
+    return y if y.dtype == dtype else y.to(dtype)

@@ -15,7 +15,7 @@ from typing import Optional
 from .build import build_library
 
 #: ISA variants, in the order of the C enum (onebit.h).
-ISA_NAMES = ("portable", "avx2", "avx512")
+ISA_NAMES = ("portable", "avx2", "avx512", "amx")
 #: Environment variable forcing an ISA variant (one of ISA_NAMES); :func:`set_isa` takes precedence.
 ISA_ENV = "HF_ONEBIT_CPU_ISA"
 
@@ -25,9 +25,9 @@ _state: dict = {"tried": False, "lib": None, "error": None, "forced": None}
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, vp = ctypes.c_int64, ctypes.c_void_p
-    lib.onebit_linear.argtypes = [
-        ctypes.c_int, i64, i64, i64, vp, i64, vp, vp, i64, vp, vp, vp, i64, ctypes.c_int, ctypes.c_int
-    ]
+    c_int = ctypes.c_int
+    # isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads
+    lib.onebit_linear.argtypes = [c_int, i64, i64, i64, vp, c_int, i64, vp, vp, i64, vp, vp, vp, c_int, i64, c_int, c_int]
     lib.onebit_linear.restype = ctypes.c_int
     for name in ("onebit_isa_supported",):
         getattr(lib, name).argtypes = [ctypes.c_int]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
 LIBRARY_NAME = "libhf_onebit_cpu.so"
-BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-Wall"]
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
 OPENMP_FLAGS = ["-fopenmp"]
 BUILD_TIMEOUT_S = 300
 
@@ -30,6 +30,11 @@ BUILD_TIMEOUT_S = 300
 X86_UNITS = (
     ("kernels_avx2.c", ["-mavx2", "-mfma"], "ONEBIT_HAVE_AVX2"),
     ("kernels_avx512.c", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"], "ONEBIT_HAVE_AVX512"),
+    (
+        "kernels_amx.c",
+        ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mamx-tile", "-mamx-int8", "-mamx-bf16"],
+        "ONEBIT_HAVE_AMX",
+    ),
 )
 
 

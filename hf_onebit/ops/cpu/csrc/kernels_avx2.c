@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "kernels_common.h"
+#include "prepare.h"
 
 static uint32_t byte_masks[256][8] __attribute__((aligned(32)));
 static volatile int byte_masks_ready;
@@ -104,4 +105,5 @@ void onebit_kernels_avx2(onebit_kernels *k) {
     init_byte_masks();
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
+    ONEBIT_SET_PREPARE(k);
 }

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "kernels_common.h"
+#include "prepare.h"
 
 ONEBIT_INLINE uint64_t load_word(const uint8_t *row, int64_t wi, int64_t full, int64_t kbytes) {
     uint64_t bits;
@@ -70,4 +71,5 @@ ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
 void onebit_kernels_avx512(onebit_kernels *k) {
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
+    ONEBIT_SET_PREPARE(k);
 }

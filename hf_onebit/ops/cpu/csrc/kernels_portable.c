@@ -1,5 +1,6 @@
 /* Portable C row kernels (any CPU; the compiler may auto-vectorise the 8-wide inner loops). */
 #include "kernels_common.h"
+#include "prepare.h"
 
 ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint8_t *row, int64_t kbytes, float *out,
                            int64_t ldo) {
@@ -41,4 +42,5 @@ ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
 void onebit_kernels_portable(onebit_kernels *k) {
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
+    ONEBIT_SET_PREPARE(k);
 }

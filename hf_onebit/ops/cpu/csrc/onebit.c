@@ -1,22 +1,60 @@
-/* Driver: ISA dispatch, activation preparation (scale, int8 quantisation), blocking, threading and the epilogue.
- * Compiled with baseline flags only; the SIMD row kernels live in kernels_<isa>.c, each compiled with its own flags. */
+/* Driver: ISA dispatch, activation preparation (scale, int8 quantisation, AMX relayout), blocking, threading and the
+ * epilogue. Compiled with baseline flags only; SIMD code lives in kernels_<isa>.c, each compiled with its own flags. */
 #include "onebit.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define ONEBIT_ALIGN 64
-/* Bytes of packed weights per block kept hot in L2 while every activation row streams past it. */
+/* Packed weight bytes per block for the row kernels: the block stays in L2 while all activation rows stream by. */
 #define ONEBIT_BLOCK_BYTES (384 * 1024)
+/* Unpacked weight bytes per block for the AMX kernels (one block per thread at a time, 2 MiB L2). */
+#define ONEBIT_AMX_BLOCK_BYTES (1024 * 1024)
+/* Activation rows from which the AMX tile kernels beat the AVX-512 row kernels; rows per AMX call. */
+#define ONEBIT_AMX_MIN_M 32
+#define ONEBIT_AMX_MG 32
+
+#ifndef ONEBIT_HAVE_AMX
+/* Without the AMX unit the AMX mode is never chosen (onebit_isa_supported says no); these only satisfy the linker. */
+int onebit_amx_enable(void) { return 0; }
+void onebit_amx_unpack_i8(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
+                          uint8_t *apack) {}
+void onebit_amx_unpack_bf16(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
+                            uint16_t *apack) {}
+void onebit_amx_tiles_i8(const int8_t *qt, int64_t kchunks, const uint8_t *apack, int64_t ntiles, int mvalid,
+                         int64_t nvalid, int32_t *out, int64_t ldo) {}
+void onebit_amx_tiles_bf16(const uint16_t *xt, int64_t kchunks, int parts, const uint16_t *apack, int64_t ntiles,
+                           int mvalid, int64_t nvalid, float *out, int64_t ldo) {}
+#endif
 
 static void *aligned_buffer(size_t bytes) {
     size_t rounded = (bytes + ONEBIT_ALIGN - 1) / ONEBIT_ALIGN * ONEBIT_ALIGN;
     return aligned_alloc(ONEBIT_ALIGN, rounded ? rounded : ONEBIT_ALIGN);
 }
+
+/* Per-thread reusable buffers: fresh large allocations are mmap'ed and page-faulted on every call, which costs more
+ * than the kernel itself at prefill sizes. Each (thread, slot) keeps its largest buffer up to WORKSPACE_KEEP bytes;
+ * larger requests are allocated per call (release_buffer frees only those). */
+#define WORKSPACE_SLOTS 9
+#define WORKSPACE_KEEP ((size_t)64 << 20)
+static __thread void *workspace[WORKSPACE_SLOTS];
+static __thread size_t workspace_bytes[WORKSPACE_SLOTS];
+
+static void *slot_buffer(int slot, size_t bytes) {
+    if (bytes > WORKSPACE_KEEP) return aligned_buffer(bytes);
+    if (workspace_bytes[slot] < bytes) {
+        free(workspace[slot]);
+        workspace[slot] = aligned_buffer(bytes);
+        workspace_bytes[slot] = workspace[slot] ? bytes : 0;
+    }
+    return workspace[slot];
+}
+
+static void release_buffer(void *p, size_t bytes) {
+    if (bytes > WORKSPACE_KEEP) free(p);
+}
+
+enum { SLOT_XS, SLOT_Q, SLOT_TILES, SLOT_ROW, SLOT_BYTES, SLOT_SCRATCH, SLOT_APACK, SLOT_TMP };
 
 int onebit_isa_count(void) { return ONEBIT_ISA_COUNT; }
 
@@ -35,6 +73,12 @@ int onebit_isa_supported(int isa) {
     case ONEBIT_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+#if defined(ONEBIT_HAVE_AVX512) && defined(ONEBIT_HAVE_AMX)
+    case ONEBIT_ISA_AMX:
+        /* the OS must also grant the tile state to this process */
+        return onebit_isa_supported(ONEBIT_ISA_AVX512) && __builtin_cpu_supports("amx-tile") &&
+               __builtin_cpu_supports("amx-int8") && __builtin_cpu_supports("amx-bf16") && onebit_amx_enable();
 #endif
     default:
         return 0;
@@ -57,6 +101,7 @@ static int get_kernels(int isa, onebit_kernels *k) {
 #endif
 #ifdef ONEBIT_HAVE_AVX512
     case ONEBIT_ISA_AVX512:
+    case ONEBIT_ISA_AMX:
         onebit_kernels_avx512(k);
         return 0;
 #endif
@@ -66,180 +111,262 @@ static int get_kernels(int isa, onebit_kernels *k) {
     }
 }
 
-/* Rows of W per block: decode (one pass over the activations) only balances the threads; prefill also keeps the block
- * in L2 so it is read from memory once and reused by every group of ONEBIT_MR activation rows. */
-static int64_t block_rows(int64_t M, int64_t N, int64_t kbytes, int nthreads) {
-    int64_t nblocks = nthreads;
-    if (M > ONEBIT_MR) {
-        int64_t cap = ONEBIT_BLOCK_BYTES / kbytes;
-        if (cap < 16) cap = 16;
-        nblocks = (N + cap - 1) / cap;
-        nblocks = (nblocks + nthreads - 1) / nthreads * nthreads;
-    }
-    int64_t nb = (N + nblocks - 1) / nblocks;
-    nb = (nb + 15) / 16 * 16;
-    return nb < N ? nb : N;
-}
+typedef enum { MODE_ROWS_F32, MODE_ROWS_I8, MODE_AMX_BF16, MODE_AMX_I8 } kernel_mode;
 
 typedef struct {
+    const onebit_kernels *kern;
+    kernel_mode mode;
     int64_t M, K, N, kbytes, kpad;
-    const uint8_t *w;
-    const float *h, *bias;
-    float *y;
+    int64_t kchunks;      /* AMX: inputs per chunk 64 (int8) or 32 (bf16) */
+    int parts;            /* AMX bf16: bf16 parts per value */
+    const char *x;        /* x_kind rows of ldx elements of xsize bytes */
+    int64_t ldx, xsize;
+    int x_bf16;
+    const float *g, *h, *bias;
+    void *y;
+    int y_bf16;
     int64_t ldy;
-    int act_bits;
-    /* prepared activations */
-    float *xs;      /* act_bits 0: (M, kpad) x * g, zero padded */
-    double *xsum;   /* act_bits 0: sum_k xs */
-    int8_t *q;      /* act_bits 8: (M, kpad) int8, zero padded */
-    float *qscale;  /* act_bits 8: per-row scale */
-    int64_t *qsum;  /* act_bits 8: sum_k q */
+    float *xs;            /* rows f32: (M, kpad) x * g, zero padded */
+    double *xsum;         /* rows f32: sum_k xs */
+    int8_t *q;            /* rows i8: (M, kpad) int8, zero padded */
+    float *qscale;        /* i8: per-row scale */
+    int64_t *qsum;        /* i8 (rows kernels, which compute B q): sum_k q */
+    void *tiles;          /* AMX: activations relaid as B tiles (see onebit.h) */
 } job_t;
 
-/* x * g for one row, zero padded; the same float32 products as the reference (x * scale_in). */
-static void prepare_row_f32(const float *x, const float *g, int64_t K, int64_t kpad, float *out) {
-    if (g)
-        for (int64_t k = 0; k < K; ++k) out[k] = x[k] * g[k];
-    else
-        memcpy(out, x, (size_t)K * sizeof(float));
-    memset(out + K, 0, (size_t)(kpad - K) * sizeof(float));
-}
 
-/* Per-row absmax int8, bit for bit the reference's quantize_activations_int8: scale = absmax / 127 (1 for an
- * all-zero row), q = clamp(round_half_even(xs / scale), -127, 127). */
-static void quantize_row(const float *xs, int64_t K, int64_t kpad, int8_t *q, float *scale, int64_t *qsum) {
-    float absmax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) {
-        float a = fabsf(xs[k]);
-        absmax = a > absmax ? a : absmax;
-    }
-    float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
-    int64_t total = 0;
-    for (int64_t k = 0; k < K; ++k) {
-        float v = rintf(xs[k] / s);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[k] = (int8_t)v;
-        total += q[k];
-    }
-    memset(q + K, 0, (size_t)(kpad - K));
-    *scale = s;
-    *qsum = total;
-}
+/* One m-tile (16 activation rows) of the AMX B operand; `rows` is scratch for 16 x kpad floats, `bytes` for
+ * 16 x kpad int8 or 3 x 16 x kpad bf16. Padding rows past M are zero.
+ *   int8: dword d (inputs 4d..4d+3) of row i goes to tile word d * 16 + i (chunk d / 16, tile row d % 16);
+ *   bf16: x = part0 + part1 + part2 exactly (each the bf16 rounding of what the previous parts left); the pair d of
+ *         part p goes to chunk d / 16, part p, tile row d % 16, column i. */
+static const void *x_row(const job_t *j, int64_t m) { return j->x + m * j->ldx * j->xsize; }
 
-static void epilogue_f32(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t n1, const float *acc, int64_t ldo) {
-    for (int r = 0; r < mr; ++r) {
-        float *yr = j->y + (m0 + r) * j->ldy;
-        float total = (float)j->xsum[m0 + r];
-        const float *a = acc + r * ldo - n0;
-        for (int64_t n = n0; n < n1; ++n) {
-            float v = (2.0f * a[n] - total) * j->h[n];
-            yr[n] = j->bias ? v + j->bias[n] : v;
+static void prepare_mtile(const job_t *j, int64_t mt, float *rows, void *bytes) {
+    const int64_t kpad = j->kpad;
+    for (int i = 0; i < 16; ++i) {
+        const int64_t m = mt * 16 + i;
+        if (m < j->M)
+            j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, kpad, rows + i * kpad);
+        else
+            memset(rows + i * kpad, 0, (size_t)kpad * sizeof(float));
+    }
+    if (j->mode == MODE_AMX_I8) {
+        int8_t *q = bytes;
+        for (int i = 0; i < 16; ++i) {
+            const int64_t m = mt * 16 + i;
+            if (m < j->M)
+                j->kern->quantize_row(rows + i * kpad, j->K, kpad, q + i * kpad, &j->qscale[m], &j->qsum[m]);
+            else
+                memset(q + i * kpad, 0, (size_t)kpad);
         }
+        uint32_t *dst = (uint32_t *)j->tiles + mt * (kpad / 4) * 16;
+        for (int64_t d = 0; d < kpad / 4; ++d)
+            for (int i = 0; i < 16; ++i) memcpy(dst + d * 16 + i, q + i * kpad + 4 * d, 4);
+        return;
     }
-}
-
-static void epilogue_i8(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t n1, const int32_t *acc, int64_t ldo) {
-    for (int r = 0; r < mr; ++r) {
-        float *yr = j->y + (m0 + r) * j->ldy;
-        int64_t total = j->qsum[m0 + r];
-        float s = j->qscale[m0 + r];
-        const int32_t *a = acc + r * ldo - n0;
-        for (int64_t n = n0; n < n1; ++n) {
-            float v = (float)(2 * (int64_t)a[n] - total) * s * j->h[n];
-            yr[n] = j->bias ? v + j->bias[n] : v;
+    const int parts = j->parts;
+    uint16_t *split = bytes;
+    for (int i = 0; i < 16; ++i) j->kern->split_bf16(rows + i * kpad, kpad, parts, split + i * kpad, 16 * kpad);
+    uint32_t *dst = (uint32_t *)j->tiles + mt * (kpad / 2) * 16 * parts;
+    for (int64_t d = 0; d < kpad / 2; ++d)
+        for (int p = 0; p < parts; ++p) {
+            uint32_t *line = dst + ((d / 16) * parts + p) * 256 + (d % 16) * 16;
+            for (int i = 0; i < 16; ++i) memcpy(line + i, split + (p * 16 + i) * kpad + 2 * d, 4);
         }
+}
+
+/* One activation row for the row kernels. */
+static void prepare_row(const job_t *j, int64_t m, float *row) {
+    const int64_t kpad = j->kpad;
+    if (j->mode == MODE_ROWS_F32) {
+        float *xs = j->xs + m * kpad;
+        j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, kpad, xs);
+        j->xsum[m] = j->kern->row_sum(xs, kpad);
+    } else {
+        j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, kpad, row);
+        j->kern->quantize_row(row, j->K, kpad, j->q + m * kpad, &j->qscale[m], &j->qsum[m]);
     }
 }
 
-int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const float *x, int64_t ldx, const float *g,
-                  const uint8_t *w, int64_t kbytes, const float *h, const float *bias, float *y, int64_t ldy,
+/* y[m, n] = v * h[n] + bias[n] in the output dtype, v[n] = two * acc[n] - total (the float path: acc = B x with
+ * total = sum x, two = 2; or acc = sign(W) x with two = 1, total = 0). */
+static void store_f32(const job_t *j, int64_t m, int64_t n0, int64_t n1, const float *acc, float two, float total) {
+    const float *a = acc - n0, *h = j->h, *bias = j->bias;
+    if (j->y_bf16) {
+        uint16_t *yr = (uint16_t *)j->y + m * j->ldy;
+        for (int64_t n = n0; n < n1; ++n)
+            yr[n] = onebit_bf16_round(bias ? (two * a[n] - total) * h[n] + bias[n] : (two * a[n] - total) * h[n]);
+    } else {
+        float *yr = (float *)j->y + m * j->ldy;
+        for (int64_t n = n0; n < n1; ++n) yr[n] = bias ? (two * a[n] - total) * h[n] + bias[n] : (two * a[n] - total) * h[n];
+    }
+}
+
+static void epilogue_f32(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t n1, const float *acc, int64_t ldo,
+                         int sign_sum) {
+    for (int r = 0; r < mr; ++r)
+        store_f32(j, m0 + r, n0, n1, acc + r * ldo, sign_sum ? 1.0f : 2.0f, sign_sum ? 0.0f : (float)j->xsum[m0 + r]);
+}
+
+/* int8 path: y = (2 B q - sum q) * scale * h (+ bias). 2 B q fits int32 for every K this library accepts (K < 2^23);
+ * its conversion to float32 is exact while 127 K < 2^24 (K < 132k), beyond that it rounds like any float sum. */
+static void epilogue_i8(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t n1, const int32_t *acc, int64_t ldo,
+                        float *tmp) {
+    for (int r = 0; r < mr; ++r) {
+        const int32_t total = (int32_t)j->qsum[m0 + r];
+        const float s = j->qscale[m0 + r];
+        const int32_t *a = acc + r * ldo;
+        for (int64_t n = 0; n < n1 - n0; ++n) tmp[n] = (float)(2 * a[n] - total) * s;
+        store_f32(j, m0 + r, n0, n1, tmp, 1.0f, 0.0f);
+    }
+}
+
+/* Weight rows per block and activation rows per unit of work ("group"). */
+static void choose_blocks(const job_t *j, int nthreads, int64_t *nb, int64_t *group) {
+    const int amx = j->mode == MODE_AMX_I8 || j->mode == MODE_AMX_BF16;
+    const int64_t align = amx ? 32 : 16;
+    *group = amx ? ONEBIT_AMX_MG : ONEBIT_MR;
+    int64_t nblocks = nthreads; /* decode: one pass over the activations, only balance the threads */
+    if (j->M > ONEBIT_MR) {
+        int64_t cap = amx ? ONEBIT_AMX_BLOCK_BYTES / (j->kchunks * 1024 / 16) : ONEBIT_BLOCK_BYTES / j->kbytes;
+        cap = cap / align * align;
+        if (cap < align) cap = align;
+        nblocks = (j->N + cap - 1) / cap;
+        nblocks = (nblocks + nthreads - 1) / nthreads * nthreads;
+    }
+    int64_t rows = (j->N + nblocks - 1) / nblocks;
+    rows = (rows + align - 1) / align * align;
+    *nb = rows;
+}
+
+int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
+                  const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
                   int act_bits, int nthreads) {
-    if (M < 0 || K < 1 || N < 1 || kbytes != (K + 7) / 8 || ldx < K || ldy < N || !x || !w || !h || !y) return -1;
-    if (act_bits != 0 && act_bits != 8) return -1;
+    if (M < 0 || K < 1 || K >= (1 << 23) || N < 1 || kbytes != (K + 7) / 8 || ldx < K || ldy < N || !x || !w || !h || !y) return -1;
+    if ((act_bits != 0 && act_bits != 8) || x_kind < ONEBIT_X_F32 || x_kind > ONEBIT_X_F16) return -1;
     if (M == 0) return 0;
     onebit_kernels kern;
     if (get_kernels(isa, &kern) != 0) return -2;
     if (nthreads < 1) nthreads = 1;
 
-    job_t j = {0};
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.kern = &kern;
     j.M = M, j.K = K, j.N = N, j.kbytes = kbytes, j.kpad = (kbytes + 7) / 8 * 64;
-    j.w = w, j.h = h, j.bias = bias, j.y = y, j.ldy = ldy, j.act_bits = act_bits;
-    const int64_t nb = block_rows(M, N, kbytes, nthreads);
+    j.x = x, j.ldx = ldx, j.xsize = x_kind == ONEBIT_X_BF16 ? 2 : 4, j.x_bf16 = x_kind == ONEBIT_X_BF16;
+    j.g = g, j.h = h, j.bias = bias, j.y = y, j.y_bf16 = y_bf16 != 0, j.ldy = ldy;
+    const int amx = isa == ONEBIT_ISA_AMX && M >= ONEBIT_AMX_MIN_M;
+    if (amx) {
+        j.mode = act_bits == 8 ? MODE_AMX_I8 : MODE_AMX_BF16;
+        j.kchunks = act_bits == 8 ? j.kpad / 64 : j.kpad / 32;
+        j.parts = act_bits == 8 ? 1 : (x_kind == ONEBIT_X_BF16 ? 1 : (x_kind == ONEBIT_X_F16 ? 2 : 3));
+    } else {
+        j.mode = act_bits == 8 ? MODE_ROWS_I8 : MODE_ROWS_F32;
+    }
+    int64_t nb, group;
+    choose_blocks(&j, nthreads, &nb, &group);
+    if (nb > N && !amx) nb = N;
     const int64_t nblocks = (N + nb - 1) / nb;
-    const int64_t mchunks = (M + ONEBIT_MR - 1) / ONEBIT_MR;
+    const int64_t groups = (M + group - 1) / group;
+    const int64_t mrows = amx ? groups * group : M; /* rows prepared, AMX pads to whole pairs of m-tiles */
     /* Too few weight blocks for the threads (small N, large M): also split the activation rows. */
     int64_t mparts = 1;
     if (nblocks < nthreads) {
         mparts = (2 * nthreads + nblocks - 1) / nblocks;
-        if (mparts > mchunks) mparts = mchunks;
+        if (mparts > groups) mparts = groups;
     }
     if (nthreads > nblocks * mparts) nthreads = (int)(nblocks * mparts);
+    const int64_t ntiles = nb / 16 + (nb / 16) % 2; /* AMX: A tiles per block, even */
+    const size_t apack_bytes = amx ? (size_t)(ntiles * j.kchunks * 1024) : 0;
 
     int failed = 0;
-    if (act_bits == 0) {
-        j.xs = aligned_buffer((size_t)(M * j.kpad) * sizeof(float));
-        j.xsum = malloc((size_t)M * sizeof(double));
-        failed = !j.xs || !j.xsum;
-    } else {
-        j.q = aligned_buffer((size_t)(M * j.kpad));
-        j.qscale = malloc((size_t)M * sizeof(float));
-        j.qsum = malloc((size_t)M * sizeof(int64_t));
-        failed = !j.q || !j.qscale || !j.qsum;
+    const size_t xs_bytes = j.mode == MODE_ROWS_F32 ? (size_t)(M * j.kpad) * sizeof(float) : 0;
+    const size_t q_bytes = j.mode == MODE_ROWS_I8 ? (size_t)(M * j.kpad) : 0;
+    const size_t tiles_bytes = j.mode == MODE_AMX_I8 ? (size_t)(mrows * j.kpad)
+                               : j.mode == MODE_AMX_BF16 ? (size_t)(mrows * j.kpad * j.parts) * 2 : 0;
+    if (xs_bytes) failed |= !(j.xs = slot_buffer(SLOT_XS, xs_bytes));
+    if (q_bytes) failed |= !(j.q = slot_buffer(SLOT_Q, q_bytes));
+    if (tiles_bytes) failed |= !(j.tiles = slot_buffer(SLOT_TILES, tiles_bytes));
+    if (j.mode == MODE_ROWS_F32) failed |= !(j.xsum = malloc((size_t)M * sizeof(double)));
+    if (j.mode == MODE_ROWS_I8 || j.mode == MODE_AMX_I8) {
+        failed |= !(j.qscale = malloc((size_t)M * sizeof(float)));
+        failed |= !(j.qsum = malloc((size_t)M * sizeof(int64_t)));
     }
     if (failed) goto done;
 
 #pragma omp parallel num_threads(nthreads)
     {
-        float *row = NULL;
-        void *scratch = aligned_buffer((size_t)(ONEBIT_MR * nb) * 4);
-        if (act_bits == 8) row = aligned_buffer((size_t)j.kpad * sizeof(float));
-        if (!scratch || (act_bits == 8 && !row)) {
+        const int64_t scratch_rows = group;
+        const size_t scratch_bytes = (size_t)(scratch_rows * nb) * 4;
+        const size_t row_bytes = (size_t)(16 * j.kpad) * sizeof(float), bytes_bytes = (size_t)(3 * 16 * j.kpad) * 2;
+        float *row = slot_buffer(SLOT_ROW, row_bytes);
+        void *bytes = slot_buffer(SLOT_BYTES, bytes_bytes);
+        void *scratch = slot_buffer(SLOT_SCRATCH, scratch_bytes);
+        float *tmp = slot_buffer(SLOT_TMP, (size_t)nb * sizeof(float));
+        void *apack = amx ? slot_buffer(SLOT_APACK, apack_bytes) : NULL;
+        if (!row || !bytes || !scratch || !tmp || (amx && !apack)) {
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; ++m) {
-            const float *xm = x + m * ldx;
-            if (act_bits == 0) {
-                float *xs = j.xs + m * j.kpad;
-                prepare_row_f32(xm, g, K, j.kpad, xs);
-                double total = 0.0;
-                for (int64_t k = 0; k < K; ++k) total += xs[k];
-                j.xsum[m] = total;
-            } else if (row) {
-                prepare_row_f32(xm, g, K, j.kpad, row);
-                quantize_row(row, K, j.kpad, j.q + m * j.kpad, &j.qscale[m], &j.qsum[m]);
-            }
-        }
-        /* implicit barrier: every activation row is ready */
+#pragma omp barrier
         if (!failed) {
+            if (amx) {
+#pragma omp for schedule(static)
+                for (int64_t mt = 0; mt < mrows / 16; ++mt) prepare_mtile(&j, mt, row, bytes);
+            } else {
+#pragma omp for schedule(static)
+                for (int64_t m = 0; m < M; ++m) prepare_row(&j, m, row);
+            }
+            /* implicit barrier: every activation row is ready */
 #pragma omp for collapse(2) schedule(static)
             for (int64_t b = 0; b < nblocks; ++b) {
                 for (int64_t p = 0; p < mparts; ++p) {
                     const int64_t n0 = b * nb, n1 = n0 + nb < N ? n0 + nb : N;
-                    const int64_t c0 = mchunks * p / mparts, c1 = mchunks * (p + 1) / mparts;
+                    const int64_t c0 = groups * p / mparts, c1 = groups * (p + 1) / mparts;
+                    if (j.mode == MODE_AMX_I8)
+                        onebit_amx_unpack_i8(w, kbytes, n0, n1, ntiles, j.kchunks, apack);
+                    else if (j.mode == MODE_AMX_BF16)
+                        onebit_amx_unpack_bf16(w, kbytes, n0, n1, ntiles, j.kchunks, apack);
                     for (int64_t c = c0; c < c1; ++c) {
-                        const int64_t m0 = c * ONEBIT_MR;
-                        const int mr = (int)(M - m0 < ONEBIT_MR ? M - m0 : ONEBIT_MR);
-                        if (act_bits == 0) {
+                        const int64_t m0 = c * group;
+                        const int mr = (int)(M - m0 < group ? M - m0 : group);
+                        switch (j.mode) {
+                        case MODE_ROWS_F32:
                             kern.rows_f32(j.xs + m0 * j.kpad, j.kpad, mr, w, kbytes, n0, n1, scratch, nb);
-                            epilogue_f32(&j, m0, mr, n0, n1, scratch, nb);
-                        } else {
+                            epilogue_f32(&j, m0, mr, n0, n1, scratch, nb, 0);
+                            break;
+                        case MODE_ROWS_I8:
                             kern.rows_i8(j.q + m0 * j.kpad, j.kpad, mr, w, kbytes, n0, n1, scratch, nb);
-                            epilogue_i8(&j, m0, mr, n0, n1, scratch, nb);
+                            epilogue_i8(&j, m0, mr, n0, n1, scratch, nb, tmp);
+                            break;
+                        case MODE_AMX_I8:
+                            onebit_amx_tiles_i8((const int8_t *)j.tiles + m0 * j.kpad, j.kchunks, apack, ntiles, mr,
+                                                n1 - n0, scratch, nb);
+                            epilogue_i8(&j, m0, mr, n0, n1, scratch, nb, tmp);
+                            break;
+                        case MODE_AMX_BF16:
+                            onebit_amx_tiles_bf16((const uint16_t *)j.tiles + m0 * j.kpad * j.parts, j.kchunks,
+                                                  j.parts, apack, ntiles, mr, n1 - n0, scratch, nb);
+                            epilogue_f32(&j, m0, mr, n0, n1, scratch, nb, 1);
+                            break;
                         }
                     }
                 }
             }
         }
-        free(scratch);
-        free(row);
+        release_buffer(row, row_bytes);
+        release_buffer(bytes, bytes_bytes);
+        release_buffer(scratch, scratch_bytes);
+        release_buffer(tmp, (size_t)nb * sizeof(float));
+        if (apack) release_buffer(apack, apack_bytes);
     }
 
 done:
-    free(j.xs);
+    if (j.xs) release_buffer(j.xs, xs_bytes);
+    if (j.q) release_buffer(j.q, q_bytes);
+    if (j.tiles) release_buffer(j.tiles, tiles_bytes);
     free(j.xsum);
-    free(j.q);
     free(j.qscale);
     free(j.qsum);
     return failed ? -3 : 0;

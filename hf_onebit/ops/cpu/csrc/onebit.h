@@ -10,6 +10,7 @@
 #define HF_ONEBIT_H
 
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -19,8 +20,30 @@ enum {
     ONEBIT_ISA_PORTABLE = 0,
     ONEBIT_ISA_AVX2 = 1,   /* AVX2 + FMA */
     ONEBIT_ISA_AVX512 = 2, /* AVX-512 F/BW/VL + VNNI */
-    ONEBIT_ISA_COUNT = 3
+    ONEBIT_ISA_AMX = 3,    /* AVX-512 row kernels for few rows, AMX int8/bf16 tiles for many */
+    ONEBIT_ISA_COUNT = 4
 };
+
+/* What x is. The AMX float path also splits each value into as many bf16 parts as make it exact (1, 2 or 3). */
+enum {
+    ONEBIT_X_F32 = 0,  /* float32 */
+    ONEBIT_X_BF16 = 1, /* bfloat16; x * g is rounded to bfloat16 like torch's bf16 product (g must be bf16 values) */
+    ONEBIT_X_F16 = 2   /* float32 holding float16 values (the caller applied g in float16) */
+};
+
+/* bfloat16 <-> float32, rounding to nearest even (NaN stays NaN, overflow becomes inf), as torch does. */
+static inline uint16_t onebit_bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float onebit_bf16_value(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 /* Activation rows handled by one row-kernel call (each unpacked weight chunk is reused across them). */
 #define ONEBIT_MR 8
@@ -37,12 +60,33 @@ typedef void (*onebit_rows_i8_fn)(const int8_t *q, int64_t ldq, int mr, const ui
 typedef struct {
     onebit_rows_f32_fn rows_f32;
     onebit_rows_i8_fn rows_i8;
+    /* activation preparation (prepare.h, compiled per ISA) */
+    /* x * g as float32, zero padded; x is float32 or (bf16 != 0) bfloat16 */
+    void (*scale_row)(const void *x, int bf16, const float *g, int64_t K, int64_t kpad, float *out);
+    void (*quantize_row)(const float *xs, int64_t K, int64_t kpad, int8_t *q, float *scale, int64_t *qsum);
+    double (*row_sum)(const float *xs, int64_t kpad);
+    void (*split_bf16)(float *x, int64_t kpad, int parts, uint16_t *out, int64_t stride);
 } onebit_kernels;
 
 /* One per ISA translation unit (kernels_<isa>.c). */
 void onebit_kernels_portable(onebit_kernels *k);
 void onebit_kernels_avx2(onebit_kernels *k);
 void onebit_kernels_avx512(onebit_kernels *k);
+
+/* AMX prefill kernels (kernels_amx.c). The driver relays activations into VNNI tiles:
+ *   int8: qt[m_tile][chunk of 64 inputs][16 rows = groups of 4 inputs][16 activation rows][4]
+ *   bf16: xt[m_tile][chunk of 32 inputs][part][16 rows = pairs of inputs][16 activation rows][2]
+ * unpack_* writes a block of weight rows [n0, n1) as ntiles (even) A tiles per chunk; tiles_* computes two m-tiles
+ * (32 activation rows) against them into out[m * ldo + n - n0] (int32 B q, or float32 sign(W) x). */
+int onebit_amx_enable(void);
+void onebit_amx_unpack_i8(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
+                          uint8_t *apack);
+void onebit_amx_unpack_bf16(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
+                            uint16_t *apack);
+void onebit_amx_tiles_i8(const int8_t *qt, int64_t kchunks, const uint8_t *apack, int64_t ntiles, int mvalid,
+                         int64_t nvalid, int32_t *out, int64_t ldo);
+void onebit_amx_tiles_bf16(const uint16_t *xt, int64_t kchunks, int parts, const uint16_t *apack, int64_t ntiles,
+                           int mvalid, int64_t nvalid, float *out, int64_t ldo);
 
 /* ---- exported API (onebit.c) ---- */
 
@@ -54,12 +98,13 @@ int onebit_best_isa(void);
 int onebit_isa_count(void);
 
 /* y[m * ldy + n] = ((x[m] * g) . sign(W[n])) * h[n] + bias[n] for m < M, n < N.
- *   x: float32 rows with stride ldx (>= K); g: float32 (K,) or NULL for all ones (x already scaled);
- *   w: packed bits (N, kbytes) contiguous; h: float32 (N,); bias: float32 (N,) or NULL; y: float32, stride ldy.
+ *   x: rows of x_kind (ONEBIT_X_*) with stride ldx elements (>= K); g: float32 (K,) or NULL for all ones;
+ *   w: packed bits (N, kbytes) contiguous; h: float32 (N,); bias: float32 (N,) or NULL;
+ *   y: float32 (y_bf16 = 0) or bfloat16 (y_bf16 = 1, rounded to nearest even), stride ldy elements.
  *   act_bits 0: exact float32 arithmetic; 8: per-row absmax int8 quantisation of x * g and integer dot products.
  * Returns 0, or a negative error: -1 bad argument, -2 ISA not available, -3 out of memory. */
-int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const float *x, int64_t ldx, const float *g,
-                  const uint8_t *w, int64_t kbytes, const float *h, const float *bias, float *y, int64_t ldy,
+int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
+                  const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
                   int act_bits, int nthreads);
 
 #ifdef __cplusplus
