@@ -90,6 +90,8 @@ def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bit
     M, K = x.shape
     N = weight.shape[0]
     dtype = x.dtype
+    if M == 0:
+        return x.new_empty((0, N))
     if dtype == torch.float16:
         # No float16 arithmetic in C: apply g in float16 here (the reference's rounding), compute in float32.
         xc, x_kind, g = (x * scale_in.to(dtype)).float(), _X_F16, None

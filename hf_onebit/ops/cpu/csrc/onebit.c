@@ -243,9 +243,9 @@ static void choose_blocks(const job_t *j, int nthreads, int64_t *nb, int64_t *gr
 int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
                   const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
                   int act_bits, int nthreads) {
+    if (M == 0 && K >= 1 && N >= 1) return 0;
     if (M < 0 || K < 1 || K >= (1 << 23) || N < 1 || kbytes != (K + 7) / 8 || ldx < K || ldy < N || !x || !w || !h || !y) return -1;
     if ((act_bits != 0 && act_bits != 8) || x_kind < ONEBIT_X_F32 || x_kind > ONEBIT_X_F16) return -1;
-    if (M == 0) return 0;
     onebit_kernels kern;
     if (get_kernels(isa, &kern) != 0) return -2;
     if (nthreads < 1) nthreads = 1;

@@ -1,0 +1,310 @@
+"""The CPU kernels (hf_onebit/ops/cpu) against the reference path, per ISA variant, under torch.compile and opcheck,
+and the build/fallback machinery (cache directory, file lock, no compiler)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hf_onebit.ops import binary_linear, reference, select_kernel
+from hf_onebit.ops import cpu
+from hf_onebit.packing import pack_signs
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+EPS = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_library():
+    # The kernels are the subject here: a build failure is a test failure, not a skip.
+    assert cpu.is_available(), f"CPU kernel library did not build/load: {cpu.load_error()}"
+
+
+@contextmanager
+def threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def isa(name):
+    cpu.set_isa(name)
+    try:
+        yield
+    finally:
+        cpu.set_isa(None)
+
+
+def make_layer(K: int, N: int, bias: bool, seed: int, scale_dtype=torch.float16):
+    gen = torch.Generator().manual_seed(seed)
+    weight = pack_signs(torch.randn(N, K, generator=gen))
+    scale_in = (torch.rand(K, generator=gen) + 0.5).to(scale_dtype)
+    scale_out = (torch.rand(N, generator=gen) * 0.1 + 0.01).to(scale_dtype)
+    b = torch.randn(N, generator=gen) if bias else None
+    return weight, scale_in, scale_out, b
+
+
+def tolerance(x, weight, scale_in, scale_out, bias, K, act_bits):
+    """Per-element bound on |kernel - reference|: float rounding of a K-term dot product (relative to sum |x g|),
+    plus, for 16-bit outputs, up to four roundings to that dtype (the reference's product, * h and + bias, and the
+    kernel's one final rounding), each at most eps * |value|."""
+    dtype = x.dtype
+    xs = (x * scale_in.to(dtype)).double()
+    if act_bits == 8:
+        q, s = reference.quantize_activations_int8(x * scale_in.to(dtype))
+        xs = (q * s).double()
+    h = scale_out.double().abs()
+    b = bias.double().abs() if bias is not None else torch.zeros_like(h)
+    y0 = xs @ reference.unpack_signs(weight, K, torch.float64).T
+    dot = xs.abs().sum(-1, keepdim=True) * h * 4e-6 * max(1.0, K**0.5 / 8)
+    if dtype == torch.float32:
+        return dot + 1e-6 * b
+    eps = EPS[dtype]
+    # int8 with 16-bit x: the reference rounds q * scale to the dtype before the matmul (each term within eps).
+    grid = xs.abs().sum(-1, keepdim=True) * h * eps if act_bits == 8 else 0.0
+    return dot + grid + 5 * eps * (y0.abs() * h + b) + 1e-6
+
+
+def check_against_reference(x, layer, K, act_bits, backend="cpu"):
+    weight, scale_in, scale_out, bias = layer
+    expected = binary_linear(x, weight, scale_in, scale_out, bias, K, act_bits, backend="reference")
+    got = binary_linear(x, weight, scale_in, scale_out, bias, K, act_bits, backend=backend)
+    assert got.dtype == x.dtype and got.shape == expected.shape
+    bound = tolerance(x.reshape(-1, K), weight, scale_in, scale_out, bias, K, act_bits).reshape(expected.shape)
+    err = (got.double() - expected.double()).abs()
+    worst = (err - bound).max().item()
+    assert worst <= 0, f"max excess error {worst:.3g} (max err {err.max().item():.3g}) for x {tuple(x.shape)} {x.dtype}"
+    return got
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    K=st.integers(1, 300),
+    N=st.integers(1, 300),
+    M=st.one_of(st.integers(1, 9), st.integers(10, 600)),
+    dtype=st.sampled_from(DTYPES),
+    bias=st.booleans(),
+    act_bits=st.sampled_from((0, 8)),
+    layout=st.sampled_from(("contiguous", "transposed", "sliced", "3d")),
+    nthreads=st.sampled_from((1, 2)),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_reference(K, N, M, dtype, bias, act_bits, layout, nthreads, seed):
+    layer = make_layer(K, N, bias, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if layout == "transposed":  # a non-contiguous (M, K) view
+        x = torch.randn(K, M, generator=gen).to(dtype).T
+    elif layout == "sliced":  # rows with a stride larger than K
+        x = torch.randn(M, K + 5, generator=gen).to(dtype)[:, 2 : K + 2]
+    elif layout == "3d":
+        x = torch.randn(1, M, K, generator=gen).to(dtype)
+    else:
+        x = torch.randn(M, K, generator=gen).to(dtype)
+    assert select_kernel(x, layer[0], act_bits).name == "cpu"
+    with threads(nthreads):
+        check_against_reference(x, layer, K, act_bits)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 5, 64])
+def test_large_k_and_scale_dtypes(dtype, M):
+    # Sizes of a real layer's K (several row kernels' word/tail paths at once) with bf16 / fp32 scale vectors.
+    K, N = 1000, 70
+    for scale_dtype in (torch.bfloat16, torch.float32):
+        layer = make_layer(K, N, True, 3, scale_dtype)
+        x = torch.randn(M, K).to(dtype)
+        for act_bits in (0, 8):
+            check_against_reference(x, layer, K, act_bits)
+
+
+def isa_params():
+    return [pytest.param(name, id=name) for name in cpu.ISA_NAMES]
+
+
+@pytest.mark.parametrize("name", isa_params())
+def test_each_isa_variant(name):
+    """Every compiled ISA variant (forced) agrees with the reference and, on the int8 path, bit for bit with the
+    portable variant: the int8 grid is computed exactly and the integer dot products are exact."""
+    if name not in cpu.supported_isas():
+        pytest.skip(f"ISA variant {name!r} not supported here (CPU/compiler offers {cpu.supported_isas()})")
+    K, N = 333, 150
+    layer = make_layer(K, N, True, 11)
+    for M in (1, 3, 8, 9, 40, 100):  # row kernels for every mr, and the AMX tiles (M >= 32) with partial tiles
+        for dtype in DTYPES:
+            x = torch.randn(M, K).to(dtype)
+            with isa(name):
+                assert cpu.active_isa_name() == name
+                for act_bits in (0, 8):
+                    got = check_against_reference(x, layer, K, act_bits)
+                    if act_bits == 8:
+                        with isa("portable"):
+                            portable = binary_linear(x, *layer, K, 8, backend="cpu")
+                        torch.testing.assert_close(got, portable, rtol=0, atol=0)
+
+
+def test_isa_environment_override(monkeypatch):
+    monkeypatch.setenv(cpu.ISA_ENV, "portable")
+    assert cpu.active_isa_name() == "portable"
+    monkeypatch.setenv(cpu.ISA_ENV, "sse9")
+    with pytest.raises(ValueError, match="HF_ONEBIT_CPU_ISA"):
+        cpu.active_isa_name()
+    with pytest.raises(ValueError, match="set_isa"):
+        cpu.set_isa("sse9")
+
+
+def test_int8_error_vs_exact_path():
+    """The documented cost of act_bits=8 (docs/kernels-cpu.md): the int8 grid's step is absmax/127 per token, so on
+    Gaussian activations the output's relative error is about absmax / rms / (127 * sqrt(12)): ~0.8% with g = 1 and
+    ~1.1% with g spread over [0.5, 1.5]."""
+    K, N, M = 2048, 512, 16
+    weight, scale_in, scale_out, _ = make_layer(K, N, False, 5)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(6))
+    for g, limit in ((torch.ones(K), 1e-2), (scale_in, 1.5e-2)):
+        exact = binary_linear(x, weight, g, scale_out, None, K, 0, backend="reference")
+        int8 = binary_linear(x, weight, g, scale_out, None, K, 8, backend="cpu")
+        rel = ((int8 - exact).norm() / exact.norm()).item()
+        assert 0.002 < rel < limit, rel
+
+
+def test_all_zero_rows_and_empty_batch():
+    K, N = 40, 24
+    layer = make_layer(K, N, True, 2)
+    x = torch.zeros(3, K)
+    for act_bits in (0, 8):
+        y = binary_linear(x, *layer, K, act_bits, backend="cpu")
+        torch.testing.assert_close(y, layer[3].expand(3, N))
+        assert binary_linear(torch.zeros(0, K), *layer, K, act_bits, backend="cpu").shape == (0, N)
+
+
+def test_bad_shapes_name_the_argument():
+    K, N = 16, 8
+    weight, scale_in, scale_out, bias = make_layer(K, N, True, 0)
+    x = torch.randn(2, K)
+    with pytest.raises(ValueError, match="scale_in"):
+        cpu.cpu_binary_linear(x, weight, scale_in[:-1], scale_out, bias, K, 0)
+    with pytest.raises(ValueError, match="weight"):
+        cpu.cpu_binary_linear(x, weight[:, :1], scale_in, scale_out, bias, K, 0)
+    with pytest.raises(ValueError, match="in_features"):
+        cpu.cpu_binary_linear(x, weight, scale_in, scale_out, bias, K + 1, 0)
+
+
+def test_scale_cache_follows_in_place_updates():
+    K, N = 32, 16
+    weight, scale_in, scale_out, _ = make_layer(K, N, False, 4)
+    x = torch.randn(2, K)
+    first = binary_linear(x, weight, scale_in, scale_out, None, K, backend="cpu")
+    with torch.no_grad():
+        scale_out.mul_(2)
+    second = binary_linear(x, weight, scale_in, scale_out, None, K, backend="cpu")
+    torch.testing.assert_close(second, first * 2, rtol=1e-3, atol=1e-5)
+
+
+def make_module(K=72, N=40, act_bits=0):
+    from hf_onebit import OneBitConfig, OneBitLinear
+
+    torch.manual_seed(0)
+    return OneBitLinear.from_linear(torch.nn.Linear(K, N), OneBitConfig(act_bits=act_bits)).eval()
+
+
+@pytest.mark.parametrize("act_bits", [0, 8])
+def test_torch_compile_uses_kernel(act_bits):
+    module = make_module(act_bits=act_bits)
+    x = torch.randn(3, 5, 72)
+    assert select_kernel(x, module.weight, act_bits).name == "cpu"
+    eager = module(x)
+    compiled = torch.compile(module, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager)
+        torch.testing.assert_close(compiled(x * 2), module(x * 2))
+
+
+def test_opcheck_with_cpu_kernel():
+    K, N = 37, 19
+    weight, scale_in, scale_out, bias = make_layer(K, N, True, 9)
+    samples = [
+        (torch.randn(4, K), weight, scale_in, scale_out, bias, K, 0, "auto"),
+        (torch.randn(2, 3, K), weight, scale_in, scale_out, None, K, 8, "cpu"),
+        (torch.randn(5, K, requires_grad=True), weight, scale_in.float().requires_grad_(), scale_out, bias, K, 0, "cpu"),
+    ]
+    for args in samples:
+        assert select_kernel(args[0], weight, args[6]).name == "cpu"
+        torch.library.opcheck(torch.ops.hf_onebit.binary_linear.default, args)
+
+
+# ---------------------------------------------------------------- build machinery (fresh subprocesses)
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, warnings, torch
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        from hf_onebit.ops import binary_linear, select_kernel, cpu
+        from hf_onebit.packing import pack_signs
+        w = pack_signs(torch.randn(12, 20)); g = torch.rand(20); h = torch.rand(12); x = torch.randn(3, 20)
+        y1 = binary_linear(x, w, g, h, None, 20)
+        y2 = binary_linear(x, w, g, h, None, 20, act_bits=8)
+        ref = binary_linear(x, w, g, h, None, 20, backend="reference")
+        kernel = select_kernel(x, w, 0)
+    from hf_onebit.ops.cpu.build import library_path
+    print(json.dumps({
+        "warnings": [str(w.message) for w in caught if "hf_onebit" in str(w.message)],
+        "kernel": kernel.name if kernel else None,
+        "close": bool(torch.allclose(y1, ref, atol=1e-5)),
+        "library": str(library_path()),
+        "exists": library_path().exists(),
+    }))
+    """
+)
+
+
+def run_script(env_updates: dict) -> dict:
+    env = {**os.environ, **env_updates}
+    env.pop(cpu.ISA_ENV, None)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path):
+    result = run_script({"CC": str(tmp_path / "no-such-cc"), "HF_ONEBIT_CACHE": str(tmp_path / "cache")})
+    assert result["kernel"] is None  # reference path
+    assert result["close"]
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert "no-such-cc" in result["warnings"][0] and "reference path" in result["warnings"][0]
+    assert not result["exists"]
+
+
+def test_build_cache_dir_and_concurrent_builds(tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HF_ONEBIT_CACHE": str(cache)}
+    env.pop("CC", None)
+    env.pop(cpu.ISA_ENV, None)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for result in results:
+        assert result["kernel"] == "cpu" and result["close"] and not result["warnings"]
+        assert result["library"].startswith(str(cache)) and result["exists"]
+    assert results[0]["library"] == results[1]["library"]
+    built = list(cache.glob("cpu-*/*.so"))
+    assert len(built) == 1, built  # one library, no half-written leftovers
+    assert not list(cache.glob("cpu-*/build-*"))
