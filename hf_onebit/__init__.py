@@ -8,6 +8,7 @@ saved 1-bit checkpoint. Without this import transformers does not know ``"onebit
 from . import ops
 from .config import OneBitConfig
 from .convert import dequantize_, quantize_
+from .finetune import prepare_for_training, restore_storage_dtypes
 from .modules import OneBitLinear
 from .quantizer import OneBitHfQuantizer
 from .registration import register
@@ -16,4 +17,5 @@ __version__ = "0.1.0"
 
 register()
 
-__all__ = ["OneBitConfig", "OneBitLinear", "OneBitHfQuantizer", "quantize_", "dequantize_", "register", "ops"]
+__all__ = ["OneBitConfig", "OneBitLinear", "OneBitHfQuantizer", "quantize_", "dequantize_", "register", "ops",
+           "prepare_for_training", "restore_storage_dtypes"]

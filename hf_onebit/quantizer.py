@@ -112,6 +112,10 @@ class OneBitHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        from . import hub, offload  # ecosystem hooks: packed disk offload, model card on save/push
+
+        if not self.pre_quantized and not self.latent:
+            offload.repair_disk_offloaded_signs(model)
         for name, module in model.named_modules():
             if isinstance(module, OneBitLinear):
                 for pname, param in module.named_parameters(recurse=False):
@@ -125,6 +129,7 @@ class OneBitHfQuantizer(HfQuantizer):
                     # Trainable float vectors stay float32 (bf16 updates round away at small learning rates).
                     module.scale_in.data = module.scale_in.data.float()
                     module.scale_out.data = module.scale_out.data.float()
+        hub.attach_model_card(model, teacher=None if self.pre_quantized else model.config.name_or_path)
         return model
 
     def get_quantize_ops(self):
