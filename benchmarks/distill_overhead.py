@@ -1,0 +1,94 @@
+"""Cost of one distillation step vs one plain fine-tuning step of the same latent 1-bit student.
+
+Both steps run through the stock Trainer's ``training_step`` on the same batch and the same student (SmolLM2-135M in
+its latent form, progressive binarizer at phase 1): the plain step is the model's own causal-LM loss, the distillation
+step adds the teacher's forward, the KL and hidden-state terms. The two are timed alternately in one process (the CPU
+is shared, so only their ratio is meaningful); the median of ``--reps`` pairs is reported.
+
+    python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def build(args):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    import hf_onebit  # noqa: F401
+    from hf_onebit import OneBitConfig
+
+    if args.tiny:
+        path = tempfile.mkdtemp()
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
+    else:
+        from hf_onebit.real_model import smollm2_checkpoint
+
+        path = smollm2_checkpoint()
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    teacher = AutoModelForCausalLM.from_pretrained(path)
+    return student, teacher
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="a small random LLaMA instead of SmolLM2 (for a quick check)")
+    args = p.parse_args(argv)
+
+    from transformers import Trainer, TrainingArguments
+
+    from hf_onebit.eval import format_table
+    from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_optimizer
+
+    student, teacher = build(args)
+    vocab = student.config.vocab_size
+    data = TokenBlocks(torch.randint(vocab, (args.batch_size * 4, args.seq_len), generator=torch.Generator().manual_seed(0)))
+    cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=0, plot=False, track_sign_flips=False)
+    targs = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=10, per_device_train_batch_size=args.batch_size,
+                              report_to=[], use_cpu=True, bf16=args.bf16, disable_tqdm=True, save_strategy="no")
+    trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb],
+                      optimizers=(onebit_optimizer(student), None))
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    state = trainer.state
+    state.max_steps = 10
+    cb.on_train_begin(targs, state, trainer.control, model=student, optimizer=trainer.optimizer)
+    cb.on_step_begin(targs, state, trainer.control, model=student, optimizer=trainer.optimizer)
+    batch = trainer.data_collator([data[i] for i in range(args.batch_size)])
+    n_items = (batch["labels"][:, 1:] != -100).sum()
+
+    def step(distill: bool) -> float:
+        cb._active = distill
+        t0 = time.perf_counter()
+        trainer.training_step(student, dict(batch), n_items)
+        elapsed = time.perf_counter() - t0
+        student.zero_grad(set_to_none=True)
+        return elapsed
+
+    step(True), step(False)  # warm-up
+    plain, distill = [], []
+    for _ in range(args.reps):
+        plain.append(step(False))
+        distill.append(step(True))
+    mp, md = statistics.median(plain), statistics.median(distill)
+    tokens = args.batch_size * args.seq_len
+    print(format_table(
+        ["step", "median s", "tokens / s"],
+        [["plain fine-tuning (CE)", mp, tokens / mp], ["distillation (teacher + KL + hidden)", md, tokens / md]]))
+    print(f"\ndistillation / plain = {md / mp:.2f}x  (batch {args.batch_size} x {args.seq_len} tokens, "
+          f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating pairs, forward+backward only)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Distillation quality on the real SmolLM2-135M-Instruct: held-out perplexity per recipe at a fixed token budget.
+
+Rows: teacher (float), svid (packed 1-bit, no training), onebit, progressive, progressive without binary-aware init,
+progressive without dual scaling. Every distilled row trains on the same teacher self-generated tokens with the same
+optimizer settings and states its tokens and wall time; the perplexity is measured on hf_onebit/data/heldout_en.txt
+(never in the training data) with the PACKED model reloaded from ``save_pretrained``.
+
+    python benchmarks/quality.py --row progressive --tokens 200000 --json results/progressive.json   # one row
+    python benchmarks/quality.py --report results/*.json --plot docs/quality_ppl_vs_tokens.png     # table + plot
+
+Rows run as separate processes so that they can be scheduled around a shared machine; the CPU is shared, so wall
+times are indicative and tokens are the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+ROWS = ("teacher", "svid", "onebit", "progressive", "progressive-no-bai", "progressive-no-dual")
+#: Teacher self-generation settings shared by every row (the cache key includes them).
+DATA_SETTINGS = {"batch_size": 128, "dtype": "bfloat16", "top_k": 50}
+HELDOUT = os.path.join(os.path.dirname(__file__), "..", "hf_onebit", "data", "heldout_en.txt")
+
+
+def heldout_ids(tokenizer) -> torch.Tensor:
+    with open(HELDOUT, encoding="utf-8") as fh:
+        return tokenizer(fh.read(), return_tensors="pt").input_ids[0]
+
+
+def recipe_kwargs(row: str, args) -> dict:
+    if row == "onebit":
+        return {"recipe": "onebit"}
+    steps = max(1, args.tokens // (args.batch_size * args.seq_len))
+    init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * steps))
+    kw = {"recipe": "progressive", "init_steps": init_steps, "phases": args.phases}
+    if row == "progressive-no-bai":
+        kw["binary_aware_init"] = False
+    if row == "progressive-no-dual":
+        kw["dual_scaling"] = False
+    return kw
+
+
+class PerplexityProbe:
+    """Trainer callback: hard-sign held-out perplexity every ``every`` steps (the function the packed model has)."""
+
+    def __init__(self, cb, ids, every: int, tokens_per_step: int, seq_len: int, bf16: bool = False):
+        from transformers import TrainerCallback
+
+        self.cb, self.ids, self.every, self.tps, self.seq_len = cb, ids, every, tokens_per_step, seq_len
+        self.curve = []
+        self.bf16 = bf16
+        outer = self
+
+        class _Probe(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step % outer.every == 0 and state.global_step < state.max_steps:
+                    outer.measure(model, state.global_step)
+
+        self.callback = _Probe()
+
+    def measure(self, model, step: int) -> None:
+        from hf_onebit.eval import perplexity_ids
+
+        temp = self.cb.temperature
+        saved = temp.t if temp is not None else None
+        if temp is not None:
+            temp.t = math.inf
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            ppl = perplexity_ids(model, self.ids, seq_len=self.seq_len)
+        if temp is not None:
+            temp.t = saved
+        self.curve.append({"step": step, "tokens": step * self.tps, "ppl": ppl})
+        print(f"[probe] step {step} tokens {step * self.tps} hard-sign held-out ppl {ppl:.1f}", flush=True)
+
+
+def run_row(row: str, args) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    import hf_onebit  # noqa: F401
+    from hf_onebit import OneBitConfig
+    from hf_onebit.eval import perplexity_ids
+    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, onebit_optimizer, self_generated_dataset
+
+    torch.manual_seed(args.seed)
+    path = smollm2_checkpoint()
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = heldout_ids(tok)
+    teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    result = {"row": row, "heldout_tokens": int(ids.numel()), "tokens": 0, "wall_s": 0.0, "steps": 0}
+    if row == "teacher":
+        result["ppl"] = perplexity_ids(teacher, ids, seq_len=args.eval_seq_len)
+        result["curve"] = []
+        return result
+    if row == "svid":
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(scale_dtype="float32"))
+        result["ppl"] = perplexity_ids(model, ids, seq_len=args.eval_seq_len)
+        return result
+
+    steps = max(1, args.tokens // (args.batch_size * args.seq_len))
+    n_seq = max(args.data_sequences, args.batch_size)
+    data = self_generated_dataset(teacher, tok, n_seq, args.seq_len, seed=args.seed, **DATA_SETTINGS)
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    loss = DistillationLoss(kl_weight=1.0, hidden_weight=args.hidden_weight, temperature=1.0)
+    cb = OneBitDistillationCallback(teacher, loss=loss, clip_multiplier=args.clip_multiplier, plot=False,
+                                    **recipe_kwargs(row, args))
+    tps = args.batch_size * args.seq_len
+    probe = PerplexityProbe(cb, ids, args.eval_every, tps, args.eval_seq_len, bf16=args.bf16)
+    out = tempfile.mkdtemp(prefix=f"quality-{row}-")
+    targs = TrainingArguments(
+        output_dir=out, max_steps=steps, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
+        weight_decay=args.weight_decay, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.05}, warmup_steps=max(1, int(0.05 * steps)), logging_steps=args.log_every,
+        save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, disable_tqdm=not sys.stderr.isatty(),
+        dataloader_num_workers=0, bf16=args.bf16,
+    )
+    opt = onebit_optimizer(student, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay)
+    trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb, probe.callback],
+                      optimizers=(opt, None))
+    probe.measure(student, 0)
+    t0 = time.perf_counter()
+    trainer.train()
+    result["wall_s"] = time.perf_counter() - t0
+    result["steps"] = steps
+    result["tokens"] = steps * tps
+    result["ppl_latent"] = perplexity_ids(student, ids, seq_len=args.eval_seq_len)
+    student.save_pretrained(os.path.join(out, "packed"))
+    packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
+    result["ppl"] = perplexity_ids(packed, ids, seq_len=args.eval_seq_len)
+    probe.curve.append({"step": steps, "tokens": steps * tps, "ppl": result["ppl"]})
+    result["curve"] = probe.curve
+    result["history"] = cb.history
+    result["settings"] = {k: v for k, v in vars(args).items() if k not in ("report", "json")}
+    return result
+
+
+def report(paths: list[str], plot: str | None) -> str:
+    from hf_onebit.eval import format_table
+
+    results = []
+    for p in paths:
+        with open(p) as fh:
+            results.append(json.load(fh))
+    order = {r: i for i, r in enumerate(ROWS)}
+    results.sort(key=lambda r: (order.get(r["row"], 99), r["tokens"]))
+    teacher = next((r["ppl"] for r in results if r["row"] == "teacher"), None)
+    rows = []
+    for r in results:
+        rows.append([r["row"], r["tokens"], r["steps"], round(r["wall_s"] / 60, 1), r["ppl"],
+                     (r["ppl"] / teacher) if teacher else float("nan")])
+    table = format_table(["row", "tokens", "steps", "wall min", "held-out ppl (packed)", "x teacher"], rows)
+    if plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed: no plot (pip install 'hf_onebit[plot]')", file=sys.stderr)
+        else:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for r in results:
+                if r.get("curve"):
+                    pts = [(c["tokens"], c["ppl"]) for c in r["curve"]]
+                    ax.plot(*zip(*pts), marker=".", label=f"{r['row']} ({r['tokens'] // 1000}k tok)")
+            if teacher:
+                ax.axhline(teacher, color="k", ls="--", label="teacher")
+            ax.set_xlabel("training tokens")
+            ax.set_ylabel("held-out perplexity (hard sign)")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(plot, dpi=100)
+    return table
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--row", choices=ROWS)
+    p.add_argument("--json", help="write the row's result here")
+    p.add_argument("--report", nargs="*", help="result JSON files to tabulate")
+    p.add_argument("--plot", help="with --report: perplexity vs tokens PNG")
+    p.add_argument("--tokens", type=int, default=100_000, help="training token budget per distilled row")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--data-sequences", type=int, default=512, help="self-generated sequences (cached, reused)")
+    p.add_argument("--lr", type=float, default=2e-4, help="latent weights")
+    p.add_argument("--scale-lr", type=float, default=1e-3, help="scale vectors")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--clip-multiplier", type=float, default=2.0)
+    p.add_argument("--init-steps", type=int, default=None, help="binary-aware init steps (default: 6%% of the steps)")
+    p.add_argument("--phases", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-seq-len", type=int, default=512)
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 instead of bf16 autocast")
+    args = p.parse_args(argv)
+    if args.report is not None:
+        print(report(args.report, args.plot))
+        return
+    if not args.row:
+        p.error("--row or --report is required")
+    result = run_row(args.row, args)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("history", "curve", "settings")}))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Distil SmolLM2-135M-Instruct into a packed 1-bit model with the stock transformers Trainer.
+
+    python examples/distill_smollm2.py --max-steps 300 --out smollm2-1bit      # the real thing (CPU: ~1 h)
+    python examples/distill_smollm2.py --max-steps 2 --tiny --out /tmp/x        # CI smoke run (seconds)
+
+The teacher writes its own training text (cached); the student is trained by OneBitDistillationCallback with the
+progressive recipe, then saved packed and reloaded with one line to check its held-out perplexity.
+"""
+
+import argparse
+import os
+import tempfile
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+import hf_onebit  # noqa: F401  (registers the "onebit" quantization method)
+from hf_onebit import OneBitConfig
+from hf_onebit.eval import perplexity
+from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_optimizer, self_generated_dataset
+
+HELDOUT = os.path.join(os.path.dirname(hf_onebit.__file__), "data", "heldout_en.txt")
+
+
+def tiny_checkpoint() -> str:
+    """A random 2-layer LLaMA with the SmolLM2 tokenizer's vocabulary size (for smoke runs)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tempfile.mkdtemp()
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
+    return path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--out", default="smollm2-1bit")
+    p.add_argument("--tiny", action="store_true", help="random tiny model and random tokens (CI)")
+    args = p.parse_args()
+
+    from hf_onebit.real_model import smollm2_checkpoint
+
+    tokenizer_dir = smollm2_checkpoint()
+    teacher_dir = tiny_checkpoint() if args.tiny else tokenizer_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=OneBitConfig(training=True))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    if args.tiny:
+        data = TokenBlocks(torch.randint(49152, (16, 32)))
+    else:
+        data = self_generated_dataset(teacher, tokenizer, num_sequences=512, seq_len=256, batch_size=128,
+                                      dtype="bfloat16", top_k=50)
+
+    training_args = TrainingArguments(
+        output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=8, learning_rate=3e-4,
+        weight_decay=0.01, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
+        warmup_steps=max(1, args.max_steps // 20), logging_steps=max(1, args.max_steps // 30), save_strategy="no",
+        report_to=[], bf16=not args.tiny,
+    )
+    callback = OneBitDistillationCallback(teacher, recipe="progressive",
+                                          init_steps=max(1, round(0.06 * args.max_steps)) if args.max_steps > 1 else 0)
+    trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
+                      optimizers=(onebit_optimizer(student, lr=3e-4, scale_lr=1e-3), None))
+    trainer.train()
+
+    with open(HELDOUT, encoding="utf-8") as fh:
+        text = fh.read()
+    ppl_trained = perplexity(student, tokenizer, text, max_tokens=None if not args.tiny else 256)
+    student.save_pretrained(args.out)  # packed: 1 bit per weight + two float vectors per layer
+    reloaded = AutoModelForCausalLM.from_pretrained(args.out)  # one line (after `import hf_onebit`)
+    ppl_reloaded = perplexity(reloaded, tokenizer, text, max_tokens=None if not args.tiny else 256)
+    print(f"held-out perplexity: end of training {ppl_trained:.2f}, packed and reloaded {ppl_reloaded:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Binarizers for the latent form of :class:`~hf_onebit.modules.OneBitLinear` during training.
+
+A binarizer is what ``OneBitLinear.forward`` applies to the latent weight matrix (``module.binarizer(weight)``); the
+layer then computes ``F.linear(x * scale_in, binarizer(weight)) * scale_out``. Every binarizer here has a hard-sign
+limit whose function is exactly that of the packed layer after :func:`finalize_module_` folds the row scale into
+``scale_out``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..modules import hard_sign
+
+_EPS = 1e-8
+
+
+class Temperature:
+    """The shared, mutable ``t`` of every progressive binarizer of a model (``math.inf`` = hard sign)."""
+
+    def __init__(self, t: float = 0.0):
+        self.t = float(t)
+
+    def __repr__(self) -> str:
+        return f"Temperature(t={self.t:g})"
+
+
+def row_absmean(weight: torch.Tensor) -> torch.Tensor:
+    """``S_a``: the mean absolute value of each row of ``weight``, shape ``(out, 1)``, never 0 (no gradient)."""
+    return weight.detach().abs().mean(dim=1, keepdim=True).clamp_min(_EPS)
+
+
+class _ProgressiveSign(torch.autograd.Function):
+    """``s * tanh(t * w / s) / tanh(t)`` with its exact derivative ``t * (1 - tanh^2) / tanh(t)`` (``s`` constant)."""
+
+    @staticmethod
+    def forward(ctx, w, s, t: float):
+        y = torch.tanh(w * (t / s))
+        ctx.save_for_backward(y)
+        ctx.t = t
+        return y * (s / math.tanh(t))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        t = ctx.t
+        return grad * ((1 - y * y) * (t / math.tanh(t))), None, None
+
+
+def progressive_sign(w: torch.Tensor, t: float, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``F(w, t) = tanh(t w) / tanh(t)`` applied to ``w / row_scale`` and scaled back (forward and exact backward).
+
+    ``t`` near 0 gives (almost) the identity, ``t = inf`` the hard sign ``row_scale * sign(w)``.
+    """
+    s = row_scale if row_scale is not None else torch.ones((), dtype=w.dtype, device=w.device)
+    if math.isinf(t):
+        return hard_sign(w) * s
+    if not t > 0:
+        raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
+    return _ProgressiveSign.apply(w, s, float(t))
+
+
+class ProgressiveBinarizer:
+    """Consistent progressive binarizer (Tu et al. 2025) with optional dual-scaling compensation.
+
+    With ``dual_scaling`` the effective weight is ``S_a * F(W / S_a, t)`` where ``S_a`` is the row's mean absolute
+    latent weight, recomputed at every call; the learnable per-row ``S_l`` is the layer's ``scale_out``.
+    """
+
+    kind = "progressive"
+
+    def __init__(self, temperature: Temperature, dual_scaling: bool = True):
+        self.temperature = temperature
+        self.dual_scaling = dual_scaling
+
+    def row_scale(self, weight: torch.Tensor) -> torch.Tensor | None:
+        return row_absmean(weight) if self.dual_scaling else None
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        return progressive_sign(weight, self.temperature.t, self.row_scale(weight))
+
+    def __repr__(self) -> str:
+        return f"ProgressiveBinarizer({self.temperature!r}, dual_scaling={self.dual_scaling})"
+
+
+class BinaryAwareInitBinarizer:
+    """Stage 1 of the progressive recipe: dense weights frozen, learn the per-input scale ``S_t`` (= ``scale_in``).
+
+    The layer computes ``(x * S_t) @ B(W / S_t).T`` with ``B(u) = S_a(u) * sign(u)`` (row absmean times sign, tanh
+    estimator for the sign's gradient): the 1-bit function that folding ``W_latent = W / S_t`` will produce.
+    """
+
+    kind = "binary_aware_init"
+
+    def __init__(self, module):
+        self._module = module
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        u = weight.detach() / self._module.scale_in.to(weight.dtype)
+        s = u.abs().mean(dim=1, keepdim=True).clamp_min(_EPS)
+        return hard_sign(u / s) * s
+
+    def __repr__(self) -> str:
+        return "BinaryAwareInitBinarizer()"
+
+
+@torch.no_grad()
+def finalize_module_(module) -> None:
+    """Fold the binarizer's row scale into ``scale_out`` and switch to the hard sign (the packed layer's function)."""
+    binarizer = module.binarizer
+    if isinstance(binarizer, BinaryAwareInitBinarizer):
+        fold_binary_aware_init_(module)
+        binarizer = module.binarizer
+    row_scale = getattr(binarizer, "row_scale", None)
+    if callable(row_scale):
+        s = row_scale(module.weight)
+        if s is not None:
+            module.scale_out.mul_(s.squeeze(1).to(module.scale_out.dtype))
+    module.binarizer = hard_sign
+
+
+@torch.no_grad()
+def fold_binary_aware_init_(module) -> None:
+    """``W_latent = W / S_t``; ``S_t`` stays as ``scale_in``; the hard-sign function is unchanged."""
+    module.weight.div_(module.scale_in.to(module.weight.dtype))
+    module.binarizer = ProgressiveBinarizer(Temperature(math.inf), dual_scaling=True)

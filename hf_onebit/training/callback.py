@@ -1,0 +1,269 @@
+"""OneBitDistillationCallback: distillation of a latent 1-bit student inside the stock ``transformers.Trainer``.
+
+A TrainerCallback sees the model and the optimizer but neither the inputs nor the loss, so the callback hooks the
+student itself: a forward pre-hook captures ``input_ids`` / ``attention_mask`` / ``labels`` / ``num_items_in_batch``
+(and asks the student for its hidden states), a forward hook runs the frozen teacher on the same inputs and returns
+the student's outputs with ``loss`` replaced by the distillation loss. The Trainer back-propagates that loss as it
+would the model's own; gradient accumulation and multi-process runs follow the Trainer's ``num_items_in_batch``
+convention (see :mod:`hf_onebit.training.losses`). The hooks act only while the student is in training mode.
+
+The callback also owns the recipe's schedule (stage, phase and ``t`` per optimizer step), weight decay 0 in the last
+phase, adaptive gradient clipping, the extra log entries (``t``, each loss term, sign flips) and a plot of them, the
+latent-form Trainer checkpoints, and at the end of training the fold of every row scale into ``scale_out`` so that
+``student.save_pretrained(out)`` writes a packed model with exactly the function measured after ``trainer.train()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import torch
+from transformers import TrainerCallback
+
+from .binarizers import Temperature
+from .losses import DistillationLoss
+from .optim import GROUP_KEY, AdaptiveGradClipper
+from .recipes import Recipe, apply_recipe_, finalize_, get_recipe, latent_layers, stage_of, start_main_stage_
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "hf_onebit_distill_state.json"
+#: Attribute read by the quantizer's save path: while set, ``save_pretrained`` keeps the latent tensors.
+SAVE_LATENT_ATTR = "_hf_onebit_save_latent"
+
+
+class OneBitDistillationCallback(TrainerCallback):
+    """Distil ``teacher`` into the latent 1-bit model the Trainer trains.
+
+    Args:
+        teacher: the full-precision model (frozen here; moved to the student's device at the start of training).
+        recipe: ``"progressive"``, ``"onebit"`` or a :class:`~hf_onebit.training.recipes.Recipe`.
+        loss: a :class:`~hf_onebit.training.losses.DistillationLoss` (default: KL + hidden-state MSE, alpha = 1).
+        adaptive_clip: clip gradients at ``clip_multiplier`` times the running EMA of the gradient norm (starting at
+            ``clip_initial``); the Trainer's own ``max_grad_norm`` is switched off while it is on. Needs gradients
+            that are not sharded (single process or DDP); use ``max_grad_norm`` with FSDP / DeepSpeed.
+        final_weight_decay: weight decay of every parameter group in the last phase (None leaves it alone).
+        track_sign_flips: log the fraction of latent weights whose sign changed since the previous log.
+        plot: write ``distill_curves.png`` into ``args.output_dir`` at the end of training (needs matplotlib).
+        **recipe_overrides: fields of the recipe or its schedule (``phases``, ``init_steps``, ``dual_scaling``, ...).
+    """
+
+    def __init__(self, teacher, recipe: "str | Recipe" = "progressive", loss: DistillationLoss | None = None, *,
+                 adaptive_clip: bool = True, clip_multiplier: float = 2.0, clip_initial: float = 1.0,
+                 final_weight_decay: float | None = 0.0, track_sign_flips: bool = True, plot: bool = True,
+                 **recipe_overrides):
+        if teacher is None or not isinstance(teacher, torch.nn.Module):
+            raise ValueError(f"teacher: got {type(teacher).__name__}; allowed: a torch.nn.Module (the float model)")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.recipe = get_recipe(recipe, **recipe_overrides)
+        self.loss = loss or DistillationLoss()
+        if not isinstance(self.loss, DistillationLoss):
+            raise ValueError(f"loss: got {type(self.loss).__name__}; allowed: a DistillationLoss")
+        self.clipper = AdaptiveGradClipper(clip_multiplier, clip_initial) if adaptive_clip else None
+        self.final_weight_decay = final_weight_decay
+        self.track_sign_flips = track_sign_flips
+        self.plot = plot
+        self.temperature: Temperature | None = None
+        self.history: list[dict] = []
+        self._model = None
+        self._handles = []
+        self._ctx = None
+        self._active = False
+        self._sums: dict[str, float] = {}
+        self._count = 0.0
+        self._signs = None
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def prepare(self, model) -> None:
+        """Apply the recipe to a freshly loaded student (idempotent; called by ``on_init_end``)."""
+        if self._model is model:
+            return
+        latent_layers(model)  # raises a clear error for a packed / float model
+        self._model = model
+        self.temperature = apply_recipe_(model, self.recipe)
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.prepare(model)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.prepare(model)
+        self.recipe.schedule.check_total(state.max_steps) if self.recipe.progressive else None
+        device = next(model.parameters()).device
+        self.teacher.to(device)
+        if state.global_step > 0:
+            self._restore(args, state)
+            if self.recipe.progressive and state.global_step > self.recipe.init_steps and stage_of(model) == "init":
+                # The checkpoint's latent weights were saved after the fold: install the main stage as it is.
+                start_main_stage_(model, self.recipe, self.temperature, transform_weights=False)
+        if self.clipper is not None and args.max_grad_norm and args.max_grad_norm > 0:
+            logger.info("hf_onebit: adaptive gradient clipping replaces max_grad_norm=%s", args.max_grad_norm)
+            args.max_grad_norm = 0.0
+        if optimizer is not None and len(optimizer.param_groups) == 1:
+            logger.warning("hf_onebit: one optimizer parameter group; hf_onebit.training.onebit_optimizer gives the "
+                           "latent weights and the scale vectors their own learning rate and weight decay")
+        setattr(model, SAVE_LATENT_ATTR, True)
+        self._install_hooks(model)
+        self._snapshot_signs(model)
+        self._active = True
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        step = state.global_step
+        if self.recipe.progressive:
+            sched = self.recipe.schedule
+            if sched.stage(step) == "main" and stage_of(model) == "init":
+                start_main_stage_(model, self.recipe, self.temperature, transform_weights=True)
+                self._snapshot_signs(model)
+            self.temperature.t = sched.t_at(step, state.max_steps)
+        if optimizer is not None and self.final_weight_decay is not None:
+            last = self._is_last_phase(step, state.max_steps)
+            for group in optimizer.param_groups:
+                group.setdefault("hf_onebit_weight_decay", group.get("weight_decay", 0.0))
+                group["weight_decay"] = self.final_weight_decay if last else group["hf_onebit_weight_decay"]
+
+    def _is_last_phase(self, step: int, total: int) -> bool:
+        if self.recipe.progressive:
+            return self.recipe.schedule.is_last_phase(step, total)
+        phases = self.recipe.schedule.phases  # onebit: the same fraction of the run as one progressive phase
+        return step >= total - max(1, total // phases)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.clipper is not None and model is not None:
+            self.clipper.clip_(p for p in model.parameters() if p.requires_grad)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        extra = {"stage": 0.0 if self.recipe.progressive and state.global_step <= self.recipe.init_steps else 1.0}
+        if self.recipe.progressive:
+            extra["t"] = self.temperature.t
+            extra["phase"] = float(self.recipe.schedule.phase(max(state.global_step - 1, 0), state.max_steps))
+        if self._count:
+            for name, value in self._sums.items():
+                extra[f"distill_{name}"] = value / self._count
+        self._sums, self._count = {}, 0.0
+        if self.track_sign_flips and model is not None:
+            extra["sign_flips"] = self._sign_flip_fraction(model)
+        if self.clipper is not None:
+            extra["clip_threshold"] = self.clipper.threshold
+        extra = {k: round(v, 6) for k, v in extra.items()}
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+        self.history.append({"step": state.global_step, "loss": logs["loss"], **extra,
+                             **({"learning_rate": logs["learning_rate"]} if "learning_rate" in logs else {})})
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, STATE_FILE), "w") as fh:
+                json.dump(self.state_dict(), fh, indent=1)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._active = False
+        self._remove_hooks()
+        if model is not None:
+            finalize_(model)
+            if hasattr(model, SAVE_LATENT_ATTR):
+                delattr(model, SAVE_LATENT_ATTR)
+        self.teacher.to("cpu")
+        if self.plot and state.is_world_process_zero and self.history:
+            from .plot import plot_history
+
+            plot_history(self.history, os.path.join(args.output_dir, "distill_curves.png"))
+
+    # ----------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"recipe": self.recipe.to_dict(), "clipper": self.clipper.state_dict() if self.clipper else None,
+                "history": self.history}
+
+    def _restore(self, args, state) -> None:
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        if not os.path.isfile(path):
+            logger.warning("hf_onebit: resuming at step %d without %s; the clipping EMA restarts", state.global_step, path)
+            return
+        with open(path) as fh:
+            saved = json.load(fh)
+        if saved.get("recipe") != json.loads(json.dumps(self.recipe.to_dict())):
+            raise ValueError(f"{path}: the checkpoint was trained with recipe {saved.get('recipe')}, "
+                             f"this callback has {self.recipe.to_dict()}; resume with the same recipe")
+        if self.clipper is not None and saved.get("clipper"):
+            self.clipper.load_state_dict(saved["clipper"])
+        self.history = [h for h in saved.get("history", []) if h["step"] <= state.global_step]
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    def _install_hooks(self, model) -> None:
+        self._remove_hooks()
+        self._handles = [
+            model.register_forward_pre_hook(self._pre_forward, with_kwargs=True),
+            model.register_forward_hook(self._post_forward, with_kwargs=True),
+        ]
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _pre_forward(self, module, args, kwargs):
+        if not (self._active and module.training):
+            return None
+        kwargs = dict(kwargs)
+        if args:
+            kwargs["input_ids"] = args[0]
+            args = ()
+        if kwargs.get("input_ids") is None:
+            raise ValueError("hf_onebit distillation: the batch has no input_ids (inputs_embeds is not supported)")
+        self._ctx = {
+            "input_ids": kwargs["input_ids"],
+            "attention_mask": kwargs.get("attention_mask"),
+            "labels": kwargs.pop("labels", None),
+            "num_items_in_batch": kwargs.pop("num_items_in_batch", None),
+        }
+        kwargs["output_hidden_states"] = self.loss.needs_hidden_states
+        kwargs["use_cache"] = False
+        return args, kwargs
+
+    def _post_forward(self, module, args, kwargs, output):
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            return None
+        with torch.no_grad():
+            teacher_out = self.teacher(input_ids=ctx["input_ids"], attention_mask=ctx["attention_mask"],
+                                       output_hidden_states=self.loss.needs_hidden_states, use_cache=False)
+        mask = self.loss.token_mask(ctx["input_ids"], ctx["attention_mask"], ctx["labels"])
+        terms = self.loss.terms(output.logits, teacher_out.logits, mask, output.get("hidden_states"),
+                                teacher_out.get("hidden_states"), ctx["labels"])
+        total = self.loss.combine(terms)
+        count = float(mask.sum())
+        n = ctx["num_items_in_batch"]
+        loss = total / (n.to(total.device) if torch.is_tensor(n) else n) if n is not None else total / max(count, 1.0)
+        for name, value in terms.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value.detach())
+        self._count += count
+        fields = {k: v for k, v in output.items() if k not in ("loss", "hidden_states")}
+        return type(output)(loss=loss, **fields)
+
+    # ----------------------------------------------------------------------------------------------- sign flips
+    @torch.no_grad()
+    def _snapshot_signs(self, model) -> None:
+        self._signs = [m.weight >= 0 for _, m in latent_layers(model)] if self.track_sign_flips else None
+
+    @torch.no_grad()
+    def _sign_flip_fraction(self, model) -> float:
+        if self._signs is None:
+            self._snapshot_signs(model)
+            return 0.0
+        flipped = total = 0
+        new = []
+        for old, (_, m) in zip(self._signs, latent_layers(model)):
+            cur = m.weight >= 0
+            flipped += int((cur != old).sum())
+            total += cur.numel()
+            new.append(cur)
+        self._signs = new
+        return flipped / max(total, 1)

@@ -1,0 +1,137 @@
+"""``hf-onebit distill``: distil a float checkpoint into a packed 1-bit one with the stock Trainer.
+
+    hf-onebit distill --teacher DIR --out DIR --recipe progressive --max-steps 300 --data self
+
+``--data`` is ``self`` (teacher self-generated text, cached), a UTF-8 text file, or a folder written by
+``datasets.Dataset.save_to_disk``. The Trainer's progress bar shows the run; a summary table (tokens, wall time,
+losses, held-out perplexity when ``--eval-text`` is given, size) is printed at the end and the packed model, its
+tokenizer and ``distill_curves.png`` are written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def add_distill_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("distill", help="distil a float model into a packed 1-bit model",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="float checkpoint folder (or Hub id) of the teacher")
+    p.add_argument("--out", required=True, help="folder for the packed 1-bit model")
+    p.add_argument("--recipe", choices=("progressive", "onebit"), default="progressive")
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--data", default="self", help="'self', a text file, or a saved datasets folder")
+    p.add_argument("--data-sequences", type=int, default=512, help="self-generated sequences (with --data self)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
+    p.add_argument("--scale-lr", type=float, default=1e-3, help="learning rate of the scale vectors")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="of the latent weights (0 in the last phase)")
+    p.add_argument("--warmup-ratio", type=float, default=0.05)
+    p.add_argument("--phases", type=int, default=20)
+    p.add_argument("--init-steps", type=int, default=None, help="binary-aware init steps (default: 6%% of the run)")
+    p.add_argument("--no-dual-scaling", action="store_true")
+    p.add_argument("--no-binary-aware-init", action="store_true")
+    p.add_argument("--post-layernorm", action="store_true", help="onebit: LayerNorm after every 1-bit linear")
+    p.add_argument("--hidden-weight", type=float, default=1.0, help="alpha of the hidden-state MSE term")
+    p.add_argument("--ce-weight", type=float, default=0.0)
+    p.add_argument("--kd-temperature", type=float, default=1.0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX / AVX512-BF16, GPUs)")
+    p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoints (latent, resumable) every N steps")
+    p.add_argument("--resume", default=None, help="resume from a Trainer checkpoint folder")
+    p.add_argument("--eval-text", default=None, help="text file for a held-out perplexity in the summary")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_distill)
+    return p
+
+
+def _dataset(args, teacher, tokenizer):
+    from .data import hf_dataset, self_generated_dataset, text_file_dataset
+
+    if args.data == "self":
+        return self_generated_dataset(teacher, tokenizer, args.data_sequences, args.seq_len, seed=args.seed,
+                                      batch_size=64, dtype="bfloat16" if args.bf16 else None, top_k=50)
+    if os.path.isdir(args.data):
+        return hf_dataset(args.data, tokenizer, args.seq_len)
+    return text_file_dataset(args.data, tokenizer, args.seq_len)
+
+
+def run_distill(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from .. import OneBitConfig
+    from ..eval import format_table, perplexity, size_report
+    from .callback import OneBitDistillationCallback
+    from .losses import DistillationLoss
+    from .optim import onebit_optimizer
+
+    if args.max_steps < 1:
+        raise SystemExit(f"--max-steps: got {args.max_steps}; allowed: an integer >= 1")
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(
+        args.teacher, dtype=torch.float32,
+        quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm))
+    data = _dataset(args, teacher, tokenizer)
+    recipe = {"recipe": args.recipe}
+    if args.recipe == "progressive":
+        init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * args.max_steps))
+        if args.no_binary_aware_init:
+            init_steps = 0
+        recipe.update(phases=args.phases, init_steps=min(init_steps, args.max_steps - 1),
+                      dual_scaling=not args.no_dual_scaling, binary_aware_init=not args.no_binary_aware_init)
+    loss = DistillationLoss(hidden_weight=args.hidden_weight, ce_weight=args.ce_weight, temperature=args.kd_temperature)
+    callback = OneBitDistillationCallback(teacher, loss=loss, **recipe)
+    targs = TrainingArguments(
+        output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=args.weight_decay,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
+        warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)), logging_steps=max(1, args.max_steps // 50),
+        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, report_to=[],
+        seed=args.seed, bf16=args.bf16, dataloader_num_workers=0,
+    )
+    optimizer = onebit_optimizer(student, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay)
+    trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[callback],
+                      optimizers=(optimizer, None))
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=args.resume)
+    wall = time.perf_counter() - t0
+    student.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    tokens = args.max_steps * args.batch_size * args.grad_accum * args.seq_len * max(targs.world_size, 1)
+    rows = [["recipe", args.recipe], ["steps", args.max_steps], ["training tokens", tokens],
+            ["wall time (min)", round(wall / 60, 2)]]
+    if logs:
+        rows += [["first / last loss", f"{logs[0]['loss']:.4g} / {logs[-1]['loss']:.4g}"]]
+        for key in ("distill_kl", "distill_hidden", "distill_ce"):
+            if key in logs[-1]:
+                rows.append([f"last {key}", logs[-1][key]])
+    summary = {"wall_s": wall, "tokens": tokens}
+    if args.eval_text:
+        with open(args.eval_text, encoding="utf-8") as fh:
+            text = fh.read()
+        summary["teacher_ppl"] = perplexity(teacher, tokenizer, text)
+        summary["student_ppl"] = perplexity(student, tokenizer, text)
+        rows += [["held-out ppl teacher", summary["teacher_ppl"]], ["held-out ppl 1-bit", summary["student_ppl"]]]
+    size = size_report(student)
+    rows += [["bits / quantized weight", round(size.bits_per_quantized_weight, 4)],
+             ["packed model size (MB)", round(size.total_bytes / 1e6, 1)], ["saved to", args.out]]
+    print(format_table(["", "value"], rows))
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="hf-onebit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_distill_parser(sub)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Training data for distillation: teacher self-generated text (the offline default), a text file, or a dataset.
+
+Every source ends as a :class:`TokenBlocks` dataset of equal-length token blocks with ``input_ids``,
+``attention_mask`` and ``labels`` (the Trainer's default collator stacks them).
+
+Self-generated text follows LLM-QAT: a uniformly random first token (special tokens excluded), a few greedy tokens,
+then sampling from the teacher's distribution. It is cached on disk under ``<cache_root>/selfgen/`` keyed by the
+teacher's identity and every generation setting, so repeated runs (and every process of a multi-process run) reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+
+from ..real_model import cache_root, file_lock
+
+
+class TokenBlocks(torch.utils.data.Dataset):
+    """Equal-length token blocks ``(n, seq_len)`` served as ``{"input_ids", "attention_mask", "labels"}``."""
+
+    def __init__(self, blocks: torch.Tensor):
+        if blocks.dim() != 2 or blocks.shape[1] < 2 or blocks.shape[0] < 1:
+            raise ValueError(f"TokenBlocks: expected token ids of shape (n >= 1, seq_len >= 2), got {tuple(blocks.shape)}")
+        self.blocks = blocks.long()
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i):
+        ids = self.blocks[i]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    @property
+    def num_tokens(self) -> int:
+        return self.blocks.numel()
+
+
+def chunk_ids(ids: torch.Tensor, seq_len: int) -> TokenBlocks:
+    """Cut a 1-D token stream into ``seq_len`` blocks (the remainder is dropped)."""
+    n = ids.numel() // seq_len
+    if n < 1:
+        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one block of seq_len={seq_len}")
+    return TokenBlocks(ids[: n * seq_len].view(n, seq_len))
+
+
+def text_file_dataset(path: str, tokenizer, seq_len: int = 256) -> TokenBlocks:
+    """Token blocks from a UTF-8 text file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"data: {path!r} is not a file; allowed: 'self', a text file or a saved datasets folder")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return chunk_ids(tokenizer(text, return_tensors="pt").input_ids[0], seq_len)
+
+
+def hf_dataset(dataset, tokenizer, seq_len: int = 256, text_column: str = "text") -> TokenBlocks:
+    """Token blocks from a ``datasets.Dataset`` (or a folder saved with ``save_to_disk``): its text column, joined."""
+    if isinstance(dataset, str):
+        try:
+            from datasets import load_from_disk
+        except ImportError:
+            raise ImportError("loading a saved dataset folder needs the `datasets` package: pip install datasets") from None
+        dataset = load_from_disk(dataset)
+    if "input_ids" in getattr(dataset, "column_names", []):
+        ids = torch.cat([torch.as_tensor(x) for x in dataset["input_ids"]])
+        return chunk_ids(ids, seq_len)
+    if text_column not in getattr(dataset, "column_names", []):
+        raise ValueError(f"text_column: {text_column!r} is not a column of the dataset {getattr(dataset, 'column_names', None)}")
+    eos = tokenizer.eos_token or ""
+    text = eos.join(dataset[text_column])
+    return chunk_ids(tokenizer(text, return_tensors="pt").input_ids[0], seq_len)
+
+
+# ---------------------------------------------------------------------------------------------- self-generated text
+def _teacher_fingerprint(teacher) -> str:
+    """Identity of the teacher: its config plus a checksum of a few weights (a different checkpoint -> new cache)."""
+    h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
+    params = list(teacher.parameters())
+    for p in (params[0], params[len(params) // 2], params[-1]):
+        flat = p.detach().float().flatten()
+        h.update(repr((tuple(p.shape), flat[:4096].sum().item(), flat.abs().sum().item())).encode())
+    return h.hexdigest()[:16]
+
+
+def _first_token_pool(tokenizer, vocab_size: int) -> torch.Tensor:
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return torch.tensor([i for i in range(vocab_size) if i not in special], dtype=torch.long)
+
+
+@torch.no_grad()
+def generate_self_data(teacher, tokenizer, num_sequences: int, seq_len: int = 256, greedy_tokens: int = 3,
+                       temperature: float = 1.0, top_p: float = 0.95, batch_size: int = 16, seed: int = 0,
+                       top_k: int = 0, dtype: str | None = None, progress: bool = True) -> torch.Tensor:
+    """``(num_sequences, seq_len)`` token ids sampled from ``teacher`` (LLM-QAT style, see the module docstring).
+
+    ``top_k > 0`` samples among the ``top_k`` most likely tokens (after ``top_p``). ``dtype="bfloat16"`` generates
+    with a bfloat16 copy of the teacher (much faster on CPUs with AMX / AVX512-BF16). Decoding reads every weight
+    once per token step: large batches amortise that.
+    """
+    if num_sequences < 1 or seq_len < 2:
+        raise ValueError(f"num_sequences={num_sequences}, seq_len={seq_len}; allowed: num_sequences >= 1, seq_len >= 2")
+    if not 0 < top_p <= 1 or temperature <= 0:
+        raise ValueError(f"top_p={top_p}, temperature={temperature}; allowed: 0 < top_p <= 1, temperature > 0")
+    device = next(teacher.parameters()).device
+    if dtype not in (None, "bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype: got {dtype!r}; allowed: None, 'bfloat16', 'float16', 'float32'")
+    if dtype is not None:
+        import copy
+
+        teacher = copy.deepcopy(teacher).to(getattr(torch, dtype))
+    gen = torch.Generator().manual_seed(seed)
+    pool = _first_token_pool(tokenizer, teacher.config.vocab_size)
+    was_training = teacher.training
+    teacher.eval()
+    batches = range(0, num_sequences, batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_sequences * seq_len, desc="hf_onebit: teacher self-generating", unit="tok", unit_scale=True)
+    out = []
+    for start in batches:
+        b = min(batch_size, num_sequences - start)
+        ids = pool[torch.randint(len(pool), (b, 1), generator=gen)].to(device)
+        result = teacher(input_ids=ids, use_cache=True)
+        past = result.past_key_values
+        tokens = [ids]
+        for i in range(seq_len - 1):
+            logits = result.logits[:, -1].float()
+            if i < greedy_tokens:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                nxt = _sample(logits / temperature, top_p, top_k, gen).to(device)
+            tokens.append(nxt)
+            result = teacher(input_ids=nxt, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+        out.append(torch.cat(tokens, dim=1).cpu())
+        if bar is not None:
+            bar.update(b * seq_len)
+    if bar is not None:
+        bar.close()
+    teacher.train(was_training)
+    return torch.cat(out)
+
+
+def _sample(logits: torch.Tensor, top_p: float, top_k: int, gen: torch.Generator) -> torch.Tensor:
+    logits = logits.cpu()
+    if top_k > 0:
+        values, order = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        return order.gather(-1, _sample(values, top_p, 0, gen))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=gen)
+        return order.gather(-1, choice)
+    return torch.multinomial(probs, 1, generator=gen)
+
+
+def self_generated_dataset(teacher, tokenizer, num_sequences: int = 256, seq_len: int = 256, *,
+                           cache_dir: str | None = None, progress: bool = True, **settings) -> TokenBlocks:
+    """Teacher self-generated :class:`TokenBlocks`, cached on disk (see :func:`generate_self_data` for ``settings``).
+
+    A cache written for more sequences with the same settings is reused (its first ``num_sequences`` rows).
+    """
+    settings = {"greedy_tokens": 3, "temperature": 1.0, "top_p": 0.95, "top_k": 0, "batch_size": 16, "seed": 0,
+                "dtype": None, **settings}
+    key = hashlib.sha256(json.dumps({"teacher": _teacher_fingerprint(teacher), "seq_len": seq_len, **settings},
+                                    sort_keys=True).encode()).hexdigest()[:20]
+    folder = os.path.join(cache_dir or cache_root(), "selfgen")
+    os.makedirs(folder, exist_ok=True)
+    with file_lock(os.path.join(folder, f".{key}.lock")):
+        best = _cached(folder, key, num_sequences)
+        if best is None:
+            blocks = generate_self_data(teacher, tokenizer, num_sequences, seq_len, progress=progress, **settings)
+            path = os.path.join(folder, f"{key}-{num_sequences}.pt")
+            torch.save(blocks, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        else:
+            blocks = torch.load(best, weights_only=True)[:num_sequences]
+    return TokenBlocks(blocks)
+
+
+def _cached(folder: str, key: str, num_sequences: int) -> str | None:
+    sizes = []
+    for name in os.listdir(folder):
+        if name.startswith(key + "-") and name.endswith(".pt"):
+            n = int(name[len(key) + 1 : -3])
+            if n >= num_sequences:
+                sizes.append((n, os.path.join(folder, name)))
+    return min(sizes)[1] if sizes else None
+

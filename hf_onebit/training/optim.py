@@ -1,0 +1,97 @@
+"""Optimizer and gradient clipping for 1-bit distillation (BitNet practice, every default changeable).
+
+* Two parameter groups: the latent weight matrices and the float scale vectors (``scale_in``, ``scale_out``, biases),
+  each with its own learning rate and weight decay. Pass the result to the Trainer with ``optimizers=(opt, None)``
+  (the Trainer then builds its warm-up + cosine schedule over both groups) or use
+  :class:`~hf_onebit.training.trainer.OneBitDistillationTrainer`, whose ``create_optimizer`` calls it.
+* :class:`AdaptiveGradClipper`: clip at ``multiplier`` times a running EMA of the gradient norm, starting at
+  ``initial`` (small) before any norm has been seen; spikes are clipped and do not inflate the EMA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..modules import OneBitLinear
+
+GROUP_KEY = "hf_onebit_group"
+
+
+def onebit_param_groups(model, lr: float = 2e-4, scale_lr: float | None = None, weight_decay: float = 0.01,
+                        scale_weight_decay: float = 0.0) -> list[dict]:
+    """Parameter groups ``[latent weights, scale vectors]`` of the trainable parameters of ``model``.
+
+    ``scale_lr`` defaults to ``5 * lr``. Frozen parameters (``requires_grad=False``) are left out.
+    """
+    for name, value in (("lr", lr), ("weight_decay", weight_decay), ("scale_weight_decay", scale_weight_decay)):
+        if not isinstance(value, (int, float)) or value < 0 or (name == "lr" and value == 0):
+            raise ValueError(f"{name}: got {value!r}; allowed: a number {'> 0' if name == 'lr' else '>= 0'}")
+    scale_lr = 5 * lr if scale_lr is None else scale_lr
+    latent_ids = {id(m.weight) for m in model.modules() if isinstance(m, OneBitLinear) and m.is_latent}
+    weights, scales = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (weights if id(p) in latent_ids else scales).append(p)
+    if not weights:
+        raise ValueError("the model has no trainable latent OneBitLinear weight (load it with OneBitConfig(training=True))")
+    groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay, GROUP_KEY: "latent_weights"}]
+    if scales:
+        groups.append({"params": scales, "lr": scale_lr, "weight_decay": scale_weight_decay, GROUP_KEY: "scales"})
+    return groups
+
+
+def onebit_optimizer(model, lr: float = 2e-4, scale_lr: float | None = None, weight_decay: float = 0.01,
+                     scale_weight_decay: float = 0.0, betas=(0.9, 0.98), eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over :func:`onebit_param_groups` (betas (0.9, 0.98) as in OneBit; the fused kernel where available)."""
+    groups = onebit_param_groups(model, lr, scale_lr, weight_decay, scale_weight_decay)
+    try:
+        return torch.optim.AdamW(groups, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
+
+class AdaptiveGradClipper:
+    """Clip gradients at ``multiplier * EMA(norm)``; ``initial`` before the first norm is known."""
+
+    def __init__(self, multiplier: float = 2.0, initial: float = 1.0, decay: float = 0.9):
+        if not multiplier > 1:
+            raise ValueError(f"clip multiplier: got {multiplier!r}; allowed: a number > 1")
+        if not initial > 0:
+            raise ValueError(f"clip initial: got {initial!r}; allowed: a number > 0")
+        if not 0 <= decay < 1:
+            raise ValueError(f"clip decay: got {decay!r}; allowed: 0 <= decay < 1")
+        self.multiplier, self.initial, self.decay = multiplier, initial, decay
+        self.ema: float | None = None
+        self.last_norm = float("nan")
+        self.clipped_steps = 0
+
+    @property
+    def threshold(self) -> float:
+        return self.initial if self.ema is None else self.multiplier * self.ema
+
+    @torch.no_grad()
+    def clip_(self, parameters) -> float:
+        """Clip the gradients in place; returns the norm before clipping."""
+        grads = [p for p in parameters if p.grad is not None]
+        if not grads:
+            return 0.0
+        threshold = self.threshold
+        norm = float(torch.nn.utils.clip_grad_norm_(grads, threshold))
+        if not math.isfinite(norm):
+            return norm
+        if norm > threshold:
+            self.clipped_steps += 1
+        seen = min(norm, threshold) if self.ema is not None else norm
+        self.ema = seen if self.ema is None else self.decay * self.ema + (1 - self.decay) * seen
+        self.last_norm = norm
+        return norm
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "clipped_steps": self.clipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema = state.get("ema")
+        self.clipped_steps = int(state.get("clipped_steps", 0))

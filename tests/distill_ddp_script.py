@@ -1,0 +1,41 @@
+"""A tiny distillation run used by test_distill_ddp.py: the same script single-process and under accelerate launch.
+
+    python tests/distill_ddp_script.py TEACHER_DIR OUT_JSON GLOBAL_BATCH
+    accelerate launch --num_processes 2 --cpu tests/distill_ddp_script.py TEACHER_DIR OUT_JSON GLOBAL_BATCH
+"""
+
+import json
+import os
+import sys
+
+import torch
+from transformers import Trainer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from distill_utils import load_pair, token_data, train_args  # noqa: E402
+
+from hf_onebit.training import OneBitDistillationCallback, onebit_optimizer  # noqa: E402
+
+
+def main():
+    teacher_dir, out_json, global_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    student, teacher = load_pair(teacher_dir)
+    cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=2, phases=3)
+    args = train_args(os.path.dirname(out_json) + f"/run-{world}", 6, per_device_train_batch_size=global_batch // world,
+                      ddp_backend="gloo" if world > 1 else None)
+    trainer = Trainer(model=student, args=args, train_dataset=token_data(48, 16), callbacks=[cb],
+                      optimizers=(onebit_optimizer(student, lr=2e-3), None))
+    trainer.train()
+    if trainer.args.process_index == 0:
+        x = token_data(4, 16, seed=5).blocks
+        with torch.no_grad():
+            logits = student(x).logits
+        result = {"world": world, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+                  "logits": logits.flatten()[:200].tolist()}
+        with open(out_json, "w") as fh:
+            json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()

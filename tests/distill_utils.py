@@ -1,0 +1,45 @@
+"""Shared helpers of the distillation tests: a tiny LLaMA teacher saved as a checkpoint, token data, Trainer args."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+import hf_onebit  # noqa: F401  (registers the quantizer)
+from hf_onebit import OneBitConfig
+from hf_onebit.training import TokenBlocks
+
+
+def tiny_teacher_dir(root: str, seed: int = 0, hidden: int = 48, layers: int = 2, vocab: int = 97) -> str:
+    """Save a tiny random LLaMA (a few sizes not multiples of 8) and return its folder."""
+    path = os.path.join(root, f"teacher-{seed}-{hidden}-{layers}")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 4, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, initializer_range=0.15)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    return path
+
+
+def load_pair(path: str, **config_kwargs):
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True, **config_kwargs))
+    teacher = AutoModelForCausalLM.from_pretrained(path)
+    return student, teacher
+
+
+def token_data(n: int = 32, seq_len: int = 16, vocab: int = 97, seed: int = 0) -> TokenBlocks:
+    g = torch.Generator().manual_seed(seed)
+    return TokenBlocks(torch.randint(vocab, (n, seq_len), generator=g))
+
+
+def train_args(out: str, max_steps: int, **kwargs) -> TrainingArguments:
+    base = dict(output_dir=out, max_steps=max_steps, per_device_train_batch_size=4, learning_rate=1e-3,
+                lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
+                seed=0, data_seed=0, use_cpu=True, dataloader_num_workers=0)
+    base.update(kwargs)
+    return TrainingArguments(**base)

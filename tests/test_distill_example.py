@@ -1,0 +1,19 @@
+"""examples/distill_smollm2.py runs end to end in its tiny mode (random 2-layer model, SmolLM2 tokenizer)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "distill_smollm2.py")
+
+
+@pytest.mark.real_model  # needs the cached SmolLM2 tokenizer
+def test_distill_example_tiny(tmp_path):
+    result = subprocess.run([sys.executable, EXAMPLE, "--max-steps", "2", "--tiny", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("held-out perplexity")][-1]
+    trained, reloaded = (float(v) for v in line.replace(",", "").split()[-4::3])
+    assert reloaded == pytest.approx(trained, rel=1e-2)
