@@ -1,0 +1,270 @@
+"""GPU benchmark of the Triton backend against cuBLAS bf16, the reference path and transformers' BitNet BitLinear.
+
+    python benchmarks/kernels_cuda.py                 # main table (also: python benchmarks/kernels.py --device cuda)
+    python benchmarks/kernels_cuda.py --sweep         # + GEMV launch-config sweep and the path crossover over M
+
+Times are GPU times: each measurement captures a CUDA graph of many calls (so Python/launch overhead is excluded) that
+rotate through enough weight copies to exceed the L2 cache, replays it, and reads CUDA events. Columns that cannot be
+captured fall back to eager timing with events (marked ``*``). Ratios are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Callable
+
+import torch
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]  # (in_features K, out_features N)
+M_VALUES = [1, 16, 512, 2048]
+L2_BYTES = 50 * 2**20
+ROTATE_BYTES = 3 * L2_BYTES  # weight memory cycled through per measurement
+NOMINAL_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12, "A100-SXM4-80GB": 2.04e12}
+
+
+def copies_for(bytes_per_copy: int) -> int:
+    return max(2, math.ceil(ROTATE_BYTES / max(bytes_per_copy, 1)))
+
+
+def measured_bandwidth(device="cuda") -> float:
+    """Device-to-device copy bandwidth (read + write bytes per second) of a 1 GiB buffer."""
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / 10
+    del src, dst
+    return 2 * 2**30 / seconds
+
+
+def nominal_bandwidth() -> float | None:
+    name = torch.cuda.get_device_name()
+    for key, value in NOMINAL_BANDWIDTH.items():
+        if key in name:
+            return value
+    return None
+
+
+def time_calls(calls: list[Callable[[], object]], target_s: float = 0.02, graph: bool = True) -> tuple[float, bool]:
+    """Seconds per call (calls cycle through ``calls``); returns ``(seconds, used_graph)``."""
+    for call in calls:  # warm-up: compiles kernels, builds cached sign words, cuBLAS heuristics
+        call()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    calls[0]()
+    torch.cuda.synchronize()
+    estimate = max(time.perf_counter() - t0, 1e-6)
+    reps = int(min(max(target_s / estimate, len(calls)), 400))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if graph:
+        try:
+            g = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for i in range(len(calls)):
+                    calls[i]()
+            torch.cuda.current_stream().wait_stream(stream)
+            with torch.cuda.graph(g):
+                for i in range(reps):
+                    calls[i % len(calls)]()
+            g.replay()
+            torch.cuda.synchronize()
+            best = float("inf")
+            for _ in range(3):
+                start.record()
+                g.replay()
+                end.record()
+                torch.cuda.synchronize()
+                best = min(best, start.elapsed_time(end) / 1e3 / reps)
+            del g
+            return best, True
+        except Exception as err:  # noqa: BLE001 - report and fall back to eager timing
+            print(f"  (graph capture failed: {type(err).__name__}: {str(err)[:120]}; eager timing)", file=sys.stderr)
+            torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for i in range(reps):
+            calls[i % len(calls)]()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3 / reps)
+    return best, False
+
+
+def random_binary_layer(k: int, n: int, device="cuda"):
+    from hf_onebit.packing import packed_columns
+
+    weight = torch.randint(0, 256, (n, packed_columns(k)), dtype=torch.uint8, device=device)
+    scale_in = (torch.rand(k, device=device) + 0.5).to(torch.bfloat16)
+    scale_out = (torch.rand(n, device=device) * 0.02).to(torch.bfloat16)
+    return weight, scale_in, scale_out
+
+
+def bitnet_layer(k: int, n: int, device="cuda"):
+    """transformers' BitNet ``BitLinear`` with random packed ternary weights (4 values per byte along out_features)."""
+    from transformers.integrations.bitnet import VALUES_PER_ITEM, BitLinear
+
+    layer = BitLinear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+    layer.weight.copy_(torch.randint(0, 255, (n // VALUES_PER_ITEM, k), dtype=torch.uint8, device=device))
+    return layer
+
+
+def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16):
+    """``{name: (calls, weight_bytes_per_call)}`` for one shape; each call uses its own weight copy."""
+    from hf_onebit.ops import binary_linear, reference
+
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    dense_bytes = n * k * 2
+    dense = [torch.randn(n, k, device="cuda", dtype=dtype) * 0.02 for _ in range(copies_for(dense_bytes))]
+    one_bit = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+    cols = {
+        "cuBLAS bf16": ([lambda w=w: torch.nn.functional.linear(x, w) for w in dense], dense_bytes),
+        "reference": (
+            [lambda p=p: reference.binary_linear(x, p[0], p[1], p[2], None, k) for p in one_bit[:2]],
+            n * k // 8,
+        ),
+        "ours (triton)": ([lambda p=p: binary_linear(x, p[0], p[1], p[2], None, k, 0, "triton") for p in one_bit],
+                          n * k // 8),
+    }
+    try:
+        layers = [bitnet_layer(k, n) for _ in range(copies_for(n * k // 4))]
+
+        def bitnet(layer):
+            # its two @torch.compile helpers are run eagerly here (inductor compile time is not what we measure)
+            with torch.compiler.set_stance("force_eager"):
+                return layer(x)
+
+        cols["BitNet BitLinear"] = ([lambda lay=lay: bitnet(lay) for lay in layers], n * k // 4)
+    except Exception as err:  # noqa: BLE001
+        print(f"  BitLinear unavailable: {type(err).__name__}: {err}", file=sys.stderr)
+    return x, cols
+
+
+def main_table(shapes=SHAPES, ms=M_VALUES, out=print):
+    name = torch.cuda.get_device_name()
+    bw = measured_bandwidth()
+    nominal = nominal_bandwidth()
+    out(f"device: {name}; copy bandwidth {bw / 1e9:.0f} GB/s"
+        + (f"; nominal {nominal / 1e9:.0f} GB/s" if nominal else ""))
+    out(f"torch {torch.__version__}, triton {__import__('triton').__version__}, CUDA {torch.version.cuda}")
+    order = ["cuBLAS bf16", "reference", "BitNet BitLinear", "ours (triton)"]
+    out("")
+    out("| K->N | M | " + " | ".join(f"{c} us" for c in order) + " | ours vs cuBLAS | ours GB/s (% of copy bw) |")
+    out("|---|---|" + "---|" * len(order) + "---|---|")
+    rows = []
+    for k, n in shapes:
+        for m in ms:
+            x, cols = columns_for(k, n, m)
+            times = {}
+            for col in order:
+                if col not in cols:
+                    times[col] = None
+                    continue
+                calls, _ = cols[col]
+                try:
+                    seconds, graphed = time_calls(calls)
+                    times[col] = (seconds, graphed)
+                except Exception as err:  # noqa: BLE001
+                    print(f"  {col} failed at {k}->{n} M={m}: {type(err).__name__}: {err}", file=sys.stderr)
+                    times[col] = None
+            ours = times["ours (triton)"][0]
+            moved = cols["ours (triton)"][1] + 2 * (m * k + m * n) + 2 * (k + n)
+            cells = []
+            for col in order:
+                t = times[col]
+                cells.append("n/a" if t is None else f"{t[0] * 1e6:.1f}{'' if t[1] else '*'}")
+            speed = times["cuBLAS bf16"][0] / ours
+            out(f"| {k}->{n} | {m} | " + " | ".join(cells) + f" | {speed:.2f}x | {moved / ours / 1e9:.0f} ({100 * moved / ours / bw:.0f}%) |")
+            rows.append(dict(k=k, n=n, m=m, times=times))
+            del x, cols
+            torch.cuda.empty_cache()
+    out("(* = eager timing with CUDA events: the column could not be captured in a CUDA graph)")
+    return rows
+
+
+def sweep_gemv(shapes=SHAPES, out=print):
+    """Time GEMV launch configs at M=1 on every shape and at M=2, 4 on one (the dispatcher's table comes from this)."""
+    from hf_onebit.ops.triton.launch import GemvConfig, binary_linear_triton, gemv_config
+
+    out("\n| K->N | M | bits | kpt | warps | prefetch | us |")
+    out("|---|---|---|---|---|---|---|")
+    plans = [(k, n, 1) for k, n in shapes] + [(4096, 11008, 2), (4096, 11008, 4)]
+    for k, n, m in plans:
+        layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        if m == 1:
+            grid = [(b, kpt, w, pf) for b in (32, 16, 8) for kpt, w in ((4, 4), (4, 8), (2, 4)) for pf in (False, True)]
+        else:
+            grid = [(b, kpt, 4, False) for b in (32, 16, 8) for kpt in (1, 2)]
+        results = []
+        for bits, kpt, warps, pf in grid:
+            cfg = GemvConfig(bits=bits, kpt=kpt, num_warps=warps, prefetch=pf)
+            calls = [lambda p=p, c=cfg: binary_linear_triton(x, p[0], p[1], p[2], None, k, path="gemv", config=c)
+                     for p in layers]
+            seconds, _ = time_calls(calls, target_s=0.01)
+            results.append((seconds, cfg))
+            out(f"| {k}->{n} | {m} | {bits} | {kpt} | {warps} | {pf} | {seconds * 1e6:.1f} |")
+        best = min(results, key=lambda r: r[0])
+        out(f"best for {k}->{n} M={m}: {best[1]} {best[0] * 1e6:.1f} us; heuristic picks {gemv_config(m, n, k, x.device)}")
+
+
+def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), out=print):
+    """Time the three paths over M at one shape: where the dispatcher should switch."""
+    from hf_onebit.ops.triton.launch import DotConfig, binary_linear_triton, choose_path
+
+    layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+    dot_cfgs = [DotConfig(16, 64, 128, 4, 4), DotConfig(32, 64, 128, 4, 4), DotConfig(64, 64, 64, 4, 4),
+                DotConfig(64, 128, 64, 4, 3), DotConfig(128, 128, 64, 8, 3), DotConfig(128, 256, 64, 8, 3)]
+    out(f"\npaths at {k}->{n} (us; dot = best of {len(dot_cfgs)} configs)")
+    out("| M | cuBLAS bf16 | gemv | dot (best cfg) | dense | auto picks |")
+    out("|---|---|---|---|---|---|")
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+        def t(path, cfg=None):
+            calls = [lambda p=p: binary_linear_triton(x, p[0], p[1], p[2], None, k, path=path, config=cfg) for p in layers]
+            return time_calls(calls, target_s=0.01)[0]
+
+        cublas = time_calls([lambda w=w: torch.nn.functional.linear(x, w) for w in dense], target_s=0.01)[0]
+        gemv = t("gemv") if m <= 16 else None
+        dots = [(t("dot", c), c) for c in dot_cfgs if c.block_m <= max(16, 2 * m)]
+        dot = min(dots, key=lambda d: d[0])
+        dense_t = t("dense")
+        out(f"| {m} | {cublas * 1e6:.1f} | {'-' if gemv is None else f'{gemv * 1e6:.1f}'} | {dot[0] * 1e6:.1f} "
+            f"({dot[1].block_m}x{dot[1].block_n}x{dot[1].block_k}) | {dense_t * 1e6:.1f} | {choose_path(m, n, k, x.dtype)} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", action="store_true", help="also sweep GEMV configs (and the paths over M)")
+    parser.add_argument("--no-paths", action="store_true", help="with --sweep: skip the paths-over-M sweep")
+    parser.add_argument("--quick", action="store_true", help="two shapes, M in {1, 2048}")
+    parser.add_argument("--m", type=int, nargs="*", help="M values of the main table (default 1 16 512 2048)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/kernels_cuda.py: no CUDA device")
+    import hf_onebit  # noqa: F401  (registers the Triton kernel)
+
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    ms = args.m or ([1, 2048] if args.quick else M_VALUES)
+    if args.sweep:
+        sweep_gemv(shapes)
+        if not args.no_paths:
+            sweep_paths()
+    main_table(shapes, ms)
+
+
+if __name__ == "__main__":
+    main()

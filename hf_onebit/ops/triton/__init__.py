@@ -1,0 +1,51 @@
+"""Triton (CUDA) backend for ``binary_linear``: GEMV for decode, ``tl.dot`` for medium M, dequant + cuBLAS for prefill.
+
+Registered for ``cuda`` tensors when the ``triton`` package is installed (``pip install hf_onebit[triton]``); without
+it nothing is registered and CUDA calls take the reference path. ``act_bits=8`` is not implemented here: such calls
+are declined by ``supports`` and run on the reference path. Design notes: docs/kernels-triton.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib.util import find_spec
+
+import torch
+
+from .. import register_kernel
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_usable: bool | None = None
+
+
+def _triton_usable() -> bool:
+    """Import the kernels once; a broken Triton install warns once and leaves CUDA calls on the reference path."""
+    global _usable
+    if _usable is None:
+        try:
+            from . import launch  # noqa: F401
+        except Exception as err:  # pragma: no cover - depends on the installed Triton
+            warnings.warn(f"hf_onebit: the Triton backend could not be loaded ({err!r}); using the reference path")
+            _usable = False
+        else:
+            _usable = True
+    return _usable
+
+
+def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
+    return (
+        act_bits == 0
+        and x.dtype in _DTYPES
+        and weight.dtype == torch.uint8
+        and weight.device == x.device
+        and _triton_usable()
+    )
+
+
+if find_spec("triton") is not None:
+
+    @register_kernel("triton", device_type="cuda", supports=_supports, priority=10)
+    def _binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+        from .launch import binary_linear_triton
+
+        return binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits)

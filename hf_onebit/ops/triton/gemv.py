@@ -1,0 +1,91 @@
+"""GEMV over 32-bit sign words for small M (decode).
+
+Weights come repacked by :mod:`.repack`: word ``(w, k)`` holds the signs of outputs ``32 w .. 32 w + 31`` for input
+``k`` (bit ``j`` set = +1), rows contiguous along ``k``. A program owns ``BITS`` outputs of one word column and all
+of ``K``: its ``THREADS`` threads split ``K`` between them (split-K inside the program, one cross-thread reduction at
+the end), so a thread loads one ``x[k] * g[k]`` and one word per ``k`` and expands that word against the same
+activation ``BITS`` times. Each thread takes ``KPT`` inputs per step (``THREADS`` apart, so every load is coalesced)
+and folds them into ``BLOCK_M x BITS`` fp32 accumulators at once, which keeps registers low.
+
+Per weight and row the inner loop costs one ``LOP3`` (xor the weight bit, moved to the sign position, into ``-x g``)
+and one fp32 add, plus one shift per weight shared by the rows; no weight is ever converted to a float.
+"""
+
+import triton
+import triton.language as tl
+
+# int32 with only the sign bit set
+_SIGN = tl.constexpr(-2147483648)
+
+
+@triton.jit
+def _load_step(x_rows, g_ptr, w_row, k, K, stride_xk, m_mask):
+    """Sign words ``[KPT, THREADS]`` and ``-(x * g)`` as raw bits ``[BLOCK_M, KPT, THREADS]`` for inputs ``k``."""
+    k_mask = k < K
+    g = tl.load(g_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+    xv = tl.load(x_rows + k[None, :, :] * stride_xk, mask=m_mask[:, None, None] & k_mask[None, :, :], other=0.0)
+    neg_xg = (xv.to(tl.float32) * -g[None, :, :]).to(tl.int32, bitcast=True)
+    w = tl.load(w_row + k, mask=k_mask, other=0)
+    return w, neg_xg
+
+
+@triton.jit
+def _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL: tl.constexpr):
+    if SHIFT_BY_MUL:
+        flip = (w[None, None, :, :] * mult) & _SIGN
+    else:
+        flip = (w[None, None, :, :] << shift) & _SIGN
+    # xor-ing the weight bit into the sign of -(x g) gives +(x g) for a set bit, -(x g) for a clear one
+    return acc + tl.sum((neg_xg[:, None, :, :] ^ flip).to(tl.float32, bitcast=True), axis=2)
+
+
+@triton.jit(do_not_specialize=["one"])
+def gemv_kernel(
+    x_ptr, g_ptr, w_ptr, h_ptr, b_ptr, y_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_w, stride_ym,
+    one,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BITS: tl.constexpr,
+    THREADS: tl.constexpr,
+    KPT: tl.constexpr,
+    SHIFT_BY_MUL: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    BLOCK_K: tl.constexpr = THREADS * KPT
+    pid = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    parts: tl.constexpr = 32 // BITS
+    word = pid // parts
+    j = (pid % parts) * BITS + tl.arange(0, BITS)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, KPT)[:, None] * THREADS + tl.arange(0, THREADS)[None, :]
+    m_mask = offs_m < M
+    shift = (31 - j)[None, :, None, None]
+    # `one` is a runtime 1 the compiler cannot see: w * (one << s) stays an IMAD (FMA pipe) instead of a shift (ALU
+    # pipe, already busy with the LOP3), which balances the two integer-capable pipes.
+    mult = one << shift
+    acc = tl.zeros([BLOCK_M, BITS, THREADS], dtype=tl.float32)
+    w_row = w_ptr + word * stride_w
+    x_rows = x_ptr + offs_m[:, None, None] * stride_xm
+    if PREFETCH:
+        # issue the next step's loads before this step's arithmetic
+        w_next, xg_next = _load_step(x_rows, g_ptr, w_row, offs_k, K, stride_xk, m_mask)
+        for k0 in range(0, K, BLOCK_K):
+            w, neg_xg = w_next, xg_next
+            w_next, xg_next = _load_step(x_rows, g_ptr, w_row, k0 + BLOCK_K + offs_k, K, stride_xk, m_mask)
+            acc = _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            w, neg_xg = _load_step(x_rows, g_ptr, w_row, k0 + offs_k, K, stride_xk, m_mask)
+            acc = _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL)
+    total = tl.sum(acc, axis=2)
+    offs_n = word * 32 + j
+    n_mask = offs_n < N
+    h = tl.load(h_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    out = total * h[None, :]
+    if HAS_BIAS:
+        out += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])

@@ -1,0 +1,199 @@
+"""Python side of the Triton backend: argument checks, path choice by M and shape, launch configs.
+
+:func:`binary_linear_triton` runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` was set before
+Triton was imported (how the tests check the kernels on machines without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import torch
+import triton
+
+from ...packing import check_packed_shape
+from .dequant import dequant_kernel
+from .gemv import gemv_kernel
+from .matmul import matmul_kernel
+from .repack import output_words, sign_words
+
+PATHS = ("auto", "gemv", "dot", "dense")
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+#: largest M served by the GEMV kernel (rows beyond 4 are cheaper on the tensor cores)
+GEMV_MAX_M = 4
+#: M from which the weight is expanded once and multiplied by cuBLAS (H100 crossover between M=128 and M=256 at
+#: 4096->11008, docs/benchmarks.md)
+DENSE_MIN_M = 256
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    bits: int = 32  # outputs of one word handled by a program: 32, 16 or 8
+    kpt: int = 4  # inputs per thread and step (a program covers 32 * num_warps * kpt inputs per step)
+    num_warps: int = 4
+    shift_by_mul: bool = True  # move the weight bit with an IMAD instead of a shift (see gemv.py)
+    prefetch: bool = False  # load step i + 1 before computing step i
+
+
+@dataclass(frozen=True)
+class DotConfig:
+    block_m: int = 64
+    block_n: int = 128
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    group_m: int = 8
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def gemv_config(m: int, n: int, k: int, device: torch.device) -> GemvConfig:
+    """Launch config of the GEMV, from the H100 sweep in docs/benchmarks.md (``kernels_cuda.py --sweep``)."""
+    if interpreting():
+        return GemvConfig(bits=32, kpt=2, num_warps=1)
+    if m == 2:
+        return GemvConfig(bits=16, kpt=2, num_warps=4)
+    if m > 2:
+        return GemvConfig(bits=32, kpt=2, num_warps=4)
+    # few word columns (N <= ~8k): more threads per program split K finer and fill the GPU
+    warps = 8 if output_words(n) < 2 * _sm_count(device) else 4
+    return GemvConfig(bits=32, kpt=4, num_warps=warps, prefetch=True)
+
+
+def dot_config(m: int, n: int, k: int, device: torch.device) -> DotConfig:
+    """Tile sizes of the tensor-core path: the best of the H100 path sweep (docs/benchmarks.md) per range of M."""
+    if interpreting():
+        return DotConfig(block_m=16, block_n=32, block_k=32, num_warps=1, num_stages=1)
+    if m <= 16:
+        return DotConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4)
+    if m <= 64:
+        return DotConfig(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)
+    return DotConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
+
+
+def choose_path(m: int, n: int, k: int, dtype: torch.dtype) -> str:
+    if m <= GEMV_MAX_M:
+        return "gemv"
+    if dtype == torch.float32 or m >= DENSE_MIN_M:
+        return "dense"  # fp32 tensor-core dots would be TF32; cuBLAS keeps full fp32
+    return "dot"
+
+
+def _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path):
+    if act_bits != 0:
+        raise ValueError(f"act_bits: {act_bits} is not supported by the Triton kernels (only 0); use the reference path")
+    if path not in PATHS:
+        raise ValueError(f"path: {path!r} is not one of {PATHS}")
+    if x.dtype not in DTYPES:
+        raise ValueError(f"x: dtype {x.dtype} is not supported; allowed: {DTYPES}")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x: last dimension {x.shape[-1]} does not match in_features={in_features}")
+    out_features = weight.shape[0]
+    check_packed_shape(weight, out_features, in_features)
+    for name, t, size in (("scale_in", scale_in, in_features), ("scale_out", scale_out, out_features),
+                          ("bias", bias, out_features)):
+        if t is not None and tuple(t.shape) != (size,):
+            raise ValueError(f"{name}: expected shape ({size},), got {tuple(t.shape)}")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name}: on {t.device}, expected {x.device} like x")
+    if weight.device != x.device:
+        raise ValueError(f"weight: on {weight.device}, expected {x.device} like x")
+    if x.device.type != "cuda" and not interpreting():
+        raise ValueError(f"x: the Triton kernels need a CUDA tensor (got {x.device}); set TRITON_INTERPRET=1 for CPU")
+
+
+def binary_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int = 0,
+    path: str = "auto",
+    config=None,
+) -> torch.Tensor:
+    """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)``, the semantics of ``reference.binary_linear``.
+
+    ``path`` forces one kernel (``gemv``, ``dot`` or ``dense``); ``config`` overrides its launch config (tuning).
+    """
+    _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_features)
+    m, n, k = x2.shape[0], weight.shape[0], in_features
+    if path == "auto":
+        path = choose_path(m, n, k, x.dtype)
+    words = sign_words(weight, in_features)
+    guard = torch.cuda.device(x.device) if x.is_cuda else nullcontext()
+    with guard:
+        if path == "dense":
+            y = _dense(x2, words, scale_in, scale_out, bias, n, k)
+        else:
+            y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+            if m > 0:
+                launch = _gemv if path == "gemv" else _dot
+                launch(x2, words, scale_in, scale_out, bias, y, m, n, k, config)
+    return y.reshape(*lead, n)
+
+
+def _gemv(x2, words, g, h, bias, y, m, n, k, config):
+    cfg = config or gemv_config(m, n, k, x2.device)
+    block_m = 1 if m == 1 else 2 if m == 2 else 4
+    grid = (output_words(n) * (32 // cfg.bits), triton.cdiv(m, block_m))
+    gemv_kernel[grid](
+        x2, g, words, h, bias if bias is not None else h, y,
+        m, n, k,
+        x2.stride(0), x2.stride(1), words.stride(0), y.stride(0),
+        1,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BITS=cfg.bits, THREADS=32 * cfg.num_warps, KPT=cfg.kpt,
+        SHIFT_BY_MUL=cfg.shift_by_mul, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
+    )
+
+
+def _dot(x2, words, g, h, bias, y, m, n, k, config):
+    cfg = config or dot_config(m, n, k, x2.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    matmul_kernel[grid](
+        x2, g, words, h, bias if bias is not None else h, y,
+        m, n, k,
+        x2.stride(0), x2.stride(1), words.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        # Triton 3.9's interpreter multiplies bf16 dot operands as raw 16-bit integers: upcast there (exact for +-1)
+        DOT_FP32=x2.dtype == torch.float32 or interpreting(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def dense_weight(words, g, h, n, k, dtype) -> torch.Tensor:
+    """The dequantized weight, transposed: ``(K, N)`` with ``W_hat[k, n] = g[k] * sign(W[n, k]) * h[n]``."""
+    out = torch.empty(k, n, device=words.device, dtype=dtype)
+    block_k, block_n = (32, 64) if interpreting() else (64, 128)
+    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
+    dequant_kernel[grid](words, g, h, out, n, k, words.stride(0), out.stride(0), BLOCK_K=block_k, BLOCK_N=block_n,
+                         num_warps=4)
+    return out
+
+
+def _dense(x2, words, g, h, bias, n, k):
+    dense = dense_weight(words, g, h, n, k, x2.dtype)
+    if bias is not None:
+        return torch.addmm(bias.to(x2.dtype), x2, dense)
+    return torch.matmul(x2, dense)
