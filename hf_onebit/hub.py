@@ -202,7 +202,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
         CARD_MARKER,
         f"# {title}",
         f"A 1-bit quantized causal language model made with hf_onebit "
-        f"(a transformers plugin){f', from `{teacher}`' if teacher else ''}.",
+        f"(a transformers plugin){f', from {_teacher_label(teacher)}' if teacher else ''}.",
         "## Usage\n\n**`import hf_onebit` is required**: it registers the `onebit` quantization method with "
         "transformers. Without it transformers does not know this checkpoint's layers and loads them with random "
         "weights.\n\n"

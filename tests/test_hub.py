@@ -1,0 +1,152 @@
+"""Model cards written by save_pretrained / push_to_hub (upload mocked), card facts, checkpoint compatibility."""
+
+import json
+import os
+from unittest import mock
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from transformers import AutoModelForCausalLM
+
+import hf_onebit
+from hf_onebit import hub
+from hf_onebit.packing import METADATA_KEY
+
+from ecosystem_helpers import onebit_checkpoint
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return onebit_checkpoint(str(tmp_path_factory.mktemp("hub")))
+
+
+def front_matter(card: str) -> str:
+    assert card.startswith("---\n")
+    return card.split("---\n")[1]
+
+
+def test_save_pretrained_writes_a_model_card(dirs, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(dirs[0], quantization_config=hf_onebit.OneBitConfig())
+    assert hub.get_card_info(model)["teacher"] == dirs[0]  # recorded while quantizing
+    hub.set_card_info(model, teacher="HuggingFaceTB/SmolLM2-135M-Instruct", recipe="OneBit KD",
+                      distillation={"tokens": 2_000_000, "steps": 500, "time_s": 1830},
+                      perplexity={"value": 48.25, "teacher_value": 12.9}, run="nightly-3")
+    model.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    meta = front_matter(card)
+    assert "- onebit" in meta and "library_name: transformers" in meta
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in meta
+    assert "import hf_onebit" in card
+    assert "bits/weight" in card and "weights on disk" in card
+    assert "2,000,000 tokens, 500 steps, 1,830 seconds" in card
+    assert "48.25 (teacher: 12.9)" in card and "| run | nightly-3 |" in card
+    assert "svid" in card and "layout v1" in card
+    # the card's bits/weight is the measured one
+    bits = hf_onebit.eval.size_report(model).bits_per_quantized_weight
+    assert f"{bits:.4f} bits/weight" in card
+
+
+def test_card_facts_survive_reload_and_local_teachers_are_not_base_models(dirs, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(dirs[1])
+    hub.set_card_info(model, teacher="/some/private/path/my-teacher", perplexity=61.0)
+    model.save_pretrained(tmp_path / "a")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    assert hub.get_card_info(reloaded) == {"teacher": "/some/private/path/my-teacher", "perplexity": 61.0}
+    reloaded.save_pretrained(tmp_path / "b")
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "base_model" not in front_matter(card)
+    assert "my-teacher (local checkpoint)" in card and "/some/private" not in card
+    assert "| perplexity | 61 |" in card
+    hub.set_card_info(reloaded, perplexity=None)
+    assert "perplexity" not in hub.get_card_info(reloaded)
+    with pytest.raises(TypeError, match="JSON"):
+        hub.set_card_info(reloaded, bad=torch.zeros(1))
+
+
+def test_a_checkpoint_without_facts_says_it_is_not_distilled(dirs, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(dirs[1])
+    model.save_pretrained(tmp_path / "c")
+    card = (tmp_path / "c" / "README.md").read_text()
+    assert "No perplexity was recorded" in card and "| recipe | none recorded |" in card
+    # the teacher recorded while quantizing came back from config.json
+    assert "| teacher | onebit-float (local checkpoint) |" in card
+
+
+def test_a_user_written_readme_is_kept(dirs, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(dirs[1])
+    os.makedirs(tmp_path / "d")
+    (tmp_path / "d" / "README.md").write_text("# my own card\n")
+    model.save_pretrained(tmp_path / "d")
+    assert (tmp_path / "d" / "README.md").read_text() == "# my own card\n"
+    model.save_pretrained(tmp_path / "e")
+    model.save_pretrained(tmp_path / "e")  # our own card is refreshed
+    assert hub.CARD_MARKER in (tmp_path / "e" / "README.md").read_text()
+
+
+class FakeHub:
+    """Stands in for the Hub: records the folder that would be uploaded."""
+
+    def __init__(self):
+        self.uploads = []
+
+    def create_repo(self, api, repo_id, **kwargs):
+        return mock.Mock(repo_id=repo_id)
+
+    def upload_folder(self, api, *, repo_id, folder_path, **kwargs):
+        files = {f: open(os.path.join(folder_path, f), "rb").read() for f in os.listdir(folder_path)}
+        self.uploads.append({"repo_id": repo_id, "files": files, **kwargs})
+        return f"commit-{len(self.uploads)}"
+
+    def patch(self):
+        return mock.patch.multiple(HfApi, create_repo=lambda api, repo_id, **kw: self.create_repo(api, repo_id, **kw),
+                                   upload_folder=lambda api, **kw: self.upload_folder(api, **kw))
+
+
+def test_push_to_hub_uploads_weights_config_and_card(dirs):
+    from hf_onebit.tiny_model import byte_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(dirs[1])
+    fake = FakeHub()
+    with fake.patch():
+        assert model.push_to_hub("me/tiny-1bit", tags=["demo"], tokenizer=byte_tokenizer(),
+                                 commit_message="first") == "commit-1"
+    upload = fake.uploads[0]
+    assert upload["repo_id"] == "me/tiny-1bit" and upload["commit_message"] == "first"
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(upload["files"])
+    card = upload["files"]["README.md"].decode()
+    assert 'from_pretrained("me/tiny-1bit")' in card and "- onebit" in card and "- demo" in card
+    config = json.loads(upload["files"]["config.json"])
+    assert config["quantization_config"]["quant_method"] == "onebit"
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_card(dirs, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(dirs[1])
+    fake = FakeHub()
+    with fake.patch():
+        model.save_pretrained(tmp_path / "f", push_to_hub=True, repo_id="me/other")
+    assert fake.uploads[0]["repo_id"] == "me/other"
+    assert hub.CARD_MARKER in fake.uploads[0]["files"]["README.md"].decode()
+
+
+def test_checkpoint_without_format_version_loads_as_version_1(dirs, tmp_path):
+    """A checkpoint written before the format version was recorded (no config field, no file metadata) is v1."""
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    model = AutoModelForCausalLM.from_pretrained(dirs[1])
+    model.save_pretrained(old)
+    config = json.loads((old / "config.json").read_text())
+    del config["quantization_config"]["format_version"]
+    (old / "config.json").write_text(json.dumps(config))
+    tensors = load_file(old / "model.safetensors")
+    save_file(tensors, old / "model.safetensors", metadata={"format": "pt"})
+    reloaded = AutoModelForCausalLM.from_pretrained(old)
+    assert reloaded.config.quantization_config.format_version == 1
+    ids = torch.randint(0, 256, (1, 5))
+    assert torch.equal(reloaded(ids).logits, model(ids).logits)
+    reloaded.save_pretrained(tmp_path / "new")  # re-saving writes the current version
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "new" / "model.safetensors", "pt") as fh:
+        assert fh.metadata()[METADATA_KEY] == "1"
