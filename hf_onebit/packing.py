@@ -34,8 +34,10 @@ def packed_columns(in_features: int) -> int:
 
 
 def _bit_weights(device: torch.device) -> torch.Tensor:
-    # Built per call (8 elements): a cached module-level tensor would be a foreign constant under torch.compile.
-    return torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    """``[1, 2, 4, ..., 128]`` (uint8) built on ``device`` itself: no host->device copy, and it traces under
+    torch.compile (a cached module-level tensor would be a foreign constant there)."""
+    ones = torch.ones(8, dtype=torch.uint8, device=device)
+    return ones.bitwise_left_shift(torch.arange(8, dtype=torch.uint8, device=device))
 
 
 def pack_signs(weight: torch.Tensor) -> torch.Tensor:
