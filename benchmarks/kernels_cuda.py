@@ -2,6 +2,7 @@
 
     python benchmarks/kernels_cuda.py                 # main table (also: python benchmarks/kernels.py --device cuda)
     python benchmarks/kernels_cuda.py --sweep         # + GEMV launch-config sweep and the path crossover over M
+    python benchmarks/kernels_cuda.py --gemv-m1 --dense   # only: wider M=1 GEMV sweep; prefill path (slices, overlap)
 
 Times are GPU times: each measurement captures a CUDA graph of many calls (so Python/launch overhead is excluded) that
 rotate through enough weight copies to exceed the L2 cache, replays it, and reads CUDA events. Columns that cannot be
@@ -219,6 +220,80 @@ def sweep_gemv(shapes=SHAPES, out=print):
         out(f"best for {k}->{n} M={m}: {best[1]} {best[0] * 1e6:.1f} us; heuristic picks {gemv_config(m, n, k, x.device)}")
 
 
+GEMV_M1_CONFIGS = [(32, 4, 4, True), (32, 4, 8, True), (32, 8, 4, True), (32, 8, 8, True), (32, 4, 16, True),
+                   (32, 2, 8, True), (32, 2, 16, True), (16, 8, 4, True), (16, 4, 16, True)]
+
+
+def sweep_gemv_m1(shapes=SHAPES, configs=GEMV_M1_CONFIGS, out=print):
+    """M=1 GEMV: more (bits, kpt, warps, prefetch) configs than ``sweep_gemv``, next to cuBLAS bf16 in the same run."""
+    from hf_onebit.ops.triton.launch import GemvConfig, binary_linear_triton, gemv_config
+
+    out("\nM=1 GEMV configs (us; bits, kpt, warps, prefetch)")
+    out("| K->N | cuBLAS bf16 | heuristic | " + " | ".join(",".join(str(int(v)) for v in c) for c in configs) + " |")
+    out("|---|---|---|" + "---|" * len(configs))
+    for k, n in shapes:
+        layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+
+        def t(cfg):
+            return time_calls([lambda p=p: binary_linear_triton(x, p[0], p[1], p[2], None, k, path="gemv", config=cfg)
+                               for p in layers], target_s=0.01)[0]
+
+        cublas = time_calls([lambda w=w: torch.nn.functional.linear(x, w) for w in dense], target_s=0.01)[0]
+        heur = t(gemv_config(1, n, k, x.device))
+        cells = [t(GemvConfig(bits=b, kpt=kpt, num_warps=w, prefetch=pf)) for b, kpt, w, pf in configs]
+        out(f"| {k}->{n} | {cublas * 1e6:.1f} | {heur * 1e6:.1f} ({cublas / heur:.2f}x) | "
+            + " | ".join(f"{c * 1e6:.1f}" for c in cells) + f" | best {cublas / min(cells + [heur]):.2f}x")
+        del layers, dense
+        torch.cuda.empty_cache()
+
+
+DENSE_CONFIGS = [(1, False), (2, False), (4, False), (2, True), (3, True), (4, True), (6, True)]
+
+
+def sweep_dense(shapes=SHAPES, ms=(512, 2048), configs=DENSE_CONFIGS, out=print):
+    """Prefill path: expansion alone, cuBLAS on the expanded weight alone, and the path with N slices (overlapped on
+    a side stream or not), all next to cuBLAS bf16 in the same run."""
+    from hf_onebit.ops.triton.dense import DenseConfig, dense_weight
+    from hf_onebit.ops.triton.launch import binary_linear_triton, dense_config
+    from hf_onebit.ops.triton.repack import sign_words
+
+    out("\nprefill path (us; `c` = N slices, `o` = overlapped on a side stream; ratio = cuBLAS bf16 / time)")
+    out("| K->N | M | cuBLAS bf16 | expand only | matmul only | " + " | ".join(
+        f"c{c}{'o' if o else ''}" for c, o in configs) + " | best (ratio) | default (ratio) |")
+    out("|---|---|---|---|---|" + "---|" * len(configs) + "---|---|")
+    for k, n in shapes:
+        layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+        expanded = [dense_weight(sign_words(p[0], k), p[1], p[2], n, k, torch.bfloat16) for p in layers[:2]]
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+            def t(calls):
+                return time_calls(calls, target_s=0.01)[0]
+
+            cublas = t([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])
+            expand = t([lambda p=p: dense_weight(sign_words(p[0], k), p[1], p[2], n, k, torch.bfloat16)
+                        for p in layers])
+            mm = t([lambda w=w: torch.matmul(x, w) for w in expanded])
+            cells = []
+            for c, o in configs:
+                cfg = DenseConfig(chunks=c, overlap=o)
+                cells.append(t([lambda p=p: binary_linear_triton(x, p[0], p[1], p[2], None, k, path="dense", config=cfg)
+                                for p in layers]))
+            best = min(range(len(cells)), key=lambda i: cells[i])
+            default = t([lambda p=p: binary_linear_triton(x, p[0], p[1], p[2], None, k, path="dense") for p in layers])
+            c, o = configs[best]
+            out(f"| {k}->{n} | {m} | {cublas * 1e6:.1f} | {expand * 1e6:.1f} | {mm * 1e6:.1f} | "
+                + " | ".join(f"{v * 1e6:.1f}" for v in cells)
+                + f" | c{c}{'o' if o else ''} ({cublas / cells[best]:.2f}x) | {dense_config(m, n, k)} "
+                f"{default * 1e6:.1f} ({cublas / default:.2f}x) |")
+            del x
+        del layers, dense, expanded
+        torch.cuda.empty_cache()
+
+
 def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), out=print):
     """Time the three paths over M at one shape: where the dispatcher should switch."""
     from hf_onebit.ops.triton.launch import DotConfig, binary_linear_triton, choose_path
@@ -250,6 +325,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true", help="also sweep GEMV configs (and the paths over M)")
     parser.add_argument("--no-paths", action="store_true", help="with --sweep: skip the paths-over-M sweep")
+    parser.add_argument("--gemv-m1", action="store_true", help="only: the wider M=1 GEMV config sweep")
+    parser.add_argument("--dense", action="store_true", help="only: the prefill-path sweep (expansion, slices)")
     parser.add_argument("--quick", action="store_true", help="two shapes, M in {1, 2048}")
     parser.add_argument("--m", type=int, nargs="*", help="M values of the main table (default 1 16 512 2048)")
     args = parser.parse_args(argv)
@@ -258,6 +335,12 @@ def main(argv=None):
     import hf_onebit  # noqa: F401  (registers the Triton kernel)
 
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.gemv_m1 or args.dense:
+        if args.gemv_m1:
+            sweep_gemv_m1(shapes)
+        if args.dense:
+            sweep_dense(shapes)
+        return
     ms = args.m or ([1, 2048] if args.quick else M_VALUES)
     if args.sweep:
         sweep_gemv(shapes)

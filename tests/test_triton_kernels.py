@@ -38,6 +38,8 @@ def _cases():
                             bias=i % 2 == 0, strided=i % 3 == 0, seed=i)
                 if path == "gemv":  # the split of a word's outputs over programs, and both shift flavours
                     case["gemv"] = dict(bits=(32, 16, 8)[i % 3], shift_by_mul=i % 2 == 1, prefetch=i % 4 < 2)
+                if path == "dense":  # slices of N (32 wide here so the small shapes split), overlapped or not
+                    case["dense"] = dict(chunks=(1, 2, 3)[i % 3], overlap=i % 2 == 0, align=32)
                 cases.append(case)
                 i += 1
     return cases
@@ -47,11 +49,13 @@ CASES = _cases()
 
 
 def run_case(case, x, weight, g, h, bias):
-    from hf_onebit.ops.triton.launch import GemvConfig, binary_linear_triton
+    from hf_onebit.ops.triton.launch import DenseConfig, GemvConfig, binary_linear_triton
 
     config = None
     if "gemv" in case:
         config = GemvConfig(kpt=2, num_warps=1 if x.device.type == "cpu" else 2, **case["gemv"])
+    if "dense" in case:
+        config = DenseConfig(**case["dense"])
     return binary_linear_triton(x, weight, g, h, bias, case["k"], path=case["path"], config=config)
 
 
@@ -178,6 +182,18 @@ def test_path_choice_and_argument_errors():
             launch.binary_linear_triton(x, weight, g, h, None, 31)
 
 
+def test_dense_slices_cover_n_and_configs_are_checked():
+    from hf_onebit.ops.triton.dense import DenseConfig, slices
+
+    assert slices(11008, 4, 256) == [(0, 2816), (2816, 5632), (5632, 8448), (8448, 11008)]
+    assert slices(257, 3, 32) == [(0, 96), (96, 192), (192, 257)]
+    assert slices(100, 4, 256) == [(0, 100)]
+    with pytest.raises(ValueError, match="chunks"):
+        DenseConfig(chunks=0)
+    with pytest.raises(ValueError, match="align"):
+        DenseConfig(align=48)
+
+
 def test_registered_for_cuda_only_and_declines_int8_activations():
     from hf_onebit import ops
     from hf_onebit.ops import triton as backend
@@ -233,6 +249,25 @@ def test_gpu_cuda_graph_and_compile():
     torch.testing.assert_close(static_y, layer(x * 2))
     compiled = torch.compile(layer, fullgraph=True)
     torch.testing.assert_close(compiled(x), expected)
+
+
+@cuda
+def test_gpu_overlapped_dense_path_in_cuda_graph():
+    """The side-stream pipeline of the prefill path forks from and joins back into a capturing stream."""
+    from hf_onebit.ops.triton.launch import DenseConfig, binary_linear_triton
+
+    case = dict(id="dense-graph", n=1000, k=257, m=300, dtype="bf16", bias=True, strided=False, seed=7)
+    x, weight, g, h, bias = make_inputs(case, "cuda")
+    cfg = DenseConfig(chunks=3, overlap=True, align=128)
+    run = lambda inp: binary_linear_triton(inp, weight, g, h, bias, 257, path="dense", config=cfg)  # noqa: E731
+    check_close(case, run(x), x, weight, g, h, bias)  # eager, and the warm-up before capture
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = run(static_x)
+    static_x.copy_(x * 2)
+    graph.replay()
+    check_close(case, static_y, x * 2, weight, g, h, bias)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--interpret-worker"]:

@@ -16,7 +16,7 @@ import torch
 import triton
 
 from ...packing import check_packed_shape
-from .dequant import dequant_kernel
+from .dense import DenseConfig, dense_matmul
 from .gemv import gemv_kernel
 from .matmul import matmul_kernel
 from .repack import output_words, sign_words
@@ -88,6 +88,11 @@ def dot_config(m: int, n: int, k: int, device: torch.device) -> DotConfig:
     return DotConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
 
 
+def dense_config(m: int, n: int, k: int) -> DenseConfig:
+    """Slicing of the prefill path: from the H100 sweep in docs/benchmarks.md (``kernels_cuda.py --dense``)."""
+    return DenseConfig(chunks=1)
+
+
 def choose_path(m: int, n: int, k: int, dtype: torch.dtype) -> str:
     if m <= GEMV_MAX_M:
         return "gemv"
@@ -144,7 +149,7 @@ def binary_linear_triton(
     guard = torch.cuda.device(x.device) if x.is_cuda else nullcontext()
     with guard:
         if path == "dense":
-            y = _dense(x2, words, scale_in, scale_out, bias, n, k)
+            y = dense_matmul(x2, words, scale_in, scale_out, bias, n, k, config or dense_config(m, n, k))
         else:
             y = torch.empty(m, n, device=x.device, dtype=x.dtype)
             if m > 0:
@@ -180,20 +185,3 @@ def _dot(x2, words, g, h, bias, y, m, n, k, config):
         DOT_FP32=x2.dtype == torch.float32 or interpreting(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-
-
-def dense_weight(words, g, h, n, k, dtype) -> torch.Tensor:
-    """The dequantized weight, transposed: ``(K, N)`` with ``W_hat[k, n] = g[k] * sign(W[n, k]) * h[n]``."""
-    out = torch.empty(k, n, device=words.device, dtype=dtype)
-    block_k, block_n = (32, 64) if interpreting() else (64, 128)
-    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
-    dequant_kernel[grid](words, g, h, out, n, k, words.stride(0), out.stride(0), BLOCK_K=block_k, BLOCK_N=block_n,
-                         num_warps=4)
-    return out
-
-
-def _dense(x2, words, g, h, bias, n, k):
-    dense = dense_weight(words, g, h, n, k, x2.dtype)
-    if bias is not None:
-        return torch.addmm(bias.to(x2.dtype), x2, dense)
-    return torch.matmul(x2, dense)
