@@ -1,6 +1,9 @@
 /* Driver: ISA dispatch, activation preparation (scale, int8 quantisation, AMX relayout), blocking, threading and the
  * epilogue. Compiled with baseline flags only; SIMD code lives in kernels_<isa>.c, each compiled with its own flags. */
 #include "onebit.h"
+#include "pool.h"
+
+#include <stdatomic.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +16,8 @@
 /* Activation rows from which the AMX tile kernels beat the AVX-512 row kernels; rows per AMX call. */
 #define ONEBIT_AMX_MIN_M 32
 #define ONEBIT_AMX_MG 32
+/* Packed weight bytes (per group of ONEBIT_MR activation rows) worth one more thread. */
+#define ONEBIT_MIN_WORK (128 * 1024)
 
 #ifndef ONEBIT_HAVE_AMX
 /* Without the AMX unit the AMX mode is never chosen (onebit_isa_supported says no); these only satisfy the linker. */
@@ -227,7 +232,9 @@ static void choose_blocks(const job_t *j, int nthreads, int64_t *nb, int64_t *gr
     const int amx = j->mode == MODE_AMX_I8 || j->mode == MODE_AMX_BF16;
     const int64_t align = amx ? 32 : 16;
     *group = amx ? ONEBIT_AMX_MG : ONEBIT_MR;
-    int64_t nblocks = nthreads; /* decode: one pass over the activations, only balance the threads */
+    /* decode: one pass over the activations; a few blocks per thread, handed out dynamically, so that a thread the OS
+     * delays (a shared machine) does not hold up the call */
+    int64_t nblocks = nthreads > 1 ? 4 * nthreads : 1;
     if (j->M > ONEBIT_MR) {
         int64_t cap = amx ? ONEBIT_AMX_BLOCK_BYTES / (j->kchunks * 1024 / 16) : ONEBIT_BLOCK_BYTES / j->kbytes;
         cap = cap / align * align;
@@ -240,6 +247,98 @@ static void choose_blocks(const job_t *j, int nthreads, int64_t *nb, int64_t *gr
     *nb = rows;
 }
 
+/* State shared by the threads of one call; work is handed out through atomic counters. */
+typedef struct {
+    job_t *j;
+    const uint8_t *w;
+    int64_t nb, group, nblocks, mparts, groups, ntiles, prep_units;
+    size_t apack_bytes;
+    int amx;
+    atomic_llong next_prep, next_item;
+    atomic_int failed;
+} run_t;
+
+static void prepare_task(void *arg, int tid, int nthreads) {
+    (void)tid, (void)nthreads;
+    run_t *run = arg;
+    const job_t *j = run->j;
+    const size_t row_bytes = (size_t)(16 * j->kpad) * sizeof(float), bytes_bytes = (size_t)(3 * 16 * j->kpad) * 2;
+    float *row = slot_buffer(SLOT_ROW, row_bytes);
+    void *bytes = slot_buffer(SLOT_BYTES, bytes_bytes);
+    if (!row || !bytes) {
+        atomic_store(&run->failed, 1);
+    } else {
+        const int64_t step = run->amx ? 1 : ONEBIT_MR;
+        for (;;) {
+            const int64_t u0 = atomic_fetch_add(&run->next_prep, step);
+            if (u0 >= run->prep_units) break;
+            const int64_t u1 = u0 + step < run->prep_units ? u0 + step : run->prep_units;
+            for (int64_t u = u0; u < u1; ++u) {
+                if (run->amx)
+                    prepare_mtile(j, u, row, bytes);
+                else
+                    prepare_row(j, u, row);
+            }
+        }
+    }
+    release_buffer(row, row_bytes);
+    release_buffer(bytes, bytes_bytes);
+}
+
+static void compute_task(void *arg, int tid, int nthreads) {
+    (void)tid, (void)nthreads;
+    run_t *run = arg;
+    const job_t *j = run->j;
+    const int64_t nb = run->nb, group = run->group, M = j->M, N = j->N, kbytes = j->kbytes;
+    const size_t scratch_bytes = (size_t)(group * nb) * 4, tmp_bytes = (size_t)nb * sizeof(float);
+    void *scratch = slot_buffer(SLOT_SCRATCH, scratch_bytes);
+    float *tmp = slot_buffer(SLOT_TMP, tmp_bytes);
+    void *apack = run->amx ? slot_buffer(SLOT_APACK, run->apack_bytes) : NULL;
+    if (!scratch || !tmp || (run->amx && !apack)) {
+        atomic_store(&run->failed, 1);
+        goto out;
+    }
+    for (;;) {
+        const int64_t item = atomic_fetch_add(&run->next_item, 1);
+        if (item >= run->nblocks * run->mparts) break;
+        const int64_t b = item / run->mparts, p = item % run->mparts;
+        const int64_t n0 = b * nb, n1 = n0 + nb < N ? n0 + nb : N;
+        const int64_t c0 = run->groups * p / run->mparts, c1 = run->groups * (p + 1) / run->mparts;
+        if (j->mode == MODE_AMX_I8)
+            onebit_amx_unpack_i8(run->w, kbytes, n0, n1, run->ntiles, j->kchunks, apack);
+        else if (j->mode == MODE_AMX_BF16)
+            onebit_amx_unpack_bf16(run->w, kbytes, n0, n1, run->ntiles, j->kchunks, apack);
+        for (int64_t c = c0; c < c1; ++c) {
+            const int64_t m0 = c * group;
+            const int mr = (int)(M - m0 < group ? M - m0 : group);
+            switch (j->mode) {
+            case MODE_ROWS_F32:
+                j->kern->rows_f32(j->xs + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
+                epilogue_f32(j, m0, mr, n0, n1, scratch, nb, 0);
+                break;
+            case MODE_ROWS_I8:
+                j->kern->rows_i8(j->q + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
+                epilogue_i8(j, m0, mr, n0, n1, scratch, nb, tmp);
+                break;
+            case MODE_AMX_I8:
+                onebit_amx_tiles_i8((const int8_t *)j->tiles + m0 * j->kpad, j->kchunks, apack, run->ntiles, mr,
+                                    n1 - n0, scratch, nb);
+                epilogue_i8(j, m0, mr, n0, n1, scratch, nb, tmp);
+                break;
+            case MODE_AMX_BF16:
+                onebit_amx_tiles_bf16((const uint16_t *)j->tiles + m0 * j->kpad * j->parts, j->kchunks, j->parts,
+                                      apack, run->ntiles, mr, n1 - n0, scratch, nb);
+                epilogue_f32(j, m0, mr, n0, n1, scratch, nb, 1);
+                break;
+            }
+        }
+    }
+out:
+    release_buffer(scratch, scratch_bytes);
+    release_buffer(tmp, tmp_bytes);
+    if (apack) release_buffer(apack, run->apack_bytes);
+}
+
 int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
                   const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
                   int act_bits, int nthreads) {
@@ -249,6 +348,9 @@ int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x
     onebit_kernels kern;
     if (get_kernels(isa, &kern) != 0) return -2;
     if (nthreads < 1) nthreads = 1;
+    /* Small calls run on one thread: waking a team costs more than it saves below ~ONEBIT_MIN_WORK bytes each. */
+    const int64_t work = N * kbytes * ((M + ONEBIT_MR - 1) / ONEBIT_MR);
+    if (work / ONEBIT_MIN_WORK < nthreads) nthreads = work / ONEBIT_MIN_WORK > 1 ? (int)(work / ONEBIT_MIN_WORK) : 1;
 
     job_t j;
     memset(&j, 0, sizeof j);
@@ -295,72 +397,14 @@ int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x
     }
     if (failed) goto done;
 
-#pragma omp parallel num_threads(nthreads)
-    {
-        const int64_t scratch_rows = group;
-        const size_t scratch_bytes = (size_t)(scratch_rows * nb) * 4;
-        const size_t row_bytes = (size_t)(16 * j.kpad) * sizeof(float), bytes_bytes = (size_t)(3 * 16 * j.kpad) * 2;
-        float *row = slot_buffer(SLOT_ROW, row_bytes);
-        void *bytes = slot_buffer(SLOT_BYTES, bytes_bytes);
-        void *scratch = slot_buffer(SLOT_SCRATCH, scratch_bytes);
-        float *tmp = slot_buffer(SLOT_TMP, (size_t)nb * sizeof(float));
-        void *apack = amx ? slot_buffer(SLOT_APACK, apack_bytes) : NULL;
-        if (!row || !bytes || !scratch || !tmp || (amx && !apack)) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        if (!failed) {
-            if (amx) {
-#pragma omp for schedule(static)
-                for (int64_t mt = 0; mt < mrows / 16; ++mt) prepare_mtile(&j, mt, row, bytes);
-            } else {
-#pragma omp for schedule(static)
-                for (int64_t m = 0; m < M; ++m) prepare_row(&j, m, row);
-            }
-            /* implicit barrier: every activation row is ready */
-#pragma omp for collapse(2) schedule(static)
-            for (int64_t b = 0; b < nblocks; ++b) {
-                for (int64_t p = 0; p < mparts; ++p) {
-                    const int64_t n0 = b * nb, n1 = n0 + nb < N ? n0 + nb : N;
-                    const int64_t c0 = groups * p / mparts, c1 = groups * (p + 1) / mparts;
-                    if (j.mode == MODE_AMX_I8)
-                        onebit_amx_unpack_i8(w, kbytes, n0, n1, ntiles, j.kchunks, apack);
-                    else if (j.mode == MODE_AMX_BF16)
-                        onebit_amx_unpack_bf16(w, kbytes, n0, n1, ntiles, j.kchunks, apack);
-                    for (int64_t c = c0; c < c1; ++c) {
-                        const int64_t m0 = c * group;
-                        const int mr = (int)(M - m0 < group ? M - m0 : group);
-                        switch (j.mode) {
-                        case MODE_ROWS_F32:
-                            kern.rows_f32(j.xs + m0 * j.kpad, j.kpad, mr, w, kbytes, n0, n1, scratch, nb);
-                            epilogue_f32(&j, m0, mr, n0, n1, scratch, nb, 0);
-                            break;
-                        case MODE_ROWS_I8:
-                            kern.rows_i8(j.q + m0 * j.kpad, j.kpad, mr, w, kbytes, n0, n1, scratch, nb);
-                            epilogue_i8(&j, m0, mr, n0, n1, scratch, nb, tmp);
-                            break;
-                        case MODE_AMX_I8:
-                            onebit_amx_tiles_i8((const int8_t *)j.tiles + m0 * j.kpad, j.kchunks, apack, ntiles, mr,
-                                                n1 - n0, scratch, nb);
-                            epilogue_i8(&j, m0, mr, n0, n1, scratch, nb, tmp);
-                            break;
-                        case MODE_AMX_BF16:
-                            onebit_amx_tiles_bf16((const uint16_t *)j.tiles + m0 * j.kpad * j.parts, j.kchunks,
-                                                  j.parts, apack, ntiles, mr, n1 - n0, scratch, nb);
-                            epilogue_f32(&j, m0, mr, n0, n1, scratch, nb, 1);
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        release_buffer(row, row_bytes);
-        release_buffer(bytes, bytes_bytes);
-        release_buffer(scratch, scratch_bytes);
-        release_buffer(tmp, (size_t)nb * sizeof(float));
-        if (apack) release_buffer(apack, apack_bytes);
-    }
+    run_t run;
+    memset(&run, 0, sizeof run);
+    run.j = &j, run.w = w, run.nb = nb, run.group = group, run.nblocks = nblocks, run.mparts = mparts;
+    run.groups = groups, run.ntiles = ntiles, run.apack_bytes = apack_bytes, run.amx = amx;
+    run.prep_units = amx ? mrows / 16 : M;
+    onebit_parallel(nthreads, prepare_task, &run); /* every activation row is ready when it returns */
+    if (!atomic_load(&run.failed)) onebit_parallel(nthreads, compute_task, &run);
+    failed = atomic_load(&run.failed);
 
 done:
     if (j.xs) release_buffer(j.xs, xs_bytes);
