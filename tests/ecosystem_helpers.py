@@ -35,14 +35,14 @@ class FixedBatches(torch.utils.data.Dataset):
 
 
 def train_losses(model, ids: torch.Tensor, output_dir: str, steps: int, lr: float, batch: int = 4,
-                 gradient_checkpointing: bool = False) -> list[float]:
+                 gradient_checkpointing: bool = False, use_cpu: bool = True) -> list[float]:
     """Train ``model`` with the stock Trainer on ``ids`` and return the per-step losses."""
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing, seed=0,
+        use_cpu=use_cpu, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing, seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=FixedBatches(ids))
     trainer.train()
