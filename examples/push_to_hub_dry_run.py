@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=hf_onebit.OneBitConfig())
     tokenizer = AutoTokenizer.from_pretrained(src)
     # What the code cannot measure at save time goes into the card through set_card_info (kept in config.json).
-    # The teacher is recorded automatically when quantizing; a distillation run records its own budget and perplexity.
+    # The teacher is recorded automatically when quantizing; record the distillation budget and perplexity the same way.
     hub.set_card_info(model, recipe="none (SVID initialisation only, not distilled)",
                       notes="Produced by examples/push_to_hub_dry_run.py to show the upload; not a usable model.")
     files = hub.save_for_hub(model, out, repo_id=args.repo_id, tokenizer=tokenizer)

@@ -256,7 +256,10 @@ def save_pretrained(self, save_directory, *args, **kwargs):
     if not is_main:
         return
     repo_id = hub.get("repo_id")
-    write_model_card(self, os.fspath(save_directory), repo_id=repo_id)
+    try:
+        write_model_card(self, os.fspath(save_directory), repo_id=repo_id)
+    except Exception as err:  # the weights are saved; a card problem must not break e.g. Trainer checkpoints
+        logger.warning("hf_onebit: the model was saved but its model card could not be written: %r", err)
     if push:
         repo_id = repo_id or os.path.basename(os.path.normpath(os.fspath(save_directory)))
         upload = {k: v for k, v in hub.items() if k != "repo_id"}
