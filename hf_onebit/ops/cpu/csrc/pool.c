@@ -3,9 +3,17 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
+
+/* GNU libgomp cannot start a parallel region in a child forked from a process that used its threads (the child hangs).
+ * torch's own CPU ops have the same limit; a forked child (DataLoader workers, multiprocessing) runs the kernels on
+ * its one thread instead. */
+static volatile int forked_child;
+static void mark_child(void) { forked_child = 1; }
+__attribute__((constructor)) static void install_fork_handler(void) { pthread_atfork(NULL, NULL, mark_child); }
 
 int onebit_parallel(int nthreads, onebit_task_fn fn, void *arg) {
-    if (nthreads <= 1) {
+    if (nthreads <= 1 || forked_child) {
         fn(arg, 0, 1);
         return 1;
     }

@@ -3,7 +3,8 @@
  * With OpenMP (the normal build) this is an `omp parallel` region. Loaded into a torch process, the library resolves
  * libgomp.so.1 to the copy torch already loaded, so the kernels run on torch's own worker threads: one pool, whose
  * threads are still spinning from torch's previous op when our call arrives. A separate pool would compete with
- * torch's spinning threads for the cores (measured: half the decode time lost on 2 cores).
+ * torch's spinning threads for the cores (measured: half the decode time lost on 2 cores). libgomp cannot run a parallel
+ * region in a forked child of a process that used it, so a forked child runs the kernels single-threaded.
  * Without OpenMP (e.g. Apple clang) a small pthread pool of our own is used: persistent workers that poll briefly
  * without PAUSE, then sleep on a condition variable; a pthread_atfork handler resets it in a forked child. */
 #ifndef HF_ONEBIT_POOL_H
