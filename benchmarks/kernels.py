@@ -13,10 +13,18 @@ the same run. The CPU is shared: only ratios taken side by side in one run mean 
 
 from __future__ import annotations
 
+import os
+import sys
+
+# This machine is shared: with libgomp's default spin-waiting, short parallel calls (ours and torch's) lose most of
+# their time to threads spinning while the cores are taken by other processes. Passive waiting is set for every
+# column alike (torch and our kernel share the same libgomp); --omp-active measures the default instead.
+if "--omp-active" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import math
 import statistics
-import sys
 import time
 from typing import Callable
 
@@ -157,6 +165,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
         out(f"CPU kernel unavailable: {cpu.load_error()}")
         return
     bandwidth = cpu_read_bandwidth()
+    out(f"load average at start (other processes on this machine): {os.getloadavg()[0]:.1f}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     out(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernel ISA: {cpu.active_isa_name()}, "
         f"read bandwidth (torch.sum over 1.5 GiB): {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
     names = list(cpu_columns(1, 4, 1))
@@ -188,6 +198,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
             ]
             out("| " + " | ".join(row) + " |")
     out("")
+    out(f"load average at end: {os.getloadavg()[0]:.1f}")
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16; 'x / bound' is the "
         "time over the memory-bandwidth bound of the 1-bit call (1.0 = at the bound).")  # fmt: skip
 
@@ -217,6 +228,7 @@ DEVICES = {"cpu": run_cpu, "cuda": run_cuda}
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=sorted(DEVICES), default="cpu")
+    parser.add_argument("--omp-active", action="store_true", help="keep libgomp's default (spinning) wait policy")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and batch sizes")
     args = parser.parse_args(argv)
     DEVICES[args.device](args)

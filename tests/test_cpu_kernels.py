@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def test_each_isa_variant(name):
         pytest.skip(f"ISA variant {name!r} not supported here (CPU/compiler offers {cpu.supported_isas()})")
     K, N = 333, 150
     layer = make_layer(K, N, True, 11)
-    for M in (1, 3, 8, 9, 40, 100):  # row kernels for every mr, and the AMX tiles (M >= 32) with partial tiles
+    for M in (1, 3, 5, 8, 9, 17, 40, 100):  # row kernels for every mr; AMX (from 4 / 16 rows) with partial tiles
         for dtype in DTYPES:
             x = torch.randn(M, K).to(dtype)
             with isa(name):
@@ -305,6 +306,33 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path):
     assert len(result["warnings"]) == 1, result["warnings"]
     assert "no-such-cc" in result["warnings"][0] and "reference path" in result["warnings"][0]
     assert not result["exists"]
+
+
+def test_pthread_pool_variant(tmp_path):
+    # The library built without OpenMP (what a compiler without it gets) runs on its own pthread pool.
+    code = textwrap.dedent(
+        """
+        import torch
+        torch.set_num_threads(2)
+        from hf_onebit.ops import binary_linear, select_kernel
+        from hf_onebit.packing import pack_signs
+        w = pack_signs(torch.randn(600, 4096)); g = torch.rand(4096); h = torch.rand(600); x = torch.randn(3, 4096)
+        assert select_kernel(x, w, 0).name == "cpu"
+        for act_bits in (0, 8):
+            for _ in range(50):  # many fork-joins through the pool
+                y = binary_linear(x, w, g, h, None, 4096, act_bits)
+            ref = binary_linear(x, w, g, h, None, 4096, act_bits, backend="reference")
+            assert torch.allclose(y, ref, rtol=1e-4, atol=1e-3), (y - ref).abs().max()
+        print("ok")
+        """
+    )
+    env = {**os.environ, "HF_ONEBIT_CACHE": str(tmp_path), "HF_ONEBIT_CPU_OPENMP": "0"}
+    env.pop(cpu.ISA_ENV, None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+    (lib,) = tmp_path.glob("cpu-*/*.so")
+    if shutil.which("ldd"):
+        assert "gomp" not in subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
 
 
 def test_build_cache_dir_and_concurrent_builds(tmp_path):

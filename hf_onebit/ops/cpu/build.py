@@ -43,6 +43,11 @@ class BuildError(RuntimeError):
     """The kernel library could not be compiled (no compiler, or the compiler failed)."""
 
 
+def use_openmp() -> bool:
+    """OpenMP unless ``HF_ONEBIT_CPU_OPENMP=0`` (which builds the pthread-pool variant, e.g. to test it)."""
+    return os.environ.get("HF_ONEBIT_CPU_OPENMP", "1") != "0"
+
+
 def compiler() -> str:
     return os.environ.get("CC") or "cc"
 
@@ -63,6 +68,7 @@ def optional_units() -> tuple:
 def build_key() -> str:
     digest = hashlib.sha256()
     digest.update(compiler().encode())
+    digest.update(b"openmp" if use_openmp() else b"pthreads")
     digest.update(repr((BASE_FLAGS, THREAD_FLAGS, OPENMP_FLAGS, optional_units(), platform.machine())).encode())
     for path in sorted(CSRC.glob("*.[ch]")):
         digest.update(path.name.encode())
@@ -103,6 +109,8 @@ def _compile_all(workdir: Path) -> Path:
     driver = ["pool.c", "onebit.c"]
     link = ["-shared", "onebit.o", "pool.o", *objects, "-o", LIBRARY_NAME, "-lm"]
     try:
+        if not use_openmp():
+            raise BuildError("OpenMP disabled by HF_ONEBIT_CPU_OPENMP=0")
         for source in driver:
             _run([cc, *BASE_FLAGS, *OPENMP_FLAGS, *defines, *include, "-c", str(CSRC / source), "-o", source[:-2] + ".o"], workdir)
         _run([cc, *OPENMP_FLAGS, *link], workdir)
