@@ -40,7 +40,7 @@ def recipe_kwargs(row: str, args) -> dict:
         return {"recipe": "onebit"}
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * steps))
-    kw = {"recipe": "progressive", "init_steps": init_steps, "phases": args.phases}
+    kw = {"recipe": "progressive", "init_steps": init_steps, "phases": args.phases, "t_end": args.t_end}
     if row == "progressive-no-bai":
         kw["binary_aware_init"] = False
     if row == "progressive-no-dual":
@@ -199,6 +199,7 @@ def main(argv=None):
     p.add_argument("--clip-multiplier", type=float, default=2.0)
     p.add_argument("--init-steps", type=int, default=None, help="binary-aware init steps (default: 6%% of the steps)")
     p.add_argument("--phases", type=int, default=20)
+    p.add_argument("--t-end", type=float, default=None, help="t of the last phase (default: the paper's curve)")
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--log-every", type=int, default=5)
