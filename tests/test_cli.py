@@ -13,7 +13,7 @@ TEXT = (
 
 def test_help_lists_commands():
     help_text = build_parser().format_help()
-    for command in ("quantize", "eval"):
+    for command in ("quantize", "eval", "distill", "push", "info"):
         assert command in help_text
     result = subprocess.run([sys.executable, "-m", "hf_onebit.cli", "quantize", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "SVID" in result.stdout
