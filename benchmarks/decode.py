@@ -153,16 +153,9 @@ def worker_smollm2(spec: dict) -> dict:
 
 
 def worker_bandwidth(spec: dict) -> dict:
-    import torch
+    from kernels import cpu_read_bandwidth  # the same measurement as the kernel benchmark (same folder)
 
-    buf = torch.ones(int(1.5 * 2**30) // 4)
-    buf.sum()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        buf.sum()
-        times.append(time.perf_counter() - start)
-    return {"bandwidth": buf.numel() * 4 / statistics.median(times)}
+    return {"bandwidth": cpu_read_bandwidth()}
 
 
 WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "bandwidth": worker_bandwidth}

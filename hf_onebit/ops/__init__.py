@@ -44,6 +44,7 @@ class Kernel:
     device_type: str
     fn: Callable
     supports: Callable[[torch.Tensor, torch.Tensor, int], bool]
+    priority: int = 0
 
 
 _KERNELS: dict[str, list[Kernel]] = {}
@@ -58,10 +59,8 @@ def register_kernel(name: str, device_type: str, supports: Optional[Callable] = 
 
     def wrap(fn):
         kernels = [k for k in _KERNELS.get(device_type, []) if k.name != name]
-        kernel = Kernel(name, device_type, fn, supports or (lambda x, weight, act_bits: True))
-        kernel.priority = priority  # type: ignore[attr-defined]
-        kernels.append(kernel)
-        kernels.sort(key=lambda k: -getattr(k, "priority", 0))
+        kernels.append(Kernel(name, device_type, fn, supports or (lambda x, weight, act_bits: True), priority))
+        kernels.sort(key=lambda k: -k.priority)
         _KERNELS[device_type] = kernels
         return fn
 
