@@ -14,7 +14,21 @@ Because the layout is LSB-first and little-endian, four consecutive bytes viewed
 consecutive inputs with input ``32 * w + i`` in bit ``i`` -- GPU kernels can repack at load time without
 changing the order of bits.
 
-Every change to this layout bumps :data:`FORMAT_VERSION`; readers refuse versions they do not know.
+Ternary format (``weight_format="ternary"``), version 1
+-----------------------------------------------------
+A weight matrix with values ``T`` in ``{-1, 0, +1}`` (BitNet b1.58) is stored as 2-bit codes ``c = T + 1`` in
+``{0, 1, 2}`` packed into a ``uint8`` tensor of shape ``(out_features, ceil(in_features / 4))``:
+
+* row ``n`` of the packed tensor holds row ``n`` of ``T``;
+* bits ``2 j`` and ``2 j + 1`` (least significant pair first) of byte ``k`` hold code ``c[n, 4 * k + j]``;
+* code ``0`` = ``-1``, ``1`` = ``0``, ``2`` = ``+1``; code ``3`` is invalid;
+* padding codes past ``in_features`` are ``1`` (value 0), so a kernel may run over whole bytes.
+
+``c = T + 1`` is the code of bitnet.cpp's I2_S and of transformers' BitNet packing (which packs along output rows
+instead; :mod:`hf_onebit.interop` converts). With int8 activations ``sum(x * T) = sum(x * c) - sum(x)``: unsigned
+codes times signed activations, the operand order of ``vpmaddubsw`` / ``vpdpbusd``.
+
+Every change to a layout bumps :data:`FORMAT_VERSION`; readers refuse versions they do not know.
 """
 
 from __future__ import annotations
@@ -28,9 +42,22 @@ SUPPORTED_FORMAT_VERSIONS = (1,)
 #: safetensors metadata key that carries the format version.
 METADATA_KEY = "hf_onebit_format_version"
 
-def packed_columns(in_features: int) -> int:
-    """Number of bytes per output row for ``in_features`` inputs."""
-    return (in_features + 7) // 8
+#: Weight formats: 1-bit signs, or 2-bit codes of {-1, 0, +1}.
+WEIGHT_FORMATS = ("binary", "ternary")
+#: Weights stored per byte in each format.
+WEIGHTS_PER_BYTE = {"binary": 8, "ternary": 4}
+
+
+def check_weight_format(weight_format: str, name: str = "weight_format") -> str:
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"{name}: got {weight_format!r}; allowed: one of {WEIGHT_FORMATS}")
+    return weight_format
+
+
+def packed_columns(in_features: int, weight_format: str = "binary") -> int:
+    """Number of bytes per output row for ``in_features`` inputs in ``weight_format``."""
+    per_byte = WEIGHTS_PER_BYTE[check_weight_format(weight_format)]
+    return (in_features + per_byte - 1) // per_byte
 
 
 def _bit_weights(device: torch.device) -> torch.Tensor:
@@ -70,15 +97,67 @@ def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = to
     return bits.to(dtype) * 2 - 1
 
 
-def check_packed_shape(packed: torch.Tensor, out_features: int, in_features: int, name: str = "weight") -> None:
+def _code_shifts(device: torch.device) -> torch.Tensor:
+    """``[0, 2, 4, 6]`` (uint8) on ``device``: the bit offset of each 2-bit code in a byte."""
+    return torch.arange(0, 8, 2, dtype=torch.uint8, device=device)
+
+
+def ternarize_values(weight: torch.Tensor) -> torch.Tensor:
+    """Check that ``weight`` holds only -1, 0, +1 and return it as int8."""
+    if weight.dim() != 2:
+        raise ValueError(f"ternary weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    values = weight.to(torch.int8) if not weight.is_floating_point() else weight.round().to(torch.int8)
+    if weight.is_floating_point() and not torch.equal(values.to(weight.dtype), weight):
+        raise ValueError("ternary weight: values must be exactly -1, 0 or +1 (round / threshold the weight first)")
+    if bool(((values < -1) | (values > 1)).any()):
+        raise ValueError("ternary weight: values must be -1, 0 or +1")
+    return values
+
+
+def pack_ternary(values: torch.Tensor) -> torch.Tensor:
+    """Pack a 2-D tensor of -1 / 0 / +1 into the ternary layout (``uint8``, ``(out, ceil(in/4))``)."""
+    values = ternarize_values(values)
+    out_features, in_features = values.shape
+    cols = packed_columns(in_features, "ternary")
+    codes = (values + 1).to(torch.uint8)
+    pad = cols * 4 - in_features
+    if pad:
+        codes = torch.nn.functional.pad(codes, (0, pad), value=1)
+    codes = codes.view(out_features, cols, 4).bitwise_left_shift(_code_shifts(values.device))
+    return codes.sum(dim=-1, dtype=torch.uint8)  # disjoint bit fields: the sum is the bitwise or
+
+
+def unpack_ternary_codes(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Unpack to the ``{0, 1, 2}`` codes (``uint8``, ``(out_features, in_features)``)."""
+    check_packed_shape(packed, packed.shape[0], in_features, name="packed", weight_format="ternary")
+    codes = packed.unsqueeze(-1).bitwise_right_shift(_code_shifts(packed.device)).bitwise_and(3)
+    return codes.view(packed.shape[0], -1)[:, :in_features]
+
+
+def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unpack to the ``{-1, 0, +1}`` matrix of shape ``(out_features, in_features)`` in ``dtype``."""
+    return unpack_ternary_codes(packed, in_features).to(dtype) - 1
+
+
+def unpack_weight(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32,
+                  weight_format: str = "binary") -> torch.Tensor:
+    """The dense ``{-1, +1}`` (binary) or ``{-1, 0, +1}`` (ternary) matrix of a packed weight."""
+    if check_weight_format(weight_format) == "ternary":
+        return unpack_ternary(packed, in_features, dtype)
+    return unpack_signs(packed, in_features, dtype)
+
+
+def check_packed_shape(packed: torch.Tensor, out_features: int, in_features: int, name: str = "weight",
+                       weight_format: str = "binary") -> None:
     """Raise a ValueError naming ``name`` when ``packed`` is not a valid packed tensor for the given shape."""
-    expected = (out_features, packed_columns(in_features))
+    expected = (out_features, packed_columns(in_features, weight_format))
+    what = "packed sign bits" if weight_format == "binary" else "packed ternary codes"
     if packed.dtype != torch.uint8:
-        raise ValueError(f"{name}: packed sign bits must be uint8, got {packed.dtype}")
+        raise ValueError(f"{name}: {what} must be uint8, got {packed.dtype}")
     if tuple(packed.shape) != expected:
         raise ValueError(
-            f"{name}: packed sign bits have shape {tuple(packed.shape)}, expected {expected} for a "
-            f"{in_features}->{out_features} layer (format version {FORMAT_VERSION})"
+            f"{name}: {what} have shape {tuple(packed.shape)}, expected {expected} for a "
+            f"{in_features}->{out_features} {weight_format} layer (format version {FORMAT_VERSION})"
         )
 
 
@@ -96,9 +175,10 @@ def check_format_version(version) -> int:
     return value
 
 
-def bits_per_weight(in_features: int, out_features: int, scale_bits: int = 16, bias: bool = False) -> float:
-    """Storage cost of one binary layer in bits per weight: sign bits (with row padding) plus scale vectors."""
-    total = out_features * packed_columns(in_features) * 8 + (in_features + out_features) * scale_bits
+def bits_per_weight(in_features: int, out_features: int, scale_bits: int = 16, bias: bool = False,
+                    weight_format: str = "binary") -> float:
+    """Storage cost of one layer in bits per weight: packed codes (with row padding) plus scale vectors."""
+    total = out_features * packed_columns(in_features, weight_format) * 8 + (in_features + out_features) * scale_bits
     if bias:
         total += out_features * scale_bits
     return total / (in_features * out_features)

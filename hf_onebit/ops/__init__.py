@@ -10,6 +10,10 @@ A backend registers itself with :func:`register_kernel`::
     @register_kernel("cpu_simd", device_type="cpu", supports=lambda x, weight, act_bits: x.dtype == torch.float32)
     def _cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits): ...
 
+Ternary weights (``weight_format="ternary"``, 2-bit codes, see :mod:`hf_onebit.packing`) go through the twin op
+``torch.ops.hf_onebit.ternary_linear`` (same arguments, same dispatch); a kernel registers for one format with
+``register_kernel(..., weight_format="ternary")``. :func:`packed_linear` picks the op by format.
+
 Backend names accepted by :func:`binary_linear`: ``"auto"`` (best registered kernel, else reference),
 ``"reference"`` (always the reference), or the name of a registered kernel (an error if it cannot run the call).
 """
@@ -23,11 +27,14 @@ from typing import Callable, Optional
 import torch
 
 from . import reference
+from ..packing import check_weight_format
 from .reference import SUPPORTED_ACT_BITS
 
 __all__ = [
     "Kernel",
     "binary_linear",
+    "ternary_linear",
+    "packed_linear",
     "available_backends",
     "register_kernel",
     "kernels_for",
@@ -38,37 +45,42 @@ __all__ = [
 
 @dataclass
 class Kernel:
-    """A fast implementation of ``binary_linear`` for one device type."""
+    """A fast implementation of ``binary_linear`` (or ``ternary_linear``) for one device type."""
 
     name: str
     device_type: str
     fn: Callable
     supports: Callable[[torch.Tensor, torch.Tensor, int], bool]
     priority: int = 0
+    weight_format: str = "binary"
 
 
-_KERNELS: dict[str, list[Kernel]] = {}
+_KERNELS: dict[tuple[str, str], list[Kernel]] = {}
 
 
-def register_kernel(name: str, device_type: str, supports: Optional[Callable] = None, priority: int = 0):
+def register_kernel(name: str, device_type: str, supports: Optional[Callable] = None, priority: int = 0,
+                    weight_format: str = "binary"):
     """Decorator registering ``fn(x, weight, scale_in, scale_out, bias, in_features, act_bits) -> y``.
 
     ``x`` arrives 2-D ``(M, in_features)`` and contiguous; the kernel returns ``(M, out_features)`` in ``x.dtype``.
-    Higher ``priority`` kernels are tried first.
+    Higher ``priority`` kernels are tried first. ``weight_format`` is the packed layout the kernel reads.
     """
+    check_weight_format(weight_format)
 
     def wrap(fn):
-        kernels = [k for k in _KERNELS.get(device_type, []) if k.name != name]
-        kernels.append(Kernel(name, device_type, fn, supports or (lambda x, weight, act_bits: True), priority))
+        key = (device_type, weight_format)
+        kernels = [k for k in _KERNELS.get(key, []) if k.name != name]
+        kernels.append(Kernel(name, device_type, fn, supports or (lambda x, weight, act_bits: True), priority,
+                              weight_format))
         kernels.sort(key=lambda k: -k.priority)
-        _KERNELS[device_type] = kernels
+        _KERNELS[key] = kernels
         return fn
 
     return wrap
 
 
-def kernels_for(device_type: str) -> list[Kernel]:
-    return list(_KERNELS.get(device_type, []))
+def kernels_for(device_type: str, weight_format: str = "binary") -> list[Kernel]:
+    return list(_KERNELS.get((device_type, weight_format), []))
 
 
 def available_backends() -> list[str]:
@@ -76,31 +88,65 @@ def available_backends() -> list[str]:
     return ["auto", "reference"] + sorted({k.name for ks in _KERNELS.values() for k in ks})
 
 
-def select_kernel(x: torch.Tensor, weight: torch.Tensor, act_bits: int, backend: str = "auto") -> Optional[Kernel]:
+def select_kernel(x: torch.Tensor, weight: torch.Tensor, act_bits: int, backend: str = "auto",
+                  weight_format: str = "binary") -> Optional[Kernel]:
     """The kernel that would run this call, or None for the reference path."""
     if backend == "reference":
         return None
-    for kernel in _KERNELS.get(x.device.type, []):
+    for kernel in _KERNELS.get((x.device.type, weight_format), []):
         if backend not in ("auto", kernel.name):
             continue
         if kernel.supports(x, weight, act_bits):
             return kernel
     if backend != "auto":
         raise ValueError(
-            f"backend: {backend!r} cannot run this call (device {x.device.type}, dtype {x.dtype}, act_bits {act_bits}); "
-            f"available: {available_backends()}"
+            f"backend: {backend!r} cannot run this call (device {x.device.type}, dtype {x.dtype}, act_bits {act_bits}, "
+            f"weight_format {weight_format}); available: {available_backends()}"
         )
     return None
 
 
-def _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend):
-    kernel = select_kernel(x, weight, act_bits, backend)
+def _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format="binary"):
+    kernel = select_kernel(x, weight, act_bits, backend, weight_format)
     if kernel is None:
-        return reference.binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+        return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     y = kernel.fn(x2, weight, scale_in, scale_out, bias, in_features, act_bits)
     return y.reshape(*lead, y.shape[-1])
+
+
+def _fake(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale_in, scale_out, bias, in_features, act_bits, backend = inputs
+    ctx.save_for_backward(x, weight, scale_in, scale_out)
+    ctx.in_features = in_features
+    ctx.act_bits = act_bits
+    ctx.has_bias = bias is not None
+
+
+def _make_backward(weight_format: str):
+    def backward(ctx, grad):
+        # Gradients through the dense reference: training a packed model is not a hot path.
+        x, weight, scale_in, scale_out = ctx.saved_tensors
+        dtype = grad.dtype
+        q_weight = reference.unpack_weight(weight, ctx.in_features, dtype, weight_format)
+        gy = grad * scale_out.to(dtype)
+        gxs = gy @ q_weight  # d loss / d (x * g); the int8 rounding is straight-through
+        gx = gxs * scale_in.to(dtype) if ctx.needs_input_grad[0] else None
+        gg = (gxs * x).reshape(-1, x.shape[-1]).sum(0).to(scale_in.dtype) if ctx.needs_input_grad[2] else None
+        gh = None
+        if ctx.needs_input_grad[3]:
+            ones = torch.ones_like(scale_out)
+            y0 = reference.packed_linear(x, weight, scale_in, ones, None, ctx.in_features, ctx.act_bits, weight_format)
+            gh = (grad * y0).reshape(-1, grad.shape[-1]).sum(0).to(scale_out.dtype)
+        gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        return gx, None, gg, gh, gb, None, None, None
+
+    return backward
 
 
 @torch.library.custom_op("hf_onebit::binary_linear", mutates_args=())
@@ -114,41 +160,47 @@ def _binary_linear_op(
     act_bits: int,
     backend: str,
 ) -> torch.Tensor:
-    return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
+    return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "binary")
 
 
-@_binary_linear_op.register_fake
-def _(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+@torch.library.custom_op("hf_onebit::ternary_linear", mutates_args=())
+def _ternary_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int,
+    backend: str,
+) -> torch.Tensor:
+    return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "ternary")
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, scale_in, scale_out, bias, in_features, act_bits, backend = inputs
-    ctx.save_for_backward(x, weight, scale_in, scale_out)
-    ctx.in_features = in_features
-    ctx.act_bits = act_bits
-    ctx.has_bias = bias is not None
+_OPS = {"binary": _binary_linear_op, "ternary": _ternary_linear_op}
+for _format, _op in _OPS.items():
+    _op.register_fake(_fake)
+    _op.register_autograd(_make_backward(_format), setup_context=_setup_context)
 
 
-def _backward(ctx, grad):
-    # Gradients through the dense reference: training a packed model is not a hot path.
-    x, weight, scale_in, scale_out = ctx.saved_tensors
-    dtype = grad.dtype
-    signs = reference.unpack_signs(weight, ctx.in_features, dtype)
-    gy = grad * scale_out.to(dtype)
-    gxs = gy @ signs  # d loss / d (x * g); the int8 rounding is straight-through
-    gx = gxs * scale_in.to(dtype) if ctx.needs_input_grad[0] else None
-    gg = (gxs * x).reshape(-1, x.shape[-1]).sum(0).to(scale_in.dtype) if ctx.needs_input_grad[2] else None
-    gh = None
-    if ctx.needs_input_grad[3]:
-        ones = torch.ones_like(scale_out)
-        y0 = reference.binary_linear(x, weight, scale_in, ones, None, ctx.in_features, ctx.act_bits)
-        gh = (grad * y0).reshape(-1, grad.shape[-1]).sum(0).to(scale_out.dtype)
-    gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
-    return gx, None, gg, gh, gb, None, None, None
-
-
-_binary_linear_op.register_autograd(_backward, setup_context=_setup_context)
+def packed_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int = 0,
+    backend: str = "auto",
+    weight_format: str = "binary",
+) -> torch.Tensor:
+    """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)`` on packed ``Q`` (signs or ternary codes)."""
+    check_weight_format(weight_format)
+    if act_bits not in SUPPORTED_ACT_BITS:
+        raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
+    if backend == "reference":
+        return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
+    return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
 
 
 def binary_linear(
@@ -162,11 +214,21 @@ def binary_linear(
     backend: str = "auto",
 ) -> torch.Tensor:
     """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)`` on packed sign bits (see :mod:`.reference`)."""
-    if act_bits not in SUPPORTED_ACT_BITS:
-        raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
-    if backend == "reference":
-        return reference.binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits)
-    return torch.ops.hf_onebit.binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
+    return packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "binary")
+
+
+def ternary_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``y = ((x * scale_in) @ T.T) * scale_out (+ bias)`` on packed 2-bit ternary codes ``T`` in {-1, 0, +1}."""
+    return packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "ternary")
 
 
 def _load_backends() -> None:
