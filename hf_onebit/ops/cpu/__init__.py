@@ -1,8 +1,9 @@
-"""CPU backend: SIMD kernels for ``binary_linear`` in a small C library (no libtorch link), called through ctypes.
+"""CPU backend: SIMD kernels for ``binary_linear`` and ``ternary_linear`` in a small C library (no libtorch link), called
+through ctypes.
 
-Registers the kernel ``"cpu"`` for device type ``cpu``. Importing this module compiles nothing: the library is built
-on the first call (see :mod:`.build`) and, when that is impossible, the op falls back to the reference path after
-one warning. See docs/kernels-cpu.md for the design.
+Registers the kernel ``"cpu"`` for device type ``cpu``, for both weight formats. Importing this module compiles
+nothing: the library is built on the first call (see :mod:`.build`) and, when that is impossible, the op falls back to
+the reference path after one warning. See docs/kernels-cpu.md for the design.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import register_kernel
+from ...packing import packed_columns
 from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "ISA_NAMES",
     "active_isa_name",
     "cpu_binary_linear",
+    "cpu_ternary_linear",
     "is_available",
     "load_error",
     "set_isa",
@@ -67,13 +70,16 @@ def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
     return converted
 
 
-def _check(x, weight, scale_in, scale_out, bias, in_features):
+def _check(x, weight, scale_in, scale_out, bias, in_features, weight_format="binary"):
     M, K = x.shape
     if K != in_features:
         raise ValueError(f"x: last dimension {K} does not match in_features={in_features}")
     N = weight.shape[0]
-    if weight.shape[1] != (K + 7) // 8:
-        raise ValueError(f"weight: packed shape {tuple(weight.shape)}, expected ({N}, {(K + 7) // 8}) for K={K}")
+    cols = packed_columns(K, weight_format)
+    if weight.shape[1] != cols:
+        raise ValueError(
+            f"weight: packed shape {tuple(weight.shape)}, expected ({N}, {cols}) for K={K} ({weight_format} format)"
+        )
     if scale_in.numel() != K:
         raise ValueError(f"scale_in: {scale_in.numel()} elements, expected in_features={K}")
     if scale_out.numel() != N:
@@ -82,11 +88,10 @@ def _check(x, weight, scale_in, scale_out, bias, in_features):
         raise ValueError(f"bias: {bias.numel()} elements, expected out_features={N}")
 
 
-@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10)
-def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-    """``((x * g) @ sign(W).T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
-    _check(x, weight, scale_in, scale_out, bias, in_features)
+def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
+    _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
     lib = library()
+    entry = lib.onebit_ternary_linear if weight_format == "ternary" else lib.onebit_linear
     M, K = x.shape
     N = weight.shape[0]
     dtype = x.dtype
@@ -103,11 +108,26 @@ def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bit
     h = _float32(scale_out)
     b = _float32(bias) if bias is not None else None
     y = torch.empty((M, N), dtype=torch.bfloat16 if y_bf16 else torch.float32)
-    rc = lib.onebit_linear(
+    rc = entry(
         active_isa(), M, K, N, xc.data_ptr(), x_kind, xc.stride(0) if M > 1 else K,
         g.data_ptr() if g is not None else None, w.data_ptr(), w.shape[1], h.data_ptr(),
         b.data_ptr() if b is not None else None, y.data_ptr(), int(y_bf16), N, int(act_bits), torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
-        raise RuntimeError(f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={K}, N={N}, act_bits={act_bits})")
+        raise RuntimeError(
+            f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={K}, N={N}, act_bits={act_bits}, "
+            f"weight_format={weight_format})"
+        )
     return y if y.dtype == dtype else y.to(dtype)
+
+
+@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10)
+def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+    """``((x * g) @ sign(W).T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
+    return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "binary")
+
+
+@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format="ternary")
+def cpu_ternary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+    """``((x * g) @ T.T) * h (+ bias)`` on 2-bit ternary codes (packing.py); otherwise as :func:`cpu_binary_linear`."""
+    return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "ternary")

@@ -27,12 +27,18 @@ THREAD_FLAGS = ["-pthread"]
 OPENMP_FLAGS = ["-fopenmp"]
 BUILD_TIMEOUT_S = 300
 
-# (source, flags, define) of the optional SIMD units, x86-64 only.
+# Sources of the baseline unit (binary and ternary kernels), compiled with no ISA flags.
+PORTABLE_SOURCES = ("kernels_portable.c", "ternary_portable.c")
+# (sources, flags, define) of the optional SIMD units, x86-64 only; a unit is left out unless all its sources compile.
 X86_UNITS = (
-    ("kernels_avx2.c", ["-mavx2", "-mfma"], "ONEBIT_HAVE_AVX2"),
-    ("kernels_avx512.c", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"], "ONEBIT_HAVE_AVX512"),
+    (("kernels_avx2.c", "ternary_avx2.c"), ["-mavx2", "-mfma"], "ONEBIT_HAVE_AVX2"),
     (
-        "kernels_amx.c",
+        ("kernels_avx512.c", "ternary_avx512.c"),
+        ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+        "ONEBIT_HAVE_AVX512",
+    ),
+    (
+        ("kernels_amx.c",),
         ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mamx-tile", "-mamx-int8", "-mamx-bf16"],
         "ONEBIT_HAVE_AMX",
     ),
@@ -69,7 +75,8 @@ def build_key() -> str:
     digest = hashlib.sha256()
     digest.update(compiler().encode())
     digest.update(b"openmp" if use_openmp() else b"pthreads")
-    digest.update(repr((BASE_FLAGS, THREAD_FLAGS, OPENMP_FLAGS, optional_units(), platform.machine())).encode())
+    units = (PORTABLE_SOURCES, optional_units())
+    digest.update(repr((BASE_FLAGS, THREAD_FLAGS, OPENMP_FLAGS, units, platform.machine())).encode())
     for path in sorted(CSRC.glob("*.[ch]")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -95,15 +102,17 @@ def _compile_all(workdir: Path) -> Path:
     cc = compiler()
     include = ["-I", str(CSRC)]
     objects, defines = [], []
-    _run([cc, *BASE_FLAGS, *include, "-c", str(CSRC / "kernels_portable.c"), "-o", "portable.o"], workdir)
-    objects.append("portable.o")
-    for source, flags, define in optional_units():
-        obj = source.replace(".c", ".o")
+    for source in PORTABLE_SOURCES:
+        _run([cc, *BASE_FLAGS, *include, "-c", str(CSRC / source), "-o", source.replace(".c", ".o")], workdir)
+        objects.append(source.replace(".c", ".o"))
+    for sources, flags, define in optional_units():
+        unit = [source.replace(".c", ".o") for source in sources]
         try:
-            _run([cc, *BASE_FLAGS, *flags, *include, "-c", str(CSRC / source), "-o", obj], workdir)
+            for source, obj in zip(sources, unit):
+                _run([cc, *BASE_FLAGS, *flags, *include, "-c", str(CSRC / source), "-o", obj], workdir)
         except BuildError:
             continue  # this compiler cannot target the ISA: the library simply lacks that variant
-        objects.append(obj)
+        objects.extend(unit)
         defines.append(f"-D{define}")
     out = workdir / LIBRARY_NAME
     driver = ["pool.c", "onebit.c"]

@@ -1,7 +1,9 @@
 /* Driver: ISA dispatch, activation preparation (scale, int8 quantisation, AMX relayout), blocking, threading and the
- * epilogue. Compiled with baseline flags only; SIMD code lives in kernels_<isa>.c, each compiled with its own flags. */
+ * epilogue, for both weight formats (binary; ternary, see ternary.h). Compiled with baseline flags only; SIMD code lives
+ * in kernels_<isa>.c and ternary_<isa>.c, each compiled with its own flags. */
 #include "onebit.h"
 #include "pool.h"
+#include "ternary.h"
 
 #include <stdatomic.h>
 
@@ -122,11 +124,39 @@ static int get_kernels(int isa, onebit_kernels *k) {
     }
 }
 
+/* The ternary row kernels of an ISA (get_kernels has checked that the ISA is supported). */
+static void get_ternary_kernels(int isa, onebit_ternary_kernels *t) {
+    switch (isa) {
+#ifdef ONEBIT_HAVE_AVX2
+    case ONEBIT_ISA_AVX2:
+        onebit_ternary_kernels_avx2(t);
+        return;
+#endif
+#ifdef ONEBIT_HAVE_AVX512
+    case ONEBIT_ISA_AVX512:
+    case ONEBIT_ISA_AMX:
+        onebit_ternary_kernels_avx512(t);
+        return;
+#endif
+    default:
+        onebit_ternary_kernels_portable(t);
+        return;
+    }
+}
+
 typedef enum { MODE_ROWS_F32, MODE_ROWS_I8, MODE_AMX_BF16, MODE_AMX_I8 } kernel_mode;
 
 typedef struct {
     const onebit_kernels *kern;
     kernel_mode mode;
+    /* the weight format: binary (tern NULL) or ternary (activations in the ternary order, ternary.h) */
+    const onebit_ternary_kernels *tern;
+    int two;              /* epilogue of the rows / int8 paths: y = two * acc - sum (binary 2 B x, ternary c x) */
+    int64_t kq;           /* leading elements of a prepared row that may be nonzero: K, or kpad in ternary order */
+    onebit_rows_f32_fn rows_f32;
+    onebit_rows_i8_fn rows_i8;
+    onebit_amx_unpack_i8_fn unpack_i8;
+    onebit_amx_unpack_bf16_fn unpack_bf16;
     int64_t M, K, N, kbytes, kpad;
     int64_t kchunks;      /* AMX: inputs per chunk 64 (int8) or 32 (bf16) */
     int parts;            /* AMX bf16: bf16 parts per value */
@@ -153,12 +183,22 @@ typedef struct {
  *         part p goes to chunk d / 16, part p, tile row d % 16, column i. */
 static const void *x_row(const job_t *j, int64_t m) { return j->x + m * j->ldx * j->xsize; }
 
+/* x * g of row m, zero padded to kpad, into out; ternary: in the ternary order (scratch: kpad floats). */
+static void scaled_row(const job_t *j, int64_t m, float *out, float *scratch) {
+    if (!j->tern) {
+        j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, j->kpad, out);
+        return;
+    }
+    j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, j->kpad, scratch);
+    j->tern->order_row(scratch, j->kpad, out);
+}
+
 static void prepare_mtile(const job_t *j, int64_t mt, float *rows, void *bytes) {
     const int64_t kpad = j->kpad;
     for (int i = 0; i < 16; ++i) {
         const int64_t m = mt * 16 + i;
         if (m < j->M)
-            j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, kpad, rows + i * kpad);
+            scaled_row(j, m, rows + i * kpad, bytes); /* bytes is free until the rows are quantised / split */
         else
             memset(rows + i * kpad, 0, (size_t)kpad * sizeof(float));
     }
@@ -167,7 +207,7 @@ static void prepare_mtile(const job_t *j, int64_t mt, float *rows, void *bytes) 
         for (int i = 0; i < 16; ++i) {
             const int64_t m = mt * 16 + i;
             if (m < j->M)
-                j->kern->quantize_row(rows + i * kpad, j->K, kpad, q + i * kpad, &j->qscale[m], &j->qsum[m]);
+                j->kern->quantize_row(rows + i * kpad, j->kq, kpad, q + i * kpad, &j->qscale[m], &j->qsum[m]);
             else
                 memset(q + i * kpad, 0, (size_t)kpad);
         }
@@ -192,11 +232,11 @@ static void prepare_row(const job_t *j, int64_t m, float *row) {
     const int64_t kpad = j->kpad;
     if (j->mode == MODE_ROWS_F32) {
         float *xs = j->xs + m * kpad;
-        j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, kpad, xs);
+        scaled_row(j, m, xs, row);
         j->xsum[m] = j->kern->row_sum(xs, kpad);
     } else {
-        j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, kpad, row);
-        j->kern->quantize_row(row, j->K, kpad, j->q + m * kpad, &j->qscale[m], &j->qsum[m]);
+        scaled_row(j, m, row, row + kpad);
+        j->kern->quantize_row(row, j->kq, kpad, j->q + m * kpad, &j->qscale[m], &j->qsum[m]);
     }
 }
 
@@ -217,10 +257,11 @@ static void store_f32(const job_t *j, int64_t m, int64_t n0, int64_t n1, const f
 static void epilogue_f32(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t n1, const float *acc, int64_t ldo,
                          int sign_sum) {
     for (int r = 0; r < mr; ++r)
-        store_f32(j, m0 + r, n0, n1, acc + r * ldo, sign_sum ? 1.0f : 2.0f, sign_sum ? 0.0f : (float)j->xsum[m0 + r]);
+        store_f32(j, m0 + r, n0, n1, acc + r * ldo, sign_sum ? 1.0f : (float)j->two, sign_sum ? 0.0f : (float)j->xsum[m0 + r]);
 }
 
-/* int8 path: y = (2 B q - sum q) * scale * h (+ bias). 2 B q fits int32 for every K this library accepts (K < 2^23);
+/* int8 path: y = (2 B q - sum q) * scale * h (+ bias) (ternary: c q - sum q). 2 B q and c q fit int32 for every K this
+ * library accepts (K < 2^23);
  * its conversion to float32 is exact while 127 K < 2^24 (K < 132k), beyond that it rounds like any float sum. */
 static void epilogue_i8(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t n1, const int32_t *acc, int64_t ldo,
                         float *tmp) {
@@ -228,7 +269,7 @@ static void epilogue_i8(const job_t *j, int64_t m0, int mr, int64_t n0, int64_t 
         const int32_t total = (int32_t)j->qsum[m0 + r];
         const float s = j->qscale[m0 + r];
         const int32_t *a = acc + r * ldo;
-        for (int64_t n = 0; n < n1 - n0; ++n) tmp[n] = (float)(2 * a[n] - total) * s;
+        for (int64_t n = 0; n < n1 - n0; ++n) tmp[n] = (float)(j->two * a[n] - total) * s;
         store_f32(j, m0 + r, n0, n1, tmp, 1.0f, 0.0f);
     }
 }
@@ -319,9 +360,9 @@ static void compute_task(void *arg, int tid, int nthreads) {
                 const int64_t nch = k0 + run->slab < j->kchunks ? run->slab : j->kchunks - k0;
                 const int first = k0 == 0, last = k0 + nch == j->kchunks;
                 if (j->mode == MODE_AMX_I8)
-                    onebit_amx_unpack_i8(run->w, kbytes, n0, n1, run->ntiles, k0, nch, apack);
+                    j->unpack_i8(run->w, kbytes, n0, n1, run->ntiles, k0, nch, apack);
                 else
-                    onebit_amx_unpack_bf16(run->w, kbytes, n0, n1, run->ntiles, k0, nch, apack);
+                    j->unpack_bf16(run->w, kbytes, n0, n1, run->ntiles, k0, nch, apack);
                 for (int64_t c = c0; c < c1; ++c) {
                     const int64_t m0 = c * group;
                     const int mr = (int)(M - m0 < group ? M - m0 : group);
@@ -344,10 +385,10 @@ static void compute_task(void *arg, int tid, int nthreads) {
             const int64_t m0 = c * group;
             const int mr = (int)(M - m0 < group ? M - m0 : group);
             if (j->mode == MODE_ROWS_F32) {
-                j->kern->rows_f32(j->xs + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
+                j->rows_f32(j->xs + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
                 epilogue_f32(j, m0, mr, n0, n1, scratch, nb, 0);
             } else {
-                j->kern->rows_i8(j->q + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
+                j->rows_i8(j->q + m0 * j->kpad, j->kpad, mr, run->w, kbytes, n0, n1, scratch, nb);
                 epilogue_i8(j, m0, mr, n0, n1, scratch, nb, tmp);
             }
         }
@@ -359,14 +400,18 @@ out:
     if (park) release_buffer(park, run->park_bytes);
 }
 
-int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
-                  const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
-                  int act_bits, int nthreads) {
+/* onebit_linear (binary, ternary = 0) and onebit_ternary_linear (ternary = 1). */
+static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
+                  const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y,
+                  int y_bf16, int64_t ldy, int act_bits, int nthreads) {
+    const int64_t expected_kbytes = ternary ? (K + 3) / 4 : (K + 7) / 8;
     if (M == 0 && K >= 1 && N >= 1) return 0;
-    if (M < 0 || K < 1 || K >= (1 << 23) || N < 1 || kbytes != (K + 7) / 8 || ldx < K || ldy < N || !x || !w || !h || !y) return -1;
+    if (M < 0 || K < 1 || K >= (1 << 23) || N < 1 || kbytes != expected_kbytes || ldx < K || ldy < N || !x || !w || !h || !y) return -1;
     if ((act_bits != 0 && act_bits != 8) || x_kind < ONEBIT_X_F32 || x_kind > ONEBIT_X_F16) return -1;
     onebit_kernels kern;
+    onebit_ternary_kernels tern;
     if (get_kernels(isa, &kern) != 0) return -2;
+    if (ternary) get_ternary_kernels(isa, &tern);
     if (nthreads < 1) nthreads = 1;
     /* Small calls run on one thread: waking a team costs more than it saves below ~ONEBIT_MIN_WORK bytes each. */
     const int64_t work = N * kbytes * ((M + ONEBIT_MR - 1) / ONEBIT_MR);
@@ -376,9 +421,20 @@ int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x
     memset(&j, 0, sizeof j);
     j.kern = &kern;
     j.M = M, j.K = K, j.N = N, j.kbytes = kbytes, j.kpad = (kbytes + 7) / 8 * 64;
+    j.two = 2, j.kq = K;
+    j.rows_f32 = kern.rows_f32, j.rows_i8 = kern.rows_i8;
+    j.unpack_i8 = onebit_amx_unpack_i8, j.unpack_bf16 = onebit_amx_unpack_bf16;
+    if (ternary) {
+        j.tern = &tern;
+        j.kpad = j.kq = (K + ONEBIT_TERNARY_BLOCK - 1) / ONEBIT_TERNARY_BLOCK * ONEBIT_TERNARY_BLOCK;
+        j.two = 1;
+        j.rows_f32 = tern.rows_f32, j.rows_i8 = tern.rows_i8;
+        j.unpack_i8 = tern.amx_unpack_i8, j.unpack_bf16 = tern.amx_unpack_bf16;
+    }
     j.x = x, j.ldx = ldx, j.xsize = x_kind == ONEBIT_X_BF16 ? 2 : 4, j.x_bf16 = x_kind == ONEBIT_X_BF16;
     j.g = g, j.h = h, j.bias = bias, j.y = y, j.y_bf16 = y_bf16 != 0, j.ldy = ldy;
-    const int amx = isa == ONEBIT_ISA_AMX && M >= (act_bits == 8 ? ONEBIT_AMX_MIN_M_I8 : ONEBIT_AMX_MIN_M_F32);
+    const int amx = isa == ONEBIT_ISA_AMX && M >= (act_bits == 8 ? ONEBIT_AMX_MIN_M_I8 : ONEBIT_AMX_MIN_M_F32) &&
+                    (!ternary || (tern.amx_unpack_i8 && tern.amx_unpack_bf16));
     if (amx) {
         j.mode = act_bits == 8 ? MODE_AMX_I8 : MODE_AMX_BF16;
         j.kchunks = act_bits == 8 ? j.kpad / 64 : j.kpad / 32;
@@ -440,4 +496,16 @@ done:
     free(j.qscale);
     free(j.qsum);
     return failed ? -3 : 0;
+}
+
+int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
+                  const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
+                  int act_bits, int nthreads) {
+    return linear(0, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads);
+}
+
+int onebit_ternary_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
+                          const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y,
+                          int y_bf16, int64_t ldy, int act_bits, int nthreads) {
+    return linear(1, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads);
 }

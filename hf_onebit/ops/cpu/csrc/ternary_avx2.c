@@ -1,0 +1,105 @@
+/* AVX2 + FMA ternary kernels (compiled with the flags of kernels_avx2.c; called only when the CPU reports both).
+ * Activations arrive in the ternary order (ternary.h).
+ *   int8:  32 weight bytes, shifted by 2 j and masked with 3, are 32 codes lined up with 32 consecutive activations:
+ *          maddubs(codes u8, q s8) + madd(., 1) gives 8 int32 partial sums (|pair| <= 2 * 2 * 127: no saturation);
+ *   float: 8 weight bytes widened to dwords; vpermps with the table {0, 1, 2, 3, ...} reads the low 2 bits, shifts by
+ *          2, 4, 6 give codes j = 1..3; FMA c * x (exact per term, fp32 accumulate). */
+#include <immintrin.h>
+
+#include "kernels_common.h"
+#include "ternary.h"
+
+ONEBIT_INLINE float hsum256_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ONEBIT_INLINE int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 32 weight bytes: byte k is position 64 j + k of the activations passed in (already offset to the half block). */
+ONEBIT_INLINE void half_i8(const int mr, const int8_t *q, int64_t ldq, __m256i w, const int nacc,
+                           __m256i (*acc)[ONEBIT_MR]) {
+    const __m256i three = _mm256_set1_epi8(3), ones16 = _mm256_set1_epi16(1);
+    for (int j = 0; j < 4; ++j) {
+        const __m256i c = _mm256_and_si256(j ? _mm256_srli_epi16(w, 2 * j) : w, three);
+        __m256i *a = acc[j % nacc];
+        for (int m = 0; m < mr; ++m) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + 64 * j));
+            a[m] = _mm256_add_epi32(a[m], _mm256_madd_epi16(_mm256_maddubs_epi16(c, qv), ones16));
+        }
+    }
+}
+
+ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint8_t *row, int64_t kbytes,
+                          int32_t *out, int64_t ldo) {
+    const int nacc = ONEBIT_NACC(mr);
+    __m256i acc[4][ONEBIT_MR];
+    for (int a = 0; a < nacc; ++a)
+        for (int m = 0; m < mr; ++m) acc[a][m] = _mm256_setzero_si256();
+    const int64_t full = kbytes / 32;
+    for (int64_t h = 0; h < full; ++h) /* half block h: block h / 2, byte offset 32 (h % 2) */
+        half_i8(mr, q + (h / 2) * 256 + (h % 2) * 32, ldq, _mm256_loadu_si256((const __m256i *)(row + h * 32)), nacc,
+                acc);
+    if (kbytes > full * 32) { /* the row's last bytes into a zeroed register: nothing past the row is read */
+        uint8_t tail[32] = {0};
+        memcpy(tail, row + full * 32, (size_t)(kbytes - full * 32));
+        half_i8(mr, q + (full / 2) * 256 + (full % 2) * 32, ldq, _mm256_loadu_si256((const __m256i *)tail), nacc, acc);
+    }
+    for (int m = 0; m < mr; ++m) {
+        __m256i s = acc[0][m];
+        for (int a = 1; a < nacc; ++a) s = _mm256_add_epi32(s, acc[a][m]);
+        out[m * ldo] = hsum256_epi32(s);
+    }
+}
+
+/* 8 weight bytes (given as an integer): positions 64 j + k .. + 8 of the activations passed in. */
+ONEBIT_INLINE void eighth_f32(const int mr, const float *x, int64_t ldx, uint64_t w8, const int nacc,
+                              __m256 (*acc)[ONEBIT_MR]) {
+    const __m256 low2 = _mm256_setr_ps(0, 1, 2, 3, 0, 1, 2, 3);
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)w8));
+    for (int j = 0; j < 4; ++j) {
+        const __m256 c = _mm256_permutevar8x32_ps(low2, j ? _mm256_srli_epi32(v, 2 * j) : v);
+        __m256 *a = acc[j % nacc];
+        for (int m = 0; m < mr; ++m) a[m] = _mm256_fmadd_ps(c, _mm256_loadu_ps(x + m * ldx + 64 * j), a[m]);
+    }
+}
+
+ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint8_t *row, int64_t kbytes, float *out,
+                           int64_t ldo) {
+    const int nacc = ONEBIT_NACC(mr);
+    __m256 acc[4][ONEBIT_MR];
+    for (int a = 0; a < nacc; ++a)
+        for (int m = 0; m < mr; ++m) acc[a][m] = _mm256_setzero_ps();
+    const int64_t steps = (kbytes + 7) / 8, full = kbytes / 8;
+    for (int64_t s = 0; s < steps; ++s) { /* 8-byte step s: block s / 8, byte offset 8 (s % 8) */
+        uint64_t w8;
+        if (s < full)
+            memcpy(&w8, row + s * 8, 8);
+        else
+            w8 = onebit_tail_u64(row, s * 8, kbytes - s * 8);
+        eighth_f32(mr, x + (s / 8) * 256 + (s % 8) * 8, ldx, w8, nacc, acc);
+    }
+    for (int m = 0; m < mr; ++m) {
+        __m256 s = acc[0][m];
+        for (int a = 1; a < nacc; ++a) s = _mm256_add_ps(s, acc[a][m]);
+        out[m * ldo] = hsum256_ps(s);
+    }
+}
+
+ONEBIT_DEFINE_ROWS(rows_f32, row_f32, float, float)
+ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
+
+void onebit_ternary_kernels_avx2(onebit_ternary_kernels *t) {
+    t->rows_f32 = rows_f32;
+    t->rows_i8 = rows_i8;
+    t->order_row = onebit_ternary_order_row;
+    t->amx_unpack_i8 = NULL;
+    t->amx_unpack_bf16 = NULL;
+}
