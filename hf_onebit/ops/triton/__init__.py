@@ -1,4 +1,5 @@
-"""Triton (CUDA) backend for ``binary_linear``: GEMV for decode, ``tl.dot`` for medium M, dequant + cuBLAS for prefill.
+"""Triton (CUDA) backend for ``binary_linear`` and ``ternary_linear``: GEMV for decode, ``tl.dot`` for medium M,
+dequant + cuBLAS for prefill.
 
 Registered for ``cuda`` tensors when the ``triton`` package is installed (``pip install hf_onebit[triton]``); without
 it nothing is registered and CUDA calls take the reference path. ``act_bits=8`` is not implemented here: such calls
@@ -49,3 +50,9 @@ if find_spec("triton") is not None:
         from .launch import binary_linear_triton
 
         return binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+
+    @register_kernel("triton", device_type="cuda", supports=_supports, priority=10, weight_format="ternary")
+    def _ternary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+        from .launch import ternary_linear_triton
+
+        return ternary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits)

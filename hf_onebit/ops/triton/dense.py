@@ -5,6 +5,7 @@ expanded and multiplied in slices of ``N``: slice ``i + 1`` is expanded on a sid
 multiplied on the caller's stream, and each matmul writes its columns of ``y`` in place (cuBLAS takes the row stride,
 no copy). Works inside CUDA-graph capture (the side stream forks from and joins back into the capturing stream).
 On the H100 this did not pay off reliably (docs/benchmarks.md, run D), so the dispatcher uses ``chunks=1``.
+Ternary code words (``weight_format="ternary"``) go through the same functions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import triton
 
 from .dequant import dequant_kernel
+from .repack import FORMATS
 
 @dataclass(frozen=True)
 class DenseConfig:
@@ -35,20 +37,22 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def expand_into(out, words, g, h, n0: int, n1: int) -> None:
-    """Write columns ``n0:n1`` of the dense transposed weight: ``out[k, n] = g[k] * sign(W[n, k]) * h[n]``."""
+def expand_into(out, words, g, h, n0: int, n1: int, weight_format: str = "binary") -> None:
+    """Write columns ``n0:n1`` of the dense transposed weight: ``out[k, n] = g[k] * sign(W[n, k]) * h[n]``
+    (``n0`` a multiple of the outputs per word; ternary: the value ``T[n, k]`` instead of the sign)."""
+    fmt = FORMATS[weight_format]
     k = out.shape[0]
     block_k, block_n = (32, 64) if _interpreting() else (64, 128)
     cols = out[:, n0:n1]
     grid = (triton.cdiv(k, block_k), triton.cdiv(n1 - n0, block_n))
-    dequant_kernel[grid](words[n0 // 32 :], g, h[n0:n1], cols, n1 - n0, k, words.stride(0), cols.stride(0),
-                         BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4)
+    dequant_kernel[grid](words[n0 // fmt.per_word :], g, h[n0:n1], cols, n1 - n0, k, words.stride(0), cols.stride(0),
+                         BLOCK_K=block_k, BLOCK_N=block_n, TERNARY=fmt.ternary, num_warps=4)
 
 
-def dense_weight(words, g, h, n: int, k: int, dtype) -> torch.Tensor:
+def dense_weight(words, g, h, n: int, k: int, dtype, weight_format: str = "binary") -> torch.Tensor:
     """The dequantized weight, transposed: ``(K, N)`` with ``W_hat[k, n] = g[k] * sign(W[n, k]) * h[n]``."""
     out = torch.empty(k, n, device=words.device, dtype=dtype)
-    expand_into(out, words, g, h, 0, n)
+    expand_into(out, words, g, h, 0, n, weight_format)
     return out
 
 
@@ -63,14 +67,15 @@ def _side_stream(index: int) -> torch.cuda.Stream:
     return torch.cuda.Stream(device=index)
 
 
-def dense_matmul(x2, words, g, h, bias, n: int, k: int, config: DenseConfig) -> torch.Tensor:
+def dense_matmul(x2, words, g, h, bias, n: int, k: int, config: DenseConfig,
+                 weight_format: str = "binary") -> torch.Tensor:
     """``y = x2 @ W_hat (+ bias)`` with the expansion pipelined against the matmul as ``config`` says."""
     m = x2.shape[0]
     dense = torch.empty(k, n, device=x2.device, dtype=x2.dtype)
     bias = None if bias is None else bias.to(x2.dtype)
     parts = slices(n, config.chunks, config.align)
     if len(parts) == 1:
-        expand_into(dense, words, g, h, 0, n)
+        expand_into(dense, words, g, h, 0, n, weight_format)
         return torch.matmul(x2, dense) if bias is None else torch.addmm(bias, x2, dense)
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     side = None
@@ -83,12 +88,12 @@ def dense_matmul(x2, words, g, h, bias, n: int, k: int, config: DenseConfig) -> 
         if side is None:
             break
         with torch.cuda.stream(side):
-            expand_into(dense, words, g, h, n0, n1)
+            expand_into(dense, words, g, h, n0, n1, weight_format)
             events.append(torch.cuda.Event())
             events[-1].record(side)
     for i, (n0, n1) in enumerate(parts):
         if side is None:
-            expand_into(dense, words, g, h, n0, n1)
+            expand_into(dense, words, g, h, n0, n1, weight_format)
         else:
             torch.cuda.current_stream().wait_event(events[i])
         out = y[:, n0:n1]

@@ -9,6 +9,10 @@ and folds them into ``BLOCK_M x BITS`` fp32 accumulators at once, which keeps re
 
 Per weight and row the inner loop costs one ``LOP3`` (xor the weight bit, moved to the sign position, into ``-x g``)
 and one fp32 add, plus one shift per weight shared by the rows; no weight is ever converted to a float.
+
+With ``TERNARY`` the words are code words (16 outputs each, :mod:`.repack`): the ``+1`` bit of a code is moved to the
+sign position the same way, and its ``0`` bit (one below) is spread into a mask that clears the term, so a weight
+costs two more integer instructions (the mask) and one more ``LOP3`` per row.
 """
 
 import triton
@@ -30,13 +34,17 @@ def _load_step(x_rows, g_ptr, w_row, k, K, stride_xk, m_mask):
 
 
 @triton.jit
-def _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL: tl.constexpr):
+def _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL: tl.constexpr, TERNARY: tl.constexpr):
     if SHIFT_BY_MUL:
-        flip = (w[None, None, :, :] * mult) & _SIGN
+        moved = w[None, None, :, :] * mult
     else:
-        flip = (w[None, None, :, :] << shift) & _SIGN
+        moved = w[None, None, :, :] << shift
     # xor-ing the weight bit into the sign of -(x g) gives +(x g) for a set bit, -(x g) for a clear one
-    return acc + tl.sum((neg_xg[:, None, :, :] ^ flip).to(tl.float32, bitcast=True), axis=2)
+    terms = neg_xg[:, None, :, :] ^ (moved & _SIGN)
+    if TERNARY:
+        # the code's zero bit sits just below the sign: sign-extend it into a mask that clears the term
+        terms = terms & ~((moved << 1) >> 31)
+    return acc + tl.sum(terms.to(tl.float32, bitcast=True), axis=2)
 
 
 @triton.jit(do_not_specialize=["one"])
@@ -52,17 +60,22 @@ def gemv_kernel(
     KPT: tl.constexpr,
     SHIFT_BY_MUL: tl.constexpr,
     PREFETCH: tl.constexpr,
+    TERNARY: tl.constexpr = False,
 ):
     BLOCK_K: tl.constexpr = THREADS * KPT
+    PER_WORD: tl.constexpr = 16 if TERNARY else 32
     pid = tl.program_id(0)
     pid_m = tl.program_id(1)
-    parts: tl.constexpr = 32 // BITS
+    parts: tl.constexpr = PER_WORD // BITS
     word = pid // parts
     j = (pid % parts) * BITS + tl.arange(0, BITS)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, KPT)[:, None] * THREADS + tl.arange(0, THREADS)[None, :]
     m_mask = offs_m < M
-    shift = (31 - j)[None, :, None, None]
+    if TERNARY:
+        shift = (30 - 2 * j)[None, :, None, None]  # the +1 bit of code j to bit 31
+    else:
+        shift = (31 - j)[None, :, None, None]
     # `one` is a runtime 1 the compiler cannot see: w * (one << s) stays an IMAD (FMA pipe) instead of a shift (ALU
     # pipe, already busy with the LOP3), which balances the two integer-capable pipes.
     mult = one << shift
@@ -75,13 +88,13 @@ def gemv_kernel(
         for k0 in range(0, K, BLOCK_K):
             w, neg_xg = w_next, xg_next
             w_next, xg_next = _load_step(x_rows, g_ptr, w_row, k0 + BLOCK_K + offs_k, K, stride_xk, m_mask)
-            acc = _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL)
+            acc = _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL, TERNARY)
     else:
         for k0 in range(0, K, BLOCK_K):
             w, neg_xg = _load_step(x_rows, g_ptr, w_row, k0 + offs_k, K, stride_xk, m_mask)
-            acc = _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL)
+            acc = _accumulate(acc, w, neg_xg, shift, mult, SHIFT_BY_MUL, TERNARY)
     total = tl.sum(acc, axis=2)
-    offs_n = word * 32 + j
+    offs_n = word * PER_WORD + j
     n_mask = offs_n < N
     h = tl.load(h_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     out = total * h[None, :]

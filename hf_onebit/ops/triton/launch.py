@@ -1,25 +1,28 @@
 """Python side of the Triton backend: argument checks, path choice by M and shape, launch configs.
 
-:func:`binary_linear_triton` runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` was set before
-Triton was imported (how the tests check the kernels on machines without a GPU).
+:func:`packed_linear_triton` (binary sign bits or ternary codes; :func:`binary_linear_triton` and
+:func:`ternary_linear_triton` fix the format) runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1``
+was set before Triton was imported (how the tests check the kernels on machines without a GPU). Both formats share
+the dispatcher, the configs and the kernels (a ``TERNARY`` constexpr switches the word layout); the configs were
+measured for binary weights only.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
 import torch
 import triton
 
-from ...packing import check_packed_shape
+from ...packing import check_packed_shape, check_weight_format
 from .dense import DenseConfig, dense_matmul
 from .gemv import gemv_kernel
 from .matmul import matmul_kernel
-from .repack import output_words, sign_words
+from .repack import FORMATS, output_words, weight_words
 
 PATHS = ("auto", "gemv", "dot", "dense")
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -36,7 +39,7 @@ def interpreting() -> bool:
 
 @dataclass(frozen=True)
 class GemvConfig:
-    bits: int = 32  # outputs of one word handled by a program: 32, 16 or 8
+    bits: int = 32  # outputs of one word handled by a program: 32, 16 or 8 (ternary words: 16 or 8)
     kpt: int = 4  # inputs per thread and step (a program covers 32 * num_warps * kpt inputs per step)
     num_warps: int = 4
     shift_by_mul: bool = True  # move the weight bit with an IMAD instead of a shift (see gemv.py)
@@ -64,8 +67,17 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def gemv_config(m: int, n: int, k: int, device: torch.device) -> GemvConfig:
-    """Launch config of the GEMV, from the H100 sweep in docs/benchmarks.md (``kernels_cuda.py --sweep``)."""
+def gemv_config(m: int, n: int, k: int, device: torch.device, weight_format: str = "binary") -> GemvConfig:
+    """Launch config of the GEMV, from the H100 sweep in docs/benchmarks.md (``kernels_cuda.py --sweep``).
+
+    Ternary words hold 16 outputs: the same configs with at most 16 outputs per program (not tuned on a GPU).
+    """
+    per_word = FORMATS[weight_format].per_word
+    config = _binary_gemv_config(m, output_words(n, per_word), device)
+    return replace(config, bits=min(config.bits, per_word))
+
+
+def _binary_gemv_config(m: int, programs: int, device: torch.device) -> GemvConfig:
     if interpreting():
         return GemvConfig(bits=32, kpt=2, num_warps=1)
     if m == 2:
@@ -73,7 +85,7 @@ def gemv_config(m: int, n: int, k: int, device: torch.device) -> GemvConfig:
     if m > 2:
         return GemvConfig(bits=32, kpt=2, num_warps=4)
     # few word columns (N <= ~8k): more threads per program split K finer and fill the GPU
-    warps = 8 if output_words(n) < 2 * _sm_count(device) else 4
+    warps = 8 if programs < 2 * _sm_count(device) else 4
     return GemvConfig(bits=32, kpt=4, num_warps=warps, prefetch=True)
 
 
@@ -101,7 +113,7 @@ def choose_path(m: int, n: int, k: int, dtype: torch.dtype) -> str:
     return "dot"
 
 
-def _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path):
+def _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, weight_format):
     if act_bits != 0:
         raise ValueError(f"act_bits: {act_bits} is not supported by the Triton kernels (only 0); use the reference path")
     if path not in PATHS:
@@ -111,7 +123,7 @@ def _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path):
     if x.shape[-1] != in_features:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match in_features={in_features}")
     out_features = weight.shape[0]
-    check_packed_shape(weight, out_features, in_features)
+    check_packed_shape(weight, out_features, in_features, weight_format=weight_format)
     for name, t, size in (("scale_in", scale_in, in_features), ("scale_out", scale_out, out_features),
                           ("bias", bias, out_features)):
         if t is not None and tuple(t.shape) != (size,):
@@ -124,7 +136,7 @@ def _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path):
         raise ValueError(f"x: the Triton kernels need a CUDA tensor (got {x.device}); set TRITON_INTERPRET=1 for CPU")
 
 
-def binary_linear_triton(
+def packed_linear_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
     scale_in: torch.Tensor,
@@ -134,45 +146,70 @@ def binary_linear_triton(
     act_bits: int = 0,
     path: str = "auto",
     config=None,
+    weight_format: str = "binary",
 ) -> torch.Tensor:
-    """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)``, the semantics of ``reference.binary_linear``.
+    """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)``, the semantics of ``reference.packed_linear``.
 
-    ``path`` forces one kernel (``gemv``, ``dot`` or ``dense``); ``config`` overrides its launch config (tuning).
+    ``Q`` = sign bits (``weight_format="binary"``) or ternary codes (``"ternary"``). ``path`` forces one kernel
+    (``gemv``, ``dot`` or ``dense``); ``config`` overrides its launch config (tuning).
     """
-    _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path)
+    check_weight_format(weight_format)
+    _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, weight_format)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
     m, n, k = x2.shape[0], weight.shape[0], in_features
     if path == "auto":
         path = choose_path(m, n, k, x.dtype)
-    words = sign_words(weight, in_features)
+    words = weight_words(weight, in_features, weight_format)
     guard = torch.cuda.device(x.device) if x.is_cuda else nullcontext()
     with guard:
         if path == "dense":
-            y = dense_matmul(x2, words, scale_in, scale_out, bias, n, k, config or dense_config(m, n, k))
+            y = dense_matmul(x2, words, scale_in, scale_out, bias, n, k, config or dense_config(m, n, k),
+                             weight_format)
         else:
             y = torch.empty(m, n, device=x.device, dtype=x.dtype)
             if m > 0:
                 launch = _gemv if path == "gemv" else _dot
-                launch(x2, words, scale_in, scale_out, bias, y, m, n, k, config)
+                launch(x2, words, scale_in, scale_out, bias, y, m, n, k, config, weight_format)
     return y.reshape(*lead, n)
 
 
-def _gemv(x2, words, g, h, bias, y, m, n, k, config):
-    cfg = config or gemv_config(m, n, k, x2.device)
+def binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits=0, path="auto", config=None):
+    """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)``, the semantics of ``reference.binary_linear``."""
+    return packed_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, config, "binary")
+
+
+def ternary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits=0, path="auto", config=None):
+    """``y = ((x * scale_in) @ T.T) * scale_out (+ bias)``, the semantics of ``reference.ternary_linear``."""
+    return packed_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, config, "ternary")
+
+
+def check_gemv_config(config: GemvConfig, weight_format: str) -> GemvConfig:
+    """``config`` if a program's outputs (``bits``) divide the outputs of one word of ``weight_format``."""
+    per_word = FORMATS[weight_format].per_word
+    if config.bits not in (8, 16, 32) or per_word % config.bits:
+        allowed = tuple(b for b in (8, 16, 32) if per_word % b == 0)
+        raise ValueError(f"config.bits: {config.bits} is not allowed for {weight_format} weights; use one of {allowed}")
+    return config
+
+
+def _gemv(x2, words, g, h, bias, y, m, n, k, config, weight_format):
+    fmt = FORMATS[weight_format]
+    cfg = check_gemv_config(config or gemv_config(m, n, k, x2.device, weight_format), weight_format)
     block_m = 1 if m == 1 else 2 if m == 2 else 4
-    grid = (output_words(n) * (32 // cfg.bits), triton.cdiv(m, block_m))
+    grid = (output_words(n, fmt.per_word) * (fmt.per_word // cfg.bits), triton.cdiv(m, block_m))
     gemv_kernel[grid](
         x2, g, words, h, bias if bias is not None else h, y,
         m, n, k,
         x2.stride(0), x2.stride(1), words.stride(0), y.stride(0),
         1,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BITS=cfg.bits, THREADS=32 * cfg.num_warps, KPT=cfg.kpt,
-        SHIFT_BY_MUL=cfg.shift_by_mul, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
+        SHIFT_BY_MUL=cfg.shift_by_mul, PREFETCH=cfg.prefetch, TERNARY=fmt.ternary, num_warps=cfg.num_warps,
     )
 
 
-def _dot(x2, words, g, h, bias, y, m, n, k, config):
+def _dot(x2, words, g, h, bias, y, m, n, k, config, weight_format):
+    ternary = FORMATS[weight_format].ternary
     cfg = config or dot_config(m, n, k, x2.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     matmul_kernel[grid](
@@ -183,5 +220,5 @@ def _dot(x2, words, g, h, bias, y, m, n, k, config):
         GROUP_M=cfg.group_m,
         # Triton 3.9's interpreter multiplies bf16 dot operands as raw 16-bit integers: upcast there (exact for +-1)
         DOT_FP32=x2.dtype == torch.float32 or interpreting(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        TERNARY=ternary, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

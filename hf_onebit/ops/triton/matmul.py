@@ -2,12 +2,13 @@
 
 ``x * g`` is formed in fp32 and rounded to ``x``'s dtype (as the reference does) while the tile is loaded; ``h`` and
 the bias are applied to the fp32 accumulator before the single rounding to the output dtype.
+With ``TERNARY`` the words are code words (16 outputs each), expanded to -1 / 0 / +1 instead of +-1.
 """
 
 import triton
 import triton.language as tl
 
-from .signs import expand_signs
+from .codes import expand_words
 
 
 @triton.jit
@@ -21,6 +22,7 @@ def matmul_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     DOT_FP32: tl.constexpr,
+    TERNARY: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -32,12 +34,13 @@ def matmul_kernel(
     pid_m = first_m + (pid % per_group) % group_rows
     pid_n = (pid % per_group) // group_rows
 
-    WORDS: tl.constexpr = BLOCK_N // 32
+    PER_WORD: tl.constexpr = 16 if TERNARY else 32
+    WORDS: tl.constexpr = BLOCK_N // PER_WORD
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_w = pid_n * WORDS + tl.arange(0, WORDS)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
-    w_mask = offs_w < tl.cdiv(N, 32)
+    w_mask = offs_w < tl.cdiv(N, PER_WORD)
     dtype = x_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -48,7 +51,7 @@ def matmul_kernel(
                      mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         xg = (xv.to(tl.float32) * g[None, :]).to(dtype)
         words = tl.load(w_ptr + offs_w[None, :] * stride_w + k[:, None], mask=k_mask[:, None] & w_mask[None, :], other=0)
-        signs = expand_signs(words, dtype)
+        signs = expand_words(words, dtype, TERNARY)
         if DOT_FP32:
             # exact fp32 products: fp32 inputs (TF32 would round x), or the interpreter (see the launcher)
             acc = tl.dot(xg.to(tl.float32), signs.to(tl.float32), acc, input_precision="ieee")
