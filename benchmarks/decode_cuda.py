@@ -1,11 +1,13 @@
 """Decode tokens/s of a LLaMA-2-7B-shaped model (random weights): bf16 vs 1-bit (Triton GEMV), static cache, CUDA graphs.
 
-    python benchmarks/decode_cuda.py [--layers 32] [--steps 128] [--cache 512]
+    python benchmarks/decode_cuda.py [--layers 32] [--steps 128] [--cache 512] [--weights binary|ternary|both]
 
 The bf16 model is measured first; then every linear layer of the decoder blocks is replaced in place by a packed
 ``OneBitLinear`` with random sign bits (embeddings, norms and lm_head stay bf16, as in a real 1-bit checkpoint) and
 measured again. One decode step (forward of one token + greedy pick of the next) is captured in a CUDA graph and
 replayed ``--steps`` times; tokens/s = steps / elapsed GPU time. Eager tokens/s (no graph) are printed for reference.
+``--weights ternary`` packs random 2-bit ternary codes (``weight_format="ternary"``, Triton ternary kernels) instead of
+sign bits; ``both`` measures the binary model, then the same model with ternary layers, next to the same bf16 run.
 """
 
 from __future__ import annotations
@@ -37,23 +39,37 @@ def build_model(layers: int):
     return model.eval()
 
 
-def binarize_(model) -> int:
-    """Replace each decoder-block ``nn.Linear`` by a packed OneBitLinear with random bits; returns how many."""
+def random_packed(shape, weight_format: str, device="cuda") -> torch.Tensor:
+    """Random packed weights: any byte for sign bits; for ternary, 2-bit codes 0, 1, 2 (-1, 0, +1) uniformly."""
+    if weight_format == "ternary":
+        codes = torch.randint(0, 3, (*shape, 4), dtype=torch.uint8, device=device)
+        shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=device)
+        return codes.bitwise_left_shift(shifts).sum(-1, dtype=torch.uint8)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+
+
+def binarize_(model, weight_format: str = "binary", device="cuda") -> int:
+    """Replace each decoder-block ``nn.Linear`` (or OneBitLinear) by a packed OneBitLinear with random weights in
+    ``weight_format``; returns how many."""
     from hf_onebit import OneBitLinear
 
     count = 0
     for block in model.model.layers:
         for parent in block.modules():
             for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
+                if isinstance(child, (torch.nn.Linear, OneBitLinear)):
+                    scale = child.weight.float().abs().mean().item() if isinstance(child, torch.nn.Linear) else None
+                    options = {} if weight_format == "binary" else {"weight_format": weight_format}
                     layer = OneBitLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                         scale_dtype=torch.bfloat16, device="cuda", dtype=torch.bfloat16)
-                    layer.weight.data = torch.randint(0, 256, layer.weight.shape, dtype=torch.uint8, device="cuda")
+                                         scale_dtype=torch.bfloat16, device=device, dtype=torch.bfloat16, **options)
+                    layer.weight.data = random_packed(layer.weight.shape, weight_format, device)
                     layer.scale_in.data.uniform_(0.5, 1.5)
-                    layer.scale_out.data.fill_(child.weight.float().abs().mean().item())
+                    layer.scale_out.data.copy_(child.scale_out.data if scale is None else torch.full_like(
+                        layer.scale_out, scale))
                     setattr(parent, name, layer)
                     count += 1
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return count
 
 
@@ -152,7 +168,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--cache", type=int, default=512, help="static cache length (attention covers all of it)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile(forward) + CUDA graph")
+    parser.add_argument("--weights", choices=("binary", "ternary", "both"), default="binary",
+                        help="packed format of the decoder-block layers: sign bits, 2-bit ternary codes, or both")
     args = parser.parse_args(argv)
+    formats = ("binary", "ternary") if args.weights == "both" else (args.weights,)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/decode_cuda.py: no CUDA device")
     import hf_onebit  # noqa: F401
@@ -163,20 +182,24 @@ def main(argv=None):
     model = build_model(args.layers)
     bf16_bytes = weight_bytes(model)
     dense = measure(model, "bf16", args.steps, args.cache, args.compile, out)
-    n = binarize_(model)
-    one_bit_bytes = weight_bytes(model)
-    binary = measure(model, f"1-bit ({n} OneBitLinear, Triton)", args.steps, args.cache, args.compile, out)
-    out(f"decoder-block weights: bf16 {bf16_bytes / 2**30:.2f} GiB, 1-bit {one_bit_bytes / 2**30:.2f} GiB "
-        f"(+ cached sign words of the same size); embeddings and lm_head bf16 in both")
+    packed = []
+    for weight_format in formats:
+        n = binarize_(model, weight_format)
+        name = "1-bit" if weight_format == "binary" else "ternary (2-bit)"
+        packed.append(measure(model, f"{name} ({n} OneBitLinear, Triton)", args.steps, args.cache, args.compile, out))
+        out(f"decoder-block weights: bf16 {bf16_bytes / 2**30:.2f} GiB, {name} {weight_bytes(model) / 2**30:.2f} GiB "
+            f"(+ cached {'sign' if weight_format == 'binary' else 'code'} words of the same size); embeddings and "
+            "lm_head bf16 in both")
     out("")
     fmt = lambda v: "not run" if v is None else f"{v:.1f}"  # noqa: E731
     out("| model | eager tok/s | CUDA graph tok/s | torch.compile + CUDA graph tok/s |")
     out("|---|---|---|---|")
-    for r in (dense, binary):
+    for r in (dense, *packed):
         out(f"| {r['label']} | {r['eager']:.1f} | {fmt(r['graph'])} | {fmt(r['compiled'])} |")
-    for key, what in (("eager", "eager"), ("graph", "CUDA graph"), ("compiled", "torch.compile + CUDA graph")):
-        if dense[key] and binary[key]:
-            out(f"1-bit / bf16 decode speed ({what}): {binary[key] / dense[key]:.2f}x")
+    for r in packed:
+        for key, what in (("eager", "eager"), ("graph", "CUDA graph"), ("compiled", "torch.compile + CUDA graph")):
+            if dense[key] and r[key]:
+                out(f"{r['label'].split(' (')[0]} / bf16 decode speed ({what}): {r[key] / dense[key]:.2f}x")
 
 
 if __name__ == "__main__":

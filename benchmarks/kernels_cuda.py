@@ -3,6 +3,11 @@
     python benchmarks/kernels_cuda.py                 # main table (also: python benchmarks/kernels.py --device cuda)
     python benchmarks/kernels_cuda.py --sweep         # + GEMV launch-config sweep and the path crossover over M
     python benchmarks/kernels_cuda.py --gemv-m1 --dense   # only: wider M=1 GEMV sweep; prefill path (slices, overlap)
+    python benchmarks/kernels_cuda.py --weights both  # main table with binary AND ternary (2-bit) columns
+    python benchmarks/kernels_cuda.py --weights ternary --sweep   # ternary table, GEMV sweep and paths over M
+
+``--weights`` picks the packed format of "ours" (and of the reference column): ``binary`` (default, 1 bit per weight),
+``ternary`` (2-bit codes, ``ternary_linear``) or ``both``. ``--gemv-m1`` and ``--dense`` sweep binary weights only.
 
 Times are GPU times: each measurement captures a CUDA graph of many calls (so Python/launch overhead is excluded) that
 rotate through enough weight copies to exceed the L2 cache, replays it, and reads CUDA events. Columns that cannot be
@@ -103,13 +108,36 @@ def time_calls(calls: list[Callable[[], object]], target_s: float = 0.02, graph:
     return best, False
 
 
-def random_binary_layer(k: int, n: int, device="cuda"):
+FORMATS = ("binary", "ternary")
+BITS_PER_WEIGHT = {"binary": 1, "ternary": 2}
+
+
+def packed_bytes(k: int, n: int, weight_format: str = "binary") -> int:
+    return n * k * BITS_PER_WEIGHT[weight_format] // 8
+
+
+def random_layer(k: int, n: int, weight_format: str = "binary", device="cuda"):
+    """Random packed weights (ternary: codes 0, 1, 2 uniformly) and scales of a ``k -> n`` layer."""
     from hf_onebit.packing import packed_columns
 
-    weight = torch.randint(0, 256, (n, packed_columns(k)), dtype=torch.uint8, device=device)
+    cols = packed_columns(k, weight_format)
+    if weight_format == "ternary":
+        codes = torch.randint(0, 3, (n, cols, 4), dtype=torch.uint8, device=device)
+        shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=device)
+        weight = codes.bitwise_left_shift(shifts).sum(-1, dtype=torch.uint8)
+    else:
+        weight = torch.randint(0, 256, (n, cols), dtype=torch.uint8, device=device)
     scale_in = (torch.rand(k, device=device) + 0.5).to(torch.bfloat16)
     scale_out = (torch.rand(n, device=device) * 0.02).to(torch.bfloat16)
     return weight, scale_in, scale_out
+
+
+def random_binary_layer(k: int, n: int, device="cuda"):
+    return random_layer(k, n, "binary", device)
+
+
+def ours_column(weight_format: str) -> str:
+    return "ours (triton)" if weight_format == "binary" else "ours ternary (triton)"
 
 
 def bitnet_layer(k: int, n: int, device="cuda"):
@@ -121,25 +149,28 @@ def bitnet_layer(k: int, n: int, device="cuda"):
     return layer
 
 
-def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16):
-    """``{name: (calls, weight_bytes_per_call)}`` for one shape; each call uses its own weight copy."""
-    from hf_onebit.ops import binary_linear, reference
+def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16, formats=("binary",), device="cuda"):
+    """``{name: (calls, weight_bytes_per_call)}`` for one shape; each call uses its own weight copy.
 
-    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    One "ours" column per format in ``formats``; the reference column uses the first format."""
+    from hf_onebit.ops import packed_linear, reference
+
+    x = torch.randn(m, k, device=device, dtype=dtype)
     dense_bytes = n * k * 2
-    dense = [torch.randn(n, k, device="cuda", dtype=dtype) * 0.02 for _ in range(copies_for(dense_bytes))]
-    one_bit = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
-    cols = {
-        "cuBLAS bf16": ([lambda w=w: torch.nn.functional.linear(x, w) for w in dense], dense_bytes),
-        "reference": (
-            [lambda p=p: reference.binary_linear(x, p[0], p[1], p[2], None, k) for p in one_bit[:2]],
-            n * k // 8,
-        ),
-        "ours (triton)": ([lambda p=p: binary_linear(x, p[0], p[1], p[2], None, k, 0, "triton") for p in one_bit],
-                          n * k // 8),
-    }
+    dense = [torch.randn(n, k, device=device, dtype=dtype) * 0.02 for _ in range(copies_for(dense_bytes))]
+    cols = {"cuBLAS bf16": ([lambda w=w: torch.nn.functional.linear(x, w) for w in dense], dense_bytes)}
+    for fmt in formats:
+        size = packed_bytes(k, n, fmt)
+        layers = [random_layer(k, n, fmt, device) for _ in range(copies_for(size))]
+        if "reference" not in cols:
+            cols["reference"] = (
+                [lambda p=p, f=fmt: reference.packed_linear(x, p[0], p[1], p[2], None, k, 0, f) for p in layers[:2]],
+                size,
+            )
+        cols[ours_column(fmt)] = (
+            [lambda p=p, f=fmt: packed_linear(x, p[0], p[1], p[2], None, k, 0, "triton", f) for p in layers], size)
     try:
-        layers = [bitnet_layer(k, n) for _ in range(copies_for(n * k // 4))]
+        layers = [bitnet_layer(k, n, device) for _ in range(copies_for(n * k // 4))]
 
         def bitnet(layer):
             # its two @torch.compile helpers are run eagerly here (inductor compile time is not what we measure)
@@ -152,21 +183,25 @@ def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16):
     return x, cols
 
 
-def main_table(shapes=SHAPES, ms=M_VALUES, out=print):
+def main_table(shapes=SHAPES, ms=M_VALUES, out=print, formats=("binary",)):
     name = torch.cuda.get_device_name()
     bw = measured_bandwidth()
     nominal = nominal_bandwidth()
     out(f"device: {name}; copy bandwidth {bw / 1e9:.0f} GB/s"
         + (f"; nominal {nominal / 1e9:.0f} GB/s" if nominal else ""))
     out(f"torch {torch.__version__}, triton {__import__('triton').__version__}, CUDA {torch.version.cuda}")
-    order = ["cuBLAS bf16", "reference", "BitNet BitLinear", "ours (triton)"]
+    ours = [ours_column(f) for f in formats]
+    order = ["cuBLAS bf16", "reference", "BitNet BitLinear"] + ours
+    tag = {c: ("" if len(formats) == 1 else f" {f}") for c, f in zip(ours, formats)}
     out("")
-    out("| K->N | M | " + " | ".join(f"{c} us" for c in order) + " | ours vs cuBLAS | ours GB/s (% of copy bw) |")
-    out("|---|---|" + "---|" * len(order) + "---|---|")
+    out(f"reference column: {formats[0]} weights")
+    out("| K->N | M | " + " | ".join(f"{c} us" for c in order) + " | "
+        + " | ".join(f"ours{tag[c]} vs cuBLAS | ours{tag[c]} GB/s (% of copy bw)" for c in ours) + " |")
+    out("|---|---|" + "---|" * len(order) + "---|---|" * len(ours))
     rows = []
     for k, n in shapes:
         for m in ms:
-            x, cols = columns_for(k, n, m)
+            x, cols = columns_for(k, n, m, formats=formats)
             times = {}
             for col in order:
                 if col not in cols:
@@ -179,14 +214,19 @@ def main_table(shapes=SHAPES, ms=M_VALUES, out=print):
                 except Exception as err:  # noqa: BLE001
                     print(f"  {col} failed at {k}->{n} M={m}: {type(err).__name__}: {err}", file=sys.stderr)
                     times[col] = None
-            ours = times["ours (triton)"][0]
-            moved = cols["ours (triton)"][1] + 2 * (m * k + m * n) + 2 * (k + n)
             cells = []
             for col in order:
                 t = times[col]
                 cells.append("n/a" if t is None else f"{t[0] * 1e6:.1f}{'' if t[1] else '*'}")
-            speed = times["cuBLAS bf16"][0] / ours
-            out(f"| {k}->{n} | {m} | " + " | ".join(cells) + f" | {speed:.2f}x | {moved / ours / 1e9:.0f} ({100 * moved / ours / bw:.0f}%) |")
+            for col in ours:
+                if times[col] is None or times["cuBLAS bf16"] is None:
+                    cells += ["n/a", "n/a"]
+                    continue
+                seconds = times[col][0]
+                moved = cols[col][1] + 2 * (m * k + m * n) + 2 * (k + n)
+                cells += [f"{times['cuBLAS bf16'][0] / seconds:.2f}x",
+                          f"{moved / seconds / 1e9:.0f} ({100 * moved / seconds / bw:.0f}%)"]
+            out(f"| {k}->{n} | {m} | " + " | ".join(cells) + " |")
             rows.append(dict(k=k, n=n, m=m, times=times))
             del x, cols
             torch.cuda.empty_cache()
@@ -194,30 +234,34 @@ def main_table(shapes=SHAPES, ms=M_VALUES, out=print):
     return rows
 
 
-def sweep_gemv(shapes=SHAPES, out=print):
+def sweep_gemv(shapes=SHAPES, out=print, weight_format="binary"):
     """Time GEMV launch configs at M=1 on every shape and at M=2, 4 on one (the dispatcher's table comes from this)."""
-    from hf_onebit.ops.triton.launch import GemvConfig, binary_linear_triton, gemv_config
+    from hf_onebit.ops.triton.launch import GemvConfig, gemv_config, packed_linear_triton
 
-    out("\n| K->N | M | bits | kpt | warps | prefetch | us |")
+    out(f"\nGEMV configs, {weight_format} weights")
+    out("| K->N | M | bits | kpt | warps | prefetch | us |")
     out("|---|---|---|---|---|---|---|")
     plans = [(k, n, 1) for k, n in shapes] + [(4096, 11008, 2), (4096, 11008, 4)]
+    all_bits = (32, 16, 8) if weight_format == "binary" else (16, 8)  # a ternary code word holds 16 outputs
     for k, n, m in plans:
-        layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+        layers = [random_layer(k, n, weight_format) for _ in range(copies_for(packed_bytes(k, n, weight_format)))]
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         if m == 1:
-            grid = [(b, kpt, w, pf) for b in (32, 16, 8) for kpt, w in ((4, 4), (4, 8), (2, 4)) for pf in (False, True)]
+            grid = [(b, kpt, w, pf) for b in all_bits for kpt, w in ((4, 4), (4, 8), (2, 4)) for pf in (False, True)]
         else:
-            grid = [(b, kpt, 4, False) for b in (32, 16, 8) for kpt in (1, 2)]
+            grid = [(b, kpt, 4, False) for b in all_bits for kpt in (1, 2)]
         results = []
         for bits, kpt, warps, pf in grid:
             cfg = GemvConfig(bits=bits, kpt=kpt, num_warps=warps, prefetch=pf)
-            calls = [lambda p=p, c=cfg: binary_linear_triton(x, p[0], p[1], p[2], None, k, path="gemv", config=c)
+            calls = [lambda p=p, c=cfg: packed_linear_triton(x, p[0], p[1], p[2], None, k, path="gemv", config=c,
+                                                             weight_format=weight_format)
                      for p in layers]
             seconds, _ = time_calls(calls, target_s=0.01)
             results.append((seconds, cfg))
             out(f"| {k}->{n} | {m} | {bits} | {kpt} | {warps} | {pf} | {seconds * 1e6:.1f} |")
         best = min(results, key=lambda r: r[0])
-        out(f"best for {k}->{n} M={m}: {best[1]} {best[0] * 1e6:.1f} us; heuristic picks {gemv_config(m, n, k, x.device)}")
+        out(f"best for {k}->{n} M={m}: {best[1]} {best[0] * 1e6:.1f} us; "
+            f"heuristic picks {gemv_config(m, n, k, x.device, weight_format)}")
 
 
 GEMV_M1_CONFIGS = [(32, 4, 4, True), (32, 4, 8, True), (32, 8, 4, True), (32, 8, 8, True), (32, 4, 16, True),
@@ -294,22 +338,24 @@ def sweep_dense(shapes=SHAPES, ms=(512, 2048), configs=DENSE_CONFIGS, out=print)
         torch.cuda.empty_cache()
 
 
-def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), out=print):
+def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), out=print,
+                weight_format="binary"):
     """Time the three paths over M at one shape: where the dispatcher should switch."""
-    from hf_onebit.ops.triton.launch import DotConfig, binary_linear_triton, choose_path
+    from hf_onebit.ops.triton.launch import DotConfig, choose_path, packed_linear_triton
 
-    layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
+    layers = [random_layer(k, n, weight_format) for _ in range(copies_for(packed_bytes(k, n, weight_format)))]
     dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
     dot_cfgs = [DotConfig(16, 64, 128, 4, 4), DotConfig(32, 64, 128, 4, 4), DotConfig(64, 64, 64, 4, 4),
                 DotConfig(64, 128, 64, 4, 3), DotConfig(128, 128, 64, 8, 3), DotConfig(128, 256, 64, 8, 3)]
-    out(f"\npaths at {k}->{n} (us; dot = best of {len(dot_cfgs)} configs)")
+    out(f"\npaths at {k}->{n}, {weight_format} weights (us; dot = best of {len(dot_cfgs)} configs)")
     out("| M | cuBLAS bf16 | gemv | dot (best cfg) | dense | auto picks |")
     out("|---|---|---|---|---|---|")
     for m in ms:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
         def t(path, cfg=None):
-            calls = [lambda p=p: binary_linear_triton(x, p[0], p[1], p[2], None, k, path=path, config=cfg) for p in layers]
+            calls = [lambda p=p: packed_linear_triton(x, p[0], p[1], p[2], None, k, path=path, config=cfg,
+                                                      weight_format=weight_format) for p in layers]
             return time_calls(calls, target_s=0.01)[0]
 
         cublas = time_calls([lambda w=w: torch.nn.functional.linear(x, w) for w in dense], target_s=0.01)[0]
@@ -329,7 +375,10 @@ def main(argv=None):
     parser.add_argument("--dense", action="store_true", help="only: the prefill-path sweep (expansion, slices)")
     parser.add_argument("--quick", action="store_true", help="two shapes, M in {1, 2048}")
     parser.add_argument("--m", type=int, nargs="*", help="M values of the main table (default 1 16 512 2048)")
+    parser.add_argument("--weights", choices=FORMATS + ("both",), default="binary",
+                        help="packed format of 'ours': binary (1 bit), ternary (2-bit codes) or both")
     args = parser.parse_args(argv)
+    formats = FORMATS if args.weights == "both" else (args.weights,)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/kernels_cuda.py: no CUDA device")
     import hf_onebit  # noqa: F401  (registers the Triton kernel)
@@ -343,10 +392,11 @@ def main(argv=None):
         return
     ms = args.m or ([1, 2048] if args.quick else M_VALUES)
     if args.sweep:
-        sweep_gemv(shapes)
-        if not args.no_paths:
-            sweep_paths()
-    main_table(shapes, ms)
+        for fmt in formats:
+            sweep_gemv(shapes, weight_format=fmt)
+            if not args.no_paths:
+                sweep_paths(weight_format=fmt)
+    main_table(shapes, ms, formats=formats)
 
 
 if __name__ == "__main__":
