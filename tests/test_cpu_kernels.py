@@ -137,12 +137,13 @@ def isa_params():
 
 
 @pytest.mark.parametrize("name", isa_params())
-def test_each_isa_variant(name):
+@pytest.mark.parametrize("K, N", [(333, 150), (1100, 37)])
+def test_each_isa_variant(name, K, N):
     """Every compiled ISA variant (forced) agrees with the reference and, on the int8 path, bit for bit with the
-    portable variant: the int8 grid is computed exactly and the integer dot products are exact."""
+    portable variant: the int8 grid is computed exactly and the integer dot products are exact. K = 1100 gives rows of
+    whole cache lines, whole words and a partial word; N = 37 leaves weight rows over after groups of 4 and of 2."""
     if name not in cpu.supported_isas():
         pytest.skip(f"ISA variant {name!r} not supported here (CPU/compiler offers {cpu.supported_isas()})")
-    K, N = 333, 150
     layer = make_layer(K, N, True, 11)
     for M in (1, 3, 5, 8, 9, 17, 40, 100):  # row kernels for every mr; AMX (from 4 / 16 rows) with partial tiles
         for dtype in DTYPES:

@@ -18,12 +18,17 @@
 #define ONEBIT_AMX_NB 256
 #define ONEBIT_AMX_SLAB_BYTES (1024 * 1024)
 /* Activation rows from which the AMX tile kernels (which pad to 32 rows) beat the AVX-512 row kernels, measured on a
- * 4096->11008 layer: the float path's masked adds fall behind at 4 rows, VNNI int8 at 16. Rows per AMX call. */
+ * 4096->11008 layer: the ternary float path's masked adds fall behind at 4 rows, the binary float path's lookup
+ * tables at 16 (bf16/fp16 x: one bf16 part per value) or 24 (fp32 x: three parts), VNNI int8 at 16. */
 #define ONEBIT_AMX_MIN_M_F32 4
+#define ONEBIT_AMX_MIN_M_BINARY_BF16 16
+#define ONEBIT_AMX_MIN_M_BINARY_F32 24
 #define ONEBIT_AMX_MIN_M_I8 16
 #define ONEBIT_AMX_MG 32
 /* Packed weight bytes (per group of ONEBIT_MR activation rows) worth one more thread. */
 #define ONEBIT_MIN_WORK (128 * 1024)
+/* Activation elements (M * kpad) up to which the calling thread prepares them alone. */
+#define ONEBIT_SERIAL_PREP (32 * 1024)
 
 #ifndef ONEBIT_HAVE_AMX
 /* Without the AMX unit the AMX mode is never chosen (onebit_isa_supported says no); these only satisfy the linker. */
@@ -433,7 +438,9 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
     }
     j.x = x, j.ldx = ldx, j.xsize = x_kind == ONEBIT_X_BF16 ? 2 : 4, j.x_bf16 = x_kind == ONEBIT_X_BF16;
     j.g = g, j.h = h, j.bias = bias, j.y = y, j.y_bf16 = y_bf16 != 0, j.ldy = ldy;
-    const int amx = isa == ONEBIT_ISA_AMX && M >= (act_bits == 8 ? ONEBIT_AMX_MIN_M_I8 : ONEBIT_AMX_MIN_M_F32) &&
+    const int64_t amx_min_f32 = ternary ? ONEBIT_AMX_MIN_M_F32
+                                : x_kind == ONEBIT_X_F32 ? ONEBIT_AMX_MIN_M_BINARY_F32 : ONEBIT_AMX_MIN_M_BINARY_BF16;
+    const int amx = isa == ONEBIT_ISA_AMX && M >= (act_bits == 8 ? ONEBIT_AMX_MIN_M_I8 : amx_min_f32) &&
                     (!ternary || (tern.amx_unpack_i8 && tern.amx_unpack_bf16));
     if (amx) {
         j.mode = act_bits == 8 ? MODE_AMX_I8 : MODE_AMX_BF16;
@@ -484,7 +491,12 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
     run.groups = groups, run.ntiles = ntiles, run.apack_bytes = apack_bytes, run.amx = amx;
     run.slab = slab, run.park_bytes = park_bytes;
     run.prep_units = amx ? mrows / 16 : M;
-    onebit_parallel(nthreads, prepare_task, &run); /* every activation row is ready when it returns */
+    /* every activation row is ready when this returns; a few rows (decode) are prepared by the calling thread alone,
+     * which costs less than waking the team twice */
+    if (!amx && M * j.kpad <= ONEBIT_SERIAL_PREP)
+        prepare_task(&run, 0, 1);
+    else
+        onebit_parallel(nthreads, prepare_task, &run);
     if (!atomic_load(&run.failed)) onebit_parallel(nthreads, compute_task, &run);
     failed = atomic_load(&run.failed);
 
