@@ -8,14 +8,13 @@ from typing import Any
 import torch
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .packing import FORMAT_VERSION, check_format_version
+from .packing import FORMAT_VERSION, WEIGHT_FORMATS, check_format_version
 
 QUANT_METHOD = "onebit"
 
 INIT_METHODS = ("svid", "nmf")
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 BACKENDS = ("auto", "reference", "cpu", "triton")
-WEIGHT_FORMATS = ("binary",)
 ACT_BITS = (0, 8)
 
 _FIELDS = (
@@ -56,7 +55,9 @@ class OneBitConfig(QuantizationConfigMixin):
             ``"cpu"`` or ``"triton"`` (force that kernel; an error where it cannot run).
         act_bits: ``0`` computes with exact float activations; ``8`` quantises ``x * g`` per token to int8 first (the
             fast CPU path).
-        weight_format: ``"binary"`` ({-1, +1}, 1 bit per weight).
+        weight_format: ``"binary"`` (default: ``sign(W)`` in {-1, +1}, 1 bit per weight, SVID scales) or
+            ``"ternary"`` (BitNet b1.58 values in {-1, 0, +1}, 2-bit codes, the same ``g`` / ``h`` vectors: about
+            2 bits per weight, a clearly smaller reconstruction error; see ``docs/concepts/ternary.md``).
         format_version: version of the packed layout (see :mod:`hf_onebit.packing`).
         training: load linear layers in their latent (trainable float) form for distillation instead of packed.
     """
@@ -142,4 +143,5 @@ class OneBitConfig(QuantizationConfigMixin):
             "scale_dtype": self.torch_scale_dtype,
             "backend": self.backend,
             "act_bits": self.act_bits,
+            "weight_format": self.weight_format,
         }

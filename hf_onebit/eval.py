@@ -52,8 +52,8 @@ def perplexity_ids(model, ids: torch.Tensor, seq_len: int = 512, stride: int | N
 
 @dataclass
 class SizeReport:
-    quantized_weights: int  # weights stored as 1 bit
-    quantized_bits: int  # bits those layers take (signs with row padding + scale vectors + bias)
+    quantized_weights: int  # weights stored packed (1-bit signs or 2-bit ternary codes)
+    quantized_bits: int  # bits those layers take (packed codes with row padding + scale vectors + bias)
     other_params: int
     other_bytes: int
 
@@ -71,7 +71,8 @@ class SizeReport:
 
 
 def size_report(model: nn.Module) -> SizeReport:
-    """Storage of the packed form of ``model``: 1-bit layers and everything else (tied tensors counted once)."""
+    """Storage of the packed form of ``model``: 1-bit / ternary layers (their actual packed tensors, so a ternary
+    layer counts ~2 bits per weight) and everything else (tied tensors counted once)."""
     q_weights = q_bits = 0
     seen: set[int] = set()
     onebit_params: set[int] = set()

@@ -3,6 +3,7 @@
 Packed form (what is saved and served)::
 
     weight     uint8 (out_features, ceil(in_features / 8))   sign bits, layout in hf_onebit.packing
+               uint8 (out_features, ceil(in_features / 4))   with weight_format="ternary": 2-bit codes of {-1, 0, +1}
     scale_in   float (in_features,)                          g
     scale_out  float (out_features,)                         h
     bias       float (out_features,) or None
@@ -13,6 +14,10 @@ Latent form (distillation / QAT): ``weight`` is a float32 ``(out_features, in_fe
 and ``g``/``h`` are float32. The forward binarises the latent weights with ``self.binarizer`` (hard sign with a
 tanh-derivative backward by default; training recipes install their own). :meth:`pack_` converts to the packed form
 with exactly the hard-sign function.
+
+Ternary layers (``weight_format="ternary"``, BitNet b1.58 values) compute ``y = ((x * g) @ T.T) * h (+ bias)`` with
+``T`` in {-1, 0, +1}; their default latent binarizer is :func:`hard_ternary` (row-absmean threshold, straight-through
+backward) and :meth:`pack_` stores exactly its values.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .init import svid_rank1
-from .packing import check_packed_shape, pack_signs, packed_columns
+from .init import absmean_ternary, svid_rank1, ternary_init
+from .packing import check_packed_shape, check_weight_format, pack_signs, pack_ternary, packed_columns, unpack_weight
 
 
 class SignWithTanhGrad(torch.autograd.Function):
@@ -44,6 +49,35 @@ def hard_sign(w: torch.Tensor) -> torch.Tensor:
     return SignWithTanhGrad.apply(w)
 
 
+class TernaryWithSTE(torch.autograd.Function):
+    """:func:`~hf_onebit.init.absmean_ternary` forward (per-row ``clamp(round(w / mean|w_row|), -1, 1)``, the row
+    scale detached); straight-through backward (the gradient passes unchanged)."""
+
+    @staticmethod
+    def forward(ctx, w):
+        return absmean_ternary(w).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def hard_ternary(w: torch.Tensor) -> torch.Tensor:
+    """The default latent binarizer of ternary layers: values in {-1, 0, +1}, straight-through gradient."""
+    return TernaryWithSTE.apply(w)
+
+
+#: The default latent binarizer of each weight format (the function :meth:`OneBitLinear.pack_` stores).
+DEFAULT_BINARIZERS = {"binary": hard_sign, "ternary": hard_ternary}
+
+
+def hard_quantize(weight: torch.Tensor, weight_format: str) -> torch.Tensor:
+    """Pack a latent float weight with the format's default binarizer (signs, or absmean ternary codes)."""
+    if weight_format == "ternary":
+        return pack_ternary(absmean_ternary(weight))
+    return pack_signs(weight)
+
+
 class OneBitLinear(nn.Module):
     """A linear layer with 1-bit weights and float input/output scale vectors (see the module docstring)."""
 
@@ -57,6 +91,7 @@ class OneBitLinear(nn.Module):
         scale_dtype: torch.dtype = torch.float16,
         backend: str = "auto",
         act_bits: int = 0,
+        weight_format: str = "binary",
         latent: bool = False,
         device=None,
         dtype: torch.dtype | None = None,
@@ -70,12 +105,17 @@ class OneBitLinear(nn.Module):
         self.backend = backend
         self.act_bits = act_bits
         self.scale_dtype = scale_dtype
-        self.binarizer = hard_sign
+        try:
+            self.weight_format = check_weight_format(weight_format)
+        except ValueError as err:
+            raise ValueError(f"OneBitLinear.{err}") from None
+        self.binarizer = DEFAULT_BINARIZERS[weight_format]
         if latent:
             self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=torch.float32))
             vec_dtype = torch.float32
         else:
-            packed = torch.zeros(out_features, packed_columns(in_features), device=device, dtype=torch.uint8)
+            packed = torch.zeros(out_features, packed_columns(in_features, weight_format), device=device,
+                                 dtype=torch.uint8)
             self.weight = nn.Parameter(packed, requires_grad=False)
             vec_dtype = scale_dtype
         self.scale_in = nn.Parameter(torch.ones(in_features, device=device, dtype=vec_dtype))
@@ -128,23 +168,24 @@ class OneBitLinear(nn.Module):
 
     @torch.no_grad()
     def pack_(self) -> "OneBitLinear":
-        """Latent -> packed, in place: the packed forward equals the hard-sign latent forward."""
+        """Latent -> packed, in place: the packed forward equals the latent forward with the format's default binarizer
+        (:func:`hard_sign`, or :func:`hard_ternary` for ternary layers)."""
         if not self.is_latent:
             return self
-        self.weight = nn.Parameter(pack_signs(self.weight.data), requires_grad=False)
+        self.weight = nn.Parameter(hard_quantize(self.weight.data, self.weight_format), requires_grad=False)
         self.scale_in = nn.Parameter(self.scale_in.data.to(self.scale_dtype))
         self.scale_out = nn.Parameter(self.scale_out.data.to(self.scale_dtype))
-        self.binarizer = hard_sign
+        self.binarizer = DEFAULT_BINARIZERS[self.weight_format]
         return self
 
     @torch.no_grad()
     def to_latent_(self) -> "OneBitLinear":
-        """Packed -> latent (latent weights = the signs, float32 scales), in place; the function is unchanged."""
+        """Packed -> latent (latent weights = the signs or ternary values, float32 scales), in place; the function is
+        unchanged: the default binarizer maps these latent weights back to the same values (for ternary rows the row
+        absmean is the fraction ``f`` of non-zeros and ``round(T / f)`` clamps back to ``T``)."""
         if self.is_latent:
             return self
-        from .packing import unpack_signs
-
-        self.weight = nn.Parameter(unpack_signs(self.weight.data, self.in_features, torch.float32))
+        self.weight = nn.Parameter(unpack_weight(self.weight.data, self.in_features, torch.float32, self.weight_format))
         self.scale_in = nn.Parameter(self.scale_in.data.float())
         self.scale_out = nn.Parameter(self.scale_out.data.float())
         return self
@@ -154,7 +195,7 @@ class OneBitLinear(nn.Module):
         if not self.is_latent:
             return {"weight": self.weight.data, "scale_in": self.scale_in.data, "scale_out": self.scale_out.data}
         return {
-            "weight": pack_signs(self.weight.detach()),
+            "weight": hard_quantize(self.weight.detach(), self.weight_format),
             "scale_in": self.scale_in.detach().to(self.scale_dtype),
             "scale_out": self.scale_out.detach().to(self.scale_dtype),
         }
@@ -163,11 +204,13 @@ class OneBitLinear(nn.Module):
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ``(out, in)`` weight with the same function as this layer (without bias or post-LayerNorm)."""
         state = self.packed_state()
-        return ops.reference.dequantize_binary(state["weight"], state["scale_in"], state["scale_out"], self.in_features, dtype)
+        return ops.reference.dequantize_binary(state["weight"], state["scale_in"], state["scale_out"], self.in_features,
+                                               dtype, self.weight_format)
 
     def check_packed(self, prefix: str = "") -> None:
         """Raise a ValueError naming the tensor when the packed tensors do not fit this layer."""
-        check_packed_shape(self.weight, self.out_features, self.in_features, name=f"{prefix}weight")
+        check_packed_shape(self.weight, self.out_features, self.in_features, name=f"{prefix}weight",
+                           weight_format=self.weight_format)
         for name, size in (("scale_in", self.in_features), ("scale_out", self.out_features)):
             t = getattr(self, name)
             if tuple(t.shape) != (size,) or not t.is_floating_point():
@@ -183,8 +226,9 @@ class OneBitLinear(nn.Module):
             if bias is not None:
                 y = y + bias.to(dtype)
         else:
-            y = ops.binary_linear(
-                x, self.weight, self.scale_in, self.scale_out, bias, self.in_features, self.act_bits, self.backend
+            y = ops.packed_linear(
+                x, self.weight, self.scale_in, self.scale_out, bias, self.in_features, self.act_bits, self.backend,
+                self.weight_format,
             )
         if self.post_layernorm:
             y = F.layer_norm(y, (self.out_features,))
@@ -197,11 +241,23 @@ class OneBitLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"form={form}, post_layernorm={self.post_layernorm}, backend={self.backend}, act_bits={self.act_bits}"
+            + (f", weight_format={self.weight_format}" if self.weight_format != "binary" else "")
         )
 
 
 def quantize_weight(weight: torch.Tensor, config, latent: bool = False) -> dict[str, torch.Tensor]:
-    """Quantize one float weight ``(out, in)``: ``{"weight", "scale_in", "scale_out"}`` in packed or latent form."""
+    """Quantize one float weight ``(out, in)``: ``{"weight", "scale_in", "scale_out"}`` in packed or latent form.
+
+    Binary: signs plus the SVID / NMF rank-1 fit of ``|W|``. Ternary (``config.weight_format="ternary"``): the
+    row-absmean ternary values with the least-squares scale vectors of :func:`~hf_onebit.init.ternary_init`; the
+    latent form keeps ``W`` itself (its hard ternarization is those same values).
+    """
+    if getattr(config, "weight_format", "binary") == "ternary":
+        values, h, g = ternary_init(weight, method=config.init, iters=config.init_iters)
+        if latent:
+            return {"weight": weight.detach().float().clone(), "scale_in": g, "scale_out": h}
+        dtype = config.torch_scale_dtype
+        return {"weight": pack_ternary(values), "scale_in": g.to(dtype), "scale_out": h.to(dtype)}
     a, b = svid_rank1(weight, method=config.init, iters=config.init_iters)
     if latent:
         return {"weight": weight.detach().float().clone(), "scale_in": b, "scale_out": a}

@@ -8,8 +8,9 @@ from the source checkpoint before any weight is converted, and a converted tenso
 produced by a ``WeightConverter`` - hf_onebit's quantize op is not one, so every disk-offloaded 1-bit layer keeps
 pointing at the *float* weight of the source checkpoint (its scale vectors, new names, are saved correctly), and
 the layer's meta ``weight`` is still the float placeholder of the on-the-fly load. :func:`repair_disk_offloaded_signs`
-runs after dispatch: for each such layer it packs the signs of that float weight (exactly what the quantize op
-stores) into the offload folder, repoints the index, and gives the layer a packed-shape meta ``weight``.
+runs after dispatch: for each such layer it packs the signs (or, for ternary layers, the absmean ternary codes) of that
+float weight (exactly what the quantize op stores) into the offload folder, repoints the index, and gives the layer a
+packed-shape meta ``weight``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .modules import OneBitLinear
-from .packing import pack_signs, packed_columns
+from .modules import OneBitLinear, hard_quantize
+from .packing import packed_columns
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def repair_disk_offloaded_signs(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if not isinstance(module, OneBitLinear) or module.weight.device.type != "meta":
             continue
-        packed_shape = (module.out_features, packed_columns(module.in_features))
+        packed_shape = (module.out_features, packed_columns(module.in_features, module.weight_format))
         for loader, prefix in _offload_maps(module):
             key = f"{prefix}weight"
             info = loader.index.get(key)
@@ -68,7 +69,7 @@ def repair_disk_offloaded_signs(model: nn.Module) -> list[str]:
                 )
             os.makedirs(loader.save_folder, exist_ok=True)
             path = os.path.join(loader.save_folder, f"{key}.safetensors")
-            save_file({key: pack_signs(float_weight).contiguous()}, path)
+            save_file({key: hard_quantize(float_weight, module.weight_format).contiguous()}, path)
             loader.index[key] = {"safetensors_file": path, "weight_name": key, "dtype": "uint8"}
             repaired.append(key)
         if module.weight.dtype != torch.uint8:  # the float placeholder of an on-the-fly load

@@ -20,9 +20,9 @@ _register_custom_module``); :func:`register` therefore installs hf_onebit's disp
 
 ``target_modules="all-linear"`` only finds ``nn.Linear`` layers, not 1-bit ones: pass :func:`target_modules` instead.
 
-Merging (``merge_and_unload``) is **lossy**: the merged weight ``W + B A`` is re-quantized to signs and refitted scale
-vectors; a warning reports how much of the adapter's update survived. Keep the adapter unmerged for exact results
-(it costs ``r * (in + out)`` extra multiply-adds per token and layer).
+Merging (``merge_and_unload``) is **lossy**: the merged weight ``W + B A`` is re-quantized to signs (ternary values for
+ternary layers) and refitted scale vectors; a warning reports how much of the adapter's update survived. Keep the
+adapter unmerged for exact results (it costs ``r * (in + out)`` extra multiply-adds per token and layer).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class OneBitLoraLinear(nn.Module, LoraLayer):
             raise ValueError(f"merge: adapters {adapter_names} produce non-finite merged weights")
         from .config import OneBitConfig
 
-        config = OneBitConfig(scale_dtype=str(base.scale_dtype).replace("torch.", ""))
+        config = OneBitConfig(scale_dtype=str(base.scale_dtype).replace("torch.", ""), weight_format=base.weight_format)
         base.load_quantized_(quantize_weight(target, config, latent=base.is_latent))
         after = base.dequantize_weight(torch.float32)
         # How much of the adapter's update the 1-bit layer failed to represent (0 = exact, >= 1 = all of it lost).
@@ -164,9 +164,10 @@ class OneBitLoraLinear(nn.Module, LoraLayer):
         base = self.get_base_layer()
         original = self._onebit_original
         if base.is_latent:
-            from .packing import unpack_signs
+            from .packing import unpack_weight
 
-            original = dict(original, weight=unpack_signs(original["weight"], base.in_features, torch.float32))
+            original = dict(original, weight=unpack_weight(original["weight"], base.in_features, torch.float32,
+                                                           base.weight_format))
         base.load_quantized_(original)
         del self._onebit_original
         self.merged_adapters.clear()

@@ -9,10 +9,10 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
-from .checkpoint import validate_checkpoint
+from .checkpoint import WEIGHT_FORMAT_KEY, validate_checkpoint
 from .convert import dequantize_, replace_with_empty_onebit_linear
 from .modules import OneBitLinear, quantize_weight
-from .packing import FORMAT_VERSION, METADATA_KEY
+from .packing import FORMAT_VERSION, METADATA_KEY, WEIGHTS_PER_BYTE
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ class OneBitHfQuantizer(HfQuantizer):
 
     def param_element_size(self, model, param_name: str, param: torch.Tensor) -> float:
         # device_map sizing counts what the layer will hold: a float placeholder that becomes packed bits costs
-        # 1 bit per weight; a pre-quantized meta model already has the packed uint8 shape.
+        # 1 bit per weight (2 for ternary codes); a pre-quantized meta model already has the packed uint8 shape.
         if not self.latent and param.is_floating_point() and self.param_needs_quantization(model, param_name):
-            return 1 / 8
+            return 1 / WEIGHTS_PER_BYTE[self.quantization_config.weight_format]
         return param.element_size()
 
     def get_new_dtype(self, converter, param, dtype):
@@ -137,7 +137,7 @@ class OneBitHfQuantizer(HfQuantizer):
 
     # ---------------------------------------------------------------- save / dequantize
     def get_state_dict_and_metadata(self, model):
-        metadata = {METADATA_KEY: str(FORMAT_VERSION)}
+        metadata = {METADATA_KEY: str(FORMAT_VERSION), WEIGHT_FORMAT_KEY: self.quantization_config.weight_format}
         latent = [(n, m) for n, m in model.named_modules() if isinstance(m, OneBitLinear) and m.is_latent]
         if latent and getattr(model, "_hf_onebit_save_latent", False):
             # Set by the distillation callback during training: Trainer checkpoints keep the latent tensors so that

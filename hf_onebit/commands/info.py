@@ -7,6 +7,7 @@ import os
 from collections import OrderedDict
 
 _BYTES = {"U8": 1, "I8": 1, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+FORMAT_NOTES = {"binary": "sign bits, 1 bit per weight", "ternary": "BitNet b1.58 values {-1, 0, +1}, 2-bit codes"}
 
 
 def add_parser(sub) -> None:
@@ -73,7 +74,7 @@ def onebit_layers(tensors: dict) -> "OrderedDict[str, dict]":
 def run(args) -> int:
     from ..eval import format_table
     from ..packing import FORMAT_VERSION, METADATA_KEY
-    from .quantize import resolve_model_path
+    from .quantize import layer_label, resolve_model_path
 
     path = resolve_model_path(args.model)
     config, tensors, metadata = read_checkpoint(path)
@@ -88,6 +89,8 @@ def run(args) -> int:
     settings = ", ".join(f"{k}={quant[k]}" for k in ("init", "scale_dtype", "post_layernorm", "act_bits", "backend")
                          if k in quant)
     print(f"quantization: onebit ({settings})")
+    weight_format = quant.get("weight_format", "binary")
+    print(f"weight format: {weight_format} ({FORMAT_NOTES.get(weight_format, 'unknown to this hf_onebit release')})")
 
     layers = onebit_layers(tensors)
     if args.layers:
@@ -102,28 +105,29 @@ def run(args) -> int:
         headers = ["layer type", "layers", "out x in", "bits/weight"]
     weights = sum(v["out"] * v["in"] for v in layers.values())
     bits = sum(v["bits"] for v in layers.values())
-    rows.append(["all 1-bit layers", *([len(layers)] if not args.layers else []), f"{weights:,} weights",
+    rows.append([f"all {layer_label(weight_format)}", *([len(layers)] if not args.layers else []), f"{weights:,} weights",
                  bits / max(weights, 1)])
     print(format_table(headers, rows))
 
     total = sum(_tensor_bytes(t) for t in tensors.values())
-    print(f"weights: {total / 1e6:.2f} MB in total, {bits / 8e6:.2f} MB in 1-bit layers")
-    print("kernels: " + kernel_summary())
+    print(f"weights: {total / 1e6:.2f} MB in total, {bits / 8e6:.2f} MB in {layer_label(weight_format)}")
+    print("kernels: " + kernel_summary(weight_format))
     card = config.get("onebit_card") or {}
     if card:
         print("card info: " + "; ".join(f"{k}={v}" for k, v in card.items()))
     return 0
 
 
-def kernel_summary() -> str:
-    """Registered kernels per device type, and whether this machine has that device (the reference runs anywhere)."""
+def kernel_summary(weight_format: str = "binary") -> str:
+    """Registered kernels for ``weight_format`` per device type, and whether this machine has that device (the
+    reference runs anywhere)."""
     import torch
 
     from ..ops import kernels_for
 
     parts = []
     for device, present in (("cpu", True), ("cuda", torch.cuda.is_available())):
-        names = [k.name for k in kernels_for(device)]
+        names = [k.name for k in kernels_for(device, weight_format)]
         note = "" if present else " (no such device here)"
         parts.append(f"{device}: {', '.join(names + ['reference'])}{note}")
     return "; ".join(parts)

@@ -13,6 +13,9 @@ def add_parser(sub) -> None:
     p.add_argument("out", help="output folder for the 1-bit checkpoint")
     p.add_argument("--init", choices=["svid", "nmf"], default="svid",
                    help="scale initialisation: SVID rank-1 fit by power iteration, or NMF (default: svid)")
+    p.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
+                   help="binary: sign bits, 1 bit/weight (default); ternary: BitNet b1.58 values {-1, 0, +1} in 2-bit "
+                   "codes, ~2 bits/weight, lower reconstruction error")
     p.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--post-layernorm", action="store_true", help="add OneBit's non-affine post-LayerNorm")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -38,8 +41,9 @@ def run(args) -> int:
     from ..eval import format_table, size_on_disk, size_report
 
     src = resolve_model_path(args.src)
+    weight_format = getattr(args, "weight_format", "binary")
     config = OneBitConfig(init=args.init, scale_dtype=args.scale_dtype, post_layernorm=args.post_layernorm,
-                          modules_to_not_convert=args.skip or None)
+                          modules_to_not_convert=args.skip or None, weight_format=weight_format)
     start = time.perf_counter()
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=config, dtype=dtype)
@@ -51,17 +55,23 @@ def run(args) -> int:
         print(f"note: no tokenizer saved ({type(err).__name__}: {err})")
     report = size_report(model)
     rows = [
-        ["1-bit layers", f"{report.quantized_weights:,} weights", f"{report.bits_per_quantized_weight:.4f}"],
+        [layer_label(weight_format), f"{report.quantized_weights:,} weights", f"{report.bits_per_quantized_weight:.4f}"],
         ["whole model", f"{report.quantized_weights + report.other_params:,} params", f"{report.bits_per_weight_overall:.3f}"],
     ]
     print(format_table(["part", "size", "bits/weight"], rows))
     src_bytes = size_on_disk(src) if _is_dir(src) else None
+    quantized_name = "ternary" if weight_format == "ternary" else "1-bit"
     print(format_table(
         ["", "size on disk (MB)"],
-        ([["source", src_bytes / 1e6]] if src_bytes else []) + [["1-bit", size_on_disk(args.out) / 1e6]],
+        ([["source", src_bytes / 1e6]] if src_bytes else []) + [[quantized_name, size_on_disk(args.out) / 1e6]],
     ))
     print(f"quantized in {elapsed:.1f} s -> {args.out}  (load it with `import hf_onebit` + from_pretrained)")
     return 0
+
+
+def layer_label(weight_format: str) -> str:
+    """How tables name the quantized layers: ``"1-bit layers"`` or ``"ternary layers"``."""
+    return "ternary layers" if weight_format == "ternary" else "1-bit layers"
 
 
 def _is_dir(path: str) -> bool:
