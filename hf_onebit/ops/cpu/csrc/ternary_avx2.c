@@ -44,9 +44,11 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
     for (int a = 0; a < nacc; ++a)
         for (int m = 0; m < mr; ++m) acc[a][m] = _mm256_setzero_si256();
     const int64_t full = kbytes / 32;
-    for (int64_t h = 0; h < full; ++h) /* half block h: block h / 2, byte offset 32 (h % 2) */
+    for (int64_t h = 0; h < full; ++h) { /* half block h: block h / 2, byte offset 32 (h % 2) */
+        if (h % 2 == 0) _mm_prefetch((const char *)(row + h * 32 + ONEBIT_TERNARY_PREFETCH), _MM_HINT_T0);
         half_i8(mr, q + (h / 2) * 256 + (h % 2) * 32, ldq, _mm256_loadu_si256((const __m256i *)(row + h * 32)), nacc,
                 acc);
+    }
     if (kbytes > full * 32) { /* the row's last bytes into a zeroed register: nothing past the row is read */
         uint8_t tail[32] = {0};
         memcpy(tail, row + full * 32, (size_t)(kbytes - full * 32));
@@ -79,6 +81,7 @@ ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint
         for (int m = 0; m < mr; ++m) acc[a][m] = _mm256_setzero_ps();
     const int64_t steps = (kbytes + 7) / 8, full = kbytes / 8;
     for (int64_t s = 0; s < steps; ++s) { /* 8-byte step s: block s / 8, byte offset 8 (s % 8) */
+        if (s % 8 == 0) _mm_prefetch((const char *)(row + s * 8 + ONEBIT_TERNARY_PREFETCH), _MM_HINT_T0);
         uint64_t w8;
         if (s < full)
             memcpy(&w8, row + s * 8, 8);
