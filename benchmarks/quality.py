@@ -1,7 +1,8 @@
 """Distillation quality on the real SmolLM2-135M-Instruct: held-out perplexity per recipe at a fixed token budget.
 
 Rows: teacher (float), svid (packed 1-bit, no training), onebit, progressive, progressive without binary-aware init,
-progressive without dual scaling. Every distilled row trains on the same teacher self-generated tokens with the same
+progressive without dual scaling; ternary (BitNet b1.58 codes, 2 bits/weight): its absmean init without training,
+the ``bitnet`` recipe (the ternary default) and ``progressive`` ternarisation. Every distilled row trains on the same teacher self-generated tokens with the same
 optimizer settings and states its tokens and wall time; the perplexity is measured on hf_onebit/data/heldout_en.txt
 (never in the training data) with the PACKED model reloaded from ``save_pretrained``.
 
@@ -24,7 +25,10 @@ import time
 
 import torch
 
-ROWS = ("teacher", "svid", "onebit", "progressive", "progressive-no-bai", "progressive-no-dual")
+ROWS = ("teacher", "svid", "onebit", "progressive", "progressive-no-bai", "progressive-no-dual",
+        "ternary-init", "ternary", "ternary-progressive")
+#: Rows whose student uses the ternary (BitNet b1.58) format.
+TERNARY_ROWS = ("ternary-init", "ternary", "ternary-progressive")
 #: Teacher self-generation settings shared by every row (the cache key includes them).
 DATA_SETTINGS = {"batch_size": 128, "dtype": "bfloat16", "top_k": 50}
 HELDOUT = os.path.join(os.path.dirname(__file__), "..", "hf_onebit", "data", "heldout_en.txt")
@@ -38,6 +42,8 @@ def heldout_ids(tokenizer) -> torch.Tensor:
 def recipe_kwargs(row: str, args) -> dict:
     if row == "onebit":
         return {"recipe": "onebit"}
+    if row == "ternary":
+        return {"recipe": "bitnet"}
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * steps))
     kw = {"recipe": "progressive", "init_steps": init_steps, "phases": args.phases, "t_end": args.t_end}
@@ -100,15 +106,18 @@ def run_row(row: str, args) -> dict:
         result["ppl"] = perplexity_ids(teacher, ids, seq_len=args.eval_seq_len)
         result["curve"] = []
         return result
-    if row == "svid":
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(scale_dtype="float32"))
+    fmt = "ternary" if row in TERNARY_ROWS else "binary"
+    if row in ("svid", "ternary-init"):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=OneBitConfig(scale_dtype="float32", weight_format=fmt))
         result["ppl"] = perplexity_ids(model, ids, seq_len=args.eval_seq_len)
         return result
 
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     n_seq = max(args.data_sequences, args.batch_size)
     data = self_generated_dataset(teacher, tok, n_seq, args.seq_len, seed=args.seed, **DATA_SETTINGS)
-    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
+                                                                                         weight_format=fmt))
     loss = DistillationLoss(kl_weight=1.0, hidden_weight=args.hidden_weight, temperature=1.0)
     cb = OneBitDistillationCallback(teacher, loss=loss, clip_multiplier=args.clip_multiplier, plot=False,
                                     **recipe_kwargs(row, args))

@@ -131,7 +131,7 @@ def test_progressive_start_is_near_identity():
 
 def test_recipe_errors_name_the_field():
     with pytest.raises(ValueError, match="recipe"):
-        get_recipe("bitnet")
+        get_recipe("bitnet-b2")
     with pytest.raises(ValueError, match="unknown field"):
         get_recipe("progressive", dual_scale=True)
     with pytest.raises(ValueError, match="OneBitConfig\\(training=True\\)"):

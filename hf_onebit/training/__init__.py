@@ -10,7 +10,7 @@ student.save_pretrained(out)  # packed 1-bit
 ```
 """
 
-from .binarizers import BinaryAwareInitBinarizer, ProgressiveBinarizer, Temperature, progressive_sign
+from .binarizers import BinaryAwareInitBinarizer, ProgressiveBinarizer, Temperature, progressive_sign, progressive_ternary
 from .callback import OneBitDistillationCallback
 from .data import TokenBlocks, generate_self_data, hf_dataset, self_generated_dataset, text_file_dataset
 from .losses import DistillationLoss
@@ -22,6 +22,7 @@ from .trainer import OneBitDistillationTrainer
 __all__ = [
     "OneBitDistillationCallback", "OneBitDistillationTrainer", "DistillationLoss", "Recipe", "get_recipe",
     "ProgressiveSchedule", "ProgressiveBinarizer", "BinaryAwareInitBinarizer", "Temperature", "progressive_sign",
+    "progressive_ternary",
     "apply_recipe_", "finalize_", "onebit_optimizer", "onebit_param_groups", "AdaptiveGradClipper", "TokenBlocks",
     "self_generated_dataset", "generate_self_data", "text_file_dataset", "hf_dataset",
 ]

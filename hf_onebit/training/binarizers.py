@@ -4,6 +4,10 @@ A binarizer is what ``OneBitLinear.forward`` applies to the latent weight matrix
 layer then computes ``F.linear(x * scale_in, binarizer(weight)) * scale_out``. Every binarizer here has a hard-sign
 limit whose function is exactly that of the packed layer after :func:`finalize_module_` folds the row scale into
 ``scale_out``.
+
+Ternary layers (``weight_format="ternary"``) use the same machinery with the ternary step in place of the sign: the
+hard quantizer is :func:`hf_onebit.modules.hard_ternary` (``clamp(round(w / mean|w_row|), -1, 1)``) and the smooth
+progressive approximation is :func:`progressive_ternary`.
 """
 
 from __future__ import annotations
@@ -62,6 +66,55 @@ def progressive_sign(w: torch.Tensor, t: float, row_scale: torch.Tensor | None =
     return _ProgressiveSign.apply(w, s, float(t))
 
 
+class _ProgressiveTernary(torch.autograd.Function):
+    """``s * G(w / s, t)`` with ``G(u, t) = (tanh(t (u - 1/2)) + tanh(t (u + 1/2))) / (tanh(t / 2) + tanh(3 t / 2))``
+    and its exact derivative (``s`` constant)."""
+
+    @staticmethod
+    def forward(ctx, w, s, t: float):
+        u = w / s
+        a = torch.tanh(t * (u - 0.5))
+        b = torch.tanh(t * (u + 0.5))
+        norm = math.tanh(t / 2) + math.tanh(1.5 * t)
+        ctx.save_for_backward(a, b)
+        ctx.t, ctx.norm = t, norm
+        return (a + b) * (s / norm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        return grad * ((2 - a * a - b * b) * (ctx.t / ctx.norm)), None, None
+
+
+def progressive_ternary(w: torch.Tensor, t: float, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth ternary step ``s * G(w / s, t)`` (forward and exact backward), ``s`` = ``row_scale`` (default 1).
+
+    ``G(u, t)`` is ``u`` as ``t -> 0`` (the float model) and the ternary step with thresholds at ``|u| = 1/2`` as
+    ``t -> inf``: with ``s`` the row absmean that is BitNet b1.58's ``clamp(round(w / s), -1, 1)``, so the limit is
+    ``s * hard_ternary(w)``. ``G(1, t) = 1`` for every ``t``, like ``tanh(t) / tanh(t)`` for the sign.
+    """
+    from ..modules import hard_ternary
+
+    s = row_scale if row_scale is not None else torch.ones((), dtype=w.dtype, device=w.device)
+    if math.isinf(t):
+        return hard_ternary(w) * s if row_scale is not None else _ternary_step(w)
+    if not t > 0:
+        raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
+    return _ProgressiveTernary.apply(w, s, float(t))
+
+
+def _ternary_step(w: torch.Tensor) -> torch.Tensor:
+    """``clamp(round(w), -1, 1)`` with a straight-through gradient (the ``t = inf`` limit without a row scale)."""
+    return w + (w.detach().round().clamp(-1, 1) - w.detach())
+
+
+def quantizer_for(module):
+    """The hard quantizer of ``module``'s format: ``hard_sign`` (binary) or ``hard_ternary`` (ternary)."""
+    from ..modules import DEFAULT_BINARIZERS
+
+    return DEFAULT_BINARIZERS[getattr(module, "weight_format", "binary")]
+
+
 class ProgressiveBinarizer:
     """Consistent progressive binarizer (Tu et al. 2025) with optional dual-scaling compensation.
 
@@ -71,18 +124,21 @@ class ProgressiveBinarizer:
 
     kind = "progressive"
 
-    def __init__(self, temperature: Temperature, dual_scaling: bool = True):
+    def __init__(self, temperature: Temperature, dual_scaling: bool = True, weight_format: str = "binary"):
         self.temperature = temperature
         self.dual_scaling = dual_scaling
+        self.weight_format = weight_format
+        self._fn = progressive_ternary if weight_format == "ternary" else progressive_sign
 
     def row_scale(self, weight: torch.Tensor) -> torch.Tensor | None:
         return row_absmean(weight) if self.dual_scaling else None
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        return progressive_sign(weight, self.temperature.t, self.row_scale(weight))
+        return self._fn(weight, self.temperature.t, self.row_scale(weight))
 
     def __repr__(self) -> str:
-        return f"ProgressiveBinarizer({self.temperature!r}, dual_scaling={self.dual_scaling})"
+        return (f"ProgressiveBinarizer({self.temperature!r}, dual_scaling={self.dual_scaling}, "
+                f"weight_format={self.weight_format!r})")
 
 
 class BinaryAwareInitBinarizer:
@@ -96,11 +152,12 @@ class BinaryAwareInitBinarizer:
 
     def __init__(self, module):
         self._module = module
+        self._quantize = quantizer_for(module)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         u = weight.detach() / self._module.scale_in.to(weight.dtype)
         s = u.abs().mean(dim=1, keepdim=True).clamp_min(_EPS)
-        return hard_sign(u / s) * s
+        return self._quantize(u / s) * s
 
     def __repr__(self) -> str:
         return "BinaryAwareInitBinarizer()"
@@ -118,11 +175,16 @@ def finalize_module_(module) -> None:
         s = row_scale(module.weight)
         if s is not None:
             module.scale_out.mul_(s.squeeze(1).to(module.scale_out.dtype))
-    module.binarizer = hard_sign
+        elif getattr(module, "weight_format", "binary") == "ternary":
+            # Without a row scale the t = inf limit thresholds w itself at 1/2; store exactly those values (which
+            # hard_ternary maps to themselves) so the hard quantizer of the packed layer computes the same function.
+            module.weight.copy_(_ternary_step(module.weight))
+    module.binarizer = quantizer_for(module)
 
 
 @torch.no_grad()
 def fold_binary_aware_init_(module) -> None:
     """``W_latent = W / S_t``; ``S_t`` stays as ``scale_in``; the hard-sign function is unchanged."""
     module.weight.div_(module.scale_in.to(module.weight.dtype))
-    module.binarizer = ProgressiveBinarizer(Temperature(math.inf), dual_scaling=True)
+    module.binarizer = ProgressiveBinarizer(Temperature(math.inf), dual_scaling=True,
+                                            weight_format=getattr(module, "weight_format", "binary"))

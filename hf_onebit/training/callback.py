@@ -26,7 +26,16 @@ from transformers import TrainerCallback
 from .binarizers import Temperature
 from .losses import DistillationLoss
 from .optim import GROUP_KEY, AdaptiveGradClipper
-from .recipes import Recipe, apply_recipe_, finalize_, get_recipe, latent_layers, stage_of, start_main_stage_
+from .recipes import (
+    Recipe,
+    apply_recipe_,
+    default_recipe_for,
+    finalize_,
+    get_recipe,
+    latent_layers,
+    stage_of,
+    start_main_stage_,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,8 @@ class OneBitDistillationCallback(TrainerCallback):
 
     Args:
         teacher: the full-precision model (frozen here; moved to the student's device at the start of training).
-        recipe: ``"progressive"``, ``"onebit"`` or a :class:`~hf_onebit.training.recipes.Recipe`.
+        recipe: ``"progressive"``, ``"onebit"``, ``"bitnet"`` or a :class:`~hf_onebit.training.recipes.Recipe`;
+            None (default) picks ``"progressive"`` for a binary student and ``"bitnet"`` for a ternary one.
         loss: a :class:`~hf_onebit.training.losses.DistillationLoss` (default: KL + hidden-state MSE, alpha = 1).
         adaptive_clip: clip gradients at ``clip_multiplier`` times the running EMA of the gradient norm (starting at
             ``clip_initial``); the Trainer's own ``max_grad_norm`` is switched off while it is on. Needs gradients
@@ -51,14 +61,17 @@ class OneBitDistillationCallback(TrainerCallback):
         **recipe_overrides: fields of the recipe or its schedule (``phases``, ``init_steps``, ``dual_scaling``, ...).
     """
 
-    def __init__(self, teacher, recipe: "str | Recipe" = "progressive", loss: DistillationLoss | None = None, *,
+    def __init__(self, teacher, recipe: "str | Recipe | None" = None, loss: DistillationLoss | None = None, *,
                  adaptive_clip: bool = True, clip_multiplier: float = 2.0, clip_initial: float = 1.0,
                  final_weight_decay: float | None = 0.0, track_sign_flips: bool = True, plot: bool = True,
                  **recipe_overrides):
         if teacher is None or not isinstance(teacher, torch.nn.Module):
             raise ValueError(f"teacher: got {type(teacher).__name__}; allowed: a torch.nn.Module (the float model)")
         self.teacher = teacher.eval().requires_grad_(False)
-        self.recipe = get_recipe(recipe, **recipe_overrides)
+        # With recipe=None the student's weight format decides (in prepare); validate the overrides now.
+        self._recipe_spec = (recipe, dict(recipe_overrides))
+        checked = get_recipe(recipe or "progressive", **recipe_overrides)
+        self.recipe: Recipe | None = checked if recipe is not None else None
         self.loss = loss or DistillationLoss()
         if not isinstance(self.loss, DistillationLoss):
             raise ValueError(f"loss: got {type(self.loss).__name__}; allowed: a DistillationLoss")
@@ -83,6 +96,9 @@ class OneBitDistillationCallback(TrainerCallback):
             return
         latent_layers(model)  # raises a clear error for a packed / float model
         self._model = model
+        if self.recipe is None:
+            name, overrides = self._recipe_spec
+            self.recipe = get_recipe(default_recipe_for(model), **overrides)
         self.temperature = apply_recipe_(model, self.recipe)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
@@ -127,17 +143,27 @@ class OneBitDistillationCallback(TrainerCallback):
     def _is_last_phase(self, step: int, total: int) -> bool:
         if self.recipe.progressive:
             return self.recipe.schedule.is_last_phase(step, total)
+        if self.recipe.cooldown_at is not None:  # bitnet: weight decay off for the whole cool-down stage
+            return self.recipe.in_cooldown(step, total)
         phases = self.recipe.schedule.phases  # onebit: the same fraction of the run as one progressive phase
         return step >= total - max(1, total // phases)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.clipper is not None and model is not None:
             self.clipper.clip_(p for p in model.parameters() if p.requires_grad)
+        if optimizer is not None and self.recipe.in_cooldown(state.global_step, state.max_steps):
+            # The Trainer's scheduler sets every group's lr after this step (from its base lr), so the factor
+            # applies to this step only and never compounds.
+            for group in optimizer.param_groups:
+                group["lr"] *= self.recipe.cooldown_factor
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs is None or "loss" not in logs:
             return
         extra = {"stage": 0.0 if self.recipe.progressive and state.global_step <= self.recipe.init_steps else 1.0}
+        if self.recipe.cooldown_at is not None:
+            extra["lr_factor"] = self.recipe.cooldown_factor if self.recipe.in_cooldown(state.global_step - 1,
+                                                                                        state.max_steps) else 1.0
         if self.recipe.progressive:
             extra["t"] = self.temperature.t
             extra["phase"] = float(self.recipe.schedule.phase(max(state.global_step - 1, 0), state.max_steps))

@@ -20,7 +20,10 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="float checkpoint folder (or Hub id) of the teacher")
     p.add_argument("--out", required=True, help="folder for the packed 1-bit model")
-    p.add_argument("--recipe", choices=("progressive", "onebit"), default="progressive")
+    p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary",
+                   help="1-bit signs, or BitNet b1.58 ternary codes (2 bits/weight)")
+    p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
+                   help="default: progressive for binary, bitnet for ternary")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--data", default="self", help="'self', a text file, or a saved datasets folder")
     p.add_argument("--data-sequences", type=int, default=512, help="self-generated sequences (with --data self)")
@@ -75,8 +78,11 @@ def run_distill(args) -> dict:
     teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(
         args.teacher, dtype=torch.float32,
-        quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm))
+        quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm,
+                                         weight_format=args.weight_format))
     data = _dataset(args, teacher, tokenizer)
+    if args.recipe is None:
+        args.recipe = "bitnet" if args.weight_format == "ternary" else "progressive"
     recipe = {"recipe": args.recipe}
     if args.recipe == "progressive":
         init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * args.max_steps))
@@ -104,7 +110,7 @@ def run_distill(args) -> dict:
     tokenizer.save_pretrained(args.out)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     tokens = args.max_steps * args.batch_size * args.grad_accum * args.seq_len * max(targs.world_size, 1)
-    rows = [["recipe", args.recipe], ["steps", args.max_steps], ["training tokens", tokens],
+    rows = [["recipe", args.recipe], ["weight format", args.weight_format], ["steps", args.max_steps], ["training tokens", tokens],
             ["wall time (min)", round(wall / 60, 2)]]
     if logs:
         rows += [["first / last loss", f"{logs[0]['loss']:.4g} / {logs[-1]['loss']:.4g}"]]

@@ -10,7 +10,16 @@
     binary-aware initialisation (``init_steps`` steps learning the input scale ``S_t`` with frozen dense weights, then
     ``W_latent = W / S_t``). Each piece can be switched off for ablations.
 
-Either recipe ends in the same packed format: :func:`finalize_` folds every row scale into ``scale_out`` so that the
+``bitnet`` (BitNet b1.58 practice; the default for ``weight_format="ternary"``)
+    The hard quantizer of the format (absmean ternary for ternary layers, sign for binary ones) with a
+    straight-through gradient from the first step; a two-stage learning rate (at ``cooldown_at`` of the run the
+    learning rate drops abruptly by ``cooldown_factor`` on top of the Trainer's own schedule) and weight decay 0 for the
+    second stage, so that the codes can commit.
+
+Ternary layers follow the same recipes with the ternary step in place of the sign (see
+:mod:`hf_onebit.training.binarizers`); ``onebit`` is binary-only.
+
+Every recipe ends in the same packed format: :func:`finalize_` folds every row scale into ``scale_out`` so that the
 hard-sign latent model and its packed form compute the same function.
 """
 
@@ -22,18 +31,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..modules import OneBitLinear, hard_sign
+from ..modules import OneBitLinear
 from .binarizers import (
     BinaryAwareInitBinarizer,
     ProgressiveBinarizer,
     Temperature,
     finalize_module_,
     fold_binary_aware_init_,
+    quantizer_for,
     row_absmean,
 )
 from .schedule import ProgressiveSchedule
 
-RECIPES = ("progressive", "onebit")
+RECIPES = ("progressive", "onebit", "bitnet")
+#: Recipe used when none is given, per weight format of the student.
+DEFAULT_RECIPES = {"binary": "progressive", "ternary": "bitnet"}
 
 
 @dataclass(frozen=True)
@@ -44,10 +56,18 @@ class Recipe:
     dual_scaling: bool = True
     binary_aware_init: bool = True
     schedule: ProgressiveSchedule = field(default_factory=ProgressiveSchedule)
+    #: ``bitnet`` only: fraction of the run after which the learning rate drops (None: no cool-down).
+    cooldown_at: float | None = None
+    #: ``bitnet`` only: the learning-rate multiplier of the cool-down stage.
+    cooldown_factor: float = 0.25
 
     def __post_init__(self):
         if self.name not in RECIPES:
             raise ValueError(f"Recipe.name: got {self.name!r}; allowed: one of {RECIPES}")
+        if self.cooldown_at is not None and not (isinstance(self.cooldown_at, (int, float)) and 0 < self.cooldown_at < 1):
+            raise ValueError(f"Recipe.cooldown_at: got {self.cooldown_at!r}; allowed: None or a fraction in (0, 1)")
+        if not (isinstance(self.cooldown_factor, (int, float)) and 0 < self.cooldown_factor <= 1):
+            raise ValueError(f"Recipe.cooldown_factor: got {self.cooldown_factor!r}; allowed: a number in (0, 1]")
         for flag in ("dual_scaling", "binary_aware_init"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"Recipe.{flag}: got {getattr(self, flag)!r}; allowed: True or False")
@@ -57,6 +77,10 @@ class Recipe:
     @property
     def progressive(self) -> bool:
         return self.name == "progressive"
+
+    def in_cooldown(self, step: int, total_steps: int) -> bool:
+        """True from ``cooldown_at * total_steps`` on (never without a cool-down)."""
+        return self.cooldown_at is not None and step >= self.cooldown_at * total_steps
 
     @property
     def init_steps(self) -> int:
@@ -78,9 +102,10 @@ def get_recipe(recipe: "str | Recipe" = "progressive", **overrides) -> Recipe:
             raise ValueError(f"recipe: got {recipe!r}; allowed: one of {RECIPES}")
         default_init = 20 if recipe == "progressive" else 0
         base = Recipe(name=recipe, schedule=ProgressiveSchedule(init_steps=default_init),
-                      dual_scaling=recipe == "progressive", binary_aware_init=recipe == "progressive")
+                      dual_scaling=recipe == "progressive", binary_aware_init=recipe == "progressive",
+                      cooldown_at=0.5 if recipe == "bitnet" else None)
     else:
-        raise ValueError(f"recipe: got {type(recipe).__name__}; allowed: 'progressive', 'onebit' or a Recipe")
+        raise ValueError(f"recipe: got {type(recipe).__name__}; allowed: one of {RECIPES} or a Recipe")
     schedule_fields = {f.name for f in dataclasses.fields(ProgressiveSchedule)}
     sched = {k: overrides.pop(k) for k in list(overrides) if k in schedule_fields}
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
@@ -103,13 +128,29 @@ def latent_layers(model) -> list[tuple[str, OneBitLinear]]:
     return layers
 
 
+def weight_format_of(model) -> str:
+    """``"binary"`` or ``"ternary"``: the format of the student's latent layers (an error if they are mixed)."""
+    formats = {getattr(m, "weight_format", "binary") for _, m in latent_layers(model)}
+    if len(formats) != 1:
+        raise ValueError(f"the student mixes weight formats {sorted(formats)}; allowed: one format per model")
+    return formats.pop()
+
+
+def default_recipe_for(model) -> str:
+    """The recipe used when none is given: ``progressive`` for binary students, ``bitnet`` for ternary ones."""
+    return DEFAULT_RECIPES[weight_format_of(model)]
+
+
 @torch.no_grad()
 def apply_recipe_(model, recipe: Recipe) -> Temperature:
     """Prepare a freshly loaded latent student for ``recipe``; returns the shared temperature (progressive)."""
+    if recipe.name == "onebit" and weight_format_of(model) != "binary":
+        raise ValueError("recipe: 'onebit' (SVID + sign) is for binary students; allowed for a ternary student: "
+                         "'bitnet' (default) or 'progressive'")
     temperature = Temperature(math.inf)
     for _, module in latent_layers(model):
         if not recipe.progressive:
-            module.binarizer = hard_sign
+            module.binarizer = quantizer_for(module)
             continue
         # progressive: g = S_t (init 1), h = S_l (init 1); S_a comes from the latent weights themselves.
         module.scale_in.fill_(1.0)
@@ -132,7 +173,8 @@ def start_main_stage_(model, recipe: Recipe, temperature: Temperature, transform
                 s = row_absmean(module.weight)
                 module.weight.div_(s)
                 module.scale_out.mul_(s.squeeze(1))
-        module.binarizer = ProgressiveBinarizer(temperature, dual_scaling=recipe.dual_scaling)
+        module.binarizer = ProgressiveBinarizer(temperature, dual_scaling=recipe.dual_scaling,
+                                                weight_format=getattr(module, "weight_format", "binary"))
 
 
 def stage_of(model) -> str:
