@@ -113,13 +113,19 @@ def _quant_fields(model: nn.Module) -> dict:
     return dict(qc.to_dict() if hasattr(qc, "to_dict") else qc)
 
 
+def _is_ternary(quant: dict) -> bool:
+    return quant.get("weight_format", "binary") == "ternary"
+
+
 def _size_rows(model: nn.Module, folder: str | None) -> list[tuple[str, str]]:
     from .eval import size_report
 
     report = size_report(model)
+    ternary = _is_ternary(_quant_fields(model))
     rows = [
-        ("1-bit layers", f"{report.quantized_weights:,} weights at {report.bits_per_quantized_weight:.4f} bits/weight "
-                         "(sign bits + scale vectors)"),
+        ("ternary layers" if ternary else "1-bit layers",
+         f"{report.quantized_weights:,} weights at {report.bits_per_quantized_weight:.4f} bits/weight "
+         f"({'2-bit codes' if ternary else 'sign bits'} + scale vectors)"),
         ("whole model", f"{report.quantized_weights + report.other_params:,} parameters, "
                         f"{report.bits_per_weight_overall:.3f} bits/parameter, {report.total_bytes / 1e6:.2f} MB"),
     ]
@@ -175,12 +181,22 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
         license=info.get("license"),
     )
     name = repo_id or "<this folder or its Hub repo id>"
-    title = repo_id.split("/")[-1] if repo_id else "1-bit model"
+    ternary = _is_ternary(quant)
+    kind = "ternary (1.58-bit)" if ternary else "1-bit"
+    title = repo_id.split("/")[-1] if repo_id else f"{kind} model"
+    version = quant.get("format_version", FORMAT_VERSION)
+    if ternary:
+        fmt = (f"ternary weights in {{-1, 0, +1}} (BitNet b1.58 codes, 2 bits each, packed uint8, layout v{version}) "
+               "with a float scale vector per input (g) and per output (h): y = ((x * g) @ T.T) * h + b")
+        init = "absmean ternary codes, g and h fitted by least squares"
+    else:
+        fmt = (f"binary weights (1 bit each, packed uint8, layout v{version}) "
+               "with a float scale vector per input (g) and per output (h): y = ((x * g) @ sign(W).T) * h + b")
+        init = f"{quant.get('init', 'svid')} (rank-1 fit of the weight magnitudes)"
 
     method = [
-        ("format", f"binary weights (1 bit each, packed uint8, layout v{quant.get('format_version', FORMAT_VERSION)}) "
-                   "with a float scale vector per input (g) and per output (h): y = ((x * g) @ sign(W).T) * h + b"),
-        ("initialisation", f"{quant.get('init', 'svid')} (rank-1 fit of the weight magnitudes)"),
+        ("format", fmt),
+        ("initialisation", init),
         ("scale dtype", str(quant.get("scale_dtype", "float16"))),
         ("post-LayerNorm", str(quant.get("post_layernorm", False))),
         ("activations", "int8 per token" if quant.get("act_bits") == 8 else "float (exact)"),
@@ -201,7 +217,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
     sections = [
         CARD_MARKER,
         f"# {title}",
-        f"A 1-bit quantized causal language model made with hf_onebit "
+        f"A {kind} quantized causal language model made with hf_onebit "
         f"(a transformers plugin){f', from {_teacher_label(teacher)}' if teacher else ''}.",
         "## Usage\n\n**`import hf_onebit` is required**: it registers the `onebit` quantization method with "
         "transformers. Without it transformers does not know this checkpoint's layers and loads them with random "
@@ -219,7 +235,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
     ]
     if "perplexity" not in info:
         sections.append(
-            "No perplexity was recorded for this checkpoint. A 1-bit model that was only initialised (SVID) and not "
+            f"No perplexity was recorded for this checkpoint. A {kind} model that was only initialised and not "
             "distilled is not usable: on SmolLM2-135M its perplexity is in the millions."
         )
     if info.get("notes"):

@@ -150,3 +150,14 @@ def test_checkpoint_without_format_version_loads_as_version_1(dirs, tmp_path):
 
     with safe_open(tmp_path / "new" / "model.safetensors", "pt") as fh:
         assert fh.metadata()[METADATA_KEY] == "1"
+
+
+def test_a_ternary_model_card_names_its_format(dirs, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(dirs[0], quantization_config=hf_onebit.OneBitConfig(weight_format="ternary"))
+    model.save_pretrained(tmp_path / "ternary")
+    card = (tmp_path / "ternary" / "README.md").read_text()
+    assert "ternary (1.58-bit) quantized causal language model" in card
+    assert "ternary layers" in card and "2-bit codes" in card and "BitNet b1.58 codes" in card
+    bits = hf_onebit.eval.size_report(model).bits_per_quantized_weight
+    assert bits > 2.0 and f"{bits:.4f} bits/weight" in card
+    assert "1-bit layers" not in card
