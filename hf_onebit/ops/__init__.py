@@ -149,38 +149,29 @@ def _make_backward(weight_format: str):
     return backward
 
 
-@torch.library.custom_op("hf_onebit::binary_linear", mutates_args=())
-def _binary_linear_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale_in: torch.Tensor,
-    scale_out: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    in_features: int,
-    act_bits: int,
-    backend: str,
-) -> torch.Tensor:
-    return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "binary")
+def _define_op(weight_format: str):
+    """The custom op ``hf_onebit::<weight_format>_linear`` (fake implementation and analytic autograd attached)."""
+
+    def op(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scale_in: torch.Tensor,
+        scale_out: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        in_features: int,
+        act_bits: int,
+        backend: str,
+    ) -> torch.Tensor:
+        return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format)
+
+    op.__name__ = f"{weight_format}_linear"
+    custom = torch.library.custom_op(f"hf_onebit::{weight_format}_linear", mutates_args=())(op)
+    custom.register_fake(_fake)
+    custom.register_autograd(_make_backward(weight_format), setup_context=_setup_context)
+    return custom
 
 
-@torch.library.custom_op("hf_onebit::ternary_linear", mutates_args=())
-def _ternary_linear_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale_in: torch.Tensor,
-    scale_out: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    in_features: int,
-    act_bits: int,
-    backend: str,
-) -> torch.Tensor:
-    return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "ternary")
-
-
-_OPS = {"binary": _binary_linear_op, "ternary": _ternary_linear_op}
-for _format, _op in _OPS.items():
-    _op.register_fake(_fake)
-    _op.register_autograd(_make_backward(_format), setup_context=_setup_context)
+_OPS = {weight_format: _define_op(weight_format) for weight_format in ("binary", "ternary")}
 
 
 def packed_linear(
@@ -194,7 +185,8 @@ def packed_linear(
     backend: str = "auto",
     weight_format: str = "binary",
 ) -> torch.Tensor:
-    """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)`` on packed ``Q`` (signs or ternary codes)."""
+    """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)`` on packed ``Q``: sign bits (``"binary"``, see
+    :func:`.reference.binary_linear`) or 2-bit ternary codes ``T`` in {-1, 0, +1} (``"ternary"``)."""
     check_weight_format(weight_format)
     if act_bits not in SUPPORTED_ACT_BITS:
         raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
@@ -203,31 +195,15 @@ def packed_linear(
     return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
 
 
-def binary_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale_in: torch.Tensor,
-    scale_out: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    in_features: int,
-    act_bits: int = 0,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)`` on packed sign bits (see :mod:`.reference`)."""
+def binary_linear(x, weight, scale_in, scale_out, bias, in_features: int, act_bits: int = 0,
+                  backend: str = "auto") -> torch.Tensor:
+    """``y = ((x * scale_in) @ sign(W).T) * scale_out (+ bias)`` on packed sign bits (:func:`packed_linear`)."""
     return packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "binary")
 
 
-def ternary_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scale_in: torch.Tensor,
-    scale_out: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    in_features: int,
-    act_bits: int = 0,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """``y = ((x * scale_in) @ T.T) * scale_out (+ bias)`` on packed 2-bit ternary codes ``T`` in {-1, 0, +1}."""
+def ternary_linear(x, weight, scale_in, scale_out, bias, in_features: int, act_bits: int = 0,
+                   backend: str = "auto") -> torch.Tensor:
+    """``y = ((x * scale_in) @ T.T) * scale_out (+ bias)`` on packed ternary codes (:func:`packed_linear`)."""
     return packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, "ternary")
 
 
