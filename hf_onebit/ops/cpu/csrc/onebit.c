@@ -18,9 +18,10 @@
 #define ONEBIT_AMX_NB 256
 #define ONEBIT_AMX_SLAB_BYTES (1024 * 1024)
 /* Activation rows from which the AMX tile kernels (which pad to 32 rows) beat the AVX-512 row kernels, measured on a
- * 4096->11008 layer: the ternary float path's masked adds fall behind at 4 rows, the binary float path's lookup
- * tables at 16 (bf16/fp16 x: one bf16 part per value) or 24 (fp32 x: three parts), VNNI int8 at 16. */
-#define ONEBIT_AMX_MIN_M_F32 4
+ * 4096->11008 layer: the binary float path's lookup tables at 16 (bf16/fp16 x: one bf16 part per value) or 24 (fp32 x:
+ * three parts), the ternary float path's FMAs (one per 16 inputs and row) at 6 or 8, VNNI int8 at 16. */
+#define ONEBIT_AMX_MIN_M_TERNARY_BF16 6
+#define ONEBIT_AMX_MIN_M_TERNARY_F32 8
 #define ONEBIT_AMX_MIN_M_BINARY_BF16 16
 #define ONEBIT_AMX_MIN_M_BINARY_F32 24
 #define ONEBIT_AMX_MIN_M_I8 16
@@ -438,8 +439,9 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
     }
     j.x = x, j.ldx = ldx, j.xsize = x_kind == ONEBIT_X_BF16 ? 2 : 4, j.x_bf16 = x_kind == ONEBIT_X_BF16;
     j.g = g, j.h = h, j.bias = bias, j.y = y, j.y_bf16 = y_bf16 != 0, j.ldy = ldy;
-    const int64_t amx_min_f32 = ternary ? ONEBIT_AMX_MIN_M_F32
-                                : x_kind == ONEBIT_X_F32 ? ONEBIT_AMX_MIN_M_BINARY_F32 : ONEBIT_AMX_MIN_M_BINARY_BF16;
+    const int64_t amx_min_f32 =
+        x_kind == ONEBIT_X_F32 ? (ternary ? ONEBIT_AMX_MIN_M_TERNARY_F32 : ONEBIT_AMX_MIN_M_BINARY_F32)
+                               : (ternary ? ONEBIT_AMX_MIN_M_TERNARY_BF16 : ONEBIT_AMX_MIN_M_BINARY_BF16);
     const int amx = isa == ONEBIT_ISA_AMX && M >= (act_bits == 8 ? ONEBIT_AMX_MIN_M_I8 : amx_min_f32) &&
                     (!ternary || (tern.amx_unpack_i8 && tern.amx_unpack_bf16));
     if (amx) {
