@@ -1,7 +1,12 @@
 /* AVX-512 row kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; called only when the CPU reports
- * all four). Each 64-bit weight word drives 64 inputs:
- *   float: four 16-lane masked adds (acc += x where the bit is set) -- exact float32 B x;
- *   int8:  one zero-masked byte move turns the word into 64 bytes in {0,1}, then vpdpbusd(bits u8, q s8). */
+ * all four).
+ *   int8:  each 64-bit weight word is one mask (kmov); a zero-masked byte move turns it into 64 bytes in {0,1}, then
+ *          vpdpbusd(bits u8, q s8); 4 weight rows per step share each activation load.
+ *   float: lookup tables (lut_group, below) for every 16 weight rows; four 16-lane masked adds per word (acc += x
+ *          where the bit is set) for the rows left over. Both are exact float32 B x up to summation order.
+ * Measured on the development machine (KVM guest of a Xeon with AMX): a write to a mask register (kmov from memory or
+ * from a general register) issues once per cycle, 512-bit adds and byte moves twice, vpermps once, vpdpbusd ~1.35
+ * times per cycle. So the int8 step costs ~1.5-1.9 cycles per word, masked adds >= 4, the tables ~2.4. */
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -15,8 +20,8 @@
 #define PREFETCH_L1 2048
 #define PREFETCH_L2 16384
 
-/* 8 readable bytes at `p` as a mask, loaded straight from memory (kmov k, m: a load uop) rather than through a
- * general register (kmov k, r: port 5, which the adds and byte moves need). */
+/* 8 (2) readable bytes at `p` as a mask, loaded straight from memory (kmov k, m) rather than through a general register
+ * (compilers tend to emit a scalar load and kmov k, r: one more instruction). */
 ONEBIT_INLINE __mmask64 mask64_at(const uint8_t *p) {
     __mmask64 k;
     __asm__("kmovq %1, %0" : "=k"(k) : "m"(*(const uint64_t *)p));
@@ -286,10 +291,9 @@ ONEBIT_INLINE void lut_group(const int mr, const float *tab, int64_t ngroups, co
     }
 }
 
-/* Activation rows up to which the table kernel is used (its tables grow with mr; measured against masked adds). */
-#ifndef LUT_MAX_MR
-#define LUT_MAX_MR 8
-#endif
+/* Table bytes per thread up to which the table kernel is used (mr * ceil(K / 512) * 8 KiB: 1.4 MiB for K = 11008 and
+ * 8 rows); beyond, masked adds. */
+#define LUT_MAX_BYTES ((size_t)8 << 20)
 
 static __thread float *lut_tables;
 static __thread size_t lut_bytes;
@@ -304,7 +308,7 @@ static void rows_f32(const float *x, int64_t ldx, int mr, const uint8_t *w, int6
     int64_t n = n0;
     const int64_t kpad = (kbytes + 7) / 8 * 64, ngroups = (kbytes + LUT_CHUNK_BYTES - 1) / LUT_CHUNK_BYTES * 128;
     const size_t bytes = (size_t)mr * (size_t)ngroups * 64;
-    if (mr <= LUT_MAX_MR && n1 - n0 >= LUT_ROWS) {
+    if (bytes <= LUT_MAX_BYTES && n1 - n0 >= LUT_ROWS) {
         if (lut_bytes < bytes) {
             free(lut_tables);
             lut_tables = aligned_alloc(64, bytes);
