@@ -34,6 +34,7 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
     const int64_t full = kbytes / 64;
     for (int64_t b = 0; b < full; ++b) {
         _mm_prefetch((const char *)(row + b * 64 + ONEBIT_TERNARY_PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(row + b * 64 + ONEBIT_TERNARY_PREFETCH_L2), _MM_HINT_T1);
         block_i8(mr, q + b * 256, ldq, _mm512_loadu_si512((const void *)(row + b * 64)), nacc, acc);
     }
     if (kbytes > full * 64) /* masked load: no byte past the row is read; missing codes are 0 (x there is 0 too) */
@@ -69,7 +70,10 @@ ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint
         for (int m = 0; m < mr; ++m) acc[a][m] = _mm512_setzero_ps();
     const int64_t full = kbytes / 16;
     for (int64_t s = 0; s < full; ++s) { /* 16-byte step s: block s / 4, positions 64 j + 16 (s % 4) */
-        if (s % 4 == 0) _mm_prefetch((const char *)(row + s * 16 + ONEBIT_TERNARY_PREFETCH), _MM_HINT_T0);
+        if (s % 4 == 0) {
+            _mm_prefetch((const char *)(row + s * 16 + ONEBIT_TERNARY_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(row + s * 16 + ONEBIT_TERNARY_PREFETCH_L2), _MM_HINT_T1);
+        }
         quarter_f32(mr, x + (s / 4) * 256 + (s % 4) * 16, ldx, _mm_loadu_si128((const __m128i *)(row + s * 16)), nacc,
                     acc);
     }
