@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py                  # CPU table (default device), ~5-8 minutes on 2 cores
     python benchmarks/kernels.py --quick          # two shapes, M in {1, 512}
+    python benchmarks/kernels.py --format ternary # the same for 2-bit ternary weights (weight_format="ternary")
     python benchmarks/kernels.py --device cuda    # the GPU table (benchmarks/kernels_cuda.py)
 
 CPU method. Every column rotates through enough copies of its weights to exceed the last-level cache (ROTATE_BYTES,
@@ -9,6 +10,9 @@ well above a 480 MiB L3), so each call reads its weights from memory, as in a re
 once per token. Times are medians over rounds; each round cycles through the copies for at least ROUND_S. The memory
 bound of a call is (bytes it must read and write) / (read bandwidth of a torch.sum over a >1 GB buffer), measured in
 the same run. The CPU is shared: only ratios taken side by side in one run mean anything.
+
+``--format ternary`` times our ternary kernels (2-bit codes, 4 weights per byte) against the same dense torch columns;
+the bound is then that of a 2-bit call, and "ours binary a8" is kept as a column for comparison.
 """
 
 from __future__ import annotations
@@ -94,11 +98,14 @@ def cpu_read_bandwidth(gib: float = 1.5) -> float:
     return nbytes / statistics.median(times)
 
 
-def random_binary_layers(k: int, n: int, count: int):
-    """``count`` independent random packed layers (the 1-bit format: bits, fp16 g and h)."""
-    from hf_onebit.packing import packed_columns
+def random_packed_layers(k: int, n: int, count: int, weight_format: str = "binary"):
+    """``count`` independent random packed layers (bits or ternary codes, fp16 g and h)."""
+    from hf_onebit.packing import pack_ternary, packed_columns
 
-    base = torch.randint(0, 256, (n, packed_columns(k)), dtype=torch.uint8)
+    if weight_format == "ternary":
+        base = pack_ternary(torch.randint(-1, 2, (n, k), dtype=torch.int8))
+    else:
+        base = torch.randint(0, 256, (n, packed_columns(k)), dtype=torch.uint8)
     layers = []
     for i in range(count):
         w = base if i == 0 else torch.roll(base, shifts=i, dims=0).contiguous()
@@ -120,9 +127,10 @@ def bitnet_layers(k: int, n: int, count: int):
     return layers
 
 
-def cpu_columns(k: int, n: int, m: int):
+def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
     """name -> (calls rotating over copies, bytes of weights one call reads); built lazily to bound memory."""
-    from hf_onebit.ops import binary_linear
+    from hf_onebit.ops import packed_linear
+    from hf_onebit.packing import packed_columns
 
     x32 = torch.randn(m, k)
     xbf = x32.bfloat16()
@@ -133,12 +141,12 @@ def cpu_columns(k: int, n: int, m: int):
         ws = [w0] + [w0.clone() for _ in range(copies - 1)]
         return [lambda w=w: F.linear(x, w) for w in ws], n * k * x.element_size()
 
-    def binary(x, act_bits, backend, max_copies=None):
-        nbytes = n * ((k + 7) // 8)
+    def packed(x, act_bits, backend, max_copies=None, fmt=weight_format):
+        nbytes = n * packed_columns(k, fmt)
         count = copies_for(nbytes)
-        layers = random_binary_layers(k, n, count if max_copies is None else min(count, max_copies))
+        layers = random_packed_layers(k, n, count if max_copies is None else min(count, max_copies), fmt)
         return [
-            lambda lay=lay: binary_linear(x, lay[0], lay[1], lay[2], None, k, act_bits, backend) for lay in layers
+            lambda lay=lay: packed_linear(x, lay[0], lay[1], lay[2], None, k, act_bits, backend, fmt) for lay in layers
         ], nbytes
 
     def bitnet():
@@ -146,20 +154,30 @@ def cpu_columns(k: int, n: int, m: int):
         layers = bitnet_layers(k, n, copies_for(nbytes))
         return [lambda lay=lay: lay(xbf) for lay in layers], nbytes
 
+    if weight_format == "ternary":
+        return {
+            "dense bf16": lambda: dense(torch.bfloat16, xbf),
+            "reference bf16": lambda: packed(xbf, 0, "reference", max_copies=4),
+            "ours binary a8": lambda: packed(xbf, 8, "cpu", fmt="binary"),
+            "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
+            "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
+            "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
+        }
     return {
         "dense fp32": lambda: dense(torch.float32, x32),
         "dense bf16": lambda: dense(torch.bfloat16, xbf),
         # the reference unpacks every call; it is so slow that cache effects do not matter: few copies
-        "reference bf16": lambda: binary(xbf, 0, "reference", max_copies=4),
+        "reference bf16": lambda: packed(xbf, 0, "reference", max_copies=4),
         "BitNet BitLinear": bitnet,
-        "ours a0 fp32": lambda: binary(x32, 0, "cpu"),
-        "ours a0 bf16": lambda: binary(xbf, 0, "cpu"),
-        "ours a8 bf16": lambda: binary(xbf, 8, "cpu"),
+        "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
+        "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
+        "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
     }
 
 
-def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
+def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     from hf_onebit.ops import cpu
+    from hf_onebit.packing import packed_columns
 
     if not cpu.is_available():
         out(f"CPU kernel unavailable: {cpu.load_error()}")
@@ -169,7 +187,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     out(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernel ISA: {cpu.active_isa_name()}, "
         f"read bandwidth (torch.sum over 1.5 GiB): {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
-    names = list(cpu_columns(1, 4, 1))
+    out(f"weight format: {weight_format}")
+    names = list(cpu_columns(1, 4, 1, weight_format))
     header = ["K->N", "M", *names, "bound", "bf16 / a0 bf16", "bf16 / a8", "a8 / bound", "a0 bf16 / bound"]
     out("")
     out("| " + " | ".join(header) + " |")
@@ -177,7 +196,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
     for k, n in shapes:
         for m in ms:
             times: dict[str, float | None] = {}
-            for name, build in cpu_columns(k, n, m).items():
+            for name, build in cpu_columns(k, n, m, weight_format).items():
                 calls = None
                 try:
                     calls, _ = build()
@@ -186,8 +205,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
                     times[name] = None
                     print(f"  {name} K={k} N={n} M={m} unavailable: {type(err).__name__}: {err}", file=sys.stderr)
                 del calls
-            # bytes a 1-bit call must move: packed bits + g/h (fp16) + activations in and out (bf16)
-            moved = n * ((k + 7) // 8) + 2 * (k + n) + 2 * m * (k + n)
+            # bytes a packed call must move: packed bits / codes + g/h (fp16) + activations in and out (bf16)
+            moved = n * packed_columns(k, weight_format) + 2 * (k + n) + 2 * m * (k + n)
             bound = moved / bandwidth
             row = [f"{k}->{n}", str(m), *(fmt_ms(times[c]) for c in names), fmt_ms(bound)]
             row += [
@@ -199,15 +218,16 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS):
             out("| " + " | ".join(row) + " |")
     out("")
     out(f"load average at end: {os.getloadavg()[0]:.1f}")
+    bits = "2-bit" if weight_format == "ternary" else "1-bit"
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16; 'x / bound' is the "
-        "time over the memory-bandwidth bound of the 1-bit call (1.0 = at the bound).")  # fmt: skip
+        f"time over the memory-bandwidth bound of the {bits} call (1.0 = at the bound).")  # fmt: skip
 
 
 def run_cpu(args) -> None:
     if args.quick:
-        cpu_table([(4096, 11008), (576, 1536)], [1, 512], rounds=3)
+        cpu_table([(4096, 11008), (576, 1536)], [1, 512], rounds=3, weight_format=args.format)
     else:
-        cpu_table(SHAPES, M_VALUES)
+        cpu_table(SHAPES, M_VALUES, weight_format=args.format)
 
 
 # ---------------------------------------------------------------- CUDA
@@ -230,7 +250,13 @@ def main(argv=None):
     parser.add_argument("--device", choices=sorted(DEVICES), default="cpu")
     parser.add_argument("--omp-active", action="store_true", help="keep libgomp's default (spinning) wait policy")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and batch sizes")
+    parser.add_argument("--format", choices=("binary", "ternary"), default="binary",
+                        help="packed weight format of our columns (CPU table)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for every column (CPU table; default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     DEVICES[args.device](args)
 
 

@@ -174,10 +174,11 @@ def test_bad_shapes_name_the_argument():
 def test_opcheck_with_cpu_kernel():
     K, N = 300, 19
     weight, scale_in, scale_out, bias = make_layer(K, N, True, 9)
+    g32 = scale_in.float().requires_grad_()
     samples = [
         (torch.randn(4, K), weight, scale_in, scale_out, bias, K, 0, "auto"),
         (torch.randn(2, 3, K).bfloat16(), weight, scale_in, scale_out, None, K, 8, "cpu"),
-        (torch.randn(5, K, requires_grad=True), weight, scale_in.float().requires_grad_(), scale_out, bias, K, 0, "cpu"),
+        (torch.randn(5, K, requires_grad=True), weight, g32, scale_out, bias, K, 0, "cpu"),
     ]
     for args in samples:
         assert select_kernel(args[0], weight, args[6], weight_format="ternary").name == "cpu"

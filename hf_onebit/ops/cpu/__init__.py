@@ -1,5 +1,5 @@
-"""CPU backend: SIMD kernels for ``binary_linear`` and ``ternary_linear`` in a small C library (no libtorch link), called
-through ctypes.
+"""CPU backend: SIMD kernels for ``binary_linear`` and ``ternary_linear`` in a small C library (no libtorch link),
+called through ctypes.
 
 Registers the kernel ``"cpu"`` for device type ``cpu``, for both weight formats. Importing this module compiles
 nothing: the library is built on the first call (see :mod:`.build`) and, when that is impossible, the op falls back to

@@ -27,8 +27,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     c_int = ctypes.c_int
     # isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads
-    for name in ("onebit_linear", "onebit_ternary_linear"):
-        getattr(lib, name).argtypes = [c_int, i64, i64, i64, vp, c_int, i64, vp, vp, i64, vp, vp, vp, c_int, i64, c_int, c_int]
+    linear_args = [c_int, i64, i64, i64, vp, c_int, i64, vp, vp, i64, vp, vp, vp, c_int, i64, c_int, c_int]
+    for name in ("onebit_linear", "onebit_ternary_linear"):  # binary and ternary weights, same arguments
+        getattr(lib, name).argtypes = linear_args
         getattr(lib, name).restype = ctypes.c_int
     for name in ("onebit_isa_supported",):
         getattr(lib, name).argtypes = [ctypes.c_int]
