@@ -87,6 +87,8 @@ def test_ternary_distillation_improves_and_packs_exactly(teacher_dir, tmp_path, 
     trainer = Trainer(model=student, args=train_args(str(tmp_path / "out"), 24), train_dataset=token_data(64, 16),
                       callbacks=[cb], optimizers=(opt, None))
     trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert sum(h["sign_flips"] for h in logs) > 0  # ternary codes (-1 / 0 / +1) change during training
     if recipe == "bitnet":
         # Two-stage learning rate: the cool-down factor applies from half the run on (constant schedule here).
         assert lrs[:12] == [pytest.approx(3e-3)] * 12 and lrs[12:] == [pytest.approx(3e-3 * 0.25)] * 12

@@ -23,7 +23,7 @@ import os
 import torch
 from transformers import TrainerCallback
 
-from .binarizers import Temperature
+from .binarizers import Temperature, quantizer_for
 from .losses import DistillationLoss
 from .optim import GROUP_KEY, AdaptiveGradClipper
 from .recipes import (
@@ -275,9 +275,10 @@ class OneBitDistillationCallback(TrainerCallback):
         return type(output)(loss=loss, **fields)
 
     # ----------------------------------------------------------------------------------------------- sign flips
+    # ("sign flips" of a ternary layer count changed codes: -1 / 0 / +1 of its hard quantizer)
     @torch.no_grad()
     def _snapshot_signs(self, model) -> None:
-        self._signs = [m.weight >= 0 for _, m in latent_layers(model)] if self.track_sign_flips else None
+        self._signs = [_codes(m) for _, m in latent_layers(model)] if self.track_sign_flips else None
 
     @torch.no_grad()
     def _sign_flip_fraction(self, model) -> float:
@@ -287,9 +288,16 @@ class OneBitDistillationCallback(TrainerCallback):
         flipped = total = 0
         new = []
         for old, (_, m) in zip(self._signs, latent_layers(model)):
-            cur = m.weight >= 0
+            cur = _codes(m)
             flipped += int((cur != old).sum())
             total += cur.numel()
             new.append(cur)
         self._signs = new
         return flipped / max(total, 1)
+
+
+def _codes(module) -> torch.Tensor:
+    """What packing would store for a latent layer: the sign (binary) or the ternary code (int8) of each weight."""
+    if getattr(module, "weight_format", "binary") == "ternary":
+        return quantizer_for(module)(module.weight.detach()).to(torch.int8)
+    return module.weight.detach() >= 0
