@@ -1,0 +1,60 @@
+"""packed_linear skips the custom-op dispatcher only where it adds nothing (eager, no gradient needed)."""
+
+import pytest
+import torch
+
+from hf_onebit import ops
+from hf_onebit.packing import pack_signs, pack_ternary
+
+
+class _Called(Exception):
+    pass
+
+
+@pytest.fixture
+def op_spy(monkeypatch):
+    calls = []
+
+    def spy(fmt):
+        real = ops._OPS[fmt]
+
+        def wrapped(*args):
+            calls.append(fmt)
+            return real(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(ops, "_OPS", {fmt: spy(fmt) for fmt in ops._OPS})
+    return calls
+
+
+@pytest.mark.parametrize("fmt", ["binary", "ternary"])
+def test_eager_inference_bypasses_the_dispatcher_with_the_same_result(op_spy, fmt):
+    torch.manual_seed(0)
+    w = torch.randn(9, 21)
+    packed = pack_signs(w) if fmt == "binary" else pack_ternary(w.sign())
+    x, g, h = torch.randn(3, 21), torch.rand(21) + 0.5, torch.rand(9) + 0.5
+    expected = ops.reference.packed_linear(x, packed, g, h, None, 21, 0, fmt)
+    y = ops.packed_linear(x, packed, g, h, None, 21, weight_format=fmt)
+    assert op_spy == [] and torch.allclose(y, expected, atol=1e-5)
+    # A gradient is needed: the custom op (with its autograd formula) runs, and the gradient is right.
+    xg = x.clone().requires_grad_()
+    y2 = ops.packed_linear(xg, packed, g, h, None, 21, weight_format=fmt)
+    assert op_spy == [fmt]
+    y2.sum().backward()
+    xr = x.clone().requires_grad_()
+    ops.reference.packed_linear(xr, packed, g, h, None, 21, 0, fmt).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    # Under no_grad even trainable inputs take the direct path.
+    with torch.no_grad():
+        ops.packed_linear(xg, packed, g, h, None, 21, weight_format=fmt)
+    assert op_spy == [fmt]
+
+
+def test_compiled_graphs_keep_the_custom_op():
+    torch.manual_seed(0)
+    packed = pack_signs(torch.randn(5, 16))
+    g, h = torch.ones(16), torch.ones(5)
+    fn = torch.compile(lambda x: ops.binary_linear(x, packed, g, h, None, 16), fullgraph=True, backend="eager")
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(fn(x), ops.reference.binary_linear(x, packed, g, h, None, 16))
