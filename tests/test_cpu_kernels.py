@@ -10,86 +10,25 @@ import signal
 import subprocess
 import sys
 import textwrap
-from contextlib import contextmanager
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_onebit.ops import binary_linear, reference, select_kernel
+import cpu_kernel_cases as cases
+from cpu_kernel_cases import DTYPES, isa, kernel_library, make_x, threads  # noqa: F401  (kernel_library: autouse)
+from hf_onebit.ops import binary_linear, select_kernel
 from hf_onebit.ops import cpu
-from hf_onebit.packing import pack_signs
-
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-EPS = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel_library():
-    # The kernels are the subject here: a build failure is a test failure, not a skip.
-    assert cpu.is_available(), f"CPU kernel library did not build/load: {cpu.load_error()}"
-
-
-@contextmanager
-def threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextmanager
-def isa(name):
-    cpu.set_isa(name)
-    try:
-        yield
-    finally:
-        cpu.set_isa(None)
 
 
 def make_layer(K: int, N: int, bias: bool, seed: int, scale_dtype=torch.float16):
-    gen = torch.Generator().manual_seed(seed)
-    weight = pack_signs(torch.randn(N, K, generator=gen))
-    scale_in = (torch.rand(K, generator=gen) + 0.5).to(scale_dtype)
-    scale_out = (torch.rand(N, generator=gen) * 0.1 + 0.01).to(scale_dtype)
-    b = torch.randn(N, generator=gen) if bias else None
-    return weight, scale_in, scale_out, b
+    return cases.make_layer(K, N, bias, seed, scale_dtype, "binary")
 
 
-def tolerance(x, weight, scale_in, scale_out, bias, K, act_bits):
-    """Per-element bound on |kernel - reference|: float rounding of a K-term dot product (relative to sum |x g|),
-    plus, for 16-bit outputs, up to four roundings to that dtype (the reference's product, * h and + bias, and the
-    kernel's one final rounding), each at most eps * |value|."""
-    dtype = x.dtype
-    xs = (x * scale_in.to(dtype)).double()
-    if act_bits == 8:
-        q, s = reference.quantize_activations_int8(x * scale_in.to(dtype))
-        xs = (q * s).double()
-    h = scale_out.double().abs()
-    b = bias.double().abs() if bias is not None else torch.zeros_like(h)
-    y0 = xs @ reference.unpack_signs(weight, K, torch.float64).T
-    dot = xs.abs().sum(-1, keepdim=True) * h * 4e-6 * max(1.0, K**0.5 / 8)
-    if dtype == torch.float32:
-        return dot + 1e-6 * b
-    eps = EPS[dtype]
-    # int8 with 16-bit x: the reference rounds q * scale to the dtype before the matmul (each term within eps).
-    grid = xs.abs().sum(-1, keepdim=True) * h * eps if act_bits == 8 else 0.0
-    return dot + grid + 5 * eps * (y0.abs() * h + b) + 1e-6
-
-
-def check_against_reference(x, layer, K, act_bits, backend="cpu"):
-    weight, scale_in, scale_out, bias = layer
-    expected = binary_linear(x, weight, scale_in, scale_out, bias, K, act_bits, backend="reference")
-    got = binary_linear(x, weight, scale_in, scale_out, bias, K, act_bits, backend=backend)
-    assert got.dtype == x.dtype and got.shape == expected.shape
-    bound = tolerance(x.reshape(-1, K), weight, scale_in, scale_out, bias, K, act_bits).reshape(expected.shape)
-    err = (got.double() - expected.double()).abs()
-    worst = (err - bound).max().item()
-    assert worst <= 0, f"max excess error {worst:.3g} (max err {err.max().item():.3g}) for x {tuple(x.shape)} {x.dtype}"
-    return got
+def check_against_reference(x, layer, K, act_bits):
+    """Also asserts that the CPU kernel is the one selected for ``x``."""
+    return cases.check_against_reference(x, layer, K, act_bits, "binary")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,16 +45,7 @@ def check_against_reference(x, layer, K, act_bits, backend="cpu"):
 )
 def test_matches_reference(K, N, M, dtype, bias, act_bits, layout, nthreads, seed):
     layer = make_layer(K, N, bias, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    if layout == "transposed":  # a non-contiguous (M, K) view
-        x = torch.randn(K, M, generator=gen).to(dtype).T
-    elif layout == "sliced":  # rows with a stride larger than K
-        x = torch.randn(M, K + 5, generator=gen).to(dtype)[:, 2 : K + 2]
-    elif layout == "3d":
-        x = torch.randn(1, M, K, generator=gen).to(dtype)
-    else:
-        x = torch.randn(M, K, generator=gen).to(dtype)
-    assert select_kernel(x, layer[0], act_bits).name == "cpu"
+    x = make_x(M, K, dtype, layout, seed + 1)
     with threads(nthreads):
         check_against_reference(x, layer, K, act_bits)
 
@@ -183,13 +113,7 @@ def test_int8_error_vs_exact_path():
 
 
 def test_all_zero_rows_and_empty_batch():
-    K, N = 40, 24
-    layer = make_layer(K, N, True, 2)
-    x = torch.zeros(3, K)
-    for act_bits in (0, 8):
-        y = binary_linear(x, *layer, K, act_bits, backend="cpu")
-        torch.testing.assert_close(y, layer[3].expand(3, N))
-        assert binary_linear(torch.zeros(0, K), *layer, K, act_bits, backend="cpu").shape == (0, N)
+    cases.check_zero_rows_and_empty_batch("binary")
 
 
 def test_bad_shapes_name_the_argument():

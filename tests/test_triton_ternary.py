@@ -1,147 +1,28 @@
 """Triton kernels on ternary weights (2-bit codes) against the reference ``ternary_linear``.
 
-Without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, all cases in ONE
-child process (this file with ``--interpret-worker``; the interpreter must be chosen before Triton is imported and
-other tests in this process may import Triton normally); each result is checked here. The kernels are also compiled
-for sm_90 offline (no GPU needed), which the interpreter does not do. With a CUDA device the same cases run compiled,
-directly and through ``torch.ops.hf_onebit.ternary_linear``.
+The cases, inputs, checks and the interpreter child process are shared with the binary kernels' tests
+(tests/triton_cases.py). Without a GPU the kernels run under Triton's interpreter (all cases in one child process);
+the kernels are also compiled for sm_90 offline (no GPU needed), which the interpreter does not do. With a CUDA
+device the same cases run compiled, directly and through ``torch.ops.hf_onebit.ternary_linear``.
 """
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 pytest.importorskip("triton", reason="triton is not installed (optional extra: hf_onebit[triton])")
 
-from hf_onebit.ops import reference  # noqa: E402
 from hf_onebit.packing import pack_ternary  # noqa: E402
+from triton_cases import (  # noqa: E402
+    check_argument_errors, check_close, check_public_op_uses_triton, cuda, gpu_case_test, interpreter_tests, make_inputs,
+    replay_doubled,
+)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# (out_features N, in_features K): K not a multiple of 4 (a padded last byte) or of 16, N not of 16 or 32; 48x36 has
-# whole code words (N = 3 x 16) but half a sign-word width
-SHAPES = [(70, 45), (33, 101), (48, 36), (97, 130)]
-M_VALUES = [1, 3, 17, 70]
+FORMAT = "ternary"
 
-
-def _cases():
-    cases = []
-    i = 0
-    for path in ("gemv", "dot", "dense", "auto"):
-        for dtype in DTYPES:
-            for m in M_VALUES:
-                if path == "auto" and m not in (1, 70):
-                    continue
-                n, k = SHAPES[(i + i // len(M_VALUES)) % len(SHAPES)]  # each M meets several shapes
-                case = dict(id=f"{path}-{dtype}-M{m}-{n}x{k}-{i}", path=path, dtype=dtype, m=m, n=n, k=k,
-                            bias=i % 2 == 0, strided=i % 3 == 0, seed=100 + i)
-                if path == "gemv":  # whole or half code words per program, both shift flavours, prefetch on/off
-                    case["gemv"] = dict(bits=(16, 8)[i % 2], shift_by_mul=i % 3 != 1, prefetch=i % 4 < 2)
-                if path == "dense":  # slices of N (32 wide so the small shapes split), overlapped or not
-                    case["dense"] = dict(chunks=(1, 2, 3)[i % 3], overlap=i % 2 == 0, align=32)
-                cases.append(case)
-                i += 1
-    return cases
-
-
-CASES = _cases()
-
-
-def run_case(case, x, weight, g, h, bias):
-    from hf_onebit.ops.triton.launch import DenseConfig, GemvConfig, ternary_linear_triton
-
-    config = None
-    if "gemv" in case:
-        config = GemvConfig(kpt=2, num_warps=1 if x.device.type == "cpu" else 2, **case["gemv"])
-    if "dense" in case:
-        config = DenseConfig(**case["dense"])
-    return ternary_linear_triton(x, weight, g, h, bias, case["k"], path=case["path"], config=config)
-
-
-def make_inputs(case, device="cpu"):
-    """Deterministic inputs; about a third of the weights are 0; ``strided`` makes ``x`` a column-slice view."""
-    gen = torch.Generator().manual_seed(case["seed"])
-    n, k, m = case["n"], case["k"], case["m"]
-    dtype = DTYPES[case["dtype"]]
-    weight = pack_ternary(torch.randint(-1, 2, (n, k), generator=gen))
-    scale_in = (torch.rand(k, generator=gen) + 0.5).to(torch.float16)
-    scale_out = (torch.rand(n, generator=gen) * 0.1 + 0.01).to(torch.float16)
-    bias = torch.randn(n, generator=gen) if case["bias"] else None
-    if case["strided"]:
-        base = torch.randn(m, 2 * k + 3, generator=gen).to(device=device, dtype=dtype)
-        x = base[:, 3 : 3 + 2 * k : 2]
-    else:
-        x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    assert x.is_contiguous() != case["strided"]
-    return x, move(weight), move(scale_in), move(scale_out), move(bias)
-
-
-def check_close(case, y, x, weight, scale_in, scale_out, bias):
-    """``y`` must match the float64 reference within a few ``eps(x.dtype)`` of ``|h| * sum|x g| + |y|``.
-
-    The reference rounds ``x * g`` and the output to ``x.dtype``; the kernels round differently (fp32 products, the
-    folded dense weight of the prefill path), hence a bound rather than equality.
-    """
-    dtype = x.dtype
-    assert y.dtype == dtype and y.shape == (x.shape[0], weight.shape[0])
-    x64, g64, h64 = x.double().cpu(), scale_in.double().cpu(), scale_out.double().cpu()
-    b64 = None if bias is None else bias.double().cpu()
-    exact = reference.ternary_linear(x64, weight.cpu(), g64, h64, b64, x.shape[1])
-    eps = torch.finfo(dtype).eps
-    magnitude = h64.abs() * ((x64 * g64).abs().sum(-1, keepdim=True)) + exact.abs()
-    bound = 2 * eps * magnitude + 1e-6 * (1 + magnitude)
-    err = (y.double().cpu() - exact).abs()
-    worst = (err / bound).max().item()
-    assert worst <= 1.0, f"{case['id']}: error {err.max().item():.3g} exceeds the rounding bound (ratio {worst:.2f})"
-
-
-# ---------------------------------------------------------------- interpreter (CPU)
-_OLD_INTERPRETER = 3
-
-
-def _run_worker(out_path):
-    """Child process: run every case under the interpreter and save the outputs."""
-    os.environ["TRITON_INTERPRET"] = "1"
-    import numpy
-    import triton
-
-    results = {}
-    for case in CASES:
-        x, weight, g, h, bias = make_inputs(case)
-        try:
-            results[case["id"]] = run_case(case, x, weight, g, h, bias)
-        except triton.runtime.errors.InterpreterError as err:
-            if "only 0-dimensional arrays" not in str(err):
-                raise
-            # older Triton interpreters turn a runtime loop bound into a 1-element array, which numpy 2.x refuses
-            print(f"Triton {triton.__version__}'s interpreter cannot run loops with a runtime bound under numpy "
-                  f"{numpy.__version__} (fixed in newer Triton)", file=sys.stderr)
-            sys.exit(_OLD_INTERPRETER)
-    torch.save(results, out_path)
-
-
-@pytest.fixture(scope="module")
-def interpreted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("triton_ternary_interp") / "results.pt"
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, __file__, "--interpret-worker", str(out)], env=env, capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode == _OLD_INTERPRETER:
-        pytest.skip(proc.stderr.strip().splitlines()[-1])
-    assert proc.returncode == 0, f"interpreter worker failed:\n{proc.stdout}\n{proc.stderr}"
-    return torch.load(out)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_interpreter_matches_reference(interpreted, case):
-    x, weight, g, h, bias = make_inputs(case)
-    check_close(case, interpreted[case["id"]], x, weight, g, h, bias)
+# ---------------------------------------------------------------- interpreter (CPU, all cases in one child process)
+interpreted, test_interpreter_matches_reference = interpreter_tests(FORMAT)
 
 
 # ---------------------------------------------------------------- pure-Python parts (no kernel launch)
@@ -171,12 +52,7 @@ def test_configs_and_argument_errors():
     cpu = torch.device("cpu")
     for m in (1, 2, 4):
         assert launch.gemv_config(m, 4096, 4096, cpu, "ternary").bits <= 16  # a code word has 16 outputs
-    case = dict(n=8, k=31, m=2, dtype="fp32", bias=False, strided=False, seed=0)
-    x, weight, g, h, _ = make_inputs(case)
-    with pytest.raises(ValueError, match="act_bits"):
-        launch.ternary_linear_triton(x, weight, g, h, None, 31, act_bits=8)
-    with pytest.raises(ValueError, match="path"):
-        launch.ternary_linear_triton(x, weight, g, h, None, 31, path="fast")
+    x, weight, g, h = check_argument_errors(FORMAT)  # act_bits, path, device
     with pytest.raises(ValueError, match="weight: packed ternary codes have shape"):
         launch.ternary_linear_triton(x, weight[:, :2], g, h, None, 31)  # a binary-sized row (ceil(31/8) bytes)
     with pytest.raises(ValueError, match="weight_format"):
@@ -184,9 +60,6 @@ def test_configs_and_argument_errors():
     with pytest.raises(ValueError, match="config.bits: 32 is not allowed for ternary"):
         launch.check_gemv_config(launch.GemvConfig(bits=32), "ternary")
     assert launch.check_gemv_config(launch.GemvConfig(bits=32), "binary").bits == 32
-    if not launch.interpreting():
-        with pytest.raises(ValueError, match="CUDA"):
-            launch.ternary_linear_triton(x, weight, g, h, None, 31)
 
 
 def test_registered_for_cuda_ternary_and_declines_int8_activations():
@@ -239,29 +112,13 @@ def test_ternary_kernels_compile_for_sm90():
 
 
 # ---------------------------------------------------------------- real GPU
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
-@cuda
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_gpu_matches_reference(case):
-    x, weight, g, h, bias = make_inputs(case, "cuda")
-    y = run_case(case, x, weight, g, h, bias)
-    check_close(case, y, x, weight, g, h, bias)
+test_gpu_matches_reference = gpu_case_test(FORMAT)
 
 
 @cuda
 @pytest.mark.parametrize("m", [1, 3, 17, 300])
 def test_gpu_public_op_uses_triton(m):
-    from hf_onebit import ops
-
-    case = dict(id=f"op-M{m}", n=129, k=258, m=m, dtype="bf16", bias=True, strided=False, seed=m)
-    x, weight, g, h, bias = make_inputs(case, "cuda")
-    assert ops.select_kernel(x, weight, 0, weight_format="ternary").name == "triton"
-    int8 = ops.select_kernel(x, weight, 8, weight_format="ternary")
-    assert int8 is None or int8.name != "triton"
-    y = torch.ops.hf_onebit.ternary_linear(x.view(1, m, -1), weight, g, h, bias, 258, 0, "triton")
-    check_close(case, y.view(m, -1), x, weight, g, h, bias)
+    check_public_op_uses_triton(FORMAT, m, 258)
 
 
 @cuda
@@ -269,19 +126,10 @@ def test_gpu_cuda_graph_and_compile():
     from hf_onebit import ops
 
     case = dict(id="graph", n=129, k=258, m=2, dtype="bf16", bias=True, strided=False, seed=5)
-    x, weight, g, h, bias = make_inputs(case, "cuda")
+    x, weight, g, h, bias = make_inputs(case, FORMAT, "cuda")
     run = lambda inp: ops.ternary_linear(inp, weight, g, h, bias, 258)  # noqa: E731
     expected = run(x)  # warm-up: compiles the kernel and builds the cached code words outside the capture
-    static_x = x.clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = run(static_x)
-    static_x.copy_(x * 2)
-    graph.replay()
-    check_close(case, static_y, x * 2, weight, g, h, bias)
+    check_close(case, FORMAT, replay_doubled(run, x), x * 2, weight, g, h, bias)
     compiled = torch.compile(run, fullgraph=True)
     torch.testing.assert_close(compiled(x), expected)
 
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--interpret-worker"]:
-    _run_worker(sys.argv[2])
