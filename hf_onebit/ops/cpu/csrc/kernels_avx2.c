@@ -3,6 +3,7 @@
  * int8: 32 weight bits become 32 bytes in {0,1}; maddubs(u8 bits, s8 q) + madd(., 1) gives 8 int32 partial sums. */
 #include <immintrin.h>
 
+#include "avx2_reduce.h"
 #include "kernels_common.h"
 #include "prepare.h"
 
@@ -14,20 +15,6 @@ static void init_byte_masks(void) {
     for (int b = 0; b < 256; ++b)
         for (int j = 0; j < 8; ++j) byte_masks[b][j] = ((b >> j) & 1) ? 0xFFFFFFFFu : 0u;
     byte_masks_ready = 1;
-}
-
-ONEBIT_INLINE float hsum256_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-ONEBIT_INLINE int32_t hsum256_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
 }
 
 ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint8_t *row, int64_t kbytes, float *out,

@@ -6,22 +6,9 @@
  *          2, 4, 6 give codes j = 1..3; FMA c * x (exact per term, fp32 accumulate). */
 #include <immintrin.h>
 
+#include "avx2_reduce.h"
 #include "kernels_common.h"
 #include "ternary.h"
-
-ONEBIT_INLINE float hsum256_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-ONEBIT_INLINE int32_t hsum256_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
 
 /* 32 weight bytes: byte k is position 64 j + k of the activations passed in (already offset to the half block). */
 ONEBIT_INLINE void half_i8(const int mr, const int8_t *q, int64_t ldq, __m256i w, const int nacc,
