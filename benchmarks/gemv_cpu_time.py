@@ -14,37 +14,21 @@ same number of bytes as the 1-bit call (one thread, from memory): the single-thr
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the development machine
+from kernels import copies_for, random_packed_layers, time_rotating  # same folder: one rotation / timing method
+
 ROUND_S = 0.2
 ROUNDS = 7
 
 
 def cpu_time_per_call(calls) -> float:
     """Median over rounds of thread CPU seconds per call, cycling through ``calls``."""
-    calls[0]()
-    per_call, i = [], 0
-    for _ in range(ROUNDS):
-        n, start = 0, time.thread_time()
-        while True:
-            calls[i % len(calls)]()
-            i, n = i + 1, n + 1
-            elapsed = time.thread_time() - start
-            if elapsed >= ROUND_S and n >= min(len(calls), 3):
-                break
-        per_call.append(elapsed / n)
-    return statistics.median(per_call)
-
-
-def copies(nbytes: int) -> int:
-    return max(2, math.ceil(ROTATE_BYTES / nbytes))
+    return time_rotating(calls, rounds=ROUNDS, round_s=ROUND_S, clock=time.thread_time)
 
 
 def columns(k: int, n: int, m: int):
@@ -57,18 +41,16 @@ def columns(k: int, n: int, m: int):
 
     def dense():
         w0 = torch.randn(n, k).bfloat16()
-        ws = [w0] + [w0.clone() for _ in range(copies(n * k * 2) - 1)]
+        ws = [w0] + [w0.clone() for _ in range(copies_for(n * k * 2) - 1)]
         return [lambda w=w: F.linear(xbf, w) for w in ws]
 
     def ours(x, act_bits):
-        base = torch.randint(0, 256, (n, kb), dtype=torch.uint8)
-        g, h = (torch.rand(k) + 0.5).half(), (torch.rand(n) * 0.02).half()
-        ws = [base] + [torch.roll(base, i, 0).contiguous() for i in range(1, copies(n * kb))]
-        return [lambda w=w: binary_linear(x, w, g, h, None, k, act_bits, "cpu") for w in ws]
+        layers = random_packed_layers(k, n, copies_for(n * kb))
+        return [lambda w=w, g=g, h=h: binary_linear(x, w, g, h, None, k, act_bits, "cpu") for w, g, h in layers]
 
     def stream():
         floats = n * kb // 4
-        bufs = [torch.ones(floats) for _ in range(copies(n * kb))]
+        bufs = [torch.ones(floats) for _ in range(copies_for(n * kb))]
         return [lambda b=b: b.sum() for b in bufs]
 
     return {

@@ -49,17 +49,21 @@ def copies_for(bytes_per_copy: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / max(bytes_per_copy, 1)))
 
 
-def time_rotating(calls: list[Callable[[], object]], rounds: int = ROUNDS, round_s: float = ROUND_S) -> float:
-    """Median seconds per call; each round cycles through ``calls`` (all different weights) for >= round_s."""
+def time_rotating(calls: list[Callable[[], object]], rounds: int = ROUNDS, round_s: float = ROUND_S,
+                  clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds per call; each round cycles through ``calls`` (all different weights) for >= round_s.
+
+    ``clock`` is wall time by default; ``time.thread_time`` gives the calling thread's CPU time instead.
+    """
     calls[0]()  # warm-up: library build, torch.compile, allocator
     per_call = []
     i = 0
     for _ in range(rounds):
-        n, start = 0, time.perf_counter()
+        n, start = 0, clock()
         while True:
             calls[i % len(calls)]()
             i, n = i + 1, n + 1
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if elapsed >= round_s and n >= min(len(calls), 3):
                 break
             if elapsed >= 4 * round_s:  # very slow columns: a few calls are enough
