@@ -51,6 +51,23 @@ def test_eager_inference_bypasses_the_dispatcher_with_the_same_result(op_spy, fm
     assert op_spy == [fmt]
 
 
+@pytest.mark.parametrize("fmt", ["binary", "ternary"])
+def test_generation_through_a_module_takes_the_direct_path(op_spy, fmt):
+    """The layer's g and h are nn.Parameters: still the direct path under no_grad (what generate() runs)."""
+    from hf_onebit.modules import OneBitLinear
+
+    layer = OneBitLinear(21, 9, bias=True, weight_format=fmt)
+    assert isinstance(layer.scale_in, torch.nn.Parameter) and layer.scale_in.requires_grad
+    x = torch.randn(2, 21)
+    with torch.no_grad():
+        y = layer(x)
+    assert op_spy == []
+    torch.testing.assert_close(y, ops.reference.packed_linear(x, layer.weight, layer.scale_in, layer.scale_out,
+                                                              layer.bias, 21, 0, fmt))
+    layer(x).sum().backward()  # gradients wanted for g and h: the custom op and its autograd formula
+    assert op_spy == [fmt] and layer.scale_in.grad is not None
+
+
 def test_compiled_graphs_keep_the_custom_op():
     torch.manual_seed(0)
     packed = pack_signs(torch.randn(5, 16))

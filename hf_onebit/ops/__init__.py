@@ -204,7 +204,11 @@ def _eager_inference(*tensors) -> bool:
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
-    return not any(t is not None and type(t) is not torch.Tensor and isinstance(t, torch.Tensor) for t in tensors)
+    # Tensor subclasses other than nn.Parameter (fake, functional, distributed tensors) keep the op.
+    return all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors)
+
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def binary_linear(x, weight, scale_in, scale_out, bias, in_features: int, act_bits: int = 0,
