@@ -69,7 +69,7 @@ class OneBitDistillationCallback(TrainerCallback):
             raise ValueError(f"teacher: got {type(teacher).__name__}; allowed: a torch.nn.Module (the float model)")
         self.teacher = teacher.eval().requires_grad_(False)
         # With recipe=None the student's weight format decides (in prepare); validate the overrides now.
-        self._recipe_spec = (recipe, dict(recipe_overrides))
+        self._recipe_overrides = dict(recipe_overrides)
         checked = get_recipe(recipe or "progressive", **recipe_overrides)
         self.recipe: Recipe | None = checked if recipe is not None else None
         self.loss = loss or DistillationLoss()
@@ -97,8 +97,7 @@ class OneBitDistillationCallback(TrainerCallback):
         latent_layers(model)  # raises a clear error for a packed / float model
         self._model = model
         if self.recipe is None:
-            name, overrides = self._recipe_spec
-            self.recipe = get_recipe(default_recipe_for(model), **overrides)
+            self.recipe = get_recipe(default_recipe_for(model), **self._recipe_overrides)
         self.temperature = apply_recipe_(model, self.recipe)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
