@@ -113,15 +113,10 @@ def _quant_fields(model: nn.Module) -> dict:
     return dict(qc.to_dict() if hasattr(qc, "to_dict") else qc)
 
 
-def _is_ternary(quant: dict) -> bool:
-    return quant.get("weight_format", "binary") == "ternary"
-
-
-def _size_rows(model: nn.Module, folder: str | None) -> list[tuple[str, str]]:
+def _size_rows(model: nn.Module, folder: str | None, ternary: bool) -> list[tuple[str, str]]:
     from .eval import size_report
 
     report = size_report(model)
-    ternary = _is_ternary(_quant_fields(model))
     rows = [
         ("ternary layers" if ternary else "1-bit layers",
          f"{report.quantized_weights:,} weights at {report.bits_per_quantized_weight:.4f} bits/weight "
@@ -181,7 +176,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
         license=info.get("license"),
     )
     name = repo_id or "<this folder or its Hub repo id>"
-    ternary = _is_ternary(quant)
+    ternary = quant.get("weight_format", "binary") == "ternary"
     kind = "ternary (1.58-bit)" if ternary else "1-bit"
     title = repo_id.split("/")[-1] if repo_id else f"{kind} model"
     version = quant.get("format_version", FORMAT_VERSION)
@@ -230,7 +225,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
         "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))\n```\n\n"
         f"This card was written by hf_onebit {_version()}; loading needs that version or a newer one.",
         "## Method\n\n" + table(method),
-        "## Size\n\n" + table(_size_rows(model, folder)),
+        "## Size\n\n" + table(_size_rows(model, folder, ternary)),
         "## Provenance and quality\n\n" + table(facts),
     ]
     if "perplexity" not in info:
