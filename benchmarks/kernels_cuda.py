@@ -5,6 +5,9 @@
     python benchmarks/kernels_cuda.py --gemv-m1 --dense   # only: wider M=1 GEMV sweep; prefill path (slices, overlap)
     python benchmarks/kernels_cuda.py --weights both  # main table with binary AND ternary (2-bit) columns
     python benchmarks/kernels_cuda.py --weights ternary --sweep   # ternary table, GEMV sweep and paths over M
+    python benchmarks/kernels_cuda.py --weights both --a8      # + int8-activation (act_bits=8) columns per format
+    python benchmarks/kernels_cuda.py --int8                   # only: int8-activation paths and tile configs
+    python benchmarks/kernels_cuda.py --gemv-a8                # only: small-M GEMV with int8 activations
 
 ``--weights`` picks the packed format of "ours" (and of the reference column): ``binary`` (default, 1 bit per weight),
 ``ternary`` (2-bit codes, ``ternary_linear``) or ``both``. ``--gemv-m1`` and ``--dense`` sweep binary weights only.
@@ -136,8 +139,9 @@ def random_binary_layer(k: int, n: int, device="cuda"):
     return random_layer(k, n, "binary", device)
 
 
-def ours_column(weight_format: str) -> str:
-    return "ours (triton)" if weight_format == "binary" else "ours ternary (triton)"
+def ours_column(weight_format: str, act_bits: int = 0) -> str:
+    name = "ours" if weight_format == "binary" else "ours ternary"
+    return f"{name}{' a8' if act_bits else ''} (triton)"
 
 
 def bitnet_layer(k: int, n: int, device="cuda"):
@@ -149,10 +153,11 @@ def bitnet_layer(k: int, n: int, device="cuda"):
     return layer
 
 
-def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16, formats=("binary",), device="cuda"):
+def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16, formats=("binary",), device="cuda", act_bits=(0,)):
     """``{name: (calls, weight_bytes_per_call)}`` for one shape; each call uses its own weight copy.
 
-    One "ours" column per format in ``formats``; the reference column uses the first format."""
+    One "ours" column per format in ``formats`` and activation precision in ``act_bits``; the reference column uses
+    the first format."""
     from hf_onebit.ops import packed_linear, reference
 
     x = torch.randn(m, k, device=device, dtype=dtype)
@@ -167,8 +172,10 @@ def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16, formats=("binary",
                 [lambda p=p, f=fmt: reference.packed_linear(x, p[0], p[1], p[2], None, k, 0, f) for p in layers[:2]],
                 size,
             )
-        cols[ours_column(fmt)] = (
-            [lambda p=p, f=fmt: packed_linear(x, p[0], p[1], p[2], None, k, 0, "triton", f) for p in layers], size)
+        for a in act_bits:
+            cols[ours_column(fmt, a)] = (
+                [lambda p=p, f=fmt, a=a: packed_linear(x, p[0], p[1], p[2], None, k, a, "triton", f) for p in layers],
+                size)
     try:
         layers = [bitnet_layer(k, n, device) for _ in range(copies_for(n * k // 4))]
 
@@ -183,16 +190,17 @@ def columns_for(k: int, n: int, m: int, dtype=torch.bfloat16, formats=("binary",
     return x, cols
 
 
-def main_table(shapes=SHAPES, ms=M_VALUES, out=print, formats=("binary",)):
+def main_table(shapes=SHAPES, ms=M_VALUES, out=print, formats=("binary",), act_bits=(0,)):
     name = torch.cuda.get_device_name()
     bw = measured_bandwidth()
     nominal = nominal_bandwidth()
     out(f"device: {name}; copy bandwidth {bw / 1e9:.0f} GB/s"
         + (f"; nominal {nominal / 1e9:.0f} GB/s" if nominal else ""))
     out(f"torch {torch.__version__}, triton {__import__('triton').__version__}, CUDA {torch.version.cuda}")
-    ours = [ours_column(f) for f in formats]
+    pairs = [(f, a) for f in formats for a in act_bits]
+    ours = [ours_column(f, a) for f, a in pairs]
     order = ["cuBLAS bf16", "reference", "BitNet BitLinear"] + ours
-    tag = {c: ("" if len(formats) == 1 else f" {f}") for c, f in zip(ours, formats)}
+    tag = {ours_column(f, a): ("" if len(pairs) == 1 else f" {f}{' a8' if a else ''}") for f, a in pairs}
     out("")
     out(f"reference column: {formats[0]} weights")
     out("| K->N | M | " + " | ".join(f"{c} us" for c in order) + " | "
@@ -201,7 +209,7 @@ def main_table(shapes=SHAPES, ms=M_VALUES, out=print, formats=("binary",)):
     rows = []
     for k, n in shapes:
         for m in ms:
-            x, cols = columns_for(k, n, m, formats=formats)
+            x, cols = columns_for(k, n, m, formats=formats, act_bits=act_bits)
             times = {}
             for col in order:
                 if col not in cols:
@@ -367,6 +375,123 @@ def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024
             f"({dot[1].block_m}x{dot[1].block_n}x{dot[1].block_k}) | {dense_t * 1e6:.1f} | {choose_path(m, n, k, x.dtype)} |")
 
 
+INT8_CONFIGS = [(64, 64, 128, 4, 4), (64, 128, 128, 4, 4), (128, 128, 128, 8, 4), (128, 256, 128, 8, 3),
+                (256, 128, 128, 8, 3)]
+
+
+def sweep_int8(shapes=SHAPES, ms=(16, 512, 2048), configs=INT8_CONFIGS, out=print, formats=FORMATS):
+    """``act_bits=8`` beyond the GEMV: quantisation alone, int8 expansion alone, cuBLAS int8 (``torch._int_mm`` on
+    expanded weights, no scales) and our two paths over tile configs, next to cuBLAS bf16 in the same run."""
+    from hf_onebit.ops.triton.launch import choose_path, packed_linear_triton
+    from hf_onebit.ops.triton.launch_int8 import Int8Config, expand_int8, int8_config, quantize_rows
+
+    names = ["x".join(str(v) for v in c[:3]) + f"w{c[3]}s{c[4]}" for c in configs]
+    for fmt in formats:
+        out(f"\nint8 activations, {fmt} weights (us; dot = tiles expanded in registers, dense = int8 weight "
+            "expanded per call; each tile config, then the default)")
+        out("| K->N | M | cuBLAS bf16 | quantise | expand int8 | cuBLAS int8 (_int_mm) | "
+            + " | ".join(f"dot {c}" for c in names) + " | " + " | ".join(f"dense {c}" for c in names)
+            + " | default (path) | default vs bf16 |")
+        out("|---|---|---|---|---|---|" + "---|" * (2 * len(configs)) + "---|---|")
+        for k, n in shapes:
+            size = packed_bytes(k, n, fmt)
+            layers = [random_layer(k, n, fmt) for _ in range(copies_for(size))]
+            dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+            ints = [expand_int8(p[0], k, fmt == "ternary") for p in layers[:copies_for(n * k)]]
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+                def t(calls):
+                    try:
+                        return time_calls(calls, target_s=0.01)[0]
+                    except Exception as err:  # noqa: BLE001 - a config the compiler or the GPU refuses
+                        print(f"  failed at {k}->{n} M={m}: {type(err).__name__}: {str(err)[:160]}", file=sys.stderr)
+                        return float("nan")
+
+                def ours(path, cfg=None):
+                    return t([lambda p=p: packed_linear_triton(x, p[0], p[1], p[2], None, k, 8, path, cfg, fmt)
+                              for p in layers])
+
+                cublas = t([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])
+                quant = t([lambda: quantize_rows(x, layers[0][1], k)])
+                expand = t([lambda p=p: expand_int8(p[0], k, fmt == "ternary") for p in layers])
+                q = quantize_rows(x, layers[0][1], k)[0]
+                int_mm = t([lambda w=w: torch._int_mm(q, w.t()) for w in ints]) if m > 16 else float("nan")
+                dots = [ours("dot", Int8Config(*c)) for c in configs]
+                denses = [ours("dense", Int8Config(*c)) for c in configs]
+                default = ours("auto")
+                path = choose_path(m, n, k, x.dtype, 8)
+                out(f"| {k}->{n} | {m} | {cublas * 1e6:.1f} | {quant * 1e6:.1f} | {expand * 1e6:.1f} | "
+                    f"{int_mm * 1e6:.1f} | " + " | ".join(f"{v * 1e6:.1f}" for v in dots + denses)
+                    + f" | {default * 1e6:.1f} ({path}, {int8_config(m, n, k, path == 'dot')}) | "
+                    f"{cublas / default:.2f}x |")
+            del layers, dense, ints
+            torch.cuda.empty_cache()
+
+
+GEMV_A8_CONFIGS = [(False, 4), (True, 4), (True, 8), (True, 16)]  # (pairs, kpt)
+
+
+def sweep_gemv_a8(shapes=SHAPES, ms=(1, 4), configs=GEMV_A8_CONFIGS, out=print, formats=FORMATS):
+    """Small-M int8 activations: the float GEMV next to the int8 one (fp32 sums or fp16 pair sums, by ``kpt``), with
+    and without the quantisation kernel in front ("kernel only" runs on pre-quantised activations)."""
+    from dataclasses import replace
+
+    from hf_onebit.ops.triton import launch
+    from hf_onebit.ops.triton.launch_int8 import quantize_rows
+    from hf_onebit.ops.triton.repack import weight_words
+
+    names = [f"{'pairs' if p else 'fp32'} kpt{kpt}" for p, kpt in configs]
+    for fmt in formats:
+        out(f"\nsmall-M GEMV with int8 activations, {fmt} weights (us)")
+        out("| K->N | M | cuBLAS bf16 | float GEMV (act_bits=0) | quantise only | "
+            + " | ".join(f"a8 {c}" for c in names) + " | " + " | ".join(f"kernel only {c}" for c in names)
+            + " | a8 default |")
+        out("|---|---|---|---|---|" + "---|" * (2 * len(configs)) + "---|")
+        for k, n in shapes:
+            size = packed_bytes(k, n, fmt)
+            layers = [random_layer(k, n, fmt) for _ in range(copies_for(size))]
+            dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+                def t(calls):
+                    try:
+                        return time_calls(calls, target_s=0.01)[0]
+                    except Exception as err:  # noqa: BLE001
+                        print(f"  failed at {k}->{n} M={m}: {type(err).__name__}: {str(err)[:160]}", file=sys.stderr)
+                        return float("nan")
+
+                base = launch.gemv_config(m, n, k, x.device, fmt)
+                cublas = t([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])
+                exact = t([lambda p=p: launch.packed_linear_triton(x, p[0], p[1], p[2], None, k, 0, "gemv", None, fmt)
+                           for p in layers])
+                quant = t([lambda: quantize_rows(x, layers[0][1], k)])
+                q, sc = quantize_rows(x, layers[0][1], k)
+                full, alone = [], []
+                for pairs, kpt in configs:
+                    cfg = replace(base, pairs=pairs, kpt=kpt, prefetch=True)
+                    full.append(t([lambda p=p, c=cfg: launch.packed_linear_triton(x, p[0], p[1], p[2], None, k, 8,
+                                                                                   "gemv", c, fmt) for p in layers]))
+                    y = torch.empty(m, n, device="cuda", dtype=x.dtype)
+
+                    def kernel_only(p, c=cfg):
+                        words = weight_words(p[0], k, fmt)
+                        if c.pairs:
+                            launch._gemv_pairs(q, words, p[2], None, y, m, n, k, c, fmt, sc)
+                        else:
+                            launch._gemv(q, words, p[1], p[2], None, y, m, n, k, c, fmt, row_scale=sc)
+
+                    alone.append(t([lambda p=p: kernel_only(p) for p in layers]))
+                default = t([lambda p=p: launch.packed_linear_triton(x, p[0], p[1], p[2], None, k, 8, "gemv", None,
+                                                                      fmt) for p in layers])
+                out(f"| {k}->{n} | {m} | {cublas * 1e6:.1f} | {exact * 1e6:.1f} ({cublas / exact:.2f}x) | "
+                    f"{quant * 1e6:.1f} | " + " | ".join(f"{v * 1e6:.1f}" for v in full + alone)
+                    + f" | {default * 1e6:.1f} ({cublas / default:.2f}x) |")
+            del layers, dense
+            torch.cuda.empty_cache()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true", help="also sweep GEMV configs (and the paths over M)")
@@ -377,6 +502,9 @@ def main(argv=None):
     parser.add_argument("--m", type=int, nargs="*", help="M values of the main table (default 1 16 512 2048)")
     parser.add_argument("--weights", choices=FORMATS + ("both",), default="binary",
                         help="packed format of 'ours': binary (1 bit), ternary (2-bit codes) or both")
+    parser.add_argument("--a8", action="store_true", help="main table: also 'ours' with int8 activations")
+    parser.add_argument("--int8", action="store_true", help="only: the int8-activation paths and tile configs")
+    parser.add_argument("--gemv-a8", action="store_true", help="only: small-M GEMV with int8 activations")
     args = parser.parse_args(argv)
     formats = FORMATS if args.weights == "both" else (args.weights,)
     if not torch.cuda.is_available():
@@ -384,6 +512,12 @@ def main(argv=None):
     import hf_onebit  # noqa: F401  (registers the Triton kernel)
 
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.int8 or args.gemv_a8:
+        if args.gemv_a8:
+            sweep_gemv_a8(shapes, formats=formats)
+        if args.int8:
+            sweep_int8(shapes, formats=formats)
+        return
     if args.gemv_m1 or args.dense:
         if args.gemv_m1:
             sweep_gemv_m1(shapes)
@@ -396,7 +530,7 @@ def main(argv=None):
             sweep_gemv(shapes, weight_format=fmt)
             if not args.no_paths:
                 sweep_paths(weight_format=fmt)
-    main_table(shapes, ms, formats=formats)
+    main_table(shapes, ms, formats=formats, act_bits=(0, 8) if args.a8 else (0,))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def test_dense_slices_cover_n_and_configs_are_checked():
         DenseConfig(align=48)
 
 
-def test_registered_for_cuda_only_and_declines_int8_activations():
+def test_registered_for_cuda_only_and_takes_both_activation_precisions():
     from hf_onebit import ops
     from hf_onebit.ops import triton as backend
 
@@ -77,7 +77,7 @@ def test_registered_for_cuda_only_and_declines_int8_activations():
     assert "triton" in names and "triton" not in [k.name for k in ops.kernels_for("cpu")]
     x = torch.zeros(1, 8)
     weight = torch.zeros(4, 1, dtype=torch.uint8)
-    assert not backend._supports(x, weight, 8)
+    assert backend._supports(x, weight, 8) and not backend._supports(x, weight, 4)
     assert not backend._supports(x.to(torch.float64), weight, 0)
 
 

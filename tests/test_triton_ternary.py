@@ -62,7 +62,7 @@ def test_configs_and_argument_errors():
     assert launch.check_gemv_config(launch.GemvConfig(bits=32), "binary").bits == 32
 
 
-def test_registered_for_cuda_ternary_and_declines_int8_activations():
+def test_registered_for_cuda_ternary_and_takes_both_activation_precisions():
     from hf_onebit import ops
     from hf_onebit.ops import triton as backend
 
@@ -70,7 +70,7 @@ def test_registered_for_cuda_ternary_and_declines_int8_activations():
     assert "triton" not in [k.name for k in ops.kernels_for("cpu", "ternary")]
     x = torch.zeros(1, 8)
     weight = torch.zeros(4, 2, dtype=torch.uint8)
-    assert not backend._supports(x, weight, 8)  # int8 activations: the reference path runs them
+    assert backend._supports(x, weight, 8) and not backend._supports(x, weight, 4)
     assert not backend._supports(x.to(torch.float64), weight, 0)
 
 
@@ -95,11 +95,12 @@ def test_ternary_kernels_compile_for_sm90():
 
     ptrs = {"x_ptr": "*bf16", "g_ptr": "*fp16", "w_ptr": "*i32", "h_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16"}
     ints = {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_xk", "stride_w", "stride_ym")}
-    gemv = dict(HAS_BIAS=True, BLOCK_M=1, BITS=16, THREADS=128, KPT=4, SHIFT_BY_MUL=True, PREFETCH=True, TERNARY=True)
+    gemv = dict(HAS_BIAS=True, BLOCK_M=1, BITS=16, THREADS=128, KPT=4, SHIFT_BY_MUL=True, PREFETCH=True, TERNARY=True,
+                ROW_SCALE=False)
     dot = dict(HAS_BIAS=True, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, DOT_FP32=False, TERNARY=True)
     dequant = dict(BLOCK_K=64, BLOCK_N=128, TERNARY=True)
     plans = [
-        (gemv_kernel, {**ptrs, **ints, "one": "i32"}, gemv),
+        (gemv_kernel, {**ptrs, "s_ptr": "*fp32", **ints, "one": "i32"}, gemv),
         (matmul_kernel, {**ptrs, **ints}, dot),
         (dequant_kernel, {"w_ptr": "*i32", "g_ptr": "*fp16", "h_ptr": "*fp16", "out_ptr": "*bf16", "N": "i32",
                           "K": "i32", "stride_w": "i32", "stride_out": "i32"}, dequant),

@@ -41,6 +41,7 @@ FORMATS = {
         shapes=[(70, 45), (33, 100), (129, 257), (8, 31)],  # none a multiple of 32/64
         m_values=[1, 2, 3, 5, 17, 64],
         auto_m=(1, 17),
+        a8_m=(1, 3, 40),
         seed0=0,
         shape_index=lambda i, m_count: i,
         # the split of a word's outputs over programs, and both shift flavours
@@ -56,6 +57,7 @@ FORMATS = {
         shapes=[(70, 45), (33, 101), (48, 36), (97, 130)],
         m_values=[1, 3, 17, 70],
         auto_m=(1, 70),
+        a8_m=(2, 17),
         seed0=100,
         shape_index=lambda i, m_count: i + i // m_count,  # each M meets several shapes
         # whole or half code words per program, both shift flavours, prefetch on/off
@@ -88,6 +90,17 @@ def make_cases(weight_format):
                     case["dense"] = dict(chunks=(1, 2, 3)[i % 3], overlap=i % 2 == 0, align=32)
                 cases.append(case)
                 i += 1
+    # int8 activations (act_bits=8): every path, each dtype, a few M
+    for path in ("gemv", "dot", "dense", "auto"):
+        for dtype in DTYPES:
+            for m in spec["a8_m"]:
+                n, k = shapes[i % len(shapes)]
+                case = dict(id=f"a8-{path}-{dtype}-M{m}-{n}x{k}-{i}", path=path, dtype=dtype, m=m, n=n, k=k,
+                            bias=i % 2 == 0, strided=i % 3 == 0, seed=spec["seed0"] + i, act_bits=8)
+                if path == "gemv":  # half of them add exact fp16 pairs (emulated under the interpreter)
+                    case["gemv"] = dict(spec["gemv"](i), pairs=i % 2 == 0)
+                cases.append(case)
+                i += 1
     return cases
 
 
@@ -110,7 +123,8 @@ def run_case(case, weight_format, x, weight, g, h, bias):
         config = GemvConfig(kpt=2, num_warps=1 if x.device.type == "cpu" else 2, **case["gemv"])
     if "dense" in case:
         config = DenseConfig(**case["dense"])
-    return launcher(weight_format)(x, weight, g, h, bias, case["k"], path=case["path"], config=config)
+    return launcher(weight_format)(x, weight, g, h, bias, case["k"], act_bits=case.get("act_bits", 0),
+                                   path=case["path"], config=config)
 
 
 def make_inputs(case, weight_format, device="cpu"):
@@ -137,12 +151,16 @@ def check_close(case, weight_format, y, x, weight, scale_in, scale_out, bias):
 
     The reference rounds ``x * g`` and the output to ``x.dtype``; kernels may round differently (fp32 products, the
     folded dense weight of the prefill path), so the bound is a few ``eps`` of ``|h| * sum|x g| + |y|`` (plus fp32
-    accumulation) rather than equality.
+    accumulation) rather than equality. With ``act_bits=8`` the kernels must reproduce the reference's int8 grid
+    (same integers, same scales): the float64 reference then runs on those quantised activations.
     """
     dtype = x.dtype
     assert y.dtype == dtype and y.shape == (x.shape[0], weight.shape[0])
     x64, g64, h64 = x.double().cpu(), scale_in.double().cpu(), scale_out.double().cpu()
     b64 = None if bias is None else bias.double().cpu()
+    if case.get("act_bits", 0) == 8:
+        q, scale = reference.quantize_activations_int8(x.cpu() * scale_in.cpu().to(dtype))  # the spec's own grid
+        x64, g64 = q.double() * scale.double(), torch.ones_like(g64)
     exact = FORMATS[weight_format]["reference"](x64, weight.cpu(), g64, h64, b64, x.shape[1])
     eps = torch.finfo(dtype).eps
     magnitude = h64.abs() * ((x64 * g64).abs().sum(-1, keepdim=True)) + exact.abs()
@@ -153,7 +171,7 @@ def check_close(case, weight_format, y, x, weight, scale_in, scale_out, bias):
 
 
 def check_argument_errors(weight_format):
-    """The launcher refuses ``act_bits=8``, an unknown path and (compiled, not interpreted) CPU tensors, naming the
+    """The launcher refuses ``act_bits=4``, an unknown path and (compiled, not interpreted) CPU tensors, naming the
     argument; returns the small valid inputs ``(x, weight, g, h)`` (K = 31) for the caller's own checks."""
     from hf_onebit.ops.triton.launch import interpreting
 
@@ -161,7 +179,7 @@ def check_argument_errors(weight_format):
     case = dict(n=8, k=31, m=2, dtype="fp32", bias=False, strided=False, seed=0)
     x, weight, g, h, _ = make_inputs(case, weight_format)
     with pytest.raises(ValueError, match="act_bits"):
-        run(x, weight, g, h, None, 31, act_bits=8)
+        run(x, weight, g, h, None, 31, act_bits=4)
     with pytest.raises(ValueError, match="path"):
         run(x, weight, g, h, None, 31, path="fast")
     if not interpreting():
@@ -172,18 +190,18 @@ def check_argument_errors(weight_format):
 
 # ---------------------------------------------------------------- real GPU
 def check_public_op_uses_triton(weight_format, m, k):
-    """On CUDA the public op selects the Triton kernel for float activations (not for int8 ones) and agrees with the
-    reference for ``m`` tokens of ``k`` inputs (129 outputs, bf16)."""
+    """On CUDA the public op selects the Triton kernel for float and int8 activations and agrees with the reference
+    for ``m`` tokens of ``k`` inputs (129 outputs, bf16)."""
     from hf_onebit import ops
 
     case = dict(id=f"op-M{m}", n=129, k=k, m=m, dtype="bf16", bias=True, strided=False, seed=m)
     x, weight, g, h, bias = make_inputs(case, weight_format, "cuda")
     assert ops.select_kernel(x, weight, 0, weight_format=weight_format).name == "triton"
-    int8 = ops.select_kernel(x, weight, 8, weight_format=weight_format)
-    assert int8 is None or int8.name != "triton"
+    assert ops.select_kernel(x, weight, 8, weight_format=weight_format).name == "triton"
     op = getattr(torch.ops.hf_onebit, FORMATS[weight_format]["op"])
-    y = op(x.view(1, m, -1), weight, g, h, bias, k, 0, "triton")
-    check_close(case, weight_format, y.view(m, -1), x, weight, g, h, bias)
+    for act_bits in (0, 8):
+        y = op(x.view(1, m, -1), weight, g, h, bias, k, act_bits, "triton")
+        check_close(dict(case, act_bits=act_bits), weight_format, y.view(m, -1), x, weight, g, h, bias)
 
 
 def replay_doubled(run, x):

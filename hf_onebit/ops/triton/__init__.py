@@ -2,8 +2,8 @@
 dequant + cuBLAS for prefill.
 
 Registered for ``cuda`` tensors when the ``triton`` package is installed (``pip install hf_onebit[triton]``); without
-it nothing is registered and CUDA calls take the reference path. ``act_bits=8`` is not implemented here: such calls
-are declined by ``supports`` and run on the reference path. Design notes: docs/kernels-triton.md.
+it nothing is registered and CUDA calls take the reference path. Both activation precisions run here (``act_bits``
+0 and 8). Design notes: docs/kernels-triton.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _triton_usable() -> bool:
 
 def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
     return (
-        act_bits == 0
+        act_bits in (0, 8)
         and x.dtype in _DTYPES
         and weight.dtype == torch.uint8
         and weight.device == x.device

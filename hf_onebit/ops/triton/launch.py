@@ -5,6 +5,10 @@
 was set before Triton was imported (how the tests check the kernels on machines without a GPU). Both formats share
 the dispatcher, the configs and the kernels (a ``TERNARY`` constexpr switches the word layout); the configs were
 measured for binary weights only.
+
+``act_bits=8`` (int8 activations, :mod:`.launch_int8`) takes the same three paths with int8 operands: ``gemv``
+on the quantised activations, ``dot`` on the integer tensor cores with the weight expanded tile by tile from the
+packed bytes, ``dense`` with the weight expanded to int8 once per call.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import triton
 from ...packing import check_packed_shape, check_weight_format
 from .dense import DenseConfig, dense_matmul
 from .gemv import gemv_kernel
+from .gemv_pairs import gemv_pairs_kernel
+from .launch_int8 import Int8Config, int8_matmul, quantize_rows  # noqa: F401  (Int8Config: re-exported for tuning)
 from .matmul import matmul_kernel
 from .repack import FORMATS, output_words, weight_words
 
@@ -31,6 +37,10 @@ GEMV_MAX_M = 4
 #: M from which the weight is expanded once and multiplied by cuBLAS (H100 crossover between M=128 and M=256 at
 #: 4096->11008, docs/benchmarks.md)
 DENSE_MIN_M = 256
+#: the same crossover for int8 activations (expand to int8 once, then the int8 matmul)
+A8_DENSE_MIN_M = 256
+#: activation precisions the Triton kernels run
+ACT_BITS = (0, 8)
 
 
 def interpreting() -> bool:
@@ -44,6 +54,7 @@ class GemvConfig:
     num_warps: int = 4
     shift_by_mul: bool = True  # move the weight bit with an IMAD instead of a shift (see gemv.py)
     prefetch: bool = False  # load step i + 1 before computing step i
+    pairs: bool = False  # act_bits=8 only: exact fp16 pair sums (gemv_pairs.py; always prefetches; opt-in)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,14 @@ def _binary_gemv_config(m: int, programs: int, device: torch.device) -> GemvConf
     return GemvConfig(bits=32, kpt=4, num_warps=warps, prefetch=True)
 
 
+def a8_gemv_config(m: int, n: int, k: int, device: torch.device, weight_format: str = "binary") -> GemvConfig:
+    """The GEMV config for int8 activations: the float one (fp32 sums of the int8 values).
+
+    The exact fp16 pair sums (``pairs=True``, :mod:`.gemv_pairs`) need about 28% fewer instructions per weight in the
+    sm_90 SASS but have not run on a GPU yet (interpreter-tested only), so they stay opt-in until measured."""
+    return gemv_config(m, n, k, device, weight_format)
+
+
 def dot_config(m: int, n: int, k: int, device: torch.device) -> DotConfig:
     """Tile sizes of the tensor-core path: the best of the H100 path sweep (docs/benchmarks.md) per range of M."""
     if interpreting():
@@ -105,17 +124,19 @@ def dense_config(m: int, n: int, k: int) -> DenseConfig:
     return DenseConfig(chunks=1)
 
 
-def choose_path(m: int, n: int, k: int, dtype: torch.dtype) -> str:
+def choose_path(m: int, n: int, k: int, dtype: torch.dtype, act_bits: int = 0) -> str:
     if m <= GEMV_MAX_M:
         return "gemv"
+    if act_bits == 8:
+        return "dense" if m >= A8_DENSE_MIN_M else "dot"
     if dtype == torch.float32 or m >= DENSE_MIN_M:
         return "dense"  # fp32 tensor-core dots would be TF32; cuBLAS keeps full fp32
     return "dot"
 
 
 def _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, weight_format):
-    if act_bits != 0:
-        raise ValueError(f"act_bits: {act_bits} is not supported by the Triton kernels (only 0); use the reference path")
+    if act_bits not in ACT_BITS:
+        raise ValueError(f"act_bits: {act_bits} is not supported by the Triton kernels; allowed: {ACT_BITS}")
     if path not in PATHS:
         raise ValueError(f"path: {path!r} is not one of {PATHS}")
     if x.dtype not in DTYPES:
@@ -151,7 +172,9 @@ def packed_linear_triton(
     """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)``, the semantics of ``reference.packed_linear``.
 
     ``Q`` = sign bits (``weight_format="binary"``) or ternary codes (``"ternary"``). ``path`` forces one kernel
-    (``gemv``, ``dot`` or ``dense``); ``config`` overrides its launch config (tuning).
+    (``gemv``, ``dot`` or ``dense``); ``config`` overrides its launch config (tuning: ``GemvConfig``, ``DotConfig``,
+    ``DenseConfig``, or ``Int8Config`` for the ``dot`` / ``dense`` paths with ``act_bits=8``). ``act_bits=8``
+    quantises ``x * scale_in`` per token to int8 first, as the reference does.
     """
     check_weight_format(weight_format)
     _check(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, weight_format)
@@ -159,10 +182,13 @@ def packed_linear_triton(
     x2 = x.reshape(-1, in_features)
     m, n, k = x2.shape[0], weight.shape[0], in_features
     if path == "auto":
-        path = choose_path(m, n, k, x.dtype)
-    words = weight_words(weight, in_features, weight_format)
+        path = choose_path(m, n, k, x.dtype, act_bits)
     guard = torch.cuda.device(x.device) if x.is_cuda else nullcontext()
     with guard:
+        if act_bits == 8:
+            y = _a8(x2, weight, scale_in, scale_out, bias, m, n, k, path, config, weight_format)
+            return y.reshape(*lead, n)
+        words = weight_words(weight, in_features, weight_format)
         if path == "dense":
             y = dense_matmul(x2, words, scale_in, scale_out, bias, n, k, config or dense_config(m, n, k),
                              weight_format)
@@ -193,18 +219,54 @@ def check_gemv_config(config: GemvConfig, weight_format: str) -> GemvConfig:
     return config
 
 
-def _gemv(x2, words, g, h, bias, y, m, n, k, config, weight_format):
+def _a8(x2, weight, g, h, bias, m, n, k, path, config, weight_format):
+    """``act_bits=8``: quantise ``x * g`` per token, then the int8 flavour of ``path``."""
+    y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
+    if m == 0:
+        return y
+    q, s = quantize_rows(x2, g, k)
+    if path == "gemv":
+        words = weight_words(weight, k, weight_format)
+        cfg = config or a8_gemv_config(m, n, k, x2.device, weight_format)
+        if cfg.pairs:
+            _gemv_pairs(q, words, h, bias, y, m, n, k, cfg, weight_format, s)
+        else:
+            _gemv(q, words, g, h, bias, y, m, n, k, cfg, weight_format, row_scale=s)
+    else:
+        int8_matmul(q, s, weight, h, bias, y, n, k, expanded=path == "dense", config=config,
+                    ternary=FORMATS[weight_format].ternary)
+    return y
+
+
+def _gemv(x2, words, g, h, bias, y, m, n, k, config, weight_format, row_scale=None):
     fmt = FORMATS[weight_format]
     cfg = check_gemv_config(config or gemv_config(m, n, k, x2.device, weight_format), weight_format)
     block_m = 1 if m == 1 else 2 if m == 2 else 4
     grid = (output_words(n, fmt.per_word) * (fmt.per_word // cfg.bits), triton.cdiv(m, block_m))
     gemv_kernel[grid](
-        x2, g, words, h, bias if bias is not None else h, y,
+        x2, g, words, h, bias if bias is not None else h, y, row_scale if row_scale is not None else h,
         m, n, k,
         x2.stride(0), x2.stride(1), words.stride(0), y.stride(0),
         1,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BITS=cfg.bits, THREADS=32 * cfg.num_warps, KPT=cfg.kpt,
-        SHIFT_BY_MUL=cfg.shift_by_mul, PREFETCH=cfg.prefetch, TERNARY=fmt.ternary, num_warps=cfg.num_warps,
+        SHIFT_BY_MUL=cfg.shift_by_mul, PREFETCH=cfg.prefetch, TERNARY=fmt.ternary, ROW_SCALE=row_scale is not None,
+        num_warps=cfg.num_warps,
+    )
+
+
+def _gemv_pairs(q, words, h, bias, y, m, n, k, cfg, weight_format, s):
+    fmt = FORMATS[weight_format]
+    if cfg.kpt > 16:
+        raise ValueError(f"config.kpt: {cfg.kpt} is not allowed with pairs=True; use at most 16 (exact fp16 sums)")
+    block_m = 1 if m == 1 else 2 if m == 2 else 4
+    grid = (output_words(n, fmt.per_word), triton.cdiv(m, block_m))
+    gemv_pairs_kernel[grid](
+        q, words, h, bias if bias is not None else h, y, s,
+        m, n, k,
+        q.stride(0), q.stride(1), words.stride(0), y.stride(0),
+        1,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, THREADS=32 * cfg.num_warps, KPT=cfg.kpt, TERNARY=fmt.ternary,
+        EMULATE=interpreting(), num_warps=cfg.num_warps,
     )
 
 
