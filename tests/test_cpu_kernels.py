@@ -260,8 +260,32 @@ def test_pthread_pool_variant(tmp_path):
         assert "gomp" not in subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
 
 
+def _aged_build(folder, days):
+    """A fake cached build folder whose files are ``days`` old."""
+    import time
+
+    folder.mkdir(parents=True)
+    lib = folder / "libhf_onebit_cpu.so"
+    lib.write_bytes(b"old")
+    old = time.time() - days * 86400
+    os.utime(lib, (old, old))
+    return folder
+
+
+def test_prune_removes_only_stale_other_builds(tmp_path):
+    from hf_onebit.ops.cpu.build import prune_stale_builds
+
+    stale = _aged_build(tmp_path / "cpu-aaaa", 60)
+    recent = _aged_build(tmp_path / "cpu-bbbb", 2)
+    current = _aged_build(tmp_path / "cpu-cccc", 90)  # the one in use is never removed, however old
+    other = _aged_build(tmp_path / "selfgen", 90)  # not a build folder
+    assert prune_stale_builds(keep=current, max_age_days=30) == [stale]
+    assert not stale.exists() and recent.exists() and current.exists() and other.exists()
+
+
 def test_build_cache_dir_and_concurrent_builds(tmp_path):
     cache = tmp_path / "cache"
+    stale = _aged_build(cache / "cpu-0000000000000000", 365)  # an old version's build: removed by the new build
     env = {**os.environ, "HF_ONEBIT_CACHE": str(cache)}
     env.pop("CC", None)
     env.pop(cpu.ISA_ENV, None)
@@ -279,5 +303,5 @@ def test_build_cache_dir_and_concurrent_builds(tmp_path):
         assert result["library"].startswith(str(cache)) and result["exists"]
     assert results[0]["library"] == results[1]["library"]
     built = list(cache.glob("cpu-*/*.so"))
-    assert len(built) == 1, built  # one library, no half-written leftovers
-    assert not list(cache.glob("cpu-*/build-*"))
+    assert len(built) == 1, built  # one library, no half-written leftovers, the stale build gone
+    assert not list(cache.glob("cpu-*/build-*")) and not stale.exists()

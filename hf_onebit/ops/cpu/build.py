@@ -26,6 +26,9 @@ BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=of
 THREAD_FLAGS = ["-pthread"]
 OPENMP_FLAGS = ["-fopenmp"]
 BUILD_TIMEOUT_S = 300
+#: a cached build of other sources or flags (an older hf_onebit, another compiler) unused for this long is removed
+#: when a new build is made; a build's use is recorded once per process (the library file's mtime)
+STALE_DAYS = 30
 
 # Sources of the baseline unit (binary and ternary kernels), compiled with no ISA flags.
 PORTABLE_SOURCES = ("kernels_portable.c", "ternary_portable.c")
@@ -135,6 +138,7 @@ def build_library() -> Path:
     """Return the path of the compiled library, building it first if this source/flag set has not been built."""
     target = library_path()
     if target.exists():
+        _mark_used(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / "build.lock"):
@@ -145,7 +149,38 @@ def build_library() -> Path:
             staged = target.with_suffix(".so.tmp")
             shutil.copy2(built, staged)
             os.replace(staged, target)
+    prune_stale_builds(keep=target.parent)
     return target
+
+
+def _mark_used(library: Path) -> None:
+    try:
+        os.utime(library)
+    except OSError:  # a read-only cache still works
+        pass
+
+
+def prune_stale_builds(keep: Path, max_age_days: float = STALE_DAYS) -> list[Path]:
+    """Remove the ``cpu-*`` build folders beside ``keep`` whose newest file is older than ``max_age_days``.
+
+    Each source/flag set builds into its own folder, so upgrades would otherwise leave every old library behind.
+    A folder whose library was loaded (or built) recently is kept; a process that still has an old library loaded
+    is unaffected (the mapping outlives the file). Returns the folders removed."""
+    import time
+
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for folder in keep.parent.glob("cpu-*"):
+        if folder == keep or not folder.is_dir():
+            continue
+        try:
+            newest = max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
+        except OSError:
+            continue
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 class _file_lock:
