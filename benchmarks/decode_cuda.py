@@ -1,6 +1,7 @@
 """Decode tokens/s of a LLaMA-2-7B-shaped model (random weights): bf16 vs 1-bit (Triton GEMV), static cache, CUDA graphs.
 
     python benchmarks/decode_cuda.py [--layers 32] [--steps 128] [--cache 512] [--weights binary|ternary|both]
+                                     [--act-bits 0 8] [--compile]
 
 The bf16 model is measured first; then every linear layer of the decoder blocks is replaced in place by a packed
 ``OneBitLinear`` with random sign bits (embeddings, norms and lm_head stay bf16, as in a real 1-bit checkpoint) and
@@ -8,6 +9,7 @@ measured again. One decode step (forward of one token + greedy pick of the next)
 replayed ``--steps`` times; tokens/s = steps / elapsed GPU time. Eager tokens/s (no graph) are printed for reference.
 ``--weights ternary`` packs random 2-bit ternary codes (``weight_format="ternary"``, Triton ternary kernels) instead of
 sign bits; ``both`` measures the binary model, then the same model with ternary layers, next to the same bf16 run.
+``--act-bits 0 8`` measures each packed model with float and with int8 activations (``act_bits=8``).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def random_packed(shape, weight_format: str, device="cuda") -> torch.Tensor:
     return torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
 
 
-def binarize_(model, weight_format: str = "binary", device="cuda") -> int:
+def binarize_(model, weight_format: str = "binary", device="cuda", act_bits: int = 0) -> int:
     """Replace each decoder-block ``nn.Linear`` (or OneBitLinear) by a packed OneBitLinear with random weights in
-    ``weight_format``; returns how many."""
+    ``weight_format`` and ``act_bits`` activations; returns how many."""
     from hf_onebit import OneBitLinear
 
     count = 0
@@ -61,7 +63,8 @@ def binarize_(model, weight_format: str = "binary", device="cuda") -> int:
                     scale = child.weight.float().abs().mean().item() if isinstance(child, torch.nn.Linear) else None
                     options = {} if weight_format == "binary" else {"weight_format": weight_format}
                     layer = OneBitLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                         scale_dtype=torch.bfloat16, device=device, dtype=torch.bfloat16, **options)
+                                         scale_dtype=torch.bfloat16, device=device, dtype=torch.bfloat16,
+                                         act_bits=act_bits, **options)
                     layer.weight.data = random_packed(layer.weight.shape, weight_format, device)
                     layer.scale_in.data.uniform_(0.5, 1.5)
                     layer.scale_out.data.copy_(child.scale_out.data if scale is None else torch.full_like(
@@ -170,6 +173,8 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile(forward) + CUDA graph")
     parser.add_argument("--weights", choices=("binary", "ternary", "both"), default="binary",
                         help="packed format of the decoder-block layers: sign bits, 2-bit ternary codes, or both")
+    parser.add_argument("--act-bits", type=int, nargs="+", choices=(0, 8), default=[0],
+                        help="activation precision(s) of the 1-bit layers: 0 (float), 8 (int8), or both (0 8)")
     args = parser.parse_args(argv)
     formats = ("binary", "ternary") if args.weights == "both" else (args.weights,)
     if not torch.cuda.is_available():
@@ -183,9 +188,9 @@ def main(argv=None):
     bf16_bytes = weight_bytes(model)
     dense = measure(model, "bf16", args.steps, args.cache, args.compile, out)
     packed = []
-    for weight_format in formats:
-        n = binarize_(model, weight_format)
-        name = "1-bit" if weight_format == "binary" else "ternary (2-bit)"
+    for weight_format, act_bits in [(f, a) for f in formats for a in args.act_bits]:
+        n = binarize_(model, weight_format, act_bits=act_bits)
+        name = ("1-bit" if weight_format == "binary" else "ternary (2-bit)") + (" a8" if act_bits else "")
         packed.append(measure(model, f"{name} ({n} OneBitLinear, Triton)", args.steps, args.cache, args.compile, out))
         out(f"decoder-block weights: bf16 {bf16_bytes / 2**30:.2f} GiB, {name} {weight_bytes(model) / 2**30:.2f} GiB "
             f"(+ cached {'sign' if weight_format == 'binary' else 'code'} words of the same size); embeddings and "
