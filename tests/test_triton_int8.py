@@ -25,6 +25,14 @@ def test_a8_path_choice_and_config_errors():
     with pytest.raises(ValueError, match="block_k: 48"):
         Int8Config(block_k=48)
     assert not launch.a8_gemv_config(1, 4096, 4096, torch.device("cpu")).pairs  # opt-in until measured on a GPU
+    with pytest.raises(ValueError, match="Int8Config does not fit path 'gemv' with act_bits=8; expected GemvConfig"):
+        launch.check_config(Int8Config(), "gemv", 8)
+    with pytest.raises(ValueError, match="expected Int8Config"):
+        launch.check_config(launch.DotConfig(), "dot", 8)
+    with pytest.raises(ValueError, match="expected DenseConfig"):
+        launch.check_config(Int8Config(), "dense", 0)
+    launch.check_config(None, "dot", 8)
+    launch.check_config(Int8Config(), "dense", 8)
     cfg = launch.GemvConfig(kpt=32, pairs=True)
     with pytest.raises(ValueError, match="config.kpt: 32"):
         launch._gemv_pairs(None, None, None, None, None, 1, 8, 8, cfg, "binary", None)

@@ -26,7 +26,7 @@ from ...packing import check_packed_shape, check_weight_format
 from .dense import DenseConfig, dense_matmul
 from .gemv import gemv_kernel
 from .gemv_pairs import gemv_pairs_kernel
-from .launch_int8 import Int8Config, int8_matmul, quantize_rows  # noqa: F401  (Int8Config: re-exported for tuning)
+from .launch_int8 import Int8Config, int8_matmul, quantize_rows
 from .matmul import matmul_kernel
 from .repack import FORMATS, output_words, weight_words
 
@@ -183,6 +183,7 @@ def packed_linear_triton(
     m, n, k = x2.shape[0], weight.shape[0], in_features
     if path == "auto":
         path = choose_path(m, n, k, x.dtype, act_bits)
+    check_config(config, path, act_bits)
     guard = torch.cuda.device(x.device) if x.is_cuda else nullcontext()
     with guard:
         if act_bits == 8:
@@ -208,6 +209,15 @@ def binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_
 def ternary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits=0, path="auto", config=None):
     """``y = ((x * scale_in) @ T.T) * scale_out (+ bias)``, the semantics of ``reference.ternary_linear``."""
     return packed_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits, path, config, "ternary")
+
+
+def check_config(config, path: str, act_bits: int) -> None:
+    """Raise a ValueError unless ``config`` is None or the config class of ``path`` (and ``act_bits``)."""
+    expected = {"gemv": GemvConfig, "dot": DotConfig, "dense": DenseConfig}[path] if act_bits == 0 else (
+        GemvConfig if path == "gemv" else Int8Config)
+    if config is not None and not isinstance(config, expected):
+        raise ValueError(f"config: {type(config).__name__} does not fit path {path!r} with act_bits={act_bits}; "
+                         f"expected {expected.__name__} (or None)")
 
 
 def check_gemv_config(config: GemvConfig, weight_format: str) -> GemvConfig:
