@@ -375,6 +375,15 @@ def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024
             f"({dot[1].block_m}x{dot[1].block_n}x{dot[1].block_k}) | {dense_t * 1e6:.1f} | {choose_path(m, n, k, x.dtype)} |")
 
 
+def time_or_nan(calls, where: str) -> float:
+    """Seconds per call, or NaN (with a note on stderr) when a config fails to compile or run."""
+    try:
+        return time_calls(calls, target_s=0.01)[0]
+    except Exception as err:  # noqa: BLE001 - a config the compiler or the GPU refuses
+        print(f"  failed at {where}: {type(err).__name__}: {str(err)[:160]}", file=sys.stderr)
+        return float("nan")
+
+
 INT8_CONFIGS = [(64, 64, 128, 4, 4), (64, 128, 128, 4, 4), (128, 128, 128, 8, 4), (128, 256, 128, 8, 3),
                 (256, 128, 128, 8, 3)]
 
@@ -402,11 +411,7 @@ def sweep_int8(shapes=SHAPES, ms=(16, 512, 2048), configs=INT8_CONFIGS, out=prin
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
                 def t(calls):
-                    try:
-                        return time_calls(calls, target_s=0.01)[0]
-                    except Exception as err:  # noqa: BLE001 - a config the compiler or the GPU refuses
-                        print(f"  failed at {k}->{n} M={m}: {type(err).__name__}: {str(err)[:160]}", file=sys.stderr)
-                        return float("nan")
+                    return time_or_nan(calls, f"{k}->{n} M={m}")
 
                 def ours(path, cfg=None):
                     return t([lambda p=p: packed_linear_triton(x, p[0], p[1], p[2], None, k, 8, path, cfg, fmt)
@@ -456,11 +461,7 @@ def sweep_gemv_a8(shapes=SHAPES, ms=(1, 4), configs=GEMV_A8_CONFIGS, out=print, 
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
                 def t(calls):
-                    try:
-                        return time_calls(calls, target_s=0.01)[0]
-                    except Exception as err:  # noqa: BLE001
-                        print(f"  failed at {k}->{n} M={m}: {type(err).__name__}: {str(err)[:160]}", file=sys.stderr)
-                        return float("nan")
+                    return time_or_nan(calls, f"{k}->{n} M={m}")
 
                 base = launch.gemv_config(m, n, k, x.device, fmt)
                 cublas = t([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .packed_bytes import expand_bytes
+from .tiles import grouped_tile
 
 
 @triton.jit
@@ -26,15 +27,7 @@ def int8_matmul_kernel(
     PACKED: tl.constexpr,
     TERNARY: tl.constexpr = False,
 ):
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    # grouped ordering: programs that run together share weight tiles in L2
-    per_group = GROUP_M * grid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     PER_BYTE: tl.constexpr = 4 if TERNARY else 8
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

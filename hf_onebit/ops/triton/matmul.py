@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from .codes import expand_words
+from .tiles import grouped_tile
 
 
 @triton.jit
@@ -24,15 +25,7 @@ def matmul_kernel(
     DOT_FP32: tl.constexpr,
     TERNARY: tl.constexpr = False,
 ):
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    # grouped ordering: programs that run together share weight tiles in L2
-    per_group = GROUP_M * grid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     PER_WORD: tl.constexpr = 16 if TERNARY else 32
     WORDS: tl.constexpr = BLOCK_N // PER_WORD
