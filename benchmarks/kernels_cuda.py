@@ -139,6 +139,14 @@ def random_binary_layer(k: int, n: int, device="cuda"):
     return random_layer(k, n, "binary", device)
 
 
+def rotating_weights(k: int, n: int, weight_format: str = "binary", device="cuda"):
+    """Copies of a ``k -> n`` layer to rotate through (more than the L2 holds): packed layers in ``weight_format``
+    and dense bf16 weights."""
+    layers = [random_layer(k, n, weight_format, device) for _ in range(copies_for(packed_bytes(k, n, weight_format)))]
+    dense = [torch.randn(n, k, device=device, dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+    return layers, dense
+
+
 def ours_column(weight_format: str, act_bits: int = 0) -> str:
     name = "ours" if weight_format == "binary" else "ours ternary"
     return f"{name}{' a8' if act_bits else ''} (triton)"
@@ -284,8 +292,7 @@ def sweep_gemv_m1(shapes=SHAPES, configs=GEMV_M1_CONFIGS, out=print):
     out("| K->N | cuBLAS bf16 | heuristic | " + " | ".join(",".join(str(int(v)) for v in c) for c in configs) + " |")
     out("|---|---|---|" + "---|" * len(configs))
     for k, n in shapes:
-        layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
-        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+        layers, dense = rotating_weights(k, n)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
 
         def t(cfg):
@@ -316,8 +323,7 @@ def sweep_dense(shapes=SHAPES, ms=(512, 2048), configs=DENSE_CONFIGS, out=print)
         f"c{c}{'o' if o else ''}" for c, o in configs) + " | best (ratio) | default (ratio) |")
     out("|---|---|---|---|---|" + "---|" * len(configs) + "---|---|")
     for k, n in shapes:
-        layers = [random_binary_layer(k, n) for _ in range(copies_for(n * k // 8))]
-        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+        layers, dense = rotating_weights(k, n)
         expanded = [dense_weight(sign_words(p[0], k), p[1], p[2], n, k, torch.bfloat16) for p in layers[:2]]
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -351,8 +357,7 @@ def sweep_paths(k=4096, n=11008, ms=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024
     """Time the three paths over M at one shape: where the dispatcher should switch."""
     from hf_onebit.ops.triton.launch import DotConfig, choose_path, packed_linear_triton
 
-    layers = [random_layer(k, n, weight_format) for _ in range(copies_for(packed_bytes(k, n, weight_format)))]
-    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+    layers, dense = rotating_weights(k, n, weight_format)
     dot_cfgs = [DotConfig(16, 64, 128, 4, 4), DotConfig(32, 64, 128, 4, 4), DotConfig(64, 64, 64, 4, 4),
                 DotConfig(64, 128, 64, 4, 3), DotConfig(128, 128, 64, 8, 3), DotConfig(128, 256, 64, 8, 3)]
     out(f"\npaths at {k}->{n}, {weight_format} weights (us; dot = best of {len(dot_cfgs)} configs)")
@@ -403,9 +408,7 @@ def sweep_int8(shapes=SHAPES, ms=(16, 512, 2048), configs=INT8_CONFIGS, out=prin
             + " | default (path) | default vs bf16 |")
         out("|---|---|---|---|---|---|" + "---|" * (2 * len(configs)) + "---|---|")
         for k, n in shapes:
-            size = packed_bytes(k, n, fmt)
-            layers = [random_layer(k, n, fmt) for _ in range(copies_for(size))]
-            dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+            layers, dense = rotating_weights(k, n, fmt)
             ints = [expand_int8(p[0], k, fmt == "ternary") for p in layers[:copies_for(n * k)]]
             for m in ms:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -454,9 +457,7 @@ def sweep_gemv_a8(shapes=SHAPES, ms=(1, 4), configs=GEMV_A8_CONFIGS, out=print, 
             + " | a8 default |")
         out("|---|---|---|---|---|" + "---|" * (2 * len(configs)) + "---|")
         for k, n in shapes:
-            size = packed_bytes(k, n, fmt)
-            layers = [random_layer(k, n, fmt) for _ in range(copies_for(size))]
-            dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+            layers, dense = rotating_weights(k, n, fmt)
             for m in ms:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
