@@ -3,6 +3,7 @@
     python benchmarks/decode.py                 # (a) LLaMA-2-7B-shaped model, (b) SmolLM2-135M; ~5-10 minutes
     python benchmarks/decode.py --quick         # fewer layers / tokens
     python benchmarks/decode.py --only smollm2  # or --only llama7b
+    python benchmarks/decode.py --compile       # every column decodes with torch.compile on a static KV cache
 
 (a) A model with LLaMA-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab 32000) and random
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
@@ -51,20 +52,38 @@ def model_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def decode_rate(model, new_tokens: int, repeats: int, vocab: int) -> float:
-    """Tokens per second of greedy decoding after a PROMPT_TOKENS prompt (prefill excluded)."""
+def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool = False) -> float:
+    """Tokens per second of greedy decoding after a PROMPT_TOKENS prompt (prefill excluded).
+
+    ``compiled``: decode steps run ``torch.compile`` (inductor, fullgraph) of the forward on a static KV cache, the way
+    ``generate`` compiles on GPUs (``CompileConfig``); one cache of fixed length is reused so that every call of
+    ``generate`` hits the same compiled graph. The first call (warm-up) pays the compilation.
+    """
     import torch
 
     prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+    extra = {}
+    cache = None
+    if compiled:
+        from transformers import CompileConfig, StaticCache
+
+        config = CompileConfig(fullgraph=True, dynamic=False, backend="inductor")
+        config._compile_all_devices = True  # generate compiles on GPUs only unless told otherwise
+        cache = StaticCache(config=model.config, max_cache_len=PROMPT_TOKENS + new_tokens + 1)
+        extra = {"compile_config": config}
 
     def generate(n):
-        start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            if cache is not None:
+                cache.reset()  # its tensors are inference tensors: reset them in inference mode
+                extra["past_key_values"] = cache
+            start = time.perf_counter()
+            out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
+            elapsed = time.perf_counter() - start
         assert out.shape[1] == PROMPT_TOKENS + n
-        return time.perf_counter() - start
+        return elapsed
 
-    generate(2)  # warm-up: kernel library, allocator, caches
+    generate(3)  # warm-up: kernel library, allocator, caches (and the compilation of the decode step)
     rates = []
     for _ in range(repeats):
         first = generate(1)
@@ -120,9 +139,10 @@ def worker_llama(spec: dict) -> dict:
             for module in model.modules():
                 if isinstance(module, OneBitLinear):
                     module.act_bits = act_bits
-            result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"])
+            result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"],
+                                                           spec["compile"])
     else:
-        result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"])
+        result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"], spec["compile"])
     result["peak_rss"] = peak_rss_bytes()
     return result
 
@@ -145,9 +165,9 @@ def worker_smollm2(spec: dict) -> dict:
             for module in model.modules():
                 if isinstance(module, OneBitLinear):
                     module.act_bits = act_bits
-            result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], vocab)
+            result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], vocab, spec["compile"])
     else:
-        result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], vocab)
+        result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], vocab, spec["compile"])
     result["peak_rss"] = peak_rss_bytes()
     return result
 
@@ -209,12 +229,13 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print) -> None:
 
 def llama_section(args, out=print) -> None:
     layers = 4 if args.quick else 32
+    mode = {"compile": args.compile}
     tokens = 8 if args.quick else 16
     # a bf16 7B needs ~13.5 GB of weights plus ~1 GB of process; if that does not fit, compare at fewer layers
     fit = int((mem_available() - 1.5e9) // (BF16_7B_BYTES / 32))
-    onebit = run_worker({"kind": "llama", "layers": layers, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
+    onebit = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
     if fit >= layers:
-        bf16 = run_worker({"kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2})
+        bf16 = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2})
         out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
         out("")
         llama_table(layers, bf16, onebit, out)
@@ -225,8 +246,8 @@ def llama_section(args, out=print) -> None:
         out(f"Only {mem_available() / 1e9:.1f} GB of memory was available, too little for the {layers}-layer bf16 "
             f"model: the comparison uses {small} layers for both; the {layers}-layer 1-bit model is measured alone.")
         out("")
-        bf16 = run_worker({"kind": "llama", "layers": small, "onebit": False, "tokens": tokens, "repeats": 2})
-        onebit_small = run_worker({"kind": "llama", "layers": small, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
+        bf16 = run_worker({**mode, "kind": "llama", "layers": small, "onebit": False, "tokens": tokens, "repeats": 2})
+        onebit_small = run_worker({**mode, "kind": "llama", "layers": small, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
         llama_table(small, bf16, onebit_small, out)
         llama_table(layers, None, onebit, out)
     out("")
@@ -234,6 +255,7 @@ def llama_section(args, out=print) -> None:
 
 def smollm2_section(args, out=print) -> None:
     tokens = 16 if args.quick else 32
+    mode = {"compile": args.compile}
     rows = [
         ("dense fp32", {"onebit": False, "dtype": "float32"}),
         ("dense bf16", {"onebit": False, "dtype": "bfloat16"}),
@@ -244,7 +266,7 @@ def smollm2_section(args, out=print) -> None:
     out("")
     out("| model | weights+buffers | peak RSS | decode tok/s | vs dense bf16 | vs dense fp32 |")
     out("|---|---|---|---|---|---|")
-    results = {name: run_worker({"kind": "smollm2", "tokens": tokens, "repeats": 3, **spec}) for name, spec in rows}
+    results = {name: run_worker({**mode, "kind": "smollm2", "tokens": tokens, "repeats": 3, **spec}) for name, spec in rows}
     base_bf16 = results["dense bf16"].get("tok_s")
     base_fp32 = results["dense fp32"].get("tok_s")
     for name, result in results.items():
@@ -264,6 +286,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--omp-active", action="store_true", help="keep libgomp's default (spinning) wait policy")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode with torch.compile (inductor) on a static KV cache, every column alike")
     parser.add_argument("--only", choices=("llama7b", "smollm2"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -275,7 +299,8 @@ def main(argv=None):
 
     out = print
     out(f"load average at start (other processes on this machine): {os.getloadavg()[0]:.1f}; "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; decode "
+        f"{'torch.compile (inductor) + static KV cache' if args.compile else 'eager, dynamic KV cache'}")
     bw = run_worker({"kind": "bandwidth"})
     out(f"torch {torch.__version__}, {torch.get_num_threads()} threads; read bandwidth (torch.sum, 1.5 GiB): "
         f"{bw.get('bandwidth', 0) / 1e9:.1f} GB/s")  # fmt: skip

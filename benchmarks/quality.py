@@ -30,6 +30,7 @@ ROWS = ("teacher", "svid", "onebit", "progressive", "progressive-no-bai", "progr
 #: Rows whose student uses the ternary (BitNet b1.58) format.
 TERNARY_ROWS = ("ternary-init", "ternary", "ternary-progressive")
 #: Teacher self-generation settings shared by every row (the cache key includes them).
+DEFAULT_DATA_SEQUENCES = 512
 DATA_SETTINGS = {"batch_size": 128, "dtype": "bfloat16", "top_k": 50}
 HELDOUT = os.path.join(os.path.dirname(__file__), "..", "hf_onebit", "data", "heldout_en.txt")
 
@@ -151,6 +152,14 @@ def run_row(row: str, args) -> dict:
     return result
 
 
+def label(result: dict) -> str:
+    """The row name, plus the size of its training set when that is not the default."""
+    sequences = result.get("settings", {}).get("data_sequences", DEFAULT_DATA_SEQUENCES)
+    if result["steps"] == 0 or sequences == DEFAULT_DATA_SEQUENCES:
+        return result["row"]
+    return f"{result['row']} ({sequences} seqs)"
+
+
 def report(paths: list[str], plot: str | None) -> str:
     from hf_onebit.eval import format_table
 
@@ -163,7 +172,7 @@ def report(paths: list[str], plot: str | None) -> str:
     teacher = next((r["ppl"] for r in results if r["row"] == "teacher"), None)
     rows = []
     for r in results:
-        rows.append([r["row"], r["tokens"], r["steps"], round(r["wall_s"] / 60, 1), r["ppl"],
+        rows.append([label(r), r["tokens"], r["steps"], round(r["wall_s"] / 60, 1), r["ppl"],
                      (r["ppl"] / teacher) if teacher else float("nan")])
     table = format_table(["row", "tokens", "steps", "wall min", "held-out ppl (packed)", "x teacher"], rows)
     if plot:
@@ -179,7 +188,7 @@ def report(paths: list[str], plot: str | None) -> str:
             for r in results:
                 if r.get("curve"):
                     pts = [(c["tokens"], c["ppl"]) for c in r["curve"]]
-                    ax.plot(*zip(*pts), marker=".", label=f"{r['row']} ({r['tokens'] // 1000}k tok)")
+                    ax.plot(*zip(*pts), marker=".", label=f"{label(r)} ({r['tokens'] // 1000}k tok)")
             if teacher:
                 ax.axhline(teacher, color="k", ls="--", label="teacher")
             ax.set_xlabel("training tokens")
@@ -200,7 +209,7 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=100_000, help="training token budget per distilled row")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--data-sequences", type=int, default=512, help="self-generated sequences (cached, reused)")
+    p.add_argument("--data-sequences", type=int, default=DEFAULT_DATA_SEQUENCES, help="self-generated sequences (cached, reused)")
     p.add_argument("--lr", type=float, default=2e-4, help="latent weights")
     p.add_argument("--scale-lr", type=float, default=1e-3, help="scale vectors")
     p.add_argument("--weight-decay", type=float, default=0.01)

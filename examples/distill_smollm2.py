@@ -50,8 +50,9 @@ def main():
     if args.tiny:
         data = TokenBlocks(torch.randint(49152, (16, 32)))
     else:
-        data = self_generated_dataset(teacher, tokenizer, num_sequences=512, seq_len=256, batch_size=128,
-                                      dtype="bfloat16", top_k=50)
+        # one pass of the run (every sequence seen once): fresh text beats repeated text at an equal budget
+        data = self_generated_dataset(teacher, tokenizer, num_sequences=args.max_steps * 8, seq_len=256,
+                                      batch_size=128, dtype="bfloat16", top_k=50)
 
     training_args = TrainingArguments(
         output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=8, learning_rate=3e-4,

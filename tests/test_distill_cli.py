@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -35,3 +36,22 @@ def test_cli_distill_text_file(tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
     assert (out / "distill_curves.png").exists()
+
+
+def test_self_generated_data_defaults_to_one_pass_of_the_run(monkeypatch):
+    from hf_onebit.cli import build_parser
+    from hf_onebit.training.cli_distill import self_data_sequences
+
+    def sequences(*extra):
+        args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o", "--max-steps", "30",
+                                          "--batch-size", "4", *extra])
+        return self_data_sequences(args)
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert sequences() == 30 * 4
+    assert sequences("--grad-accum", "3") == 30 * 4 * 3
+    monkeypatch.setenv("WORLD_SIZE", "2")  # each process of a data-parallel run reads different batches
+    assert sequences() == 30 * 4 * 2
+    assert sequences("--data-sequences", "50") == 50
+    with pytest.raises(ValueError, match="--data-sequences: got 0"):
+        sequences("--data-sequences", "0")
