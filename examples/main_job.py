@@ -40,7 +40,8 @@ def generate(model, tokenizer, prompt: str, tokens: int) -> str:
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return text.strip() or f"{text!r} (whitespace only)"  # a weak model often repeats newlines: show them
 
 
 def main() -> None:
