@@ -24,7 +24,7 @@ def test_a8_path_choice_and_config_errors():
     assert padded_k(1) == K_ALIGN and padded_k(K_ALIGN) == K_ALIGN and padded_k(K_ALIGN + 1) == 2 * K_ALIGN
     with pytest.raises(ValueError, match="block_k: 48"):
         Int8Config(block_k=48)
-    assert not launch.a8_gemv_config(1, 4096, 4096, torch.device("cpu")).pairs  # opt-in until measured on a GPU
+    assert not launch.gemv_config(1, 4096, 4096, torch.device("cpu")).pairs  # the a8 GEMV's default: pairs opt-in
     with pytest.raises(ValueError, match="Int8Config does not fit path 'gemv' with act_bits=8; expected GemvConfig"):
         launch.check_config(Int8Config(), "gemv", 8)
     with pytest.raises(ValueError, match="expected Int8Config"):

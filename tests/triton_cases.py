@@ -173,7 +173,7 @@ def check_close(case, weight_format, y, x, weight, scale_in, scale_out, bias):
 def check_argument_errors(weight_format):
     """The launcher refuses ``act_bits=4``, an unknown path and (compiled, not interpreted) CPU tensors, naming the
     argument; returns the small valid inputs ``(x, weight, g, h)`` (K = 31) for the caller's own checks."""
-    from hf_onebit.ops.triton.launch import interpreting
+    from hf_onebit.ops.triton.interpreter import interpreting
 
     run = launcher(weight_format)
     case = dict(n=8, k=31, m=2, dtype="fp32", bias=False, strided=False, seed=0)

@@ -10,7 +10,6 @@ Ternary code words (``weight_format="ternary"``) go through the same functions.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,6 +17,7 @@ import torch
 import triton
 
 from .dequant import dequant_kernel
+from .interpreter import interpreting
 from .repack import FORMATS
 
 @dataclass(frozen=True)
@@ -33,16 +33,12 @@ class DenseConfig:
             raise ValueError(f"align: {self.align} is not allowed; use a positive multiple of 32 (one sign word)")
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def expand_into(out, words, g, h, n0: int, n1: int, weight_format: str = "binary") -> None:
     """Write columns ``n0:n1`` of the dense transposed weight: ``out[k, n] = g[k] * sign(W[n, k]) * h[n]``
     (``n0`` a multiple of the outputs per word; ternary: the value ``T[n, k]`` instead of the sign)."""
     fmt = FORMATS[weight_format]
     k = out.shape[0]
-    block_k, block_n = (32, 64) if _interpreting() else (64, 128)
+    block_k, block_n = (32, 64) if interpreting() else (64, 128)
     cols = out[:, n0:n1]
     grid = (triton.cdiv(k, block_k), triton.cdiv(n1 - n0, block_n))
     dequant_kernel[grid](words[n0 // fmt.per_word :], g, h[n0:n1], cols, n1 - n0, k, words.stride(0), cols.stride(0),

@@ -13,7 +13,6 @@ packed bytes, ``dense`` with the weight expanded to int8 once per call.
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -26,6 +25,7 @@ from ...packing import check_packed_shape, check_weight_format
 from .dense import DenseConfig, dense_matmul
 from .gemv import gemv_kernel
 from .gemv_pairs import gemv_pairs_kernel
+from .interpreter import interpreting
 from .launch_int8 import Int8Config, int8_matmul, quantize_rows
 from .matmul import matmul_kernel
 from .repack import FORMATS, output_words, weight_words
@@ -41,10 +41,6 @@ DENSE_MIN_M = 256
 A8_DENSE_MIN_M = 256
 #: activation precisions the Triton kernels run
 ACT_BITS = (0, 8)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -98,14 +94,6 @@ def _binary_gemv_config(m: int, programs: int, device: torch.device) -> GemvConf
     # few word columns (N <= ~8k): more threads per program split K finer and fill the GPU
     warps = 8 if programs < 2 * _sm_count(device) else 4
     return GemvConfig(bits=32, kpt=4, num_warps=warps, prefetch=True)
-
-
-def a8_gemv_config(m: int, n: int, k: int, device: torch.device, weight_format: str = "binary") -> GemvConfig:
-    """The GEMV config for int8 activations: the float one (fp32 sums of the int8 values).
-
-    The exact fp16 pair sums (``pairs=True``, :mod:`.gemv_pairs`) need about 28% fewer instructions per weight in the
-    sm_90 SASS but have not run on a GPU yet (interpreter-tested only), so they stay opt-in until measured."""
-    return gemv_config(m, n, k, device, weight_format)
 
 
 def dot_config(m: int, n: int, k: int, device: torch.device) -> DotConfig:
@@ -237,7 +225,9 @@ def _a8(x2, weight, g, h, bias, m, n, k, path, config, weight_format):
     q, s = quantize_rows(x2, g, k)
     if path == "gemv":
         words = weight_words(weight, k, weight_format)
-        cfg = config or a8_gemv_config(m, n, k, x2.device, weight_format)
+        # the float GEMV's config (fp32 sums of the int8 values); the exact fp16 pair sums (pairs=True) need ~28 %
+        # fewer sm_90 SASS instructions per weight but have not run on a GPU yet, so they stay opt-in until measured
+        cfg = config or gemv_config(m, n, k, x2.device, weight_format)
         if cfg.pairs:
             _gemv_pairs(q, words, h, bias, y, m, n, k, cfg, weight_format, s)
         else:
@@ -248,10 +238,15 @@ def _a8(x2, weight, g, h, bias, m, n, k, path, config, weight_format):
     return y
 
 
+def _gemv_block_m(m: int) -> int:
+    """Rows of x per GEMV program (M <= GEMV_MAX_M)."""
+    return 1 if m == 1 else 2 if m == 2 else 4
+
+
 def _gemv(x2, words, g, h, bias, y, m, n, k, config, weight_format, row_scale=None):
     fmt = FORMATS[weight_format]
     cfg = check_gemv_config(config or gemv_config(m, n, k, x2.device, weight_format), weight_format)
-    block_m = 1 if m == 1 else 2 if m == 2 else 4
+    block_m = _gemv_block_m(m)
     grid = (output_words(n, fmt.per_word) * (fmt.per_word // cfg.bits), triton.cdiv(m, block_m))
     gemv_kernel[grid](
         x2, g, words, h, bias if bias is not None else h, y, row_scale if row_scale is not None else h,
@@ -268,7 +263,7 @@ def _gemv_pairs(q, words, h, bias, y, m, n, k, cfg, weight_format, s):
     fmt = FORMATS[weight_format]
     if cfg.kpt > 16:
         raise ValueError(f"config.kpt: {cfg.kpt} is not allowed with pairs=True; use at most 16 (exact fp16 sums)")
-    block_m = 1 if m == 1 else 2 if m == 2 else 4
+    block_m = _gemv_block_m(m)
     grid = (output_words(n, fmt.per_word), triton.cdiv(m, block_m))
     gemv_pairs_kernel[grid](
         q, words, h, bias if bias is not None else h, y, s,

@@ -8,23 +8,19 @@ and then multiplies. The matmul configs come from the H100 sweep in docs/benchma
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 
 from .int8_matmul import int8_matmul_kernel
+from .interpreter import interpreting
 from .packed_bytes import unpack_int8_kernel
 from .quant import quantize_rows_kernel
 
 #: quantised activations and the expanded int8 weight are padded with zeros to a multiple of this many inputs,
 #: so the matmul's inner loop needs no masks along K (every ``Int8Config.block_k`` divides it)
 K_ALIGN = 128
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class Int8Config:
 
 def int8_config(m: int, n: int, k: int, packed: bool) -> Int8Config:
     """Tile sizes of the int8 matmul by M (H100 sweep, docs/benchmarks.md)."""
-    if _interpreting():
+    if interpreting():
         return Int8Config(block_m=16, block_n=32, block_k=32, num_warps=1, num_stages=1)
     if m <= 64:
         return Int8Config(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=4)
@@ -61,7 +57,7 @@ def quantize_rows(x2: torch.Tensor, g: torch.Tensor, k: int) -> tuple[torch.Tens
     q = torch.empty(m, padded_k(k), device=x2.device, dtype=torch.int8)
     s = torch.empty(m, device=x2.device, dtype=torch.float32)
     if m:
-        block = 256 if _interpreting() else 1024
+        block = 256 if interpreting() else 1024
         quantize_rows_kernel[(m,)](x2, g, q, s, k, q.shape[1], x2.stride(0), x2.stride(1), q.stride(0),
                                    BLOCK_K=block, num_warps=4)
     return q, s
@@ -71,7 +67,7 @@ def expand_int8(weight: torch.Tensor, k: int, ternary: bool) -> torch.Tensor:
     """The packed ``weight`` as an int8 ``(N, padded_k(K))`` matrix of its values (zeros past ``K``)."""
     n = weight.shape[0]
     out = torch.empty(n, padded_k(k), device=weight.device, dtype=torch.int8)
-    block_n, block_k = (16, 32) if _interpreting() else (64, K_ALIGN)
+    block_n, block_k = (16, 32) if interpreting() else (64, K_ALIGN)
     grid = (triton.cdiv(n, block_n), out.shape[1] // block_k)
     unpack_int8_kernel[grid](weight, out, n, k, weight.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
                              TERNARY=ternary, num_warps=4)
