@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from hf_onebit.training.data import STYLES
+
 ROWS = ("teacher", "svid", "onebit", "progressive", "progressive-no-bai", "progressive-no-dual",
         "ternary-init", "ternary", "ternary-progressive")
 #: Rows whose student uses the ternary (BitNet b1.58) format.
@@ -116,7 +118,8 @@ def run_row(row: str, args) -> dict:
 
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     n_seq = max(args.data_sequences, args.batch_size)
-    data = self_generated_dataset(teacher, tok, n_seq, args.seq_len, seed=args.seed, **DATA_SETTINGS)
+    data = self_generated_dataset(teacher, tok, n_seq, args.seq_len, style=args.data_style, seed=args.seed,
+                                  **DATA_SETTINGS)
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
                                                                                          weight_format=fmt))
     loss = DistillationLoss(kl_weight=1.0, hidden_weight=args.hidden_weight, temperature=1.0)
@@ -153,11 +156,16 @@ def run_row(row: str, args) -> dict:
 
 
 def label(result: dict) -> str:
-    """The row name, plus the size of its training set when that is not the default."""
-    sequences = result.get("settings", {}).get("data_sequences", DEFAULT_DATA_SEQUENCES)
-    if result["steps"] == 0 or sequences == DEFAULT_DATA_SEQUENCES:
+    """The row name, plus its training set's size and style when they are not the defaults."""
+    settings = result.get("settings", {})
+    if result["steps"] == 0:
         return result["row"]
-    return f"{result['row']} ({sequences} seqs)"
+    notes = []
+    if settings.get("data_sequences", DEFAULT_DATA_SEQUENCES) != DEFAULT_DATA_SEQUENCES:
+        notes.append(f"{settings['data_sequences']} seqs")
+    if settings.get("data_style", "random-start") != "random-start":
+        notes.append(settings["data_style"])
+    return f"{result['row']} ({', '.join(notes)})" if notes else result["row"]
 
 
 def report(paths: list[str], plot: str | None) -> str:
@@ -210,6 +218,8 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--data-sequences", type=int, default=DEFAULT_DATA_SEQUENCES, help="self-generated sequences (cached, reused)")
+    p.add_argument("--data-style", choices=STYLES, default="random-start",
+                   help="self-generated text: random first token (LLM-QAT) or answers to writing prompts")
     p.add_argument("--lr", type=float, default=2e-4, help="latent weights")
     p.add_argument("--scale-lr", type=float, default=1e-3, help="scale vectors")
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -55,3 +55,16 @@ def test_self_generated_data_defaults_to_one_pass_of_the_run(monkeypatch):
     assert sequences("--data-sequences", "50") == 50
     with pytest.raises(ValueError, match="--data-sequences: got 0"):
         sequences("--data-sequences", "0")
+
+
+def test_cli_distill_self_generated_essays(tmp_path, monkeypatch, capsys):
+    teacher = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher)
+    monkeypatch.setenv("HF_ONEBIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    main(["distill", "--teacher", teacher, "--out", str(out), "--max-steps", "2", "--data", "self",
+          "--data-style", "essays", "--seq-len", "16", "--batch-size", "2", "--phases", "2"])
+    assert "| training tokens" in capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "selfgen").glob("*-4.pt"))  # 2 steps x 2 sequences, one pass
+    assert len(cached) == 1 and torch.load(cached[0]).shape == (4, 16)
+    assert AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight.dtype == torch.uint8

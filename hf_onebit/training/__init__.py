@@ -12,7 +12,8 @@ student.save_pretrained(out)  # packed 1-bit
 
 from .binarizers import BinaryAwareInitBinarizer, ProgressiveBinarizer, Temperature, progressive_sign, progressive_ternary
 from .callback import OneBitDistillationCallback
-from .data import TokenBlocks, generate_self_data, hf_dataset, self_generated_dataset, text_file_dataset
+from .data import (TokenBlocks, generate_prompted_data, generate_self_data, hf_dataset, self_generated_dataset,
+                   text_file_dataset)
 from .losses import DistillationLoss
 from .optim import AdaptiveGradClipper, onebit_optimizer, onebit_param_groups
 from .recipes import Recipe, apply_recipe_, finalize_, get_recipe
@@ -24,5 +25,5 @@ __all__ = [
     "ProgressiveSchedule", "ProgressiveBinarizer", "BinaryAwareInitBinarizer", "Temperature", "progressive_sign",
     "progressive_ternary",
     "apply_recipe_", "finalize_", "onebit_optimizer", "onebit_param_groups", "AdaptiveGradClipper", "TokenBlocks",
-    "self_generated_dataset", "generate_self_data", "text_file_dataset", "hf_dataset",
+    "self_generated_dataset", "generate_self_data", "generate_prompted_data", "text_file_dataset", "hf_dataset",
 ]

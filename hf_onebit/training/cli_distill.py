@@ -29,6 +29,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-sequences", type=int, default=None,
                    help="self-generated sequences (with --data self); default: one pass of the run, i.e. max-steps x "
                         "batch-size x grad-accum x processes, so that no sequence is seen twice")
+    p.add_argument("--data-style", choices=("random-start", "essays"), default="random-start",
+                   help="with --data self: sample from a random first token (LLM-QAT), or keep the teacher's answers "
+                        "to writing prompts (ordinary prose; needs a chat template or plain-text prompting)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -70,8 +73,9 @@ def _dataset(args, teacher, tokenizer):
     from .data import hf_dataset, self_generated_dataset, text_file_dataset
 
     if args.data == "self":
-        return self_generated_dataset(teacher, tokenizer, self_data_sequences(args), args.seq_len, seed=args.seed,
-                                      batch_size=64, dtype="bfloat16" if args.bf16 else None, top_k=50)
+        return self_generated_dataset(teacher, tokenizer, self_data_sequences(args), args.seq_len,
+                                      style=args.data_style, seed=args.seed, batch_size=64,
+                                      dtype="bfloat16" if args.bf16 else None, top_k=50)
     if os.path.isdir(args.data):
         return hf_dataset(args.data, tokenizer, args.seq_len)
     return text_file_dataset(args.data, tokenizer, args.seq_len)
