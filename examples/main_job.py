@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=["progressive", "onebit", "bitnet"], default=None,
                         help="default: progressive for binary, bitnet for ternary")
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
+    parser.add_argument("--data-style", choices=["essays", "random-start"], default="essays",
+                        help="self-generated training text: answers to writing prompts, or random-start sampling")
     args = parser.parse_args()
     args.recipe = args.recipe or ("bitnet" if args.weight_format == "ternary" else "progressive")
     kind = "ternary" if args.weight_format == "ternary" else "1-bit"
@@ -81,8 +83,10 @@ def main() -> None:
         data = TokenBlocks(torch.randint(teacher.config.vocab_size, (16, 32)))
     else:
         count = args.max_steps * args.batch_size
+        # the teacher's answers to writing prompts, generated with a bf16 copy of it (ordinary prose: see
+        # docs/benchmarks.md for how it compares with random-start sampling)
         data = self_generated_dataset(teacher, tokenizer, num_sequences=max(count, 64), seq_len=args.seq_len,
-                                      batch_size=64, top_k=50)
+                                      style=args.data_style, batch_size=64, top_k=50, dtype="bfloat16")
     print(f"{len(data)} sequences of {data[0]['input_ids'].numel()} tokens")
 
     print(f"== 3. distillation ({args.recipe} recipe, {args.max_steps} steps, stock transformers.Trainer + callback)")

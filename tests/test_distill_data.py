@@ -72,7 +72,7 @@ def test_self_generated_styles_have_their_own_cache(tmp_path, monkeypatch):
         self_generated_dataset(model, tok, 2, 8, style="prose", cache_dir=str(tmp_path))
     essays = self_generated_dataset(model, tok, 3, 8, style="essays", cache_dir=str(tmp_path), max_new_tokens=4,
                                     progress=False)
-    plain = self_generated_dataset(model, tok, 3, 8, cache_dir=str(tmp_path), progress=False)
+    plain = self_generated_dataset(model, tok, 3, 8, style="random-start", cache_dir=str(tmp_path), progress=False)
     assert len(list((tmp_path / "selfgen").glob("*.pt"))) == 2
     assert not torch.equal(essays.blocks, plain.blocks)
 
@@ -80,8 +80,7 @@ def test_self_generated_styles_have_their_own_cache(tmp_path, monkeypatch):
         raise AssertionError("the cache should have answered")
 
     monkeypatch.setattr(data_mod, "generate_prompted_data", no_generation)
-    again = self_generated_dataset(model, tok, 2, 8, style="essays", cache_dir=str(tmp_path), max_new_tokens=4,
-                                   progress=False)
+    again = self_generated_dataset(model, tok, 2, 8, cache_dir=str(tmp_path), max_new_tokens=4, progress=False)
     assert torch.equal(again.blocks, essays.blocks[:2])
     with pytest.raises(ValueError, match="prompts: the cached 'essays' style"):
         self_generated_dataset(model, tok, 2, 8, style="essays", cache_dir=str(tmp_path), prompts=["a"])

@@ -14,6 +14,8 @@ import argparse
 import os
 import time
 
+from .data import STYLES
+
 
 def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("distill", help="distil a float model into a packed 1-bit model",
@@ -29,9 +31,10 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-sequences", type=int, default=None,
                    help="self-generated sequences (with --data self); default: one pass of the run, i.e. max-steps x "
                         "batch-size x grad-accum x processes, so that no sequence is seen twice")
-    p.add_argument("--data-style", choices=("random-start", "essays"), default="random-start",
-                   help="with --data self: sample from a random first token (LLM-QAT), or keep the teacher's answers "
-                        "to writing prompts (ordinary prose; needs a chat template or plain-text prompting)")
+    p.add_argument("--data-style", choices=STYLES, default="essays",
+                   help="with --data self: the teacher's answers to writing prompts (ordinary prose; the default: "
+                        "a lower held-out perplexity at the same budget, docs/benchmarks.md), or LLM-QAT sampling "
+                        "from a random first token")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)

@@ -297,7 +297,7 @@ STYLES = ("random-start", "essays")
 
 
 def self_generated_dataset(teacher, tokenizer, num_sequences: int = 256, seq_len: int = 256, *,
-                           style: str = "random-start", cache_dir: str | None = None, progress: bool = True,
+                           style: str = "essays", cache_dir: str | None = None, progress: bool = True,
                            **settings) -> TokenBlocks:
     """Teacher self-generated :class:`TokenBlocks`, cached on disk.
 
