@@ -25,7 +25,8 @@ import sys
 # This machine is shared: with libgomp's default spin-waiting, short parallel calls (ours and torch's) lose most of
 # their time to threads spinning while the cores are taken by other processes. Passive waiting is set for every
 # column alike (torch and our kernel share the same libgomp); --omp-active measures the default instead.
-if "--omp-active" not in sys.argv:
+OMP_ACTIVE = "--omp-active" in sys.argv
+if not OMP_ACTIVE:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
@@ -185,7 +186,9 @@ WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "bandwidth": worker
 
 
 def run_worker(spec: dict) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    # the worker decides its wait policy from its own argv before torch loads: pass --omp-active on (before session 5
+    # it was not, so every --omp-active figure measured passive workers)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), *(["--omp-active"] if OMP_ACTIVE else [])]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
