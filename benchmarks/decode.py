@@ -188,7 +188,9 @@ WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "bandwidth": worker
 def run_worker(spec: dict) -> dict:
     # the worker decides its wait policy from its own argv before torch loads: pass --omp-active on (before session 5
     # it was not, so every --omp-active figure measured passive workers)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), *(["--omp-active"] if OMP_ACTIVE else [])]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    if OMP_ACTIVE:
+        cmd.append("--omp-active")
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -24,6 +24,7 @@ import hf_onebit  # noqa: E402  (registers the "onebit" quantization method)
 from _common import base_parser, float_model_path, workdir  # noqa: E402
 from hf_onebit import OneBitConfig  # noqa: E402
 from hf_onebit.eval import format_table, perplexity, size_on_disk, size_report  # noqa: E402
+from hf_onebit.training.data import STYLES  # noqa: E402
 from hf_onebit.training import (  # noqa: E402
     OneBitDistillationCallback,
     TokenBlocks,
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--recipe", choices=["progressive", "onebit", "bitnet"], default=None,
                         help="default: progressive for binary, bitnet for ternary")
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
-    parser.add_argument("--data-style", choices=["essays", "random-start"], default="essays",
+    parser.add_argument("--data-style", choices=STYLES, default="essays",
                         help="self-generated training text: answers to writing prompts, or random-start sampling")
     args = parser.parse_args()
     args.recipe = args.recipe or ("bitnet" if args.weight_format == "ternary" else "progressive")

@@ -21,6 +21,7 @@ def _chat_tokenizer():
 def test_essay_prompts_are_distinct_seeded_and_cycle():
     pairs = len(FORMS) * len(SUBJECTS)
     first = essay_prompts(pairs)
+    assert essay_prompts() == first  # the default: one prompt per pair
     assert len(set(first)) == pairs and all(p.endswith(".") for p in first)
     assert essay_prompts(10) == first[:10] and essay_prompts(10, seed=1) != first[:10]
     assert essay_prompts(pairs + 3)[pairs:] == first[:3]

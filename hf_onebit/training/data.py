@@ -144,7 +144,7 @@ def generate_prompted_data(teacher, tokenizer, num_sequences: int, seq_len: int 
     that is cut into ``seq_len`` blocks, as a text file would be. Prompts are used in order, batch by batch, until the
     stream is long enough; sampling is seeded per batch (``seed``), so the result is reproducible.
     """
-    from .prompts import FORMS, SUBJECTS, essay_prompts
+    from .prompts import essay_prompts
 
     if num_sequences < 1 or seq_len < 2 or max_new_tokens < 1:
         raise ValueError(f"num_sequences={num_sequences}, seq_len={seq_len}, max_new_tokens={max_new_tokens}; "
@@ -158,7 +158,7 @@ def generate_prompted_data(teacher, tokenizer, num_sequences: int, seq_len: int 
     stream: list[int] = []
     batch_no = 0
     cycle = prompts is None
-    pool = essay_prompts(len(FORMS) * len(SUBJECTS), seed) if cycle else list(prompts)
+    pool = essay_prompts(seed=seed) if cycle else list(prompts)
     with _generating(teacher, dtype) as model, _bar(need, progress) as bar:
         while len(stream) < need:
             start = batch_no * batch_size

@@ -71,8 +71,11 @@ SUBJECTS = (
 )
 
 
-def essay_prompts(n: int, seed: int = 0) -> list[str]:
-    """``n`` prompts in a seeded random order over all ``FORMS x SUBJECTS`` (repeating after all pairs)."""
+def essay_prompts(n: int | None = None, seed: int = 0) -> list[str]:
+    """``n`` prompts (default: one per pair) in a seeded random order over all ``FORMS x SUBJECTS`` (repeating after
+    all pairs)."""
+    if n is None:
+        n = len(FORMS) * len(SUBJECTS)
     if n < 1:
         raise ValueError(f"n: got {n!r}; allowed: an integer >= 1")
     every = [form.format(subject) for subject in SUBJECTS for form in FORMS]
