@@ -5,7 +5,11 @@ its latent form, progressive binarizer at phase 1): the plain step is the model'
 step adds the teacher's forward, the KL and hidden-state terms. The two are timed alternately in one process (the CPU
 is shared, so only their ratio is meaningful); the median of ``--reps`` pairs is reported.
 
-    python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny]
+``--reference`` adds a third step, timed in the same rotation: the distillation step as it was before the fast paths
+(the KL through ``F.kl_div`` on float32 copies of the masked logits, and with ``--bf16`` the teacher left in float32
+outside autocast), so that the table shows what the chunked KL and the bf16 teacher save.
+
+    python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny] [--reference]
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--tiny", action="store_true", help="a small random LLaMA instead of SmolLM2 (for a quick check)")
+    p.add_argument("--reference", action="store_true", help="also time the step without the fast paths")
     args = p.parse_args(argv)
 
     from transformers import Trainer, TrainingArguments
 
     from hf_onebit.eval import format_table
-    from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_optimizer
+    from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
+    from hf_onebit.training.teacher_cast import TeacherWeightCast
 
     student, teacher = build(args)
     vocab = student.config.vocab_size
@@ -68,8 +74,16 @@ def main(argv=None):
     batch = trainer.data_collator([data[i] for i in range(args.batch_size)])
     n_items = (batch["labels"][:, 1:] != -100).sum()
 
-    def step(distill: bool) -> float:
+    fast_loss, reference_loss = cb.loss, DistillationLoss(chunked_kl=False)
+
+    def step(distill: bool, reference: bool = False) -> float:
         cb._active = distill
+        cb.loss = reference_loss if reference else fast_loss
+        if args.bf16 and reference and cb._teacher_cast is not None:
+            cb._teacher_cast.restore()
+            cb._teacher_cast = None
+        elif args.bf16 and not reference and cb._teacher_cast is None:
+            cb._teacher_cast = TeacherWeightCast(teacher)
         t0 = time.perf_counter()
         trainer.training_step(student, dict(batch), n_items)
         elapsed = time.perf_counter() - t0
@@ -77,17 +91,26 @@ def main(argv=None):
         return elapsed
 
     step(True), step(False)  # warm-up
-    plain, distill = [], []
+    if args.reference:
+        step(True, reference=True)
+    plain, distill, old = [], [], []
     for _ in range(args.reps):
         plain.append(step(False))
         distill.append(step(True))
+        if args.reference:
+            old.append(step(True, reference=True))
     mp, md = statistics.median(plain), statistics.median(distill)
     tokens = args.batch_size * args.seq_len
-    print(format_table(
-        ["step", "median s", "tokens / s"],
-        [["plain fine-tuning (CE)", mp, tokens / mp], ["distillation (teacher + KL + hidden)", md, tokens / md]]))
+    rows = [["plain fine-tuning (CE)", mp, tokens / mp, 1.0],
+            ["distillation (teacher + KL + hidden)", md, tokens / md, md / mp]]
+    if args.reference:
+        mo = statistics.median(old)
+        rows.append(["distillation, reference path", mo, tokens / mo, mo / mp])
+    print(format_table(["step", "median s", "tokens / s", "x plain"], rows))
     print(f"\ndistillation / plain = {md / mp:.2f}x  (batch {args.batch_size} x {args.seq_len} tokens, "
-          f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating pairs, forward+backward only)")
+          f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating rounds, forward+backward only)")
+    if args.reference:
+        print(f"reference path / fast path = {mo / md:.2f}x")
 
 
 if __name__ == "__main__":

@@ -68,3 +68,24 @@ def test_cli_distill_self_generated_essays(tmp_path, monkeypatch, capsys):
     cached = list((tmp_path / "cache" / "selfgen").glob("*-4.pt"))  # 2 steps x 2 sequences, one pass
     assert len(cached) == 1 and torch.load(cached[0]).shape == (4, 16)
     assert AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("flags, extra, expected", [
+    ({"avx512f", "amx_bf16"}, [], "bf16 autocast"),  # AMX: bf16 by default
+    ({"avx512f", "avx512_bf16"}, [], "bf16 autocast"),
+    ({"avx2", "fma"}, [], "float32"),  # bf16 would be emulated: float32 by default
+    ({"avx2", "fma"}, ["--bf16"], "bf16 autocast"),
+    ({"amx_bf16"}, ["--no-bf16"], "float32"),
+])
+def test_cli_distill_precision_follows_the_cpu(tmp_path, monkeypatch, capsys, flags, extra, expected):
+    from hf_onebit.training import precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    teacher = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher)
+    (tmp_path / "train.txt").write_text(" ".join(f"w{i % 96}" for i in range(400)))
+    main(["distill", "--teacher", teacher, "--out", str(tmp_path / "out"), "--max-steps", "1", "--data",
+          str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--phases", "1", *extra])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| precision"))
+    assert expected in row, row

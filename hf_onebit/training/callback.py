@@ -36,6 +36,7 @@ from .recipes import (
     stage_of,
     start_main_stage_,
 )
+from .teacher_cast import TeacherWeightCast
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,16 @@ class OneBitDistillationCallback(TrainerCallback):
         final_weight_decay: weight decay of every parameter group in the last phase (None leaves it alone).
         track_sign_flips: log the fraction of latent weights whose sign changed since the previous log.
         plot: write ``distill_curves.png`` into ``args.output_dir`` at the end of training (needs matplotlib).
+        cast_teacher: with ``TrainingArguments(bf16=True)``, run the teacher under bf16 autocast too, with its
+            float32 linear weights held in bf16 for the run (the float32 weights come back at the end). False runs
+            the teacher in its own dtype (the forward hook runs outside the Trainer's autocast).
         **recipe_overrides: fields of the recipe or its schedule (``phases``, ``init_steps``, ``dual_scaling``, ...).
     """
 
     def __init__(self, teacher, recipe: "str | Recipe | None" = None, loss: DistillationLoss | None = None, *,
                  adaptive_clip: bool = True, clip_multiplier: float = 2.0, clip_initial: float = 1.0,
                  final_weight_decay: float | None = 0.0, track_sign_flips: bool = True, plot: bool = True,
-                 **recipe_overrides):
+                 cast_teacher: bool = True, **recipe_overrides):
         if teacher is None or not isinstance(teacher, torch.nn.Module):
             raise ValueError(f"teacher: got {type(teacher).__name__}; allowed: a torch.nn.Module (the float model)")
         self.teacher = teacher.eval().requires_grad_(False)
@@ -79,6 +83,8 @@ class OneBitDistillationCallback(TrainerCallback):
         self.final_weight_decay = final_weight_decay
         self.track_sign_flips = track_sign_flips
         self.plot = plot
+        self.cast_teacher = cast_teacher
+        self._teacher_cast: TeacherWeightCast | None = None
         self.temperature: Temperature | None = None
         self.history: list[dict] = []
         self._model = None
@@ -109,6 +115,8 @@ class OneBitDistillationCallback(TrainerCallback):
         self.recipe.schedule.check_total(state.max_steps) if self.recipe.progressive else None
         device = next(model.parameters()).device
         self.teacher.to(device)
+        if self.cast_teacher and args.bf16 and self._teacher_cast is None:
+            self._teacher_cast = TeacherWeightCast(self.teacher, torch.bfloat16)
         if state.global_step > 0:
             self._restore(args, state)
             if self.recipe.progressive and state.global_step > self.recipe.init_steps and stage_of(model) == "init":
@@ -196,6 +204,9 @@ class OneBitDistillationCallback(TrainerCallback):
             finalize_(model)
             if hasattr(model, SAVE_LATENT_ATTR):
                 delattr(model, SAVE_LATENT_ATTR)
+        if self._teacher_cast is not None:
+            self._teacher_cast.restore()
+            self._teacher_cast = None
         self.teacher.to("cpu")
         if self.plot and state.is_world_process_zero and self.history:
             from .plot import plot_history
@@ -257,7 +268,7 @@ class OneBitDistillationCallback(TrainerCallback):
         ctx, self._ctx = self._ctx, None
         if ctx is None:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), self._teacher_precision(ctx["input_ids"].device):
             teacher_out = self.teacher(input_ids=ctx["input_ids"], attention_mask=ctx["attention_mask"],
                                        output_hidden_states=self.loss.needs_hidden_states, use_cache=False)
         mask = self.loss.token_mask(ctx["input_ids"], ctx["attention_mask"], ctx["labels"])
@@ -272,6 +283,10 @@ class OneBitDistillationCallback(TrainerCallback):
         self._count += count
         fields = {k: v for k, v in output.items() if k not in ("loss", "hidden_states")}
         return type(output)(loss=loss, **fields)
+
+    def _teacher_precision(self, device: torch.device):
+        """bf16 autocast for the teacher when its weights were cast (the hooks run outside the Trainer's autocast)."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._teacher_cast is not None)
 
     # ----------------------------------------------------------------------------------------------- sign flips
     # ("sign flips" of a ternary layer count changed codes: -1 / 0 / +1 of its hard quantizer)

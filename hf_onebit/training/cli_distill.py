@@ -50,7 +50,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hidden-weight", type=float, default=1.0, help="alpha of the hidden-state MSE term")
     p.add_argument("--ce-weight", type=float, default=0.0)
     p.add_argument("--kd-temperature", type=float, default=1.0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX / AVX512-BF16, GPUs)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for training and self-generation (default: on where bf16 is fast - CPUs with "
+                        "AMX / AVX512-BF16, GPUs with bf16 - off elsewhere)")
     p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoints (latent, resumable) every N steps")
     p.add_argument("--resume", default=None, help="resume from a Trainer checkpoint folder")
     p.add_argument("--eval-text", default=None, help="text file for a held-out perplexity in the summary")
@@ -93,9 +95,12 @@ def run_distill(args) -> dict:
     from .callback import OneBitDistillationCallback
     from .losses import DistillationLoss
     from .optim import onebit_optimizer
+    from .precision import bf16_is_fast
 
     if args.max_steps < 1:
         raise SystemExit(f"--max-steps: got {args.max_steps}; allowed: an integer >= 1")
+    if args.bf16 is None:
+        args.bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
     teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(
@@ -121,6 +126,7 @@ def run_distill(args) -> dict:
         warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)), logging_steps=max(1, args.max_steps // 50),
         save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, report_to=[],
         seed=args.seed, bf16=args.bf16, dataloader_num_workers=0,
+        use_cpu=args.bf16 and not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 without it
     )
     optimizer = onebit_optimizer(student, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay)
     trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[callback],
@@ -133,7 +139,7 @@ def run_distill(args) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     tokens = args.max_steps * args.batch_size * args.grad_accum * args.seq_len * max(targs.world_size, 1)
     rows = [["recipe", args.recipe], ["weight format", args.weight_format], ["steps", args.max_steps], ["training tokens", tokens],
-            ["wall time (min)", round(wall / 60, 2)]]
+            ["precision", "bf16 autocast" if args.bf16 else "float32"], ["wall time (min)", round(wall / 60, 2)]]
     if logs:
         rows += [["first / last loss", f"{logs[0]['loss']:.4g} / {logs[-1]['loss']:.4g}"]]
         for key in ("distill_kl", "distill_hidden", "distill_ce"):

@@ -28,6 +28,8 @@ class DistillationLoss:
             ``|| h_s / |h_s| - h_t / |h_t| ||^2`` per token (in [0, 4]; OneBit's MSE between L2-normalised states).
         ce_weight: weight of the cross-entropy on the labels (the ordinary LM loss).
         hidden_layers: ``"all"`` (every layer output, the embedding output excluded) or ``"last"``.
+        chunked_kl: compute the KL term with :func:`kl_token_sum` (chunked, gradient formed in the forward pass);
+            False uses :func:`kl_token_sum_reference`, the plain ``F.kl_div`` it is tested against (slower).
     """
 
     kl_weight: float = 1.0
@@ -35,6 +37,7 @@ class DistillationLoss:
     hidden_weight: float = 1.0
     ce_weight: float = 0.0
     hidden_layers: str = "all"
+    chunked_kl: bool = True
 
     def __post_init__(self):
         for name in ("kl_weight", "hidden_weight", "ce_weight"):
@@ -45,6 +48,8 @@ class DistillationLoss:
             raise ValueError("DistillationLoss: kl_weight, hidden_weight and ce_weight are all 0; allowed: one > 0")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"DistillationLoss.temperature: got {self.temperature!r}; allowed: a number > 0")
+        if not isinstance(self.chunked_kl, bool):
+            raise ValueError(f"DistillationLoss.chunked_kl: got {self.chunked_kl!r}; allowed: True or False")
         if self.hidden_layers not in ("all", "last"):
             raise ValueError(f"DistillationLoss.hidden_layers: got {self.hidden_layers!r}; allowed: 'all' or 'last'")
 
@@ -64,30 +69,90 @@ class DistillationLoss:
     def terms(self, student_logits, teacher_logits, mask, student_hidden=None, teacher_hidden=None, labels=None):
         """Per-term token sums ``{"kl", "hidden", "ce"}`` (only the enabled ones) over the ``mask`` positions."""
         out = {}
-        s = student_logits[:, :-1][mask].float()
         if self.kl_weight > 0:
-            t = teacher_logits[:, :-1][mask].float()
-            tau = self.temperature
-            log_p_s = F.log_softmax(s / tau, dim=-1)
-            log_p_t = F.log_softmax(t / tau, dim=-1)
-            kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum")
-            out["kl"] = kl * (tau * tau)
+            kl = kl_token_sum if self.chunked_kl else kl_token_sum_reference
+            out["kl"] = kl(student_logits, teacher_logits, mask, self.temperature)
         if self.hidden_weight > 0:
             if student_hidden is None or teacher_hidden is None:
                 raise ValueError("hidden_weight > 0 needs the hidden states of student and teacher")
             layers = range(1, len(student_hidden)) if self.hidden_layers == "all" else [len(student_hidden) - 1]
             total = 0.0
             for i in layers:
-                hs = F.normalize(student_hidden[i][:, :-1][mask].float(), dim=-1)
-                ht = F.normalize(teacher_hidden[i][:, :-1][mask].float(), dim=-1)
-                total = total + (hs - ht).pow(2).sum()
+                hs = F.normalize(student_hidden[i][:, :-1].float(), dim=-1)
+                ht = F.normalize(teacher_hidden[i][:, :-1].float(), dim=-1)
+                total = total + (hs - ht).pow(2).sum(dim=-1)[mask].sum()
             out["hidden"] = total / len(layers)
         if self.ce_weight > 0:
             if labels is None:
                 raise ValueError("ce_weight > 0 needs labels in the batch")
-            out["ce"] = F.cross_entropy(s, labels[:, 1:][mask], reduction="sum")
+            out["ce"] = F.cross_entropy(student_logits[:, :-1][mask].float(), labels[:, 1:][mask], reduction="sum")
         return out
 
     def combine(self, terms: dict) -> torch.Tensor:
         weights = {"kl": self.kl_weight, "hidden": self.hidden_weight, "ce": self.ce_weight}
         return sum(weights[name] * value for name, value in terms.items())
+
+
+def kl_token_sum_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """The specification of :func:`kl_token_sum`: ``F.kl_div`` on the masked rows in float32."""
+    tau = temperature
+    log_p_s = F.log_softmax(student_logits[:, :-1][mask].float() / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits[:, :-1][mask].float() / tau, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum") * (tau * tau)
+
+
+#: Rows of the vocabulary-sized float32 temporaries the KL works on at a time.
+KL_CHUNK_ROWS = 32
+
+
+def kl_token_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """``tau^2 * sum_p KL(softmax(t_p / tau) || softmax(s_p / tau))`` over the positions ``p`` where ``mask`` is True.
+
+    ``student_logits`` / ``teacher_logits`` are ``(batch, seq, vocab)``; position ``p < seq - 1`` of ``mask``
+    ``(batch, seq - 1)`` says whether the logits at ``p`` count. The same value as
+    ``F.kl_div(log_softmax(s / tau), log_softmax(t / tau), log_target=True, reduction="sum") * tau^2`` on the masked
+    rows, computed :data:`KL_CHUNK_ROWS` rows at a time in float32 with the gradient formed in the same pass
+    (``tau * (softmax(s / tau) - softmax(t / tau))``, stored in the logits' dtype), so that no ``(tokens, vocab)``
+    float32 temporary is ever allocated: on a CPU those allocations (each a fresh mapping of hundreds of MB) cost more
+    than the arithmetic.
+    """
+    batch, seq, vocab = student_logits.shape
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                         f"{tuple(student_logits.shape)} differ in shape (same tokenizer / vocabulary needed)")
+    rows = torch.zeros(batch, seq, dtype=torch.bool, device=mask.device)
+    rows[:, :-1] = mask
+    idx = rows.reshape(-1).nonzero().squeeze(1).to(student_logits.device)
+    return _ChunkedKL.apply(student_logits, teacher_logits.detach(), idx, float(temperature))
+
+
+class _ChunkedKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s, t, idx, tau):
+        s2, t2 = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(s2) if need_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=s.device)
+        for start in range(0, idx.numel(), KL_CHUNK_ROWS):
+            rows = idx[start:start + KL_CHUNK_ROWS]
+            si = s2.index_select(0, rows).float()
+            ti = t2.index_select(0, rows).float()
+            if tau != 1.0:
+                si.div_(tau)
+                ti.div_(tau)
+            log_ps = torch.log_softmax(si, dim=-1)
+            log_pt = torch.log_softmax(ti, dim=-1)
+            p_t = log_pt.exp()
+            total += torch.dot(p_t.view(-1), log_pt.sub_(log_ps).view(-1))
+            if need_grad:
+                grad.index_copy_(0, rows, log_ps.exp_().sub_(p_t).mul_(tau).to(grad.dtype))
+        ctx.save_for_backward(grad)
+        ctx.shape = s.shape
+        return total * (tau * tau)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out.to(grad.dtype)).view(ctx.shape), None, None, None
