@@ -118,7 +118,7 @@ def kl_token_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mas
     float32 temporary is ever allocated: on a CPU those allocations (each a fresh mapping of hundreds of MB) cost more
     than the arithmetic.
     """
-    batch, seq, vocab = student_logits.shape
+    batch, seq = student_logits.shape[:2]
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
                          f"{tuple(student_logits.shape)} differ in shape (same tokenizer / vocabulary needed)")

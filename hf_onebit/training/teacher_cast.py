@@ -20,13 +20,9 @@ class TeacherWeightCast:
         self._saved: list[tuple[nn.Linear, nn.Parameter]] = []
         with torch.no_grad():
             for module in model.modules():
-                weight = getattr(module, "weight", None)
-                if not isinstance(module, nn.Linear) or not isinstance(weight, torch.Tensor):
-                    continue
-                if weight.dtype != torch.float32:
-                    continue
-                self._saved.append((module, weight))
-                module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+                if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
+                    self._saved.append((module, module.weight))
+                    module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
 
     @property
     def count(self) -> int:
