@@ -97,7 +97,8 @@ def run_row(row: str, args) -> dict:
     from hf_onebit import OneBitConfig
     from hf_onebit.eval import perplexity_ids
     from hf_onebit.real_model import smollm2_checkpoint
-    from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, onebit_optimizer, self_generated_dataset
+    from hf_onebit.training import (DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer,
+                                    self_generated_dataset)
 
     torch.manual_seed(args.seed)
     path = smollm2_checkpoint()
@@ -118,8 +119,10 @@ def run_row(row: str, args) -> dict:
 
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     n_seq = max(args.data_sequences, args.batch_size)
-    data = self_generated_dataset(teacher, tok, n_seq, args.seq_len, style=args.data_style, seed=args.seed,
-                                  **DATA_SETTINGS)
+    data_seeds = args.data_seeds if args.data_seeds else [args.seed]
+    sets = [self_generated_dataset(teacher, tok, n_seq, args.seq_len, style=args.data_style, seed=s, **DATA_SETTINGS)
+            for s in data_seeds]
+    data = TokenBlocks(torch.cat([d.blocks for d in sets]))
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
                                                                                          weight_format=fmt))
     loss = DistillationLoss(kl_weight=1.0, hidden_weight=args.hidden_weight, temperature=1.0)
@@ -161,8 +164,9 @@ def label(result: dict) -> str:
     if result["steps"] == 0:
         return result["row"]
     notes = []
-    if settings.get("data_sequences", DEFAULT_DATA_SEQUENCES) != DEFAULT_DATA_SEQUENCES:
-        notes.append(f"{settings['data_sequences']} seqs")
+    n_sets = len(settings.get("data_seeds") or [0])
+    if settings.get("data_sequences", DEFAULT_DATA_SEQUENCES) != DEFAULT_DATA_SEQUENCES or n_sets > 1:
+        notes.append(f"{n_sets * settings.get('data_sequences', DEFAULT_DATA_SEQUENCES)} seqs")
     if settings.get("data_style", "random-start") != "random-start":
         notes.append(settings["data_style"])
     return f"{result['row']} ({', '.join(notes)})" if notes else result["row"]
@@ -218,6 +222,9 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--data-sequences", type=int, default=DEFAULT_DATA_SEQUENCES, help="self-generated sequences (cached, reused)")
+    p.add_argument("--data-seeds", type=int, nargs="+", default=None,
+                   help="generate --data-sequences sequences with each of these sampling seeds and train on all of "
+                        "them (default: --seed only); each seed's set is cached on its own")
     p.add_argument("--data-style", choices=STYLES, default="random-start",
                    help="self-generated text: random first token (LLM-QAT) or answers to writing prompts")
     p.add_argument("--lr", type=float, default=2e-4, help="latent weights")

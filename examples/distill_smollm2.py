@@ -55,7 +55,7 @@ def main():
                                       batch_size=128, dtype="bfloat16", top_k=50)
 
     training_args = TrainingArguments(
-        output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=8, learning_rate=3e-4,
+        output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=8, learning_rate=1e-3,
         weight_decay=0.01, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
         warmup_steps=max(1, args.max_steps // 20), logging_steps=max(1, args.max_steps // 30), save_strategy="no",
         report_to=[], bf16=not args.tiny,
@@ -63,7 +63,8 @@ def main():
     callback = OneBitDistillationCallback(teacher, recipe="progressive",
                                           init_steps=max(1, round(0.06 * args.max_steps)) if args.max_steps > 1 else 0)
     trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
-                      optimizers=(onebit_optimizer(student, lr=3e-4, scale_lr=1e-3), None))
+                      # lr 1e-3 / 3.3e-3: the best of 3e-4 / 6e-4 / 1e-3 / 2e-3 in docs/benchmarks.md's ablations
+                      optimizers=(onebit_optimizer(student, lr=1e-3, scale_lr=3.3e-3), None))
     trainer.train()
 
     with open(HELDOUT, encoding="utf-8") as fh:

@@ -26,6 +26,7 @@ from _common import base_parser, float_model_path, workdir  # noqa: E402
 from hf_onebit import OneBitConfig  # noqa: E402
 from hf_onebit.eval import format_table, perplexity, size_on_disk, size_report  # noqa: E402
 from hf_onebit.training.data import STYLES  # noqa: E402
+from hf_onebit.training.cli_distill import learning_rates  # noqa: E402
 from hf_onebit.training.precision import bf16_is_fast  # noqa: E402
 from hf_onebit.training import (  # noqa: E402
     OneBitDistillationCallback,
@@ -57,13 +58,16 @@ def main() -> None:
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
     parser.add_argument("--recipe", choices=["progressive", "onebit", "bitnet"], default=None,
                         help="default: progressive for binary, bitnet for ternary")
-    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate of the latent weights (default: hf-onebit distill's for the recipe: 1e-3 for "
+                             "progressive, 3e-4 for onebit / bitnet; the scale vectors get 3.3x)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast for distillation (default: on where bf16 is fast: AMX / AVX512-BF16)")
     parser.add_argument("--data-style", choices=STYLES, default="essays",
                         help="self-generated training text: answers to writing prompts, or random-start sampling")
     args = parser.parse_args()
     args.recipe = args.recipe or ("bitnet" if args.weight_format == "ternary" else "progressive")
+    args.lr, scale_lr = learning_rates(args.recipe, args.lr, None)
     args.bf16 = (bf16_is_fast("cpu") and not args.tiny) if args.bf16 is None else args.bf16
     kind = "ternary" if args.weight_format == "ternary" else "1-bit"
     torch.manual_seed(0)
@@ -109,7 +113,7 @@ def main() -> None:
     overrides = {"init_steps": round(0.06 * args.max_steps)} if args.recipe == "progressive" else {}
     callback = OneBitDistillationCallback(teacher, recipe=args.recipe, **overrides)
     trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
-                      optimizers=(onebit_optimizer(student, lr=args.lr, scale_lr=args.lr * 3), None))
+                      optimizers=(onebit_optimizer(student, lr=args.lr, scale_lr=scale_lr), None))
     train_start = time.perf_counter()
     trainer.train()
     train_time = time.perf_counter() - train_start

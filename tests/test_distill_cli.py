@@ -89,3 +89,47 @@ def test_cli_distill_precision_follows_the_cpu(tmp_path, monkeypatch, capsys, fl
           str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--phases", "1", *extra])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| precision"))
     assert expected in row, row
+
+
+def test_learning_rates_default_per_recipe():
+    from hf_onebit.training.cli_distill import learning_rates
+
+    assert learning_rates("progressive", None, None) == pytest.approx((1e-3, 3.3e-3))
+    assert learning_rates("onebit", None, None) == pytest.approx((3e-4, 9.9e-4))
+    assert learning_rates("bitnet", None, None) == pytest.approx((3e-4, 9.9e-4))
+    assert learning_rates("progressive", 5e-4, None) == pytest.approx((5e-4, 1.65e-3))
+    assert learning_rates("onebit", 2e-4, 7e-3) == pytest.approx((2e-4, 7e-3))
+    with pytest.raises(ValueError, match="--scale-lr: got -1"):
+        learning_rates("progressive", None, -1.0)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], (1e-3, 3.3e-3)),  # progressive (the binary default)
+    (["--recipe", "onebit"], (3e-4, 9.9e-4)),
+    (["--lr", "4e-4", "--scale-lr", "2e-3"], (4e-4, 2e-3)),
+])
+def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, capsys, extra, expected):
+    from hf_onebit.training import optim
+
+    seen = {}
+    real = optim.onebit_optimizer
+
+    def spy(model, **kw):
+        opt = real(model, **kw)
+        seen["lrs"] = [g["lr"] for g in opt.param_groups]
+        return opt
+
+    monkeypatch.setattr(optim, "onebit_optimizer", spy)
+    teacher = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher)
+    (tmp_path / "train.txt").write_text(" ".join(f"w{i % 96}" for i in range(400)))
+    main(["distill", "--teacher", teacher, "--out", str(tmp_path / "out"), "--max-steps", "1", "--data",
+          str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--phases", "1", "--no-bf16", *extra])
+    assert seen["lrs"] == pytest.approx(list(expected))  # [latent weights, scale vectors]
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| learning rates"))
+    assert f"{expected[0]:g} / {expected[1]:g}" in row, row
+
+
+def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):
+    with pytest.raises(SystemExit, match="--lr: got 0.0; allowed: a number > 0"):
+        main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--lr", "0"])

@@ -38,8 +38,11 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=3e-4, help="learning rate of the latent weights")
-    p.add_argument("--scale-lr", type=float, default=1e-3, help="learning rate of the scale vectors")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the latent weights (default: 1e-3 for the progressive recipe, the best of "
+                        "3e-4 / 6e-4 / 1e-3 / 2e-3 on SmolLM2-135M, docs/benchmarks.md; 3e-4 for onebit and bitnet)")
+    p.add_argument("--scale-lr", type=float, default=None,
+                   help="learning rate of the scale vectors (default: 3.3 x --lr)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="of the latent weights (0 in the last phase)")
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--phases", type=int, default=20)
@@ -74,6 +77,24 @@ def self_data_sequences(args) -> int:
     return max(1, args.max_steps * args.batch_size * args.grad_accum * int(os.environ.get("WORLD_SIZE", "1")))
 
 
+#: Default learning rate of the latent weights per recipe (``--lr``); the scale vectors get ``SCALE_LR_RATIO`` times it.
+DEFAULT_LR = {"progressive": 1e-3, "onebit": 3e-4, "bitnet": 3e-4}
+SCALE_LR_RATIO = 3.3
+
+
+def learning_rates(recipe: str, lr: float | None, scale_lr: float | None) -> tuple[float, float]:
+    """``(lr, scale_lr)``: the given values, else the recipe's default and ``SCALE_LR_RATIO`` times the latent lr.
+
+    Progressive distillation of SmolLM2-135M on 98k tokens (docs/benchmarks.md, short ablations): held-out perplexity
+    1804 / 1237 / 911 / 1383 at lr 3e-4 / 6e-4 / 1e-3 / 2e-3 (scales 3.3x). The other recipes keep 3e-4 (not re-tuned).
+    """
+    for name, value in (("--lr", lr), ("--scale-lr", scale_lr)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name}: got {value}; allowed: a number > 0")
+    lr = DEFAULT_LR[recipe] if lr is None else lr
+    return lr, SCALE_LR_RATIO * lr if scale_lr is None else scale_lr
+
+
 def _dataset(args, teacher, tokenizer):
     from .data import hf_dataset, self_generated_dataset, text_file_dataset
 
@@ -101,6 +122,12 @@ def run_distill(args) -> dict:
         raise SystemExit(f"--max-steps: got {args.max_steps}; allowed: an integer >= 1")
     if args.bf16 is None:
         args.bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
+    if args.recipe is None:
+        args.recipe = "bitnet" if args.weight_format == "ternary" else "progressive"
+    try:
+        args.lr, args.scale_lr = learning_rates(args.recipe, args.lr, args.scale_lr)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
     teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(
@@ -108,8 +135,6 @@ def run_distill(args) -> dict:
         quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm,
                                          weight_format=args.weight_format))
     data = _dataset(args, teacher, tokenizer)
-    if args.recipe is None:
-        args.recipe = "bitnet" if args.weight_format == "ternary" else "progressive"
     recipe = {"recipe": args.recipe}
     if args.recipe == "progressive":
         init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * args.max_steps))
@@ -139,7 +164,9 @@ def run_distill(args) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     tokens = args.max_steps * args.batch_size * args.grad_accum * args.seq_len * max(targs.world_size, 1)
     rows = [["recipe", args.recipe], ["weight format", args.weight_format], ["steps", args.max_steps], ["training tokens", tokens],
-            ["precision", "bf16 autocast" if args.bf16 else "float32"], ["wall time (min)", round(wall / 60, 2)]]
+            ["precision", "bf16 autocast" if args.bf16 else "float32"],
+            ["learning rates (latent / scales)", f"{args.lr:g} / {args.scale_lr:g}"],
+            ["wall time (min)", round(wall / 60, 2)]]
     if logs:
         rows += [["first / last loss", f"{logs[0]['loss']:.4g} / {logs[-1]['loss']:.4g}"]]
         for key in ("distill_kl", "distill_hidden", "distill_ce"):
