@@ -246,6 +246,8 @@ def main(argv=None):
         return
     if not args.row:
         p.error("--row or --report is required")
+    if args.data_seeds and len(set(args.data_seeds)) != len(args.data_seeds):
+        p.error(f"--data-seeds: got {args.data_seeds}; allowed: distinct seeds (a repeated seed repeats its text)")
     result = run_row(args.row, args)
     print(json.dumps({k: v for k, v in result.items() if k not in ("history", "curve", "settings")}))
     if args.json:
