@@ -80,8 +80,7 @@ def main(argv=None):
         cb._active = distill
         cb.loss = reference_loss if reference else fast_loss
         if args.bf16 and reference and cb._teacher_cast is not None:
-            cb._teacher_cast.restore()
-            cb._teacher_cast = None
+            cb._teacher_cast = None  # the step without the fast path: the teacher runs in float32
         elif args.bf16 and not reference and cb._teacher_cast is None:
             cb._teacher_cast = TeacherWeightCast(teacher)
         t0 = time.perf_counter()

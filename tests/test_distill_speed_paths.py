@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from distill_utils import load_pair, tiny_teacher_dir, token_data, train_args
 from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, onebit_optimizer
@@ -59,22 +59,50 @@ def test_loss_terms_equal_the_masked_reference():
     torch.testing.assert_close(terms["hidden"], hidden)
 
 
-def test_teacher_weight_cast_gives_the_autocast_outputs_and_restores_the_weights(teacher_dir):
+def test_teacher_weight_cast_gives_the_autocast_outputs_and_keeps_the_weights_outside_its_block(teacher_dir):
     _, teacher = load_pair(teacher_dir)
     x = token_data(2, 12).blocks
     originals = {n: p for n, p in teacher.named_parameters()}
     copies = {n: p.detach().clone() for n, p in originals.items()}
+    cast = TeacherWeightCast(teacher)
+    assert cast.count == 2 * 7 + 1  # 7 linears per layer and the (tied) lm_head
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         want = teacher(x).logits
-        cast = TeacherWeightCast(teacher)
-        got = teacher(x).logits
-    assert cast.count == 2 * 7 + 1  # 7 linears per layer and the (tied) lm_head
-    assert teacher.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+        with cast.applied():
+            assert teacher.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+            got = teacher(x).logits
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    cast.restore()
-    assert teacher.lm_head.weight is teacher.model.embed_tokens.weight  # tied again
+    with pytest.raises(RuntimeError, match="inside"):
+        with cast.applied():
+            raise RuntimeError("an error inside the teacher forward")
+
+    def unchanged():
+        assert teacher.lm_head.weight is teacher.model.embed_tokens.weight  # tied again
+        for n, p in teacher.named_parameters():
+            assert p is originals[n] and p.dtype == torch.float32 and torch.equal(p, copies[n])
+
+    unchanged()
+
+
+def test_an_error_during_bf16_training_leaves_the_teacher_in_float32(teacher_dir, tmp_path):
+    student, teacher = load_pair(teacher_dir, scale_dtype="float32")
+    originals = {n: p for n, p in teacher.named_parameters()}
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("boom at step 2")
+
+    cb = OneBitDistillationCallback(teacher, loss=DistillationLoss(), init_steps=1, phases=2, plot=False)
+    trainer = Trainer(model=student, args=train_args(str(tmp_path / "out"), 4, bf16=True), train_dataset=token_data(16, 16),
+                      callbacks=[cb, Boom()], optimizers=(onebit_optimizer(student, lr=1e-3), None))
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
     for n, p in teacher.named_parameters():
-        assert p is originals[n] and p.dtype == torch.float32 and torch.equal(p, copies[n])
+        assert p is originals[n] and p.dtype == torch.float32
+    x = token_data(2, 12).blocks
+    with torch.no_grad():
+        assert torch.isfinite(teacher(x).logits).all()  # float32 forward, no dtype mismatch
 
 
 def test_bf16_training_runs_the_teacher_in_bf16_and_gives_it_back_in_float32(teacher_dir, tmp_path):

@@ -15,6 +15,7 @@ latent-form Trainer checkpoints, and at the end of training the fold of every ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -60,7 +61,8 @@ class OneBitDistillationCallback(TrainerCallback):
         track_sign_flips: log the fraction of latent weights whose sign changed since the previous log.
         plot: write ``distill_curves.png`` into ``args.output_dir`` at the end of training (needs matplotlib).
         cast_teacher: with ``TrainingArguments(bf16=True)``, run the teacher under bf16 autocast too, with its
-            float32 linear weights held in bf16 for the run (the float32 weights come back at the end). False runs
+            linear weights run from bf16 copies made once per run (swapped in for each teacher forward only, so the
+            teacher keeps its float32 weights between steps and after an error). False runs
             the teacher in its own dtype (the forward hook runs outside the Trainer's autocast).
         **recipe_overrides: fields of the recipe or its schedule (``phases``, ``init_steps``, ``dual_scaling``, ...).
     """
@@ -204,9 +206,7 @@ class OneBitDistillationCallback(TrainerCallback):
             finalize_(model)
             if hasattr(model, SAVE_LATENT_ATTR):
                 delattr(model, SAVE_LATENT_ATTR)
-        if self._teacher_cast is not None:
-            self._teacher_cast.restore()
-            self._teacher_cast = None
+        self._teacher_cast = None  # frees the bf16 copies; the teacher never stopped holding its own weights
         self.teacher.to("cpu")
         if self.plot and state.is_world_process_zero and self.history:
             from .plot import plot_history
@@ -284,9 +284,15 @@ class OneBitDistillationCallback(TrainerCallback):
         fields = {k: v for k, v in output.items() if k not in ("loss", "hidden_states")}
         return type(output)(loss=loss, **fields)
 
+    @contextlib.contextmanager
     def _teacher_precision(self, device: torch.device):
-        """bf16 autocast for the teacher when its weights were cast (the hooks run outside the Trainer's autocast)."""
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._teacher_cast is not None)
+        """bf16 autocast and the bf16 weight copies for the teacher when casting is on (the hooks run outside the
+        Trainer's autocast); the teacher gets its float32 weights back when the block ends, however it ends."""
+        if self._teacher_cast is None:
+            yield
+            return
+        with torch.autocast(device.type, dtype=torch.bfloat16), self._teacher_cast.applied():
+            yield
 
     # ----------------------------------------------------------------------------------------------- sign flips
     # ("sign flips" of a ternary layer count changed codes: -1 / 0 / +1 of its hard quantizer)
