@@ -120,11 +120,17 @@ def run_row(row: str, args) -> dict:
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     n_seq = max(args.data_sequences, args.batch_size)
     data_seeds = args.data_seeds if args.data_seeds else [args.seed]
-    sets = [self_generated_dataset(teacher, tok, n_seq, args.seq_len, style=args.data_style, seed=s, **DATA_SETTINGS)
+    block = args.data_block_len or args.seq_len
+    sets = [self_generated_dataset(teacher, tok, n_seq, block, style=args.data_style, seed=s, **DATA_SETTINGS)
             for s in data_seeds]
-    data = TokenBlocks(torch.cat([d.blocks for d in sets]))
+    # Each set is one contiguous stream cut into blocks: re-cut it at the training length (no text is lost to a seam
+    # between sets only when the lengths divide, which main() checks).
+    data = TokenBlocks(torch.cat([d.blocks.reshape(-1, args.seq_len) for d in sets]))
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
                                                                                          weight_format=fmt))
+    if args.freeze_embeddings:
+        student.get_input_embeddings().requires_grad_(False)
+        student.get_output_embeddings().requires_grad_(False)
     loss = DistillationLoss(kl_weight=1.0, hidden_weight=args.hidden_weight, temperature=1.0)
     cb = OneBitDistillationCallback(teacher, loss=loss, clip_multiplier=args.clip_multiplier, plot=False,
                                     **recipe_kwargs(row, args))
@@ -139,6 +145,11 @@ def run_row(row: str, args) -> dict:
         dataloader_num_workers=0, bf16=args.bf16,
     )
     opt = onebit_optimizer(student, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay)
+    if args.embedding_lr is not None and not args.freeze_embeddings:
+        emb = student.get_input_embeddings().weight
+        groups = [{**g, "params": [p for p in g["params"] if p is not emb]} for g in opt.param_groups]
+        groups.append({**groups[-1], "params": [emb], "lr": args.embedding_lr})
+        opt = type(opt)(groups, **opt.defaults)
     trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb, probe.callback],
                       optimizers=(opt, None))
     probe.measure(student, 0)
@@ -225,6 +236,13 @@ def main(argv=None):
     p.add_argument("--data-seeds", type=int, nargs="+", default=None,
                    help="generate --data-sequences sequences with each of these sampling seeds and train on all of "
                         "them (default: --seed only); each seed's set is cached on its own")
+    p.add_argument("--data-block-len", type=int, default=None,
+                   help="length of the self-generated blocks (part of the cache key; default --seq-len); each set "
+                        "is one contiguous stream, re-cut at --seq-len for training")
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep the (float) embedding and LM head fixed instead of training them with the scales")
+    p.add_argument("--embedding-lr", type=float, default=None,
+                   help="learning rate of the (float) embedding / tied LM head (default: --scale-lr, its group)")
     p.add_argument("--data-style", choices=STYLES, default="random-start",
                    help="self-generated text: random first token (LLM-QAT) or answers to writing prompts")
     p.add_argument("--lr", type=float, default=2e-4, help="latent weights")
@@ -248,6 +266,10 @@ def main(argv=None):
         p.error("--row or --report is required")
     if args.data_seeds and len(set(args.data_seeds)) != len(args.data_seeds):
         p.error(f"--data-seeds: got {args.data_seeds}; allowed: distinct seeds (a repeated seed repeats its text)")
+    block = args.data_block_len or args.seq_len
+    if (args.data_sequences * block) % args.seq_len:
+        p.error(f"--data-block-len {block} x --data-sequences {args.data_sequences} is not a multiple of "
+                f"--seq-len {args.seq_len}; allowed: a whole number of training sequences per set")
     result = run_row(args.row, args)
     print(json.dumps({k: v for k, v in result.items() if k not in ("history", "curve", "settings")}))
     if args.json:
