@@ -121,7 +121,9 @@ def run_row(row: str, args) -> dict:
     n_seq = max(args.data_sequences, args.batch_size)
     data_seeds = args.data_seeds if args.data_seeds else [args.seed]
     block = args.data_block_len or args.seq_len
-    sets = [self_generated_dataset(teacher, tok, n_seq, block, style=args.data_style, seed=s, **DATA_SETTINGS)
+    sampling = {**DATA_SETTINGS, "top_k": args.data_top_k, "top_p": args.data_top_p,
+                "temperature": args.data_temperature}
+    sets = [self_generated_dataset(teacher, tok, n_seq, block, style=args.data_style, seed=s, **sampling)
             for s in data_seeds]
     # Each set is one contiguous stream cut into blocks: re-cut it at the training length (no text is lost to a seam
     # between sets only when the lengths divide, which main() checks).
@@ -239,6 +241,10 @@ def main(argv=None):
     p.add_argument("--data-block-len", type=int, default=None,
                    help="length of the self-generated blocks (part of the cache key; default --seq-len); each set "
                         "is one contiguous stream, re-cut at --seq-len for training")
+    p.add_argument("--data-top-k", type=int, default=DATA_SETTINGS["top_k"],
+                   help="self-generation: sample from the k most likely tokens (0: no limit)")
+    p.add_argument("--data-top-p", type=float, default=0.95, help="self-generation: nucleus mass (1.0: no limit)")
+    p.add_argument("--data-temperature", type=float, default=1.0, help="self-generation: sampling temperature")
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the (float) embedding and LM head fixed instead of training them with the scales")
     p.add_argument("--embedding-lr", type=float, default=None,
