@@ -149,9 +149,10 @@ def run_row(row: str, args) -> dict:
     opt = onebit_optimizer(student, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay)
     if args.embedding_lr is not None and not args.freeze_embeddings:
         emb = student.get_input_embeddings().weight
-        groups = [{**g, "params": [p for p in g["params"] if p is not emb]} for g in opt.param_groups]
-        groups.append({**groups[-1], "params": [emb], "lr": args.embedding_lr})
-        opt = type(opt)(groups, **opt.defaults)
+        for group in opt.param_groups:  # no optimizer state exists yet: moving a parameter is safe
+            group["params"] = [p for p in group["params"] if p is not emb]
+        opt.add_param_group({"params": [emb], "lr": args.embedding_lr, "weight_decay": 0.0,
+                             "hf_onebit_group": "embedding"})
     trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb, probe.callback],
                       optimizers=(opt, None))
     probe.measure(student, 0)
