@@ -33,7 +33,7 @@ ROWS = ("teacher", "svid", "onebit", "progressive", "progressive-no-bai", "progr
 TERNARY_ROWS = ("ternary-init", "ternary", "ternary-progressive")
 #: Teacher self-generation settings shared by every row (the cache key includes them).
 DEFAULT_DATA_SEQUENCES = 512
-DATA_SETTINGS = {"batch_size": 128, "dtype": "bfloat16", "top_k": 50}
+DATA_SETTINGS = {"batch_size": 128, "dtype": "bfloat16", "top_k": 50, "top_p": 0.95, "temperature": 1.0}
 HELDOUT = os.path.join(os.path.dirname(__file__), "..", "hf_onebit", "data", "heldout_en.txt")
 
 
@@ -99,6 +99,7 @@ def run_row(row: str, args) -> dict:
     from hf_onebit.real_model import smollm2_checkpoint
     from hf_onebit.training import (DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer,
                                     self_generated_dataset)
+    from hf_onebit.training.optim import GROUP_KEY
 
     torch.manual_seed(args.seed)
     path = smollm2_checkpoint()
@@ -120,13 +121,11 @@ def run_row(row: str, args) -> dict:
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     n_seq = max(args.data_sequences, args.batch_size)
     data_seeds = args.data_seeds if args.data_seeds else [args.seed]
-    block = args.data_block_len or args.seq_len
     sampling = {**DATA_SETTINGS, "top_k": args.data_top_k, "top_p": args.data_top_p,
                 "temperature": args.data_temperature}
-    sets = [self_generated_dataset(teacher, tok, n_seq, block, style=args.data_style, seed=s, **sampling)
+    sets = [self_generated_dataset(teacher, tok, n_seq, args.data_block_len, style=args.data_style, seed=s, **sampling)
             for s in data_seeds]
-    # Each set is one contiguous stream cut into blocks: re-cut it at the training length (no text is lost to a seam
-    # between sets only when the lengths divide, which main() checks).
+    # Each set is one contiguous stream cut into blocks: re-cut it at the training length (main() checks it divides).
     data = TokenBlocks(torch.cat([d.blocks.reshape(-1, args.seq_len) for d in sets]))
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
                                                                                          weight_format=fmt))
@@ -151,8 +150,7 @@ def run_row(row: str, args) -> dict:
         emb = student.get_input_embeddings().weight
         for group in opt.param_groups:  # no optimizer state exists yet: moving a parameter is safe
             group["params"] = [p for p in group["params"] if p is not emb]
-        opt.add_param_group({"params": [emb], "lr": args.embedding_lr, "weight_decay": 0.0,
-                             "hf_onebit_group": "embedding"})
+        opt.add_param_group({"params": [emb], "lr": args.embedding_lr, "weight_decay": 0.0, GROUP_KEY: "embedding"})
     trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb, probe.callback],
                       optimizers=(opt, None))
     probe.measure(student, 0)
@@ -244,8 +242,10 @@ def main(argv=None):
                         "is one contiguous stream, re-cut at --seq-len for training")
     p.add_argument("--data-top-k", type=int, default=DATA_SETTINGS["top_k"],
                    help="self-generation: sample from the k most likely tokens (0: no limit)")
-    p.add_argument("--data-top-p", type=float, default=0.95, help="self-generation: nucleus mass (1.0: no limit)")
-    p.add_argument("--data-temperature", type=float, default=1.0, help="self-generation: sampling temperature")
+    p.add_argument("--data-top-p", type=float, default=DATA_SETTINGS["top_p"],
+                   help="self-generation: nucleus mass (1.0: no limit)")
+    p.add_argument("--data-temperature", type=float, default=DATA_SETTINGS["temperature"],
+                   help="self-generation: sampling temperature")
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the (float) embedding and LM head fixed instead of training them with the scales")
     p.add_argument("--embedding-lr", type=float, default=None,
@@ -273,7 +273,8 @@ def main(argv=None):
         p.error("--row or --report is required")
     if args.data_seeds and len(set(args.data_seeds)) != len(args.data_seeds):
         p.error(f"--data-seeds: got {args.data_seeds}; allowed: distinct seeds (a repeated seed repeats its text)")
-    block = args.data_block_len or args.seq_len
+    args.data_block_len = args.data_block_len or args.seq_len
+    block = args.data_block_len
     if (args.data_sequences * block) % args.seq_len:
         p.error(f"--data-block-len {block} x --data-sequences {args.data_sequences} is not a multiple of "
                 f"--seq-len {args.seq_len}; allowed: a whole number of training sequences per set")

@@ -75,13 +75,9 @@ def test_teacher_weight_cast_gives_the_autocast_outputs_and_keeps_the_weights_ou
     with pytest.raises(RuntimeError, match="inside"):
         with cast.applied():
             raise RuntimeError("an error inside the teacher forward")
-
-    def unchanged():
-        assert teacher.lm_head.weight is teacher.model.embed_tokens.weight  # tied again
-        for n, p in teacher.named_parameters():
-            assert p is originals[n] and p.dtype == torch.float32 and torch.equal(p, copies[n])
-
-    unchanged()
+    assert teacher.lm_head.weight is teacher.model.embed_tokens.weight  # tied again
+    for n, p in teacher.named_parameters():
+        assert p is originals[n] and p.dtype == torch.float32 and torch.equal(p, copies[n])
 
 
 def test_an_error_during_bf16_training_leaves_the_teacher_in_float32(teacher_dir, tmp_path):
@@ -103,6 +99,14 @@ def test_an_error_during_bf16_training_leaves_the_teacher_in_float32(teacher_dir
     x = token_data(2, 12).blocks
     with torch.no_grad():
         assert torch.isfinite(teacher(x).logits).all()  # float32 forward, no dtype mismatch
+    # the same callback in a float32 run afterwards runs the teacher from its float32 weights, not the old copies
+    student, _ = load_pair(teacher_dir, scale_dtype="float32")
+    seen = []
+    handle = teacher.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, inp, out: seen.append(m.weight.dtype))
+    Trainer(model=student, args=train_args(str(tmp_path / "fp32"), 2, bf16=False), train_dataset=token_data(16, 16),
+            callbacks=[cb], optimizers=(onebit_optimizer(student, lr=1e-3), None)).train()
+    handle.remove()
+    assert seen and set(seen) == {torch.float32}
 
 
 def test_bf16_training_runs_the_teacher_in_bf16_and_gives_it_back_in_float32(teacher_dir, tmp_path):

@@ -117,8 +117,8 @@ class OneBitDistillationCallback(TrainerCallback):
         self.recipe.schedule.check_total(state.max_steps) if self.recipe.progressive else None
         device = next(model.parameters()).device
         self.teacher.to(device)
-        if self.cast_teacher and args.bf16 and self._teacher_cast is None:
-            self._teacher_cast = TeacherWeightCast(self.teacher, torch.bfloat16)
+        # fresh copies per run: a run that raised leaves its copies behind, possibly for another device or precision
+        self._teacher_cast = TeacherWeightCast(self.teacher, torch.bfloat16) if self.cast_teacher and args.bf16 else None
         if state.global_step > 0:
             self._restore(args, state)
             if self.recipe.progressive and state.global_step > self.recipe.init_steps and stage_of(model) == "init":
