@@ -99,6 +99,7 @@ def run_row(row: str, args) -> dict:
     from hf_onebit.real_model import smollm2_checkpoint
     from hf_onebit.training import (DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer,
                                     self_generated_dataset)
+    from hf_onebit.training.data import text_file_dataset
     from hf_onebit.training.optim import GROUP_KEY
 
     torch.manual_seed(args.seed)
@@ -124,9 +125,11 @@ def run_row(row: str, args) -> dict:
     sampling = {**DATA_SETTINGS, "top_k": args.data_top_k, "top_p": args.data_top_p,
                 "temperature": args.data_temperature}
     sets = [self_generated_dataset(teacher, tok, n_seq, args.data_block_len, style=args.data_style, seed=s, **sampling)
-            for s in data_seeds]
+            for s in data_seeds] if args.data_sequences else []
+    sets += [text_file_dataset(f, tok, args.seq_len) for f in args.data_file]
     # Each set is one contiguous stream cut into blocks: re-cut it at the training length (main() checks it divides).
     data = TokenBlocks(torch.cat([d.blocks.reshape(-1, args.seq_len) for d in sets]))
+    result["train_blocks"] = len(data)
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
                                                                                          weight_format=fmt))
     if args.freeze_embeddings:
@@ -177,10 +180,16 @@ def label(result: dict) -> str:
         return result["row"]
     notes = []
     n_sets = len(settings.get("data_seeds") or [0])
-    if settings.get("data_sequences", DEFAULT_DATA_SEQUENCES) != DEFAULT_DATA_SEQUENCES or n_sets > 1:
-        notes.append(f"{n_sets * settings.get('data_sequences', DEFAULT_DATA_SEQUENCES)} seqs")
-    if settings.get("data_style", "random-start") != "random-start":
-        notes.append(settings["data_style"])
+    if settings.get("data_sequences") == 0:
+        notes.append("no self-generated text")
+    else:
+        if settings.get("data_sequences", DEFAULT_DATA_SEQUENCES) != DEFAULT_DATA_SEQUENCES or n_sets > 1:
+            notes.append(f"{n_sets * settings.get('data_sequences', DEFAULT_DATA_SEQUENCES)} seqs")
+        if settings.get("data_style", "random-start") != "random-start":
+            notes.append(settings["data_style"])
+    files = settings.get("data_file") or []
+    if files:
+        notes.append(f"+ {len(files)} text files")
     return f"{result['row']} ({', '.join(notes)})" if notes else result["row"]
 
 
@@ -237,6 +246,12 @@ def main(argv=None):
     p.add_argument("--data-seeds", type=int, nargs="+", default=None,
                    help="generate --data-sequences sequences with each of these sampling seeds and train on all of "
                         "them (default: --seed only); each seed's set is cached on its own")
+    p.add_argument("--data-file", nargs="+", default=[],
+                   help="UTF-8 text files whose tokens are added to the training blocks (with --data-sequences 0: "
+                        "the only training text)")
+    p.add_argument("--real-text", action="store_true",
+                   help="add the cached human-written text of hf_onebit.real_text (Wikipedia articles, news) as "
+                        "--data-file does")
     p.add_argument("--data-block-len", type=int, default=None,
                    help="length of the self-generated blocks (part of the cache key; default --seq-len); each set "
                         "is one contiguous stream, re-cut at --seq-len for training")
@@ -273,6 +288,15 @@ def main(argv=None):
         p.error("--row or --report is required")
     if args.data_seeds and len(set(args.data_seeds)) != len(args.data_seeds):
         p.error(f"--data-seeds: got {args.data_seeds}; allowed: distinct seeds (a repeated seed repeats its text)")
+    if args.real_text:
+        from hf_onebit.real_text import real_text_files
+
+        args.data_file = args.data_file + real_text_files()
+    if args.data_sequences < 0 or (args.data_sequences == 0 and not args.data_file):
+        p.error(f"--data-sequences: got {args.data_sequences}; allowed: >= 1, or 0 together with --data-file")
+    for f in args.data_file:
+        if not os.path.isfile(f):
+            p.error(f"--data-file: {f!r} is not a file; allowed: UTF-8 text files")
     args.data_block_len = args.data_block_len or args.seq_len
     block = args.data_block_len
     if (args.data_sequences * block) % args.seq_len:
