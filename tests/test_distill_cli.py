@@ -133,3 +133,36 @@ def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, ca
 def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):
     with pytest.raises(SystemExit, match="--lr: got 0.0; allowed: a number > 0"):
         main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--lr", "0"])
+
+
+def test_cli_distill_mixes_several_data_sources(tmp_path, monkeypatch):
+    from hf_onebit import real_text
+    from hf_onebit.cli import build_parser
+    from hf_onebit.training.cli_distill import _dataset
+
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher_dir)
+    monkeypatch.setenv("HF_ONEBIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "mine.txt").write_text(" ".join(["w1"] * 64))  # 4 blocks of 16 tokens
+    (tmp_path / "wiki.txt").write_text(" ".join(["w2"] * 32))  # 2 blocks
+    (tmp_path / "news.txt").write_text(" ".join(["w3"] * 16))  # 1 block
+    monkeypatch.setattr(real_text, "real_text_files", lambda: [str(tmp_path / "wiki.txt"), str(tmp_path / "news.txt")])
+    args = build_parser().parse_args(["distill", "--teacher", teacher_dir, "--out", "o", "--max-steps", "3",
+                                      "--batch-size", "1", "--seq-len", "16", "--no-bf16", "--data", "self",
+                                      str(tmp_path / "mine.txt"), "real-text"])
+    from transformers import AutoTokenizer
+
+    data = _dataset(args, AutoModelForCausalLM.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir))
+    firsts = data.blocks[:, 0].tolist()
+    assert len(data) == 3 + 4 + 2 + 1  # one pass of self-generated text, then the files' blocks, in order
+    assert firsts[3:] == [1] * 4 + [2] * 2 + [3]
+    assert not {1, 2, 3} >= set(data.blocks[:3].flatten().tolist())  # the teacher's own text comes first
+
+
+@pytest.mark.parametrize("data, message", [
+    (["nope.txt"], r"--data: 'nope.txt' is not 'self', 'real-text' or an existing text file"),
+    (["self", "self"], r"--data: got \['self', 'self'\]; allowed: each source once"),
+])
+def test_cli_distill_rejects_bad_data_sources_before_loading(tmp_path, data, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--data", *data])

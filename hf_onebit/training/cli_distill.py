@@ -2,10 +2,12 @@
 
     hf-onebit distill --teacher DIR --out DIR --recipe progressive --max-steps 300 --data self
 
-``--data`` is ``self`` (teacher self-generated text, cached), a UTF-8 text file, or a folder written by
-``datasets.Dataset.save_to_disk``. The Trainer's progress bar shows the run; a summary table (tokens, wall time,
-losses, held-out perplexity when ``--eval-text`` is given, size) is printed at the end and the packed model, its
-tokenizer and ``distill_curves.png`` are written to ``--out``.
+``--data`` takes one or more sources whose blocks are mixed: ``self`` (teacher self-generated text, cached),
+``real-text`` (human-written Wikipedia and news text, :mod:`hf_onebit.real_text`, built once offline), a UTF-8 text
+file, or a folder written by ``datasets.Dataset.save_to_disk``; e.g. ``--data self real-text``. The Trainer's
+progress bar shows the run; a summary table (tokens, wall time, losses, held-out perplexity when ``--eval-text`` is
+given, size) is printed at the end and the packed model, its tokenizer and ``distill_curves.png`` are written to
+``--out``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
                    help="default: progressive for binary, bitnet for ternary")
     p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--data", default="self", help="'self', a text file, or a saved datasets folder")
+    p.add_argument("--data", nargs="+", default=["self"], metavar="SOURCE",
+                   help="one or more of: 'self', 'real-text', a text file, a saved datasets folder (their blocks are "
+                        "mixed; 'self real-text' gave the best 60-minute SmolLM2 run, docs/benchmarks.md)")
     p.add_argument("--data-sequences", type=int, default=None,
                    help="self-generated sequences (with --data self); default: one pass of the run, i.e. max-steps x "
                         "batch-size x grad-accum x processes, so that no sequence is seen twice")
@@ -95,16 +99,39 @@ def learning_rates(recipe: str, lr: float | None, scale_lr: float | None) -> tup
     return lr, SCALE_LR_RATIO * lr if scale_lr is None else scale_lr
 
 
-def _dataset(args, teacher, tokenizer):
-    from .data import hf_dataset, self_generated_dataset, text_file_dataset
+#: ``--data`` sources that are not paths.
+DATA_KEYWORDS = ("self", "real-text")
 
-    if args.data == "self":
-        return self_generated_dataset(teacher, tokenizer, self_data_sequences(args), args.seq_len,
-                                      style=args.data_style, seed=args.seed, batch_size=64,
-                                      dtype="bfloat16" if args.bf16 else None, top_k=50)
-    if os.path.isdir(args.data):
-        return hf_dataset(args.data, tokenizer, args.seq_len)
-    return text_file_dataset(args.data, tokenizer, args.seq_len)
+
+def check_data_sources(sources: list[str]) -> None:
+    """Reject a ``--data`` source that is neither a keyword nor an existing file or folder, before any loading."""
+    for source in sources:
+        if source not in DATA_KEYWORDS and not os.path.exists(source):
+            raise ValueError(f"--data: {source!r} is not 'self', 'real-text' or an existing text file or saved "
+                             "datasets folder")
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"--data: got {sources}; allowed: each source once (a repeated source repeats its text)")
+
+
+def _dataset(args, teacher, tokenizer):
+    import torch
+
+    from ..real_text import real_text_files
+    from .data import TokenBlocks, hf_dataset, self_generated_dataset, text_file_dataset
+
+    parts = []
+    for source in args.data:
+        if source == "self":
+            parts.append(self_generated_dataset(teacher, tokenizer, self_data_sequences(args), args.seq_len,
+                                                style=args.data_style, seed=args.seed, batch_size=64,
+                                                dtype="bfloat16" if args.bf16 else None, top_k=50))
+        elif source == "real-text":
+            parts += [text_file_dataset(path, tokenizer, args.seq_len) for path in real_text_files()]
+        elif os.path.isdir(source):
+            parts.append(hf_dataset(source, tokenizer, args.seq_len))
+        else:
+            parts.append(text_file_dataset(source, tokenizer, args.seq_len))
+    return parts[0] if len(parts) == 1 else TokenBlocks(torch.cat([part.blocks for part in parts]))
 
 
 def run_distill(args) -> dict:
@@ -126,6 +153,7 @@ def run_distill(args) -> dict:
         args.recipe = "bitnet" if args.weight_format == "ternary" else "progressive"
     try:
         args.lr, args.scale_lr = learning_rates(args.recipe, args.lr, args.scale_lr)
+        check_data_sources(args.data)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
