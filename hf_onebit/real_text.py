@@ -12,13 +12,10 @@ the cached files at once. The text is never committed to the repository. Wikiped
 from __future__ import annotations
 
 import bz2
-import glob
 import os
-import subprocess
-import sys
 import zipfile
 
-from .real_model import cache_root, file_lock
+from .real_model import cache_root, file_lock, pip_wheel
 
 PACKAGE = "gensim==4.4.0"
 _DATA = "gensim/test/test_data/"
@@ -26,22 +23,6 @@ WIKI_MEMBER = _DATA + "enwiki-latest-pages-articles1.xml-p000000010p000030302-sh
 NEWS_MEMBER = _DATA + "lee_background.cor"
 #: The files written: the Wikipedia articles' plain text, the news stories (one per line, as shipped).
 FILES = ("enwiki-sample.txt", "lee-news.txt")
-
-
-def _wheel(download_dir: str) -> str:
-    wheels = glob.glob(os.path.join(download_dir, "gensim-4.4.0-*.whl"))
-    if wheels:
-        return wheels[0]
-    print(f"hf_onebit: downloading {PACKAGE} (its test data: Wikipedia articles, news; ~28 MB) with pip",
-          file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", PACKAGE,
-           "-d", download_dir]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = glob.glob(os.path.join(download_dir, "gensim-4.4.0-*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise RuntimeError(f"could not download {PACKAGE} with pip (exit {result.returncode}): "
-                           f"{result.stderr.strip()[-500:]}")
-    return wheels[0]
 
 
 def _write(path: str, text: str) -> None:
@@ -77,7 +58,9 @@ def real_text_files(cache_dir: str | None = None) -> list[str]:
         return paths
     with file_lock(os.path.join(root, ".text.lock")):
         if not all(os.path.exists(p) for p in paths):
-            convert_wheel(_wheel(os.path.join(root, "downloads")), folder)
+            wheel = pip_wheel(PACKAGE, "gensim-4.4.0-*.whl", os.path.join(root, "downloads"),
+                              "its test data: Wikipedia articles, news; ~28 MB", "--only-binary=:all:")
+            convert_wheel(wheel, folder)
     return paths
 
 

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from hf_onebit import real_text
+from hf_onebit import real_model, real_text
 from hf_onebit.training.wikitext import dump_articles, plain_text
 
 ARTICLE = """{{Infobox country
@@ -98,6 +98,6 @@ def test_real_text_download_failure_names_the_package(tmp_path, monkeypatch):
     class Failed:
         returncode, stderr = 1, "ERROR: No matching distribution found for gensim==4.4.0"
 
-    monkeypatch.setattr(real_text.subprocess, "run", lambda *a, **k: Failed())
+    monkeypatch.setattr(real_model.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(RuntimeError, match=r"could not download gensim==4\.4\.0 with pip \(exit 1\).*No matching"):
         real_text.real_text_files(str(tmp_path))
