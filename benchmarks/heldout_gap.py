@@ -56,7 +56,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--student", required=True, help="a saved (packed) student folder")
     p.add_argument("--teacher", default=None, help="teacher folder (default: the cached SmolLM2-135M-Instruct)")
-    p.add_argument("--train", nargs="*", default=[], help="the student's training text: *.pt token blocks or text files")
+    p.add_argument("--train", nargs="*", default=[],
+                   help="the student's training text: *.pt token blocks or text files")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--top", type=int, default=15, help="largest-gap tokens to print")
     args = p.parse_args(argv)
@@ -83,7 +84,7 @@ def main(argv=None) -> None:
     for lo, hi in ((1, 16), (16, 64), (64, 256), (256, args.window)):
         print(f"  [{lo}, {hi}): {share(gap, (pos >= lo) & (pos < hi))}")
     pieces = tok.convert_ids_to_tokens(ids[where].tolist())
-    # byte-level BPE marks a leading space with "\u0120" and a newline with "\u010a": a letter without them continues a word
+    # byte-level BPE marks a leading space with "\u0120", a newline with "\u010a"; a letter without them goes on a word
     cont = torch.tensor([p[:1].isalpha() and not p.startswith(("\u0120", "\u010a")) for p in pieces])
     print(f"word continuations: {share(gap, cont)}")
     print(f"word-initial / other: {share(gap, ~cont)}")

@@ -55,7 +55,8 @@ def test_plain_text_unclosed_template_runs_to_the_end():
 
 DUMP = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
   <page><title>Alpha</title><ns>0</ns><revision><text>'''Alpha''' is the first [[letter]].</text></revision></page>
-  <page><title>Alfa</title><ns>0</ns><redirect title="Alpha"/><revision><text>#REDIRECT [[Alpha]]</text></revision></page>
+  <page><title>Alfa</title><ns>0</ns><redirect title="Alpha"/>
+    <revision><text>#REDIRECT [[Alpha]]</text></revision></page>
   <page><title>Beta</title><ns>0</ns><revision><text>#redirect [[B]]</text></revision></page>
   <page><title>Talk:Alpha</title><ns>1</ns><revision><text>A talk page.</text></revision></page>
   <page><title>Gamma (disambiguation)</title><ns>0</ns><revision><text>Gamma may mean...</text></revision></page>
