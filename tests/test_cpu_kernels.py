@@ -33,7 +33,7 @@ def check_against_reference(x, layer, K, act_bits):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    K=st.integers(1, 300),
+    K=st.one_of(st.integers(1, 300), st.integers(500, 1300)),  # whole 512-input blocks (bit planes) and tails
     N=st.integers(1, 300),
     M=st.one_of(st.integers(1, 9), st.integers(10, 600)),
     dtype=st.sampled_from(DTYPES),
@@ -71,11 +71,12 @@ def isa_params():
 def test_each_isa_variant(name, K, N):
     """Every compiled ISA variant (forced) agrees with the reference and, on the int8 path, bit for bit with the
     portable variant: the int8 grid is computed exactly and the integer dot products are exact. K = 1100 gives rows of
-    whole cache lines, whole words and a partial word; N = 37 leaves weight rows over after groups of 4 and of 2."""
+    whole 512-input blocks, whole words and a partial word; N = 37 leaves weight rows over after groups of 4 and of 2."""
     if name not in cpu.supported_isas():
         pytest.skip(f"ISA variant {name!r} not supported here (CPU/compiler offers {cpu.supported_isas()})")
     layer = make_layer(K, N, True, 11)
-    for M in (1, 3, 5, 8, 9, 17, 40, 100):  # row kernels for every mr; AMX (from 4 / 16 rows) with partial tiles
+    # row kernels for every mr (int8 bit planes up to 4 rows); AMX (from 16-24 rows) with partial tiles
+    for M in (1, 2, 3, 4, 5, 8, 9, 17, 40, 100):
         for dtype in DTYPES:
             x = torch.randn(M, K).to(dtype)
             with isa(name):

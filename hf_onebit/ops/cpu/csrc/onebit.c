@@ -161,6 +161,7 @@ typedef struct {
     int64_t kq;           /* leading elements of a prepared row that may be nonzero: K, or kpad in ternary order */
     onebit_rows_f32_fn rows_f32;
     onebit_rows_i8_fn rows_i8;
+    int planes;           /* int8 rows kernel on activations in plane order (onebit_order_planes) */
     onebit_amx_unpack_i8_fn unpack_i8;
     onebit_amx_unpack_bf16_fn unpack_bf16;
     int64_t M, K, N, kbytes, kpad;
@@ -243,6 +244,16 @@ static void prepare_row(const job_t *j, int64_t m, float *row) {
     } else {
         scaled_row(j, m, row, row + kpad);
         j->kern->quantize_row(row, j->kq, kpad, j->q + m * kpad, &j->qscale[m], &j->qsum[m]);
+        if (j->planes) onebit_order_planes(j->q + m * kpad, j->kbytes / 64, (int8_t *)row);
+    }
+}
+
+void onebit_order_planes(int8_t *q, int64_t blocks, int8_t *scratch) {
+    for (int64_t b = 0; b < blocks; ++b) {
+        int8_t *block = q + b * 512;
+        memcpy(scratch, block, 512);
+        for (int t = 0; t < 8; ++t)
+            for (int i = 0; i < 64; ++i) block[64 * t + i] = scratch[8 * i + t];
     }
 }
 
@@ -416,6 +427,7 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
     if ((act_bits != 0 && act_bits != 8) || x_kind < ONEBIT_X_F32 || x_kind > ONEBIT_X_F16) return -1;
     onebit_kernels kern;
     onebit_ternary_kernels tern;
+    memset(&kern, 0, sizeof kern); /* optional entries stay NULL */
     if (get_kernels(isa, &kern) != 0) return -2;
     if (ternary) get_ternary_kernels(isa, &tern);
     if (nthreads < 1) nthreads = 1;
@@ -450,6 +462,11 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
         j.parts = act_bits == 8 ? 1 : (x_kind == ONEBIT_X_BF16 ? 1 : (x_kind == ONEBIT_X_F16 ? 2 : 3));
     } else {
         j.mode = act_bits == 8 ? MODE_ROWS_I8 : MODE_ROWS_F32;
+        /* decode and a few rows: one group of rows (M <= ONEBIT_MR), binary weights */
+        if (j.mode == MODE_ROWS_I8 && !ternary && M <= ONEBIT_PLANES_MAX_M && kern.rows_i8_planes) {
+            j.planes = 1;
+            j.rows_i8 = kern.rows_i8_planes;
+        }
     }
     int64_t nb, group;
     choose_blocks(&j, nthreads, &nb, &group);

@@ -57,9 +57,15 @@ typedef void (*onebit_rows_f32_fn)(const float *x, int64_t ldx, int mr, const ui
 typedef void (*onebit_rows_i8_fn)(const int8_t *q, int64_t ldq, int mr, const uint8_t *w, int64_t kbytes, int64_t n0,
                                   int64_t n1, int32_t *out, int64_t ldo);
 
+/* Activation rows up to which an int8 call may use rows_i8_planes. */
+#define ONEBIT_PLANES_MAX_M 4
+
 typedef struct {
     onebit_rows_f32_fn rows_f32;
     onebit_rows_i8_fn rows_i8;
+    /* Optional (NULL where the ISA has none): rows_i8 for mr <= ONEBIT_PLANES_MAX_M on activation rows in plane order
+     * (onebit_order_planes). */
+    onebit_rows_i8_fn rows_i8_planes;
     /* activation preparation (prepare.h, compiled per ISA) */
     /* x * g as float32, zero padded; x is float32 or (bf16 != 0) bfloat16 */
     void (*scale_row)(const void *x, int bf16, const float *g, int64_t K, int64_t kpad, float *out);
@@ -67,6 +73,11 @@ typedef struct {
     double (*row_sum)(const float *xs, int64_t kpad);
     void (*split_bf16)(float *x, int64_t kpad, int parts, uint16_t *out, int64_t stride);
 } onebit_kernels;
+
+/* Plane order of an int8 activation row (in place; scratch: 512 bytes): within each of the row's `blocks` whole
+ * blocks of 512 inputs, position 64 t + i holds input 8 i + t, so that bit t of weight byte i of the block meets it
+ * at the same position; the inputs after the last whole block keep their order. */
+void onebit_order_planes(int8_t *q, int64_t blocks, int8_t *scratch);
 
 /* One per ISA translation unit (kernels_<isa>.c). */
 void onebit_kernels_portable(onebit_kernels *k);
