@@ -93,14 +93,15 @@ def select_kernel(x: torch.Tensor, weight: torch.Tensor, act_bits: int, backend:
     """The kernel that would run this call, or None for the reference path."""
     if backend == "reference":
         return None
-    for kernel in _KERNELS.get((x.device.type, weight_format), []):
+    device_type = "cpu" if x.is_cpu else x.device.type  # is_cpu: no device object on the hot CPU path
+    for kernel in _KERNELS.get((device_type, weight_format), []):
         if backend not in ("auto", kernel.name):
             continue
         if kernel.supports(x, weight, act_bits):
             return kernel
     if backend != "auto":
         raise ValueError(
-            f"backend: {backend!r} cannot run this call (device {x.device.type}, dtype {x.dtype}, act_bits {act_bits}, "
+            f"backend: {backend!r} cannot run this call (device {device_type}, dtype {x.dtype}, act_bits {act_bits}, "
             f"weight_format {weight_format}); available: {available_backends()}"
         )
     return None
@@ -110,6 +111,8 @@ def _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, w
     kernel = select_kernel(x, weight, act_bits, backend, weight_format)
     if kernel is None:
         return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
+    if x.dim() == 2 and x.is_contiguous():  # no view ops on the common decode / linear shapes (each costs a dispatch)
+        return kernel.fn(x, weight, scale_in, scale_out, bias, in_features, act_bits)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     y = kernel.fn(x2, weight, scale_in, scale_out, bias, in_features, act_bits)

@@ -12,6 +12,7 @@ import torch
 
 from .. import register_kernel
 from ...packing import packed_columns
+from .pages import HUGE_PAGE, advise_once
 from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
 
 __all__ = [
@@ -40,9 +41,9 @@ def is_available() -> bool:
 
 def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
     return (
-        x.device.type == "cpu"
+        x.is_cpu  # (cheaper than x.device.type: no device object per call)
         and x.dtype in _X_DTYPES
-        and weight.device.type == "cpu"
+        and weight.is_cpu
         and weight.dtype == torch.uint8
         and weight.dim() == 2
         and act_bits in (0, 8)
@@ -102,9 +103,11 @@ def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_
         xc, x_kind, g = (x * scale_in.to(dtype)).float(), _X_F16, None
     else:
         # float32 as is; bfloat16 is read natively and x * g rounded to bfloat16 in C, like the reference's product.
-        xc, x_kind, g = x.contiguous(), _X_KIND[dtype], _float32(scale_in, via=dtype)
+        xc, x_kind, g = x, _X_KIND[dtype], _float32(scale_in, via=dtype)  # x arrives contiguous (register_kernel)
     y_bf16 = dtype == torch.bfloat16
-    w = weight.contiguous()
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    if w.numel() >= HUGE_PAGE:
+        advise_once(w)  # huge pages for the weight stream (pages.py), on first sight
     h = _float32(scale_out)
     b = _float32(bias) if bias is not None else None
     y = torch.empty((M, N), dtype=torch.bfloat16 if y_bf16 else torch.float32)
@@ -118,7 +121,7 @@ def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_
             f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={K}, N={N}, act_bits={act_bits}, "
             f"weight_format={weight_format})"
         )
-    return y if y.dtype == dtype else y.to(dtype)
+    return y.to(dtype) if dtype == torch.float16 else y
 
 
 @register_kernel("cpu", device_type="cpu", supports=_supports, priority=10)

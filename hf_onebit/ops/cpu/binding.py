@@ -98,7 +98,10 @@ def active_isa() -> int:
     env = os.environ.get(ISA_ENV)
     if env:
         return _check_isa(env, ISA_ENV)
-    return library().onebit_best_isa()
+    best = _state.get("best")
+    if best is None:  # asked once: the CPU does not change (every kernel call lands here)
+        best = _state["best"] = library().onebit_best_isa()
+    return best
 
 
 def active_isa_name() -> str:
