@@ -140,6 +140,40 @@ def test_scale_cache_follows_in_place_updates():
     torch.testing.assert_close(second, first * 2, rtol=1e-3, atol=1e-5)
 
 
+def test_call_plan_is_reused_and_follows_every_change():
+    """The eager path caches a call plan on the weight (ops/cpu/plan.py): reused while nothing changes, rebuilt when
+    the weight, a scale or the bias changes in place or is replaced, and calls it does not cover take the general
+    path; every result equals the reference."""
+    from hf_onebit.ops.cpu.plan import cached_plan
+
+    K, N = 600, 24
+    weight, scale_in, scale_out, bias = make_layer(K, N, True, 5)
+    x = torch.randn(3, K).bfloat16()
+
+    def call(x=x, scale_in=scale_in, scale_out=scale_out, bias=bias):
+        return check_against_reference(x, (weight, scale_in, scale_out, bias), K, 8)
+
+    call()
+    plan = weight._hf_onebit_plan
+    call()
+    assert weight._hf_onebit_plan is plan  # reused
+    with torch.no_grad():
+        weight.copy_(torch.roll(weight, 1, 0))  # new bits in the same memory
+        first = call()
+        scale_out.mul_(2)  # each call below is checked against the reference on the changed tensors
+        second = call()
+        bias.add_(1.0)
+        third = call()
+    assert not torch.equal(first, second) and not torch.equal(second, third)
+    assert weight._hf_onebit_plan is not plan
+    call(scale_in=scale_in.clone().mul_(0.5))  # another tensor object: another plan
+    assert cached_plan(weight, weight._hf_onebit_plan.key) is weight._hf_onebit_plan
+    call(x=torch.randn(3, K).half())  # not covered by plans: the general path
+    call(x=torch.randn(K, 3).bfloat16().T)  # non-contiguous: the general path
+    with pytest.raises(ValueError, match="in_features"):
+        binary_linear(torch.randn(3, K + 1).bfloat16(), weight, scale_in, scale_out, bias, K, 8, backend="cpu")
+
+
 def make_module(K=72, N=40, act_bits=0):
     from hf_onebit import OneBitConfig, OneBitLinear
 

@@ -53,17 +53,21 @@ class Kernel:
     supports: Callable[[torch.Tensor, torch.Tensor, int], bool]
     priority: int = 0
     weight_format: str = "binary"
+    #: optional eager shortcut with fn's arguments, returning y, or None when it does not cover the call (then the
+    #: general path runs); used only outside torch.compile and without gradients
+    eager: Optional[Callable] = None
 
 
 _KERNELS: dict[tuple[str, str], list[Kernel]] = {}
 
 
 def register_kernel(name: str, device_type: str, supports: Optional[Callable] = None, priority: int = 0,
-                    weight_format: str = "binary"):
+                    weight_format: str = "binary", eager: Optional[Callable] = None):
     """Decorator registering ``fn(x, weight, scale_in, scale_out, bias, in_features, act_bits) -> y``.
 
     ``x`` arrives 2-D ``(M, in_features)`` and contiguous; the kernel returns ``(M, out_features)`` in ``x.dtype``.
-    Higher ``priority`` kernels are tried first. ``weight_format`` is the packed layout the kernel reads.
+    Higher ``priority`` kernels are tried first. ``weight_format`` is the packed layout the kernel reads. ``eager``
+    (optional, same arguments) may serve eager no-grad calls first and return None for calls it does not cover.
     """
     check_weight_format(weight_format)
 
@@ -71,7 +75,7 @@ def register_kernel(name: str, device_type: str, supports: Optional[Callable] = 
         key = (device_type, weight_format)
         kernels = [k for k in _KERNELS.get(key, []) if k.name != name]
         kernels.append(Kernel(name, device_type, fn, supports or (lambda x, weight, act_bits: True), priority,
-                              weight_format))
+                              weight_format, eager))
         kernels.sort(key=lambda k: -k.priority)
         _KERNELS[key] = kernels
         return fn
@@ -196,7 +200,13 @@ def packed_linear(
     if backend == "reference":
         return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
     if _eager_inference(x, scale_in, scale_out, bias):
-        # Same body as the custom op, without the dispatcher's ~12 us per call (decode calls every layer per token).
+        # Same body as the custom op, without the dispatcher's ~12 us per call (decode calls every layer per token);
+        # first the best kernel's eager shortcut, if it has one and covers the call.
+        kernels = _KERNELS.get(("cpu" if x.is_cpu else x.device.type, weight_format))
+        if kernels and kernels[0].eager is not None and backend in ("auto", kernels[0].name):
+            y = kernels[0].eager(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+            if y is not None:
+                return y
         return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format)
     return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
 

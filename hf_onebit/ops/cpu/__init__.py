@@ -13,6 +13,7 @@ import torch
 from .. import register_kernel
 from ...packing import packed_columns
 from .pages import HUGE_PAGE, advise_once
+from .plan import CallPlan, cached_plan, plan_key, store_plan
 from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
 
 __all__ = [
@@ -89,48 +90,87 @@ def _check(x, weight, scale_in, scale_out, bias, in_features, weight_format="bin
         raise ValueError(f"bias: {bias.numel()} elements, expected out_features={N}")
 
 
-def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
-    _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
+def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, key=None) -> CallPlan:
+    """Everything about a call but ``x`` (already checked by :func:`_check`). float16 ``x`` gets ``g`` applied in
+    torch (no float16 arithmetic in C: the reference's rounding), so its plan has no ``g`` and a float32 output."""
     lib = library()
     entry = lib.onebit_ternary_linear if weight_format == "ternary" else lib.onebit_linear
-    M, K = x.shape
-    N = weight.shape[0]
     dtype = x.dtype
-    if M == 0:
-        return x.new_empty((0, N))
     if dtype == torch.float16:
-        # No float16 arithmetic in C: apply g in float16 here (the reference's rounding), compute in float32.
-        xc, x_kind, g = (x * scale_in.to(dtype)).float(), _X_F16, None
+        x_kind, g, y_dtype = _X_F16, None, torch.float32
     else:
         # float32 as is; bfloat16 is read natively and x * g rounded to bfloat16 in C, like the reference's product.
-        xc, x_kind, g = x, _X_KIND[dtype], _float32(scale_in, via=dtype)  # x arrives contiguous (register_kernel)
-    y_bf16 = dtype == torch.bfloat16
+        x_kind, g, y_dtype = _X_KIND[dtype], _float32(scale_in, via=dtype), dtype
     w = weight if weight.is_contiguous() else weight.contiguous()
     if w.numel() >= HUGE_PAGE:
         advise_once(w)  # huge pages for the weight stream (pages.py), on first sight
     h = _float32(scale_out)
     b = _float32(bias) if bias is not None else None
-    y = torch.empty((M, N), dtype=torch.bfloat16 if y_bf16 else torch.float32)
-    rc = entry(
-        active_isa(), M, K, N, xc.data_ptr(), x_kind, xc.stride(0) if M > 1 else K,
-        g.data_ptr() if g is not None else None, w.data_ptr(), w.shape[1], h.data_ptr(),
-        b.data_ptr() if b is not None else None, y.data_ptr(), int(y_bf16), N, int(act_bits), torch.get_num_threads(),
+    return CallPlan(key, entry, in_features, w.shape[0], w.shape[1], x_kind, g, h, b, w, w is not weight, y_dtype,
+                    act_bits, weight_format)
+
+
+def _execute(plan: CallPlan, x: torch.Tensor) -> torch.Tensor:
+    """One library call; ``x`` (M, K) contiguous, of the plan's kind."""
+    M = x.shape[0]
+    y = torch.empty((M, plan.N), dtype=plan.y_dtype)
+    rc = plan.entry(
+        active_isa(), M, plan.K, plan.N, x.data_ptr(), plan.x_kind, plan.K, plan.g_ptr, plan.w_ptr, plan.kbytes,
+        plan.h_ptr, plan.b_ptr, y.data_ptr(), plan.y_bf16, plan.N, plan.act_bits, torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(
-            f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={K}, N={N}, act_bits={act_bits}, "
-            f"weight_format={weight_format})"
+            f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={plan.K}, N={plan.N}, "
+            f"act_bits={plan.act_bits}, weight_format={plan.weight_format})"
         )
-    return y.to(dtype) if dtype == torch.float16 else y
+    return y
 
 
-@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10)
+def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
+    _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
+    if x.shape[0] == 0:
+        return x.new_empty((0, weight.shape[0]))
+    plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
+    if x.dtype == torch.float16:
+        return _execute(plan, (x * scale_in.to(x.dtype)).float()).to(x.dtype)
+    return _execute(plan, x)
+
+
+def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
+    """The eager no-grad path through a plan cached on the weight (plan.py); None for calls a plan does not cover
+    (the general path then runs)."""
+    dtype = x.dtype
+    if dtype not in _X_KIND or x.dim() != 2 or not x.is_contiguous() or x.shape[0] == 0:
+        return None
+    key = plan_key(weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, dtype)
+    plan = cached_plan(weight, key)
+    if plan is None:
+        if not _supports(x, weight, act_bits) or not weight.is_contiguous():
+            return None
+        _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
+        plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, key)
+        store_plan(weight, plan)
+    elif x.shape[1] != plan.K:
+        _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
+    return _execute(plan, x)
+
+
+def _eager_binary(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+    return _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, "binary")
+
+
+def _eager_ternary(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+    return _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, "ternary")
+
+
+@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, eager=_eager_binary)
 def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
     """``((x * g) @ sign(W).T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
     return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "binary")
 
 
-@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format="ternary")
+@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format="ternary",
+                 eager=_eager_ternary)
 def cpu_ternary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
     """``((x * g) @ T.T) * h (+ bias)`` on 2-bit ternary codes (packing.py); otherwise as :func:`cpu_binary_linear`."""
     return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "ternary")
