@@ -168,6 +168,9 @@ def test_call_plan_is_reused_and_follows_every_change():
     assert weight._hf_onebit_plan is not plan
     call(scale_in=scale_in.clone().mul_(0.5))  # another tensor object: another plan
     assert cached_plan(weight, weight._hf_onebit_plan.key) is weight._hf_onebit_plan
+    plan = weight._hf_onebit_plan
+    y3 = call(x=torch.randn(2, 1, K).bfloat16())  # a model's (batch, tokens, K): the same plan, output (2, 1, N)
+    assert y3.shape == (2, 1, N) and weight._hf_onebit_plan is plan
     call(x=torch.randn(3, K).half())  # not covered by plans: the general path
     call(x=torch.randn(K, 3).bfloat16().T)  # non-contiguous: the general path
     with pytest.raises(ValueError, match="in_features"):

@@ -73,7 +73,7 @@ def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
 
 
 def _check(x, weight, scale_in, scale_out, bias, in_features, weight_format="binary"):
-    M, K = x.shape
+    K = x.shape[-1]
     if K != in_features:
         raise ValueError(f"x: last dimension {K} does not match in_features={in_features}")
     N = weight.shape[0]
@@ -110,10 +110,9 @@ def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weig
                     act_bits, weight_format)
 
 
-def _execute(plan: CallPlan, x: torch.Tensor) -> torch.Tensor:
-    """One library call; ``x`` (M, K) contiguous, of the plan's kind."""
-    M = x.shape[0]
-    y = torch.empty((M, plan.N), dtype=plan.y_dtype)
+def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch.Tensor:
+    """One library call; ``x`` contiguous, M rows of K, of the plan's kind; the output is (*lead, N), or (M, N)."""
+    y = torch.empty((*lead, plan.N) if lead else (M, plan.N), dtype=plan.y_dtype)
     rc = plan.entry(
         active_isa(), M, plan.K, plan.N, x.data_ptr(), plan.x_kind, plan.K, plan.g_ptr, plan.w_ptr, plan.kbytes,
         plan.h_ptr, plan.b_ptr, y.data_ptr(), plan.y_bf16, plan.N, plan.act_bits, torch.get_num_threads(),
@@ -132,15 +131,19 @@ def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_
         return x.new_empty((0, weight.shape[0]))
     plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
     if x.dtype == torch.float16:
-        return _execute(plan, (x * scale_in.to(x.dtype)).float()).to(x.dtype)
-    return _execute(plan, x)
+        return _execute(plan, (x * scale_in.to(x.dtype)).float(), x.shape[0]).to(x.dtype)
+    return _execute(plan, x, x.shape[0])
 
 
 def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
     """The eager no-grad path through a plan cached on the weight (plan.py); None for calls a plan does not cover
     (the general path then runs)."""
     dtype = x.dtype
-    if dtype not in _X_KIND or x.dim() != 2 or not x.is_contiguous() or x.shape[0] == 0:
+    shape = x.shape  # (M, K), or (..., K) as a model's layers get it: rows in memory order either way
+    if dtype not in _X_KIND or len(shape) < 2 or not x.is_contiguous():
+        return None
+    M = x.numel() // shape[-1] if shape[-1] else 0
+    if M == 0:
         return None
     key = plan_key(weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, dtype)
     plan = cached_plan(weight, key)
@@ -150,9 +153,9 @@ def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_f
         _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
         plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, key)
         store_plan(weight, plan)
-    elif x.shape[1] != plan.K:
+    elif shape[-1] != plan.K:
         _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
-    return _execute(plan, x)
+    return _execute(plan, x, M, shape[:-1] if len(shape) > 2 else ())
 
 
 def _eager_binary(x, weight, scale_in, scale_out, bias, in_features, act_bits):
