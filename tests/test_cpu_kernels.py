@@ -168,6 +168,7 @@ def test_call_plan_is_reused_and_follows_every_change():
     assert weight._hf_onebit_plan is not plan
     call(scale_in=scale_in.clone().mul_(0.5))  # another tensor object: another plan
     assert cached_plan(weight, weight._hf_onebit_plan.key) is weight._hf_onebit_plan
+    call()
     plan = weight._hf_onebit_plan
     y3 = call(x=torch.randn(2, 1, K).bfloat16())  # a model's (batch, tokens, K): the same plan, output (2, 1, N)
     assert y3.shape == (2, 1, N) and weight._hf_onebit_plan is plan
