@@ -178,6 +178,25 @@ def test_call_plan_is_reused_and_follows_every_change():
         binary_linear(torch.randn(3, K + 1).bfloat16(), weight, scale_in, scale_out, bias, K, 8, backend="cpu")
 
 
+def test_module_with_a_call_plan_saves_and_copies(tmp_path):
+    """torch.save of a whole module and copy.deepcopy still work after eager calls left a plan on the weight; the
+    copies rebuild their own plan and compute the same."""
+    import copy
+
+    module = make_module(K=600, N=24, act_bits=8)
+    x = torch.randn(2, 600)
+    with torch.no_grad():
+        expected = module(x)
+    assert module.weight._hf_onebit_plan is not None
+    torch.save(module, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    copied = copy.deepcopy(module)
+    with torch.no_grad():
+        for other in (loaded, copied):
+            torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+            assert other.weight._hf_onebit_plan.w_ptr == other.weight.data_ptr()
+
+
 def make_module(K=72, N=40, act_bits=0):
     from hf_onebit import OneBitConfig, OneBitLinear
 

@@ -48,6 +48,16 @@ class CallPlan:
             act_bits, weight_format
 
 
+    def __reduce__(self):
+        # A plan lives on its weight tensor, and torch.save / copy.deepcopy of a module carry tensor attributes along:
+        # it holds a ctypes entry and raw addresses that mean nothing elsewhere, so it travels as "no plan".
+        return (_no_plan, ())
+
+
+def _no_plan() -> None:
+    return None
+
+
 def cached_plan(weight, key) -> Optional[CallPlan]:
     plan = getattr(weight, _ATTR, None)
     return plan if plan is not None and plan.key == key else None
