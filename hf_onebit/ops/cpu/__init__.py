@@ -107,7 +107,7 @@ def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weig
     h = _float32(scale_out)
     b = _float32(bias) if bias is not None else None
     return CallPlan(key, entry, in_features, w.shape[0], w.shape[1], x_kind, g, h, b, w, w is not weight, y_dtype,
-                    act_bits, weight_format)
+                    act_bits, weight_format, sources=(scale_in, scale_out, bias) if key is not None else ())
 
 
 def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch.Tensor:

@@ -32,15 +32,18 @@ def plan_key(weight, scale_in, scale_out, bias, in_features, act_bits, weight_fo
 class CallPlan:
     """Library entry, pointers and sizes of one layer's kernel call; ``x`` and the output are per call."""
 
-    __slots__ = ("key", "entry", "K", "N", "kbytes", "x_kind", "g", "h", "b", "copy", "g_ptr", "w_ptr", "h_ptr",
-                 "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format")
+    __slots__ = ("key", "entry", "K", "N", "kbytes", "x_kind", "g", "h", "b", "copy", "sources", "g_ptr", "w_ptr",
+                 "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format")
 
-    def __init__(self, key, entry, K, N, kbytes, x_kind, g, h, b, w, copy, y_dtype, act_bits, weight_format):
+    def __init__(self, key, entry, K, N, kbytes, x_kind, g, h, b, w, copy, y_dtype, act_bits, weight_format,
+                 sources=()):
         """``w``: the contiguous weight the kernel reads; ``copy``: True when ``w`` is a copy the plan must keep
-        alive (a plan never holds the weight it is cached on)."""
+        alive (a plan never holds the weight it is cached on); ``sources``: the scale and bias tensors of the key,
+        held so that no other tensor can take their id and address while the plan exists."""
         self.key, self.entry, self.K, self.N, self.kbytes, self.x_kind = key, entry, K, N, kbytes, x_kind
         self.g, self.h, self.b = g, h, b  # the float32 scale copies stay alive with the plan
         self.copy = w if copy else None
+        self.sources = sources
         self.g_ptr = g.data_ptr() if g is not None else None
         self.w_ptr, self.h_ptr = w.data_ptr(), h.data_ptr()
         self.b_ptr = b.data_ptr() if b is not None else None
