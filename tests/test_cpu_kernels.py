@@ -71,7 +71,7 @@ def isa_params():
 def test_each_isa_variant(name, K, N):
     """Every compiled ISA variant (forced) agrees with the reference and, on the int8 path, bit for bit with the
     portable variant: the int8 grid is computed exactly and the integer dot products are exact. K = 1100 gives rows of
-    whole 512-input blocks, whole words and a partial word; N = 37 leaves weight rows over after groups of 4 and of 2."""
+    whole 512-input blocks, whole words and a partial word; N = 37 leaves weight rows over after groups of 4 and 2."""
     if name not in cpu.supported_isas():
         pytest.skip(f"ISA variant {name!r} not supported here (CPU/compiler offers {cpu.supported_isas()})")
     layer = make_layer(K, N, True, 11)

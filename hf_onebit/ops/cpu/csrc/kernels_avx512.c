@@ -209,9 +209,9 @@ ONEBIT_INLINE void planes_group(const int R, const int mr, const int8_t *q, int6
                 const __m512i wl = _mm512_and_si512(lo[r], bit), wh = _mm512_and_si512(hi[r], bit);
                 for (int m = 0; m < mr; ++m) {
                     const int8_t *x = q + m * ldq + b * 512;
-                    acc[r][m][s] = _mm512_dpbusd_epi32(acc[r][m][s], wl, _mm512_loadu_si512((const void *)(x + 64 * s)));
-                    acc[r][m][s] =
-                        _mm512_dpbusd_epi32(acc[r][m][s], wh, _mm512_loadu_si512((const void *)(x + 64 * (4 + s))));
+                    const __m512i xl = _mm512_loadu_si512((const void *)(x + 64 * s));
+                    const __m512i xh = _mm512_loadu_si512((const void *)(x + 64 * (4 + s)));
+                    acc[r][m][s] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[r][m][s], wl, xl), wh, xh);
                 }
             }
         }
@@ -221,9 +221,12 @@ ONEBIT_INLINE void planes_group(const int R, const int mr, const int8_t *q, int6
     uint64_t tail[2];
     for (int64_t wi = blocks * 8; wi < nwords; ++wi) { /* natural order after the last whole block */
         for (int r = 0; r < R; ++r) {
-            const __m512i wb = _mm512_maskz_mov_epi8(mask64_at(word_at(rows + r * kbytes, wi, full, kbytes, &tail[r])), ones);
-            for (int m = 0; m < mr; ++m)
-                acc[r][m][0] = _mm512_dpbusd_epi32(acc[r][m][0], wb, _mm512_loadu_si512((const void *)(q + m * ldq + wi * 64)));
+            const uint8_t *word = word_at(rows + r * kbytes, wi, full, kbytes, &tail[r]);
+            const __m512i wb = _mm512_maskz_mov_epi8(mask64_at(word), ones);
+            for (int m = 0; m < mr; ++m) {
+                const __m512i qv = _mm512_loadu_si512((const void *)(q + m * ldq + wi * 64));
+                acc[r][m][0] = _mm512_dpbusd_epi32(acc[r][m][0], wb, qv);
+            }
         }
     }
     for (int r = 0; r < R; ++r)
