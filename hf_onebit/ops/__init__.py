@@ -194,31 +194,40 @@ def packed_linear(
 ) -> torch.Tensor:
     """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)`` on packed ``Q``: sign bits (``"binary"``, see
     :func:`.reference.binary_linear`) or 2-bit ternary codes ``T`` in {-1, 0, +1} (``"ternary"``)."""
+    # First the best kernel's eager shortcut, if it has one and covers the call (decode calls every layer per token).
+    # It runs before the argument checks below: a shortcut only covers settings it has validated (an unknown format
+    # finds no kernel, unsupported act_bits make it decline), and everything it declines meets those checks.
+    kernels = _KERNELS.get(("cpu" if x.is_cpu else x.device.type, weight_format))
+    if kernels and kernels[0].eager is not None and backend in ("auto", kernels[0].name) and _eager_inference(
+        x, scale_in, scale_out, bias
+    ):
+        y = kernels[0].eager(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+        if y is not None:
+            return y
     check_weight_format(weight_format)
     if act_bits not in SUPPORTED_ACT_BITS:
         raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
     if backend == "reference":
         return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
     if _eager_inference(x, scale_in, scale_out, bias):
-        # Same body as the custom op, without the dispatcher's ~12 us per call (decode calls every layer per token);
-        # first the best kernel's eager shortcut, if it has one and covers the call.
-        kernels = _KERNELS.get(("cpu" if x.is_cpu else x.device.type, weight_format))
-        if kernels and kernels[0].eager is not None and backend in ("auto", kernels[0].name):
-            y = kernels[0].eager(x, weight, scale_in, scale_out, bias, in_features, act_bits)
-            if y is not None:
-                return y
+        # Same body as the custom op, without the dispatcher's ~12 us per call.
         return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format)
     return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
 
 
-def _eager_inference(*tensors) -> bool:
+def _eager_inference(x, scale_in, scale_out, bias) -> bool:
     """True outside torch.compile tracing when no gradient is needed: the custom op adds nothing there."""
     if torch.compiler.is_compiling():
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if torch.is_grad_enabled() and (
+        x.requires_grad or scale_in.requires_grad or scale_out.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         return False
     # Tensor subclasses other than nn.Parameter (fake, functional, distributed tensors) keep the op.
-    return all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors)
+    plain = _PLAIN_TENSOR_TYPES
+    return type(x) in plain and type(scale_in) in plain and type(scale_out) in plain and (
+        bias is None or type(bias) in plain
+    )
 
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
