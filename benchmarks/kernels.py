@@ -9,7 +9,8 @@ CPU method. Every column rotates through enough copies of its weights to exceed 
 well above a 480 MiB L3), so each call reads its weights from memory, as in a real model whose layers are each touched
 once per token. Times are medians over rounds; each round cycles through the copies for at least ROUND_S. The memory
 bound of a call is (bytes it must read and write) / (read bandwidth of a torch.sum over a >1 GB buffer), measured in
-the same run. The CPU is shared: only ratios taken side by side in one run mean anything. Our packed weights and the
+the same run; the columns of a row take turns round by round (since session 10; before, one column after the other).
+The CPU is shared: only ratios taken side by side in one run mean anything. Our packed weights and the
 bandwidth buffer get the 2 MiB-page advice the CPU backend gives packed weights on first use
 (hf_onebit/ops/cpu/pages.py; a no-op where Linux refuses it); torch's dense bf16 is timed both in the pages it
 allocates and advised the same way, and the ratios use the faster of the two.
@@ -52,27 +53,42 @@ def copies_for(bytes_per_copy: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / max(bytes_per_copy, 1)))
 
 
+def _round(calls: list[Callable[[], object]], i: int, round_s: float, clock: Callable[[], float]) -> tuple:
+    """One round: cycle through ``calls`` from index ``i`` for >= round_s; (seconds per call, next index)."""
+    n, start = 0, clock()
+    while True:
+        calls[i % len(calls)]()
+        i, n = i + 1, n + 1
+        elapsed = clock() - start
+        if elapsed >= round_s and n >= min(len(calls), 3):
+            break
+        if elapsed >= 4 * round_s:  # very slow columns: a few calls are enough
+            break
+    return elapsed / n, i
+
+
 def time_rotating(calls: list[Callable[[], object]], rounds: int = ROUNDS, round_s: float = ROUND_S,
                   clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds per call; each round cycles through ``calls`` (all different weights) for >= round_s.
 
     ``clock`` is wall time by default; ``time.thread_time`` gives the calling thread's CPU time instead.
     """
-    calls[0]()  # warm-up: library build, torch.compile, allocator
-    per_call = []
-    i = 0
+    return time_interleaved({"": calls}, rounds, round_s, clock)[""]
+
+
+def time_interleaved(columns: dict[str, list[Callable[[], object]]], rounds: int = ROUNDS, round_s: float = ROUND_S,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """:func:`time_rotating` for several columns that take turns round by round, so that a drift over the run (clock
+    speed, other processes) reaches every column alike rather than the ones measured last."""
+    for calls in columns.values():
+        calls[0]()  # warm-up: library build, torch.compile, allocator, huge-page advice
+    index = dict.fromkeys(columns, 0)
+    per_call: dict[str, list[float]] = {name: [] for name in columns}
     for _ in range(rounds):
-        n, start = 0, clock()
-        while True:
-            calls[i % len(calls)]()
-            i, n = i + 1, n + 1
-            elapsed = clock() - start
-            if elapsed >= round_s and n >= min(len(calls), 3):
-                break
-            if elapsed >= 4 * round_s:  # very slow columns: a few calls are enough
-                break
-        per_call.append(elapsed / n)
-    return statistics.median(per_call)
+        for name, calls in columns.items():
+            seconds, index[name] = _round(calls, index[name], round_s, clock)
+            per_call[name].append(seconds)
+    return {name: statistics.median(values) for name, values in per_call.items()}
 
 
 def fmt_ms(seconds: float | None) -> str:
@@ -214,15 +230,17 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     for k, n in shapes:
         for m in ms:
             times: dict[str, float | None] = {}
+            columns = {}
             for name, build in cpu_columns(k, n, m, weight_format).items():
-                calls = None
+                times[name] = None
                 try:
-                    calls, _ = build()
-                    times[name] = time_rotating(calls, rounds=rounds)
+                    columns[name], _ = build()
+                    columns[name][0]()
                 except Exception as err:  # a peer that cannot run says why, the table goes on
-                    times[name] = None
+                    columns.pop(name, None)
                     print(f"  {name} K={k} N={n} M={m} unavailable: {type(err).__name__}: {err}", file=sys.stderr)
-                del calls
+            times.update(time_interleaved(columns, rounds=rounds))  # the columns take turns, round by round
+            del columns
             # bytes a packed call must move: packed bits / codes + g/h (fp16) + activations in and out (bf16)
             moved = n * packed_columns(k, weight_format) + 2 * (k + n) + 2 * m * (k + n)
             bound = moved / bandwidth
