@@ -32,13 +32,17 @@ _libc = None
 
 
 def _madvise():
+    """libc's madvise, or None where the C library does not offer it."""
     global _libc
     if _libc is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        libc.madvise.restype = ctypes.c_int
-        _libc = libc
-    return _libc.madvise
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            libc.madvise.restype = ctypes.c_int
+            _libc = libc
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc.madvise if _libc else None
 
 
 def enabled() -> bool:
@@ -57,6 +61,8 @@ def advise_huge_pages(t: torch.Tensor) -> int:
     if last <= first:
         return 0
     madvise = _madvise()
+    if madvise is None:
+        return 0
     if madvise(first, last - first, _MADV_COLLAPSE) == 0:
         return last - first
     madvise(first, last - first, _MADV_HUGEPAGE)  # older kernels: at least let khugepaged do it later
