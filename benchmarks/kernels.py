@@ -80,9 +80,9 @@ def time_interleaved(columns: dict[str, list[Callable[[], object]]], rounds: int
                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """:func:`time_rotating` for several columns that take turns round by round, so that a drift over the run (clock
     speed, other processes) reaches every column alike rather than the ones measured last."""
-    for calls in columns.values():
-        calls[0]()  # warm-up: library build, torch.compile, allocator, huge-page advice
     index = dict.fromkeys(columns, 0)
+    for name, calls in columns.items():  # warm-up round: library build, torch.compile, allocator, page faults
+        _, index[name] = _round(calls, 0, round_s, clock)
     per_call: dict[str, list[float]] = {name: [] for name in columns}
     for _ in range(rounds):
         for name, calls in columns.items():
