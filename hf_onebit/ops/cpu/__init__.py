@@ -12,7 +12,7 @@ import torch
 
 from .. import register_kernel
 from ...packing import packed_columns
-from .pages import HUGE_PAGE, advise_once
+from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
 from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
 
@@ -102,12 +102,15 @@ def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weig
         # float32 as is; bfloat16 is read natively and x * g rounded to bfloat16 in C, like the reference's product.
         x_kind, g, y_dtype = _X_KIND[dtype], _float32(scale_in, via=dtype), dtype
     w = weight if weight.is_contiguous() else weight.contiguous()
-    if w.numel() >= HUGE_PAGE:
-        advise_once(w)  # huge pages for the weight stream (pages.py), on first sight
+    large = w.numel() >= HUGE_PAGE
+    if large:
+        advise_resident(w)  # huge pages for the weight stream (pages.py), once the weight is seen to stay
     h = _float32(scale_out)
     b = _float32(bias) if bias is not None else None
-    return CallPlan(key, entry, in_features, w.shape[0], w.shape[1], x_kind, g, h, b, w, w is not weight, y_dtype,
+    plan = CallPlan(key, entry, in_features, w.shape[0], w.shape[1], x_kind, g, h, b, w, w is not weight, y_dtype,
                     act_bits, weight_format, sources=(scale_in, scale_out, bias) if key is not None else ())
+    plan.pages_pending = large and w is weight
+    return plan
 
 
 def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch.Tensor:
@@ -153,8 +156,12 @@ def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_f
         _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
         plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, key)
         store_plan(weight, plan)
-    elif shape[-1] != plan.K:
-        _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
+    else:
+        if shape[-1] != plan.K:
+            _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
+        if plan.pages_pending:  # the weight's second call: it stays, huge pages under it now
+            plan.pages_pending = False
+            advise_resident(weight)
     return _execute(plan, x, M, shape[:-1] if len(shape) > 2 else ())
 
 

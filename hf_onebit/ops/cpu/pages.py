@@ -6,7 +6,8 @@ faster than a bf16 layer of the same shape, so it feels this more. Backed by 2 M
 kernel is 6-10 % faster on a 4096->11008 layer (docs/benchmarks.md); torch's dense bf16 matmul is not measurably
 changed by it.
 
-The CPU backend calls :func:`advise_huge_pages` the first time it sees a weight tensor. Linux only; elsewhere, for
+The CPU backend calls :func:`advise_huge_pages` the second time it sees the same weight tensor at the same address
+(:func:`advise_resident`), so that weights made afresh for every forward are left alone. Linux only; elsewhere, for
 tensors under 2 MiB, or when the kernel refuses (older than 6.1, THP disabled), it does nothing. Set
 ``HF_ONEBIT_HUGE_PAGES=0`` to turn it off.
 """
@@ -69,13 +70,33 @@ def advise_huge_pages(t: torch.Tensor) -> int:
     return 0
 
 
-def advise_once(t: torch.Tensor) -> None:
-    """:func:`advise_huge_pages` the first time this tensor (at this address) comes by; cheap afterwards."""
-    ptr = t.data_ptr()
-    if getattr(t, _ATTR, None) == ptr:
-        return
+def _mark(t: torch.Tensor, state: tuple) -> bool:
     try:
-        setattr(t, _ATTR, ptr)
-    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: advise every time is wrong,
-        return  # so never
-    advise_huge_pages(t)
+        setattr(t, _ATTR, state)
+        return True
+    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: never advised (not every time)
+        return False
+
+
+def advise_once(t: torch.Tensor) -> None:
+    """:func:`advise_huge_pages` now, unless this tensor (at this address) was advised before; for loaders and
+    benchmarks that know the tensor stays."""
+    ptr = t.data_ptr()
+    if getattr(t, _ATTR, None) != ("done", ptr) and _mark(t, ("done", ptr)):
+        advise_huge_pages(t)
+
+
+def advise_resident(t: torch.Tensor) -> None:
+    """What the CPU backend calls on every kernel call: advise a weight the *second* time the same tensor comes by
+    at the same address. A weight that stays (a loaded model) is advised once, on its second call; weights
+    materialised afresh for each forward (accelerate's disk offload) are new tensors every time and are never
+    collapsed, which would cost ~9 ms per 5.6 MB each time."""
+    ptr = t.data_ptr()
+    state = getattr(t, _ATTR, None)
+    if state == ("done", ptr):
+        return
+    if state == ("seen", ptr):
+        if _mark(t, ("done", ptr)):
+            advise_huge_pages(t)
+        return
+    _mark(t, ("seen", ptr))

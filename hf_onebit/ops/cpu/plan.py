@@ -33,7 +33,7 @@ class CallPlan:
     """Library entry, pointers and sizes of one layer's kernel call; ``x`` and the output are per call."""
 
     __slots__ = ("key", "entry", "K", "N", "kbytes", "x_kind", "g", "h", "b", "copy", "sources", "g_ptr", "w_ptr",
-                 "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format")
+                 "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format", "pages_pending")
 
     def __init__(self, key, entry, K, N, kbytes, x_kind, g, h, b, w, copy, y_dtype, act_bits, weight_format,
                  sources=()):
@@ -44,6 +44,8 @@ class CallPlan:
         self.g, self.h, self.b = g, h, b  # the float32 scale copies stay alive with the plan
         self.copy = w if copy else None
         self.sources = sources
+        #: the weight's huge-page advice is still to come (pages.advise_resident: on its second call)
+        self.pages_pending = False
         self.g_ptr = g.data_ptr() if g is not None else None
         self.w_ptr, self.h_ptr = w.data_ptr(), h.data_ptr()
         self.b_ptr = b.data_ptr() if b is not None else None
