@@ -175,7 +175,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
         nbytes = n * packed_columns(k, fmt)
         count = copies_for(nbytes)
         layers = random_packed_layers(k, n, count if max_copies is None else min(count, max_copies), fmt)
-        for lay in layers:  # what the CPU backend does on its first call with each weight, done before timing
+        for lay in layers:  # what the CPU backend does on a weight's second call, done before timing
             advise_once(lay[0])
         return [
             lambda lay=lay: packed_linear(x, lay[0], lay[1], lay[2], None, k, act_bits, backend, fmt) for lay in layers
@@ -235,7 +235,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
                 times[name] = None
                 try:
                     columns[name], _ = build()
-                    columns[name][0]()
+                    columns[name][0]()  # a peer that cannot run fails here, before the timing
                 except Exception as err:  # a peer that cannot run says why, the table goes on
                     columns.pop(name, None)
                     print(f"  {name} K={k} N={n} M={m} unavailable: {type(err).__name__}: {err}", file=sys.stderr)

@@ -97,7 +97,7 @@ def select_kernel(x: torch.Tensor, weight: torch.Tensor, act_bits: int, backend:
     """The kernel that would run this call, or None for the reference path."""
     if backend == "reference":
         return None
-    device_type = "cpu" if x.is_cpu else x.device.type  # is_cpu: no device object on the hot CPU path
+    device_type = _device_type(x)
     for kernel in _KERNELS.get((device_type, weight_format), []):
         if backend not in ("auto", kernel.name):
             continue
@@ -109,6 +109,10 @@ def select_kernel(x: torch.Tensor, weight: torch.Tensor, act_bits: int, backend:
             f"weight_format {weight_format}); available: {available_backends()}"
         )
     return None
+
+
+def _device_type(x: torch.Tensor) -> str:
+    return "cpu" if x.is_cpu else x.device.type  # is_cpu: no device object on the hot CPU path
 
 
 def _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format="binary"):
@@ -197,10 +201,9 @@ def packed_linear(
     # First the best kernel's eager shortcut, if it has one and covers the call (decode calls every layer per token).
     # It runs before the argument checks below: a shortcut only covers settings it has validated (an unknown format
     # finds no kernel, unsupported act_bits make it decline), and everything it declines meets those checks.
-    kernels = _KERNELS.get(("cpu" if x.is_cpu else x.device.type, weight_format))
-    if kernels and kernels[0].eager is not None and backend in ("auto", kernels[0].name) and _eager_inference(
-        x, scale_in, scale_out, bias
-    ):
+    eager = _eager_inference(x, scale_in, scale_out, bias)
+    kernels = _KERNELS.get((_device_type(x), weight_format)) if eager else None
+    if kernels and kernels[0].eager is not None and backend in ("auto", kernels[0].name):
         y = kernels[0].eager(x, weight, scale_in, scale_out, bias, in_features, act_bits)
         if y is not None:
             return y
@@ -209,7 +212,7 @@ def packed_linear(
         raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
     if backend == "reference":
         return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
-    if _eager_inference(x, scale_in, scale_out, bias):
+    if eager:
         # Same body as the custom op, without the dispatcher's ~12 us per call.
         return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format)
     return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)

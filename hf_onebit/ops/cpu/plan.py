@@ -49,9 +49,8 @@ class CallPlan:
         self.g_ptr = g.data_ptr() if g is not None else None
         self.w_ptr, self.h_ptr = w.data_ptr(), h.data_ptr()
         self.b_ptr = b.data_ptr() if b is not None else None
-        self.y_dtype, self.y_bf16, self.act_bits, self.weight_format = y_dtype, int(y_dtype == torch.bfloat16), \
-            act_bits, weight_format
-
+        self.y_dtype, self.y_bf16 = y_dtype, int(y_dtype == torch.bfloat16)
+        self.act_bits, self.weight_format = act_bits, weight_format
 
     def __reduce__(self):
         # A plan lives on its weight tensor, and torch.save / copy.deepcopy of a module carry tensor attributes along:
