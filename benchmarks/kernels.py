@@ -15,8 +15,11 @@ bandwidth buffer get the 2 MiB-page advice the CPU backend gives packed weights 
 (hf_onebit/ops/cpu/pages.py; a no-op where Linux refuses it); torch's dense bf16 is timed both in the pages it
 allocates and advised the same way, and the ratios use the faster of the two.
 
-``--format ternary`` times our ternary kernels (2-bit codes, 4 weights per byte) against the same dense torch columns;
-the bound is then that of a 2-bit call, and "ours binary a8" is kept as a column for comparison.
+``--format ternary`` times our ternary kernels against the same dense torch columns, with "ours binary a8" kept as a
+column for comparison. Every packed layer is called twice before the timing, so the CPU backend's work for a weight
+that stays (huge pages; for ternary weights the t5 copy, hf_onebit/ops/cpu/t5.py) is done: "ours a8 bf16" then reads
+the t5 layout (5 codes per byte) where it applies (M <= 4, AVX-512 VBMI), "ours a8 2-bit" the 2-bit codes (t5 copies
+off), side by side; the bound is that of the bytes the a8 call reads.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if "--omp-active" not in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import math
 import statistics
 import time
@@ -44,6 +48,7 @@ M_VALUES = [1, 8, 512]
 ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the reference machine
 ROUND_S = 0.25
 ROUNDS = 5
+T5_MAX_M = 4  # ONEBIT_T5_MAX_M (csrc/ternary.h): activation rows up to which a ternary int8 call reads the t5 copy
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -171,15 +176,19 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
                 advise_huge_pages(w)
         return [lambda w=w: F.linear(x, w) for w in ws], n * k * x.element_size()
 
-    def packed(x, act_bits, backend, max_copies=None, fmt=weight_format):
+    def packed(x, act_bits, backend, max_copies=None, fmt=weight_format, t5=True):
         nbytes = n * packed_columns(k, fmt)
         count = copies_for(nbytes)
         layers = random_packed_layers(k, n, count if max_copies is None else min(count, max_copies), fmt)
-        for lay in layers:  # what the CPU backend does on a weight's second call, done before timing
-            advise_once(lay[0])
-        return [
+        calls = [
             lambda lay=lay: packed_linear(x, lay[0], lay[1], lay[2], None, k, act_bits, backend, fmt) for lay in layers
-        ], nbytes
+        ]
+        for lay, call in zip(layers, calls):  # what the CPU backend does on a weight's second call, done before timing
+            advise_once(lay[0])
+            if backend == "cpu":
+                with t5_copies(t5), torch.no_grad():
+                    call(), call()
+        return calls, nbytes
 
     def bitnet():
         nbytes = n * k // 4
@@ -194,6 +203,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
             "ours binary a8": lambda: packed(xbf, 8, "cpu", fmt="binary"),
             "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
             "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
+            "ours a8 2-bit": lambda: packed(xbf, 8, "cpu", t5=False),
             "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
         }
     return {
@@ -207,6 +217,34 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
         "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
         "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
     }
+
+
+@contextlib.contextmanager
+def t5_copies(on: bool):
+    """The CPU backend's t5 copies of ternary weights on or off while plans are made (hf_onebit/ops/cpu/t5.py)."""
+    from hf_onebit.ops.cpu.t5 import T5_ENV
+
+    old = os.environ.get(T5_ENV)
+    os.environ[T5_ENV] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(T5_ENV)
+        else:
+            os.environ[T5_ENV] = old
+
+
+def a8_row_bytes(k: int, m: int, weight_format: str) -> int:
+    """Weight bytes per output row that the "ours a8" column reads: the t5 copy's for ternary decode where it applies."""
+    from hf_onebit.ops import cpu
+    from hf_onebit.ops.cpu import t5
+    from hf_onebit.packing import packed_columns
+
+    lib = cpu.binding.library()
+    if weight_format == "ternary" and m <= T5_MAX_M and t5.supported(lib, cpu.binding.active_isa()):
+        return lib.onebit_ternary_t5_row_bytes(k)
+    return packed_columns(k, weight_format)
 
 
 def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
@@ -224,6 +262,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     out(f"weight format: {weight_format}")
     names = list(cpu_columns(1, 4, 1, weight_format))
     header = ["K->N", "M", *names, "bound", "bf16 / a0 bf16", "bf16 / a8", "a8 / bound", "a0 bf16 / bound"]
+    if weight_format == "ternary":
+        header.append("a8 2-bit / a8")
     out("")
     out("| " + " | ".join(header) + " |")
     out("|" + "---|" * len(header))
@@ -242,7 +282,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
             times.update(time_interleaved(columns, rounds=rounds))  # the columns take turns, round by round
             del columns
             # bytes a packed call must move: packed bits / codes + g/h (fp16) + activations in and out (bf16)
-            moved = n * packed_columns(k, weight_format) + 2 * (k + n) + 2 * m * (k + n)
+            moved = n * a8_row_bytes(k, m, weight_format) + 2 * (k + n) + 2 * m * (k + n)
             bound = moved / bandwidth
             row = [f"{k}->{n}", str(m), *(fmt_ms(times[c]) for c in names), fmt_ms(bound)]
             # torch's faster bf16 time, with its default pages or with huge pages (neither wins everywhere)
@@ -253,10 +293,12 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
                 fmt_ratio(times["ours a8 bf16"], bound),
                 fmt_ratio(times["ours a0 bf16"], bound),
             ]
+            if weight_format == "ternary":
+                row.append(fmt_ratio(times["ours a8 2-bit"], times["ours a8 bf16"]))
             out("| " + " | ".join(row) + " |")
     out("")
     out(f"load average at end: {os.getloadavg()[0]:.1f}")
-    bits = "2-bit" if weight_format == "ternary" else "1-bit"
+    bits = "a8 (t5 layout at M <= 4, else 2-bit)" if weight_format == "ternary" else "1-bit"
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16 (the faster of "
         "its two columns: 'dense bf16' in the pages torch allocates, 'dense bf16 2M' advised to 2 MiB pages); "
         f"'x / bound' is time over the memory-bandwidth bound of the {bits} call (1.0 = at the bound).")  # fmt: skip

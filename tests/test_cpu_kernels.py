@@ -144,7 +144,7 @@ def test_call_plan_is_reused_and_follows_every_change():
     """The eager path caches a call plan on the weight (ops/cpu/plan.py): reused while nothing changes, rebuilt when
     the weight, a scale or the bias changes in place or is replaced, and calls it does not cover take the general
     path; every result equals the reference."""
-    from hf_onebit.ops.cpu.plan import cached_plan
+    from hf_onebit.ops.cpu.plan import cached_plan, plan_of
 
     K, N = 600, 24
     weight, scale_in, scale_out, bias = make_layer(K, N, True, 5)
@@ -154,9 +154,9 @@ def test_call_plan_is_reused_and_follows_every_change():
         return check_against_reference(x, (weight, scale_in, scale_out, bias), K, 8)
 
     call()
-    plan = weight._hf_onebit_plan
+    plan = plan_of(weight)
     call()
-    assert weight._hf_onebit_plan is plan  # reused
+    assert plan_of(weight) is plan  # reused
     with torch.no_grad():
         weight.copy_(torch.roll(weight, 1, 0))  # new bits in the same memory
         first = call()
@@ -165,13 +165,13 @@ def test_call_plan_is_reused_and_follows_every_change():
         bias.add_(1.0)
         third = call()
     assert not torch.equal(first, second) and not torch.equal(second, third)
-    assert weight._hf_onebit_plan is not plan
+    assert plan_of(weight) is not plan
     call(scale_in=scale_in.clone().mul_(0.5))  # another tensor object: another plan
-    assert cached_plan(weight, weight._hf_onebit_plan.key) is weight._hf_onebit_plan
+    assert cached_plan(weight, plan_of(weight).key) is plan_of(weight)
     call()
-    plan = weight._hf_onebit_plan
+    plan = plan_of(weight)
     y3 = call(x=torch.randn(2, 1, K).bfloat16())  # a model's (batch, tokens, K): the same plan, output (2, 1, N)
-    assert y3.shape == (2, 1, N) and weight._hf_onebit_plan is plan
+    assert y3.shape == (2, 1, N) and plan_of(weight) is plan
     call(x=torch.randn(3, K).half())  # not covered by plans: the general path
     call(x=torch.randn(K, 3).bfloat16().T)  # non-contiguous: the general path
     with pytest.raises(ValueError, match="in_features"):
@@ -179,22 +179,28 @@ def test_call_plan_is_reused_and_follows_every_change():
 
 
 def test_module_with_a_call_plan_saves_and_copies(tmp_path):
-    """torch.save of a whole module and copy.deepcopy still work after eager calls left a plan on the weight; the
-    copies rebuild their own plan and compute the same."""
+    """torch.save of a whole module or of its state_dict (read back by torch.load's default weights_only=True) and
+    copy.deepcopy still work after eager calls made a plan for the weight; the copies rebuild their own plan and
+    compute the same."""
     import copy
+
+    from hf_onebit.ops.cpu.plan import plan_of
 
     module = make_module(K=600, N=24, act_bits=8)
     x = torch.randn(2, 600)
     with torch.no_grad():
         expected = module(x)
-    assert module.weight._hf_onebit_plan is not None
+    assert plan_of(module.weight) is not None
     torch.save(module, tmp_path / "m.pt")
     loaded = torch.load(tmp_path / "m.pt", weights_only=False)
     copied = copy.deepcopy(module)
+    torch.save(module.state_dict(), tmp_path / "sd.pt")
+    from_state = make_module(K=600, N=24, act_bits=8)
+    from_state.load_state_dict(torch.load(tmp_path / "sd.pt"))  # weights_only=True: nothing but tensors in the file
     with torch.no_grad():
-        for other in (loaded, copied):
+        for other in (loaded, copied, from_state):
             torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
-            assert other.weight._hf_onebit_plan.w_ptr == other.weight.data_ptr()
+            assert plan_of(other.weight).w_ptr == other.weight.data_ptr()
 
 
 def make_module(K=72, N=40, act_bits=0):

@@ -12,6 +12,7 @@ import torch
 
 from .. import register_kernel
 from ...packing import packed_columns
+from . import t5
 from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
 from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
@@ -94,7 +95,8 @@ def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weig
     """Everything about a call but ``x`` (already checked by :func:`_check`). float16 ``x`` gets ``g`` applied in
     torch (no float16 arithmetic in C: the reference's rounding), so its plan has no ``g`` and a float32 output."""
     lib = library()
-    entry = lib.onebit_ternary_linear if weight_format == "ternary" else lib.onebit_linear
+    ternary = weight_format == "ternary"
+    entry = lib.onebit_ternary_linear_t5 if ternary else lib.onebit_linear  # ternary: t5 copy last (None: none yet)
     dtype = x.dtype
     if dtype == torch.float16:
         x_kind, g, y_dtype = _X_F16, None, torch.float32
@@ -109,8 +111,27 @@ def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weig
     b = _float32(bias) if bias is not None else None
     plan = CallPlan(key, entry, in_features, w.shape[0], w.shape[1], x_kind, g, h, b, w, w is not weight, y_dtype,
                     act_bits, weight_format, sources=(scale_in, scale_out, bias) if key is not None else ())
-    plan.pages_pending = large and w is weight
+    if ternary:
+        plan.extra = (None,)
+    # a cached plan on the weight itself: its second call does the work for weights that stay
+    stays = key is not None and w is weight
+    plan.pages_pending = stays and large
+    plan.t5_pending = stays and ternary and act_bits == 8 and t5.supported(lib, active_isa())
+    plan.pending = plan.pages_pending or plan.t5_pending
     return plan
+
+
+def _second_call(plan: CallPlan, weight: torch.Tensor) -> None:
+    """The weight came by again at the same address: it stays. Huge pages under it, and a t5 copy of ternary codes."""
+    plan.pending = False
+    if plan.pages_pending:
+        plan.pages_pending = False
+        advise_resident(weight)
+    if plan.t5_pending:
+        plan.t5_pending = False
+        plan.t5 = t5.build_t5(library(), weight, plan.K)
+        if plan.t5 is not None:
+            plan.extra = (plan.t5.data_ptr(),)
 
 
 def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch.Tensor:
@@ -118,7 +139,7 @@ def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch
     y = torch.empty((*lead, plan.N) if lead else (M, plan.N), dtype=plan.y_dtype)
     rc = plan.entry(
         active_isa(), M, plan.K, plan.N, x.data_ptr(), plan.x_kind, plan.K, plan.g_ptr, plan.w_ptr, plan.kbytes,
-        plan.h_ptr, plan.b_ptr, y.data_ptr(), plan.y_bf16, plan.N, plan.act_bits, torch.get_num_threads(),
+        plan.h_ptr, plan.b_ptr, y.data_ptr(), plan.y_bf16, plan.N, plan.act_bits, torch.get_num_threads(), *plan.extra,
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(
@@ -159,9 +180,8 @@ def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_f
     else:
         if shape[-1] != plan.K:
             _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
-        if plan.pages_pending:  # the weight's second call: it stays, huge pages under it now
-            plan.pages_pending = False
-            advise_resident(weight)
+        if plan.pending:  # the weight's second call: it stays
+            _second_call(plan, weight)
     return _execute(plan, x, M, shape[:-1] if len(shape) > 2 else ())
 
 

@@ -31,7 +31,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     for name in ("onebit_linear", "onebit_ternary_linear"):  # binary and ternary weights, same arguments
         getattr(lib, name).argtypes = linear_args
         getattr(lib, name).restype = ctypes.c_int
-    for name in ("onebit_isa_supported",):
+    # the same with a t5 copy of ternary weights (ternary.h) last
+    lib.onebit_ternary_linear_t5.argtypes = [*linear_args, vp]
+    lib.onebit_ternary_linear_t5.restype = c_int
+    lib.onebit_ternary_to_t5.argtypes = [vp, i64, i64, vp, c_int]  # w, N, K, t5, nthreads
+    lib.onebit_ternary_to_t5.restype = c_int
+    lib.onebit_ternary_t5_row_bytes.argtypes = [i64]
+    lib.onebit_ternary_t5_row_bytes.restype = i64
+    for name in ("onebit_isa_supported", "onebit_ternary_t5_supported"):
         getattr(lib, name).argtypes = [ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
     for name in ("onebit_best_isa", "onebit_isa_count"):

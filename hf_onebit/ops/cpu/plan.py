@@ -7,15 +7,21 @@ path's own checks (:func:`hf_onebit.ops.cpu._check`, ``_float32``); later calls 
 address of the weight, the scales and the bias, plus the call's settings) and go straight to the library.
 Anything the plan does not cover (float16 input, non-contiguous or other-shaped input, a changed tensor) takes the
 general path.
+
+Plans live in a table keyed by the weight tensor's id, not on the tensor: an attribute would travel with the tensor
+into ``torch.save`` (where ``torch.load``'s default ``weights_only=True`` refuses to read it back) and
+``copy.deepcopy``. An entry goes when its weight is freed, and a plan holds only a weak reference to its weight.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
 
-_ATTR = "_hf_onebit_plan"
+#: id(weight) -> the weight's plan; the entry is removed when the weight is freed (store_plan)
+_plans: dict = {}
 
 
 def _tensor_key(t: Optional[torch.Tensor]) -> tuple:
@@ -33,7 +39,8 @@ class CallPlan:
     """Library entry, pointers and sizes of one layer's kernel call; ``x`` and the output are per call."""
 
     __slots__ = ("key", "entry", "K", "N", "kbytes", "x_kind", "g", "h", "b", "copy", "sources", "g_ptr", "w_ptr",
-                 "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format", "pages_pending")
+                 "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format", "pending", "pages_pending",
+                 "t5_pending", "t5", "extra", "owner")
 
     def __init__(self, key, entry, K, N, kbytes, x_kind, g, h, b, w, copy, y_dtype, act_bits, weight_format,
                  sources=()):
@@ -44,32 +51,45 @@ class CallPlan:
         self.g, self.h, self.b = g, h, b  # the float32 scale copies stay alive with the plan
         self.copy = w if copy else None
         self.sources = sources
-        #: the weight's huge-page advice is still to come (pages.advise_resident: on its second call)
-        self.pages_pending = False
+        #: work for the weight's second call (when it is seen to stay): huge pages (pages.advise_resident), a t5 copy
+        #: of ternary codes (t5.py); ``pending`` is set while either is still to come
+        self.pending = self.pages_pending = self.t5_pending = False
+        self.t5 = None  # the t5 copy, once built
+        self.extra = ()  # arguments after the common ones: the t5 copy's address for the ternary entry
         self.g_ptr = g.data_ptr() if g is not None else None
         self.w_ptr, self.h_ptr = w.data_ptr(), h.data_ptr()
         self.b_ptr = b.data_ptr() if b is not None else None
         self.y_dtype, self.y_bf16 = y_dtype, int(y_dtype == torch.bfloat16)
         self.act_bits, self.weight_format = act_bits, weight_format
-
-    def __reduce__(self):
-        # A plan lives on its weight tensor, and torch.save / copy.deepcopy of a module carry tensor attributes along:
-        # it holds a ctypes entry and raw addresses that mean nothing elsewhere, so it travels as "no plan".
-        return (_no_plan, ())
+        self.owner = None  # weak reference to the weight the plan is stored for (store_plan)
 
 
-def _no_plan() -> None:
-    return None
+def plan_of(weight) -> Optional[CallPlan]:
+    """The plan stored for this weight tensor, if any."""
+    plan = _plans.get(id(weight))
+    return plan if plan is not None and plan.owner() is weight else None
 
 
 def cached_plan(weight, key) -> Optional[CallPlan]:
-    plan = getattr(weight, _ATTR, None)
-    return plan if plan is not None and plan.key == key else None
+    plan = _plans.get(id(weight))
+    return plan if plan is not None and plan.key == key and plan.owner() is weight else None
 
 
 def store_plan(weight, plan: CallPlan) -> bool:
+    """Store ``plan`` for ``weight`` (replacing its previous plan); False when the weight takes no weak reference."""
     try:
-        setattr(weight, _ATTR, plan)
-        return True
-    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: no plan, general path
+        plan.owner = weakref.ref(weight)
+    except TypeError:
         return False
+    wid = id(weight)
+    old = _plans.get(wid)
+    if old is None or old.owner() is not weight:  # the first plan of this tensor: forget it when the tensor goes
+        weakref.finalize(weight, _forget, wid)
+    _plans[wid] = plan
+    return True
+
+
+def _forget(wid: int) -> None:
+    plan = _plans.get(wid)
+    if plan is not None and plan.owner() is None:  # (the id may already belong to a newer tensor's plan)
+        del _plans[wid]

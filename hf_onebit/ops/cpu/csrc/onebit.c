@@ -130,6 +130,20 @@ static int get_kernels(int isa, onebit_kernels *k) {
     }
 }
 
+/* The t5 row kernel of a supported ISA, or NULL (ternary.h). */
+static onebit_rows_i8_fn t5_kernel(int isa) {
+#ifdef ONEBIT_HAVE_AVX512_VBMI
+    if ((isa == ONEBIT_ISA_AVX512 || isa == ONEBIT_ISA_AMX) && __builtin_cpu_supports("avx512vbmi"))
+        return onebit_ternary_t5_rows_i8_avx512vbmi();
+#endif
+    (void)isa;
+    return NULL;
+}
+
+onebit_rows_i8_fn onebit_ternary_t5_rows_i8(int isa) { return onebit_isa_supported(isa) ? t5_kernel(isa) : NULL; }
+
+int onebit_ternary_t5_supported(int isa) { return onebit_ternary_t5_rows_i8(isa) != NULL; }
+
 /* The ternary row kernels of an ISA (get_kernels has checked that the ISA is supported). */
 static void get_ternary_kernels(int isa, onebit_ternary_kernels *t) {
     switch (isa) {
@@ -159,6 +173,7 @@ typedef struct {
     const onebit_ternary_kernels *tern;
     int two;              /* epilogue of the rows / int8 paths: y = two * acc - sum (binary 2 B x, ternary c x) */
     int64_t kq;           /* leading elements of a prepared row that may be nonzero: K, or kpad in ternary order */
+    int natural;          /* ternary weights in the t5 layout: activations in natural order (ternary.h) */
     onebit_rows_f32_fn rows_f32;
     onebit_rows_i8_fn rows_i8;
     int planes;           /* int8 rows kernel on activations in plane order (onebit_order_planes) */
@@ -190,9 +205,9 @@ typedef struct {
  *         part p goes to chunk d / 16, part p, tile row d % 16, column i. */
 static const void *x_row(const job_t *j, int64_t m) { return j->x + m * j->ldx * j->xsize; }
 
-/* x * g of row m, zero padded to kpad, into out; ternary: in the ternary order (scratch: kpad floats). */
+/* x * g of row m, zero padded to kpad, into out; ternary 2-bit codes: in the ternary order (scratch: kpad floats). */
 static void scaled_row(const job_t *j, int64_t m, float *out, float *scratch) {
-    if (!j->tern) {
+    if (!j->tern || j->natural) {
         j->kern->scale_row(x_row(j, m), j->x_bf16, j->g, j->K, j->kpad, out);
         return;
     }
@@ -417,10 +432,11 @@ out:
     if (park) release_buffer(park, run->park_bytes);
 }
 
-/* onebit_linear (binary, ternary = 0) and onebit_ternary_linear (ternary = 1). */
+/* onebit_linear (binary, ternary = 0) and onebit_ternary_linear(_t5) (ternary = 1; t5: the weights' t5 copy or
+ * NULL). */
 static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
                   const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y,
-                  int y_bf16, int64_t ldy, int act_bits, int nthreads) {
+                  int y_bf16, int64_t ldy, int act_bits, int nthreads, const uint8_t *t5) {
     const int64_t expected_kbytes = ternary ? (K + 3) / 4 : (K + 7) / 8;
     if (M == 0 && K >= 1 && N >= 1) return 0;
     if (M < 0 || K < 1 || K >= (1 << 23) || N < 1 || kbytes != expected_kbytes || ldx < K || ldy < N || !x || !w || !h || !y) return -1;
@@ -466,6 +482,13 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
         if (j.mode == MODE_ROWS_I8 && !ternary && M <= ONEBIT_PLANES_MAX_M && kern.rows_i8_planes) {
             j.planes = 1;
             j.rows_i8 = kern.rows_i8_planes;
+        }
+        /* decode on ternary weights with a t5 copy: read the copy (20 % fewer bytes), activations in natural order */
+        onebit_rows_i8_fn rows_t5 = j.mode == MODE_ROWS_I8 && t5 && M <= ONEBIT_T5_MAX_M ? t5_kernel(isa) : NULL;
+        if (rows_t5) {
+            j.rows_i8 = rows_t5, j.natural = 1, w = t5;
+            j.kbytes = kbytes = onebit_ternary_t5_row_bytes(K);
+            j.kpad = kbytes / ONEBIT_T5_BLOCK_BYTES * ONEBIT_T5_BLOCK, j.kq = K;
         }
     }
     int64_t nb, group;
@@ -532,11 +555,17 @@ done:
 int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
                   const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
                   int act_bits, int nthreads) {
-    return linear(0, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads);
+    return linear(0, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads, NULL);
 }
 
 int onebit_ternary_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
                           const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y,
                           int y_bf16, int64_t ldy, int act_bits, int nthreads) {
-    return linear(1, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads);
+    return linear(1, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads, NULL);
+}
+
+int onebit_ternary_linear_t5(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
+                             const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias,
+                             void *y, int y_bf16, int64_t ldy, int act_bits, int nthreads, const uint8_t *t5) {
+    return linear(1, isa, M, K, N, x, x_kind, ldx, g, w, kbytes, h, bias, y, y_bf16, ldy, act_bits, nthreads, t5);
 }

@@ -13,6 +13,16 @@
  * activations (bitnet.cpp's I2_S idea, with the interleave moved from the weights to the per-call activations).
  * A row's last block may hold fewer than 64 weight bytes; kernels read only the row's bytes (positions past them hold
  * zero activations).
+ *
+ * Runtime layout "t5" (5 trits per byte, 1.6 bits per weight; built from the layout above by onebit_ternary_to_t5,
+ * never stored on disk). A decode call reads every weight once, so its time is the bytes it reads; this layout reads
+ * 20 % fewer than the 2-bit codes. Inputs go by in blocks of 320 (row bytes: 64 per block, tb = ceil(K / 320)
+ * blocks, so every row is tb * 64 bytes and starts 64-byte aligned). Byte 64 b + j of a row holds the codes c_t of
+ * inputs 320 b + 64 t + j, t = 0..4 (codes past K are 1, value 0), as v = sum_t c_t 3^t in [0, 242], stored folded:
+ *     byte = v            when v <= 121,
+ *     byte = 128 | (242 - v) otherwise        (242 - v has the codes 2 - c_t: the same weights negated).
+ * So the low 7 bits index a 128-entry table (vpermi2b) and bit 7 negates: activations stay in natural order, and 64
+ * bytes give five vectors of 64 codes lined up with five runs of 64 consecutive inputs.
  */
 #ifndef HF_ONEBIT_TERNARY_H
 #define HF_ONEBIT_TERNARY_H
@@ -52,6 +62,18 @@ typedef struct {
     onebit_amx_unpack_bf16_fn amx_unpack_bf16;
 } onebit_ternary_kernels;
 
+/* The t5 layout (see above): inputs per block, bytes per block, activation rows up to which a call uses it. */
+#define ONEBIT_T5_BLOCK 320
+#define ONEBIT_T5_BLOCK_BYTES 64
+#define ONEBIT_T5_MAX_M 4
+
+/* The t5 int8 row kernel (onebit_rows_i8_fn contract, codes c, activation rows in natural order zero padded to
+ * tb * 320, kbytes = tb * 64, mr <= ONEBIT_T5_MAX_M); NULL when this build or CPU has none (it needs AVX-512 VBMI). */
+onebit_rows_i8_fn onebit_ternary_t5_rows_i8(int isa);
+#ifdef ONEBIT_HAVE_AVX512_VBMI
+onebit_rows_i8_fn onebit_ternary_t5_rows_i8_avx512vbmi(void); /* ternary5_avx512.c */
+#endif
+
 /* One per ISA translation unit (ternary_<isa>.c). */
 void onebit_ternary_kernels_portable(onebit_ternary_kernels *t);
 void onebit_ternary_kernels_avx2(onebit_ternary_kernels *t);
@@ -71,6 +93,19 @@ static inline void onebit_ternary_order_row(const float *x, int64_t kpad, float 
 int onebit_ternary_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
                           const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y,
                           int y_bf16, int64_t ldy, int act_bits, int nthreads);
+
+/* 1 when calls with this ISA can use a t5 copy of the weights (onebit_ternary_linear_t5): else a copy is never read. */
+int onebit_ternary_t5_supported(int isa);
+/* Bytes per row of the t5 layout for K inputs (tb * 64). */
+int64_t onebit_ternary_t5_row_bytes(int64_t K);
+/* The t5 layout (N, onebit_ternary_t5_row_bytes(K)) of 2-bit codes w (N, ceil(K / 4)), on up to nthreads threads.
+ * Returns 0, or -1 for a bad argument. */
+int onebit_ternary_to_t5(const uint8_t *w, int64_t N, int64_t K, uint8_t *t5, int nthreads);
+/* onebit_ternary_linear with, besides w, a t5 copy of it (NULL for none): int8 calls of up to ONEBIT_T5_MAX_M rows
+ * read the copy where the ISA has the t5 kernel, every other call reads w. The results are identical. */
+int onebit_ternary_linear_t5(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx,
+                             const float *g, const uint8_t *w, int64_t kbytes, const float *h, const float *bias,
+                             void *y, int y_bf16, int64_t ldy, int act_bits, int nthreads, const uint8_t *t5);
 
 #ifdef __cplusplus
 }
