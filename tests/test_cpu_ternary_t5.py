@@ -67,11 +67,21 @@ def test_conversion_follows_the_layout(K, N, seed, zeros, nthreads):
     assert bool((codes[:, K:] == 1).all())
 
 
-def test_conversion_refuses_code_three():
-    """A byte with code 3 (not ternary) gives no copy: the 2-bit kernels keep computing with it as they always did."""
-    weight = pack_ternary(random_ternary(5, 40, 1))
-    weight[2, 3] |= 0b11 << 4
-    assert t5.build_t5(library(), weight, 40) is None
+@pytest.mark.parametrize("K, at", [(40, 14), (700, 100), (700, 650)])  # code 3 in a last block / a full one
+def test_conversion_refuses_code_three(K, at):
+    """A code 3 (not ternary) below K gives no copy: the 2-bit kernels keep computing with it as they always did."""
+    weight = pack_ternary(random_ternary(5, K, 1))
+    weight[2, at // 4] |= 0b11 << (2 * (at % 4))
+    assert t5.build_t5(library(), weight, K) is None
+
+
+def test_conversion_ignores_padding_codes():
+    K = 38  # the last byte of a row holds 2 padding codes
+    weight = pack_ternary(random_ternary(4, K, 2))
+    garbage = weight.clone()
+    garbage[:, -1] |= 0b1111 << 4  # codes 3 in both padding slots
+    clean, dirty = t5.build_t5(library(), weight, K), t5.build_t5(library(), garbage, K)
+    assert dirty is not None and torch.equal(dirty, clean)
 
 
 def decode_twice(x, layer, K):

@@ -43,6 +43,8 @@ def build_t5(lib, weight: torch.Tensor, in_features: int) -> Optional[torch.Tens
     rc = lib.onebit_ternary_to_t5(weight.data_ptr(), rows, in_features, t5.data_ptr(), torch.get_num_threads())
     if rc == -2:
         return None
+    if rc == -3:
+        raise MemoryError(f"hf_onebit: no memory for the t5 conversion of a {in_features}->{rows} ternary weight")
     if rc != 0:
         raise RuntimeError(f"hf_onebit: t5 conversion failed ({rc}) for a {in_features}->{rows} ternary weight")
     advise_huge_pages(t5)  # it stays with the plan

@@ -99,7 +99,8 @@ int onebit_ternary_t5_supported(int isa);
 /* Bytes per row of the t5 layout for K inputs (tb * 64). */
 int64_t onebit_ternary_t5_row_bytes(int64_t K);
 /* The t5 layout (N, onebit_ternary_t5_row_bytes(K)) of 2-bit codes w (N, ceil(K / 4)), on up to nthreads threads.
- * Returns 0, or -1 for a bad argument. */
+ * Returns 0; -1 for a bad argument, -2 when w holds a code 3 below K (not ternary: t5 is then unusable), -3 out of
+ * memory. */
 int onebit_ternary_to_t5(const uint8_t *w, int64_t N, int64_t K, uint8_t *t5, int nthreads);
 /* onebit_ternary_linear with, besides w, a t5 copy of it (NULL for none): int8 calls of up to ONEBIT_T5_MAX_M rows
  * read the copy where the ISA has the t5 kernel, every other call reads w. The results are identical. */
