@@ -18,7 +18,7 @@ allocates and advised the same way, and the ratios use the faster of the two.
 ``--format ternary`` times our ternary kernels against the same dense torch columns, with "ours binary a8" kept as a
 column for comparison. Every packed layer is called twice before the timing, so the CPU backend's work for a weight
 that stays (huge pages; for ternary weights the t5 copy, hf_onebit/ops/cpu/t5.py) is done: "ours a8 bf16" then reads
-the t5 layout (5 codes per byte) where it applies (M <= 4, AVX-512 VBMI), "ours a8 2-bit" the 2-bit codes (t5 copies
+the t5 layout (5 codes per byte) where it applies (M <= 8, AVX-512 VBMI), "ours a8 2-bit" the 2-bit codes (t5 copies
 off), side by side; the bound is that of the bytes the a8 call reads.
 """
 
@@ -48,7 +48,7 @@ M_VALUES = [1, 8, 512]
 ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the reference machine
 ROUND_S = 0.25
 ROUNDS = 5
-T5_MAX_M = 4  # ONEBIT_T5_MAX_M (csrc/ternary.h): activation rows up to which a ternary int8 call reads the t5 copy
+T5_MAX_M = 8  # ONEBIT_T5_MAX_M (csrc/ternary.h): activation rows up to which a ternary int8 call reads the t5 copy
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -298,7 +298,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
             out("| " + " | ".join(row) + " |")
     out("")
     out(f"load average at end: {os.getloadavg()[0]:.1f}")
-    bits = "a8 (t5 layout at M <= 4, else 2-bit)" if weight_format == "ternary" else "1-bit"
+    bits = "a8 (t5 layout at M <= 8, else 2-bit)" if weight_format == "ternary" else "1-bit"
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16 (the faster of "
         "its two columns: 'dense bf16' in the pages torch allocates, 'dense bf16 2M' advised to 2 MiB pages); "
         f"'x / bound' is time over the memory-bandwidth bound of the {bits} call (1.0 = at the bound).")  # fmt: skip

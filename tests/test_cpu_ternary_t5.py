@@ -18,7 +18,7 @@ from hf_onebit.ops.cpu import t5
 from hf_onebit.ops.cpu.plan import plan_of
 from hf_onebit.packing import pack_ternary, unpack_ternary_codes
 
-T5_MAX_M = 4  # ONEBIT_T5_MAX_M
+T5_MAX_M = 8  # ONEBIT_T5_MAX_M
 
 
 def library():
@@ -115,21 +115,22 @@ def test_decode_on_the_copy_is_bit_exact(K, N, M, dtype, bias, nthreads, seed):
 
 
 @needs_t5_kernel
-def test_copy_is_read_up_to_four_rows_only():
+def test_copy_is_read_up_to_eight_rows_only():
     """Spoiling the copy changes decode calls of up to ONEBIT_T5_MAX_M rows and no other call: they read it."""
     K, N = 1000, 64
     layer = cases.make_layer(K, N, False, 7, weight_format="ternary")
     weight = layer[0]
-    xs = {m: torch.randn(m, K) for m in (1, 4, 5)}
+    xs = {m: torch.randn(m, K) for m in (1, 3, T5_MAX_M, T5_MAX_M + 1)}
     decode_twice(xs[1], layer, K)
     plan = plan_of(weight)
     good = {m: ternary_linear(x, *layer, K, 8, backend="cpu") for m, x in xs.items()}
     saved = plan.t5.clone()
     plan.t5.zero_()  # every byte 0: all codes 0 (-1)
     try:
-        assert not torch.equal(ternary_linear(xs[1], *layer, K, 8, backend="cpu"), good[1])
-        assert not torch.equal(ternary_linear(xs[4], *layer, K, 8, backend="cpu"), good[4])
-        torch.testing.assert_close(ternary_linear(xs[5], *layer, K, 8, backend="cpu"), good[5], rtol=0, atol=0)
+        for m in (1, 3, T5_MAX_M):
+            assert not torch.equal(ternary_linear(xs[m], *layer, K, 8, backend="cpu"), good[m])
+        last = ternary_linear(xs[T5_MAX_M + 1], *layer, K, 8, backend="cpu")
+        torch.testing.assert_close(last, good[T5_MAX_M + 1], rtol=0, atol=0)
         with torch.no_grad():  # the float path never reads it
             exact = ternary_linear(xs[1], *layer, K, 0, backend="cpu")
         torch.testing.assert_close(exact, ternary_linear(xs[1], *layer, K, 0, backend="reference"))

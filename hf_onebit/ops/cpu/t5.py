@@ -7,7 +7,7 @@ stores 5 codes per byte as a base-3 number (1.6 bits per weight, rows padded to 
 
 The CPU backend builds the copy on a weight's second int8 call at the same address (as it gives huge pages: a weight
 made afresh for every forward, e.g. accelerate's disk offload, never pays for a conversion) and keeps it in the
-layer's call plan (:mod:`.plan`); int8 calls of up to 4 activation rows then read it, all other calls the 2-bit codes.
+layer's call plan (:mod:`.plan`); int8 calls of up to 8 activation rows then read it, all other calls the 2-bit codes.
 Results are identical either way. The copy costs 1.6 bits per weight of memory on top of the 2-bit codes; set
 ``HF_ONEBIT_TERNARY_T5=0`` to do without it. It needs AVX-512 VBMI (Ice Lake, Zen 4 and later).
 """

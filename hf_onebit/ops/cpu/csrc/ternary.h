@@ -65,7 +65,7 @@ typedef struct {
 /* The t5 layout (see above): inputs per block, bytes per block, activation rows up to which a call uses it. */
 #define ONEBIT_T5_BLOCK 320
 #define ONEBIT_T5_BLOCK_BYTES 64
-#define ONEBIT_T5_MAX_M 4
+#define ONEBIT_T5_MAX_M 8
 
 /* The t5 int8 row kernel (onebit_rows_i8_fn contract, codes c, activation rows in natural order zero padded to
  * tb * 320, kbytes = tb * 64, mr <= ONEBIT_T5_MAX_M); NULL when this build or CPU has none (it needs AVX-512 VBMI). */

@@ -42,9 +42,13 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
     const __m512i negate_fields = _mm512_set1_epi8((char)0xAA), two = _mm512_set1_epi8(2);
     const __m512i mask[4] = {_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x0C), _mm512_set1_epi8(0x30),
                              _mm512_set1_epi8((char)0xC0)};
+    /* one row: five accumulators (one per field, fields masked in place: 1 op each) hide the vpdpbusd latency; more
+     * rows: the fields shifted down to {0, 1, 2} (2 ops each, once for all rows) share T5_NACC accumulators per row
+     * (1 from 5 rows on), so that the accumulators of all rows still fit the register file */
+    const int nacc = mr == 1 ? 5 : (mr >= 5 ? 1 : 2);
     __m512i acc[ONEBIT_T5_MAX_M][5];
     for (int m = 0; m < mr; ++m)
-        for (int t = 0; t < 5; ++t) acc[m][t] = _mm512_setzero_si512();
+        for (int t = 0; t < nacc; ++t) acc[m][t] = _mm512_setzero_si512();
     const int64_t blocks = kbytes / ONEBIT_T5_BLOCK_BYTES;
     for (int64_t b = 0; b < blocks; ++b) {
         _mm_prefetch((const char *)(row + b * 64 + T5_PREFETCH_L2), _MM_HINT_T1);
@@ -55,18 +59,27 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
         f = _mm512_mask_sub_epi8(f, negative, negate_fields, f);
         c4 = _mm512_mask_sub_epi8(c4, negative, two, c4);
         __m512i c[5];
-        for (int t = 0; t < 4; ++t) c[t] = _mm512_and_si512(f, mask[t]);
+        for (int t = 0; t < 4; ++t)
+            c[t] = mr == 1 ? _mm512_and_si512(f, mask[t])
+                           : _mm512_and_si512(t ? _mm512_srli_epi16(f, 2 * t) : f, mask[0]);
         c[4] = c4;
         for (int m = 0; m < mr; ++m) {
             const int8_t *qb = q + m * ldq + b * ONEBIT_T5_BLOCK;
             for (int t = 0; t < 5; ++t)
-                acc[m][t] = _mm512_dpbusd_epi32(acc[m][t], c[t], _mm512_loadu_si512((const void *)(qb + 64 * t)));
+                acc[m][t % nacc] = _mm512_dpbusd_epi32(acc[m][t % nacc], c[t], _mm512_loadu_si512((const void *)(qb + 64 * t)));
         }
     }
     for (int m = 0; m < mr; ++m) {
-        const __m512i low = _mm512_add_epi32(acc[m][0], _mm512_srai_epi32(acc[m][1], 2));
-        const __m512i high = _mm512_add_epi32(_mm512_srai_epi32(acc[m][2], 4), _mm512_srai_epi32(acc[m][3], 6));
-        out[m * ldo] = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(low, high), acc[m][4]));
+        __m512i total;
+        if (mr == 1) { /* field t counted 4^t times */
+            const __m512i low = _mm512_add_epi32(acc[m][0], _mm512_srai_epi32(acc[m][1], 2));
+            const __m512i high = _mm512_add_epi32(_mm512_srai_epi32(acc[m][2], 4), _mm512_srai_epi32(acc[m][3], 6));
+            total = _mm512_add_epi32(_mm512_add_epi32(low, high), acc[m][4]);
+        } else {
+            total = acc[m][0];
+            for (int a = 1; a < nacc; ++a) total = _mm512_add_epi32(total, acc[m][a]);
+        }
+        out[m * ldo] = _mm512_reduce_add_epi32(total);
     }
 }
 
@@ -76,7 +89,11 @@ static void rows_i8(const int8_t *q, int64_t ldq, int mr, const uint8_t *w, int6
     case 1: for (int64_t n = n0; n < n1; ++n) row_i8(1, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
     case 2: for (int64_t n = n0; n < n1; ++n) row_i8(2, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
     case 3: for (int64_t n = n0; n < n1; ++n) row_i8(3, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    default: for (int64_t n = n0; n < n1; ++n) row_i8(4, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
+    case 4: for (int64_t n = n0; n < n1; ++n) row_i8(4, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
+    case 5: for (int64_t n = n0; n < n1; ++n) row_i8(5, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
+    case 6: for (int64_t n = n0; n < n1; ++n) row_i8(6, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
+    case 7: for (int64_t n = n0; n < n1; ++n) row_i8(7, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
+    default: for (int64_t n = n0; n < n1; ++n) row_i8(8, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
     }
 }
 
