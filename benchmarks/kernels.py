@@ -2,7 +2,8 @@
 
     python benchmarks/kernels.py                  # CPU table (default device), ~5-8 minutes on 2 cores
     python benchmarks/kernels.py --quick          # two shapes, M in {1, 512}
-    python benchmarks/kernels.py --format ternary # the same for 2-bit ternary weights (weight_format="ternary")
+    python benchmarks/kernels.py --format ternary # the same for ternary weights (weight_format="ternary")
+    python benchmarks/kernels.py --format ternary --batch 1 --rounds 21   # decode rows only, tighter medians
     python benchmarks/kernels.py --device cuda    # the GPU table (benchmarks/kernels_cuda.py)
 
 CPU method. Every column rotates through enough copies of its weights to exceed the last-level cache (ROTATE_BYTES,
@@ -305,10 +306,10 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
 
 
 def run_cpu(args) -> None:
-    if args.quick:
-        cpu_table([(4096, 11008), (576, 1536)], [1, 512], rounds=3, weight_format=args.format)
-    else:
-        cpu_table(SHAPES, M_VALUES, weight_format=args.format)
+    shapes, ms, rounds = ([(4096, 11008), (576, 1536)], [1, 512], 3) if args.quick else (SHAPES, M_VALUES, ROUNDS)
+    if args.batch:
+        ms = args.batch
+    cpu_table(shapes, ms, rounds=args.rounds or rounds, weight_format=args.format)
 
 
 # ---------------------------------------------------------------- CUDA
@@ -333,6 +334,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer shapes and batch sizes")
     parser.add_argument("--format", choices=("binary", "ternary"), default="binary",
                         help="packed weight format of our columns (CPU table)")
+    parser.add_argument("--batch", type=lambda v: [int(m) for m in v.split(",")], default=None,
+                        help="activation rows M to time, comma-separated (CPU table; default 1,8,512, --quick 1,512)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"timed rounds per column (CPU table; default {ROUNDS}, --quick 3): more for tighter medians")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every column (CPU table; default: torch's own choice)")
     args = parser.parse_args(argv)
