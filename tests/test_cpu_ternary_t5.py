@@ -31,7 +31,7 @@ def t5_runs() -> bool:
 
 needs_t5_kernel = pytest.mark.skipif(
     not cpu.is_available() or not t5.supported(cpu.binding.library(), cpu.binding.active_isa()),
-    reason="this CPU has no AVX-512 VBMI (the t5 kernel); the conversion tests still run",
+    reason="no t5 kernel for the active ISA (needs AVX-512 VBMI); the conversion tests still run",
 )
 
 
@@ -155,6 +155,7 @@ def test_copy_follows_in_place_weight_updates():
     assert torch.equal(decode_t5(plan.t5, K)[:, :K], unpack_ternary_codes(layer[0], K))
 
 
+@needs_t5_kernel
 def test_no_copy_when_disabled_or_for_weights_made_per_call(monkeypatch):
     """HF_ONEBIT_TERNARY_T5=0 builds none; nor does a weight that is a new tensor at every call (disk offload)."""
     K, N = 640, 32
@@ -206,3 +207,24 @@ def test_plan_and_copy_go_with_the_weight():
     del layer, weight
     gc.collect()
     assert wid not in plans._plans and copy_ref() is None
+
+
+@needs_t5_kernel
+def test_no_memory_for_the_copy_warns_and_keeps_the_codes(monkeypatch):
+    """A copy that cannot be allocated is skipped with a warning; the calls go on, on the 2-bit codes."""
+    K, N = 640, 16
+    layer = cases.make_layer(K, N, False, 13, weight_format="ternary")
+    x = torch.randn(1, K)
+    real_empty = torch.empty
+
+    def failing_empty(*args, **kwargs):
+        if kwargs.get("dtype") == torch.uint8:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(t5.torch, "empty", failing_empty)
+    with pytest.warns(RuntimeWarning, match="no memory for the t5 copy"):
+        got = decode_twice(x, layer, K)
+    monkeypatch.undo()
+    assert plan_of(layer[0]).t5 is None
+    torch.testing.assert_close(got, portable(x, layer, K), rtol=0, atol=0)

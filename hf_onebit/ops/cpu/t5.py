@@ -15,6 +15,7 @@ Results are identical either way. The copy costs 1.6 bits per weight of memory o
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -37,15 +38,29 @@ def supported(lib, isa: int) -> bool:
 def build_t5(lib, weight: torch.Tensor, in_features: int) -> Optional[torch.Tensor]:
     """The t5 copy of contiguous 2-bit ``weight`` (N, ceil(K / 4)) as uint8 (N, 64 * ceil(K / 320)), in huge pages
     where Linux grants them; None when ``weight`` holds a code that is not ternary (3), which the 2-bit kernels then
-    compute with as before."""
+    compute with as before, or when there is no memory for the copy (one warning; the 2-bit codes serve every call)."""
     rows = weight.shape[0]
-    t5 = torch.empty((rows, lib.onebit_ternary_t5_row_bytes(in_features)), dtype=torch.uint8)
+    try:
+        t5 = torch.empty((rows, lib.onebit_ternary_t5_row_bytes(in_features)), dtype=torch.uint8)
+    except RuntimeError as err:  # torch's out-of-memory on CPU
+        _no_memory(in_features, rows, err)
+        return None
     rc = lib.onebit_ternary_to_t5(weight.data_ptr(), rows, in_features, t5.data_ptr(), torch.get_num_threads())
     if rc == -2:
         return None
     if rc == -3:
-        raise MemoryError(f"hf_onebit: no memory for the t5 conversion of a {in_features}->{rows} ternary weight")
+        _no_memory(in_features, rows, "the conversion's tables")
+        return None
     if rc != 0:
         raise RuntimeError(f"hf_onebit: t5 conversion failed ({rc}) for a {in_features}->{rows} ternary weight")
     advise_huge_pages(t5)  # it stays with the plan
     return t5
+
+
+def _no_memory(in_features: int, rows: int, why) -> None:
+    warnings.warn(
+        f"hf_onebit: no memory for the t5 copy of a {in_features}->{rows} ternary weight ({why}); its decode calls "
+        f"read the 2-bit codes (slower, same results). Set {T5_ENV}=0 to stop trying.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
