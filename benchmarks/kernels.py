@@ -237,7 +237,7 @@ def t5_copies(on: bool):
 
 
 def a8_row_bytes(k: int, m: int, weight_format: str) -> int:
-    """Weight bytes per output row that the "ours a8" column reads: the t5 copy's for ternary decode where it applies."""
+    """Weight bytes per output row that the "ours a8" column reads (the t5 copy's for ternary decode, where used)."""
     from hf_onebit.ops import cpu
     from hf_onebit.ops.cpu import t5
     from hf_onebit.packing import packed_columns
@@ -337,7 +337,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=lambda v: [int(m) for m in v.split(",")], default=None,
                         help="activation rows M to time, comma-separated (CPU table; default 1,8,512, --quick 1,512)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help=f"timed rounds per column (CPU table; default {ROUNDS}, --quick 3): more for tighter medians")
+                        help=f"timed rounds per column (CPU table; default {ROUNDS}, --quick 3); more: tighter medians")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every column (CPU table; default: torch's own choice)")
     args = parser.parse_args(argv)

@@ -49,7 +49,8 @@ static unsigned full_block(const convert_t *c, const uint8_t *src, int64_t b, ui
         bad |= (s0 & (s0 >> 1)) | (s1 & (s1 >> 1)) | (s2 & (s2 >> 1)) | (s3 & (s3 >> 1)) | (s4 & (s4 >> 1));
         const uint32_t v = c->tables[0][s0] + c->tables[1][s1] + c->tables[2][s2] + c->tables[3][s3] + c->tables[4][s4];
         uint8_t *d = dst + b * ONEBIT_T5_BLOCK_BYTES + 4 * i;
-        d[0] = c->fold[v & 255], d[1] = c->fold[(v >> 8) & 255], d[2] = c->fold[(v >> 16) & 255], d[3] = c->fold[v >> 24];
+        d[0] = c->fold[v & 255], d[1] = c->fold[(v >> 8) & 255];
+        d[2] = c->fold[(v >> 16) & 255], d[3] = c->fold[v >> 24];
     }
     return bad & 0x55; /* a set low bit of a pair whose high bit is set too: code 3 */
 }

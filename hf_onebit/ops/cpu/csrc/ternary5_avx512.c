@@ -65,8 +65,10 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
         c[4] = c4;
         for (int m = 0; m < mr; ++m) {
             const int8_t *qb = q + m * ldq + b * ONEBIT_T5_BLOCK;
-            for (int t = 0; t < 5; ++t)
-                acc[m][t % nacc] = _mm512_dpbusd_epi32(acc[m][t % nacc], c[t], _mm512_loadu_si512((const void *)(qb + 64 * t)));
+            for (int t = 0; t < 5; ++t) {
+                const __m512i x = _mm512_loadu_si512((const void *)(qb + 64 * t));
+                acc[m][t % nacc] = _mm512_dpbusd_epi32(acc[m][t % nacc], c[t], x);
+            }
         }
     }
     for (int m = 0; m < mr; ++m) {
