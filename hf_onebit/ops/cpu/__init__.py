@@ -9,6 +9,7 @@ the reference path after one warning. See docs/kernels-cpu.md for the design.
 from __future__ import annotations
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import register_kernel
 from ...packing import packed_columns
@@ -53,18 +54,20 @@ def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
     )
 
 
+#: tensor -> {via dtype: (key, float32 copy)}: the conversions of :func:`_float32`, kept beside the tensor (weakly)
+#: rather than on it, so that nothing of ours travels into torch.save or copy.deepcopy with a scale tensor
+_F32_CACHE: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+
+
 def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
-    """``t`` rounded to ``via`` and held as contiguous float32; cached on ``t`` while ``t`` is unchanged."""
+    """``t`` rounded to ``via`` and held as contiguous float32; cached for ``t`` while ``t`` is unchanged."""
     if via == torch.float32 and t.dtype == torch.float32 and t.is_contiguous():
         return t
     key = (via, t._version, t.data_ptr(), t.dtype, tuple(t.shape))
-    cache = getattr(t, "_hf_onebit_f32", None)
-    if cache is None:
+    try:
+        cache = _F32_CACHE.setdefault(t, {})
+    except TypeError:  # a tensor that takes no weak reference: just do not cache
         cache = {}
-        try:
-            t._hf_onebit_f32 = cache
-        except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: just do not cache
-            pass
     hit = cache.get(via)
     if hit is not None and hit[0] == key:
         return hit[1]
