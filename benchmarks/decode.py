@@ -100,15 +100,6 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     return statistics.median(rates)
 
 
-def random_ternary_codes(weight, gen) -> None:
-    """Fill a packed ternary weight (uint8, 4 codes per byte) with random codes 0, 1, 2 in place."""
-    import torch
-
-    digits = torch.tensor([[v // 3**j % 3 for j in range(4)] for v in range(81)], dtype=torch.uint8)
-    table = (digits << torch.tensor([0, 2, 4, 6], dtype=torch.uint8)).sum(-1, dtype=torch.uint8)  # v -> 4 fields
-    weight.copy_(table[torch.randint(0, 81, weight.shape, generator=gen)])
-
-
 def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
     """LLaMA-2-7B-shaped model with random weights, bf16; packed linears built packed (never as floats)."""
     import torch
@@ -117,6 +108,7 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
 
     from hf_onebit import OneBitConfig, OneBitLinear
     from hf_onebit.convert import replace_with_empty_onebit_linear
+    from hf_onebit.packing import pack_ternary
 
     config = LlamaConfig(**{**LLAMA7B, "num_hidden_layers": layers})
     with torch.device("meta"):
@@ -128,8 +120,10 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, OneBitLinear):
-                if weight_format == "ternary":
-                    random_ternary_codes(module.weight, gen)
+                if weight_format == "ternary":  # random -1 / 0 / +1, packed by packing.py
+                    values = torch.randint(-1, 2, (module.out_features, module.in_features), dtype=torch.int8,
+                                           generator=gen)
+                    module.weight.copy_(pack_ternary(values))
                 else:
                     module.weight.random_(0, 256, generator=gen)  # random sign bits
                 module.scale_in.uniform_(0.5, 1.5, generator=gen)

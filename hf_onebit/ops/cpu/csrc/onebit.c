@@ -140,9 +140,7 @@ static onebit_rows_i8_fn t5_kernel(int isa) {
     return NULL;
 }
 
-onebit_rows_i8_fn onebit_ternary_t5_rows_i8(int isa) { return onebit_isa_supported(isa) ? t5_kernel(isa) : NULL; }
-
-int onebit_ternary_t5_supported(int isa) { return onebit_ternary_t5_rows_i8(isa) != NULL; }
+int onebit_ternary_t5_supported(int isa) { return onebit_isa_supported(isa) && t5_kernel(isa) != NULL; }
 
 /* The ternary row kernels of an ISA (get_kernels has checked that the ISA is supported). */
 static void get_ternary_kernels(int isa, onebit_ternary_kernels *t) {

@@ -65,11 +65,11 @@ typedef struct {
 /* The t5 layout (see above): inputs per block, bytes per block, activation rows up to which a call uses it. */
 #define ONEBIT_T5_BLOCK 320
 #define ONEBIT_T5_BLOCK_BYTES 64
-#define ONEBIT_T5_MAX_M 8
+#define ONEBIT_T5_MAX_M ONEBIT_MR
 
 /* The t5 int8 row kernel (onebit_rows_i8_fn contract, codes c, activation rows in natural order zero padded to
- * tb * 320, kbytes = tb * 64, mr <= ONEBIT_T5_MAX_M); NULL when this build or CPU has none (it needs AVX-512 VBMI). */
-onebit_rows_i8_fn onebit_ternary_t5_rows_i8(int isa);
+ * tb * 320, kbytes = tb * 64, mr <= ONEBIT_T5_MAX_M); the driver uses it where this build and the CPU have AVX-512
+ * VBMI. */
 #ifdef ONEBIT_HAVE_AVX512_VBMI
 onebit_rows_i8_fn onebit_ternary_t5_rows_i8_avx512vbmi(void); /* ternary5_avx512.c */
 #endif

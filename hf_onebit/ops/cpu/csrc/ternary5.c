@@ -28,8 +28,9 @@ typedef struct {
 /* Rows per unit of work handed out. */
 #define CONVERT_ROWS 64
 
+static const uint32_t pow3[5] = {1, 3, 9, 27, 81};
+
 static void make_tables(convert_t *c) {
-    static const uint32_t pow3[5] = {1, 3, 9, 27, 81};
     for (int t = 0; t < 5; ++t)
         for (int byte = 0; byte < 256; ++byte) {
             uint32_t word = 0;
@@ -57,7 +58,6 @@ static unsigned full_block(const convert_t *c, const uint8_t *src, int64_t b, ui
 
 /* A block reaching past K, code by code (codes past K are 1). */
 static unsigned last_block(const convert_t *c, const uint8_t *src, int64_t b, uint8_t *dst) {
-    static const uint16_t pow3[5] = {1, 3, 9, 27, 81};
     uint16_t v[ONEBIT_T5_BLOCK_BYTES] = {0};
     unsigned bad = 0;
     for (int t = 0; t < 5; ++t)

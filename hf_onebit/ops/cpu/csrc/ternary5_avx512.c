@@ -43,7 +43,7 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
     const __m512i mask[4] = {_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x0C), _mm512_set1_epi8(0x30),
                              _mm512_set1_epi8((char)0xC0)};
     /* one row: five accumulators (one per field, fields masked in place: 1 op each) hide the vpdpbusd latency; more
-     * rows: the fields shifted down to {0, 1, 2} (2 ops each, once for all rows) share T5_NACC accumulators per row
+     * rows: the fields shifted down to {0, 1, 2} (2 ops each, once for all rows) share 2 accumulators per row
      * (1 from 5 rows on), so that the accumulators of all rows still fit the register file */
     const int nacc = mr == 1 ? 5 : (mr >= 5 ? 1 : 2);
     __m512i acc[ONEBIT_T5_MAX_M][5];
@@ -85,18 +85,7 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
     }
 }
 
-static void rows_i8(const int8_t *q, int64_t ldq, int mr, const uint8_t *w, int64_t kbytes, int64_t n0, int64_t n1,
-                    int32_t *out, int64_t ldo) {
-    switch (mr) { /* mr <= ONEBIT_T5_MAX_M (the driver's rule); a compile-time mr keeps the accumulators in registers */
-    case 1: for (int64_t n = n0; n < n1; ++n) row_i8(1, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 2: for (int64_t n = n0; n < n1; ++n) row_i8(2, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 3: for (int64_t n = n0; n < n1; ++n) row_i8(3, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 4: for (int64_t n = n0; n < n1; ++n) row_i8(4, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 5: for (int64_t n = n0; n < n1; ++n) row_i8(5, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 6: for (int64_t n = n0; n < n1; ++n) row_i8(6, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 7: for (int64_t n = n0; n < n1; ++n) row_i8(7, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    default: for (int64_t n = n0; n < n1; ++n) row_i8(8, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    }
-}
+/* mr <= ONEBIT_T5_MAX_M = ONEBIT_MR (the driver's rule) */
+ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
 
 onebit_rows_i8_fn onebit_ternary_t5_rows_i8_avx512vbmi(void) { return rows_i8; }
