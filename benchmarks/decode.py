@@ -72,6 +72,8 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     extra = {}
     cache = None
+    from hf_onebit.compat import cache_kwargs
+
     if compiled:
         from transformers import CompileConfig, StaticCache
 
@@ -84,7 +86,7 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
         with torch.inference_mode():
             if cache is not None:
                 cache.reset()  # its tensors are inference tensors: reset them in inference mode
-                extra["past_key_values"] = cache
+                extra.update(cache_kwargs(model, cache))  # `cache` or `past_key_values`, as transformers names it
             start = time.perf_counter()
             out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
             elapsed = time.perf_counter() - start

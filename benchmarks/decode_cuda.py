@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from hf_onebit.compat import cache_kwargs  # noqa: E402
 
 
 def llama2_7b_config(layers: int):
@@ -90,8 +91,8 @@ class Decoder:
 
     @torch.no_grad()
     def step(self):
-        logits = self.model(input_ids=self.ids, past_key_values=self.cache, cache_position=self.pos,
-                            position_ids=self.pos.view(1, 1), use_cache=True).logits
+        logits = self.model(input_ids=self.ids, cache_position=self.pos, position_ids=self.pos.view(1, 1),
+                            use_cache=True, **cache_kwargs(self.model, self.cache)).logits
         self.ids.copy_(logits[:, -1:].argmax(-1))
         self.pos.add_(1)
 

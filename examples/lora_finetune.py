@@ -17,6 +17,7 @@ from _common import base_parser, float_model_path, workdir
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+from hf_onebit.compat import checkpointing_kwargs  # noqa: E402
 import hf_onebit
 import hf_onebit.peft  # registers LoRA for OneBitLinear with PEFT
 
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
     training_args = TrainingArguments(
         output_dir=os.path.join(root, "trainer"), max_steps=steps, per_device_train_batch_size=4,
         learning_rate=lr, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
-        gradient_checkpointing=True, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        **checkpointing_kwargs(True),  # activation (gradient) checkpointing, named as the installed transformers names it
     )
     trainer = Trainer(model=peft_model, args=training_args, train_dataset=TextChunks(ids, seq_len))
     trainer.train()

@@ -96,7 +96,8 @@ def main() -> None:
         # the teacher's answers to writing prompts, generated with a bf16 copy of it (ordinary prose: see
         # docs/benchmarks.md for how it compares with random-start sampling)
         data = self_generated_dataset(teacher, tokenizer, num_sequences=max(count, 64), seq_len=args.seq_len,
-                                      style=args.data_style, batch_size=64, top_k=50, dtype="bfloat16")
+                                      style=args.data_style, batch_size=64, top_k=50,
+                                      dtype="bfloat16" if args.bf16 else None)
     print(f"{len(data)} sequences of {data[0]['input_ids'].numel()} tokens")
 
     precision = "bf16 autocast" if args.bf16 else "float32"

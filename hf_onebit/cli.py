@@ -11,7 +11,6 @@ COMMANDS = {
     "quantize": "hf_onebit.commands.quantize",
     "eval": "hf_onebit.commands.evaluate",
     "distill": "hf_onebit.commands.distill",
-    "bench": "hf_onebit.commands.bench",
     "push": "hf_onebit.commands.push",
     "info": "hf_onebit.commands.info",
 }
@@ -37,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    from .checkpoint import CheckpointError
+    from .output import OutputError
+    from .registry import FetchError
+
+    try:
+        return int(args.run(args) or 0)
+    except (CheckpointError, OutputError, FetchError) as err:  # bad input the user can fix: one line, no traceback
+        print(f"hf-onebit {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,8 +31,27 @@ _FIELDS = (
 )
 
 
+#: Upper bound of ``init_iters`` (the rank-1 solvers converge in tens of iterations; more only costs time).
+MAX_INIT_ITERS = 10_000
+
+
 def _fail(field: str, value: Any, allowed: str) -> None:
     raise ValueError(f"OneBitConfig.{field}: got {value!r}; allowed: {allowed}")
+
+
+def _name_list(value):
+    """``modules_to_not_convert`` as a list: one name given as a string is one name (not its characters)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        _fail("modules_to_not_convert", value, "None, a module name, or a list of module names")
+    return list(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class OneBitConfig(QuantizationConfigMixin):
@@ -78,7 +97,7 @@ class OneBitConfig(QuantizationConfigMixin):
     ):
         self.quant_method = QUANT_METHOD
         kwargs.pop("quant_method", None)
-        self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        self.modules_to_not_convert = _name_list(modules_to_not_convert)
         self.init = init
         self.init_iters = init_iters
         self.post_layernorm = post_layernorm
@@ -101,16 +120,16 @@ class OneBitConfig(QuantizationConfigMixin):
             _fail("modules_to_not_convert", skip, "a list of non-empty module names")
         if self.init not in INIT_METHODS:
             _fail("init", self.init, f"one of {INIT_METHODS}")
-        if isinstance(self.init_iters, bool) or not isinstance(self.init_iters, int) or self.init_iters < 1:
-            _fail("init_iters", self.init_iters, "an integer >= 1")
+        if not _is_int(self.init_iters) or not 1 <= self.init_iters <= MAX_INIT_ITERS:
+            _fail("init_iters", self.init_iters, f"an integer from 1 to {MAX_INIT_ITERS}")
         if not isinstance(self.post_layernorm, bool):
             _fail("post_layernorm", self.post_layernorm, "True or False")
         if self.scale_dtype not in SCALE_DTYPES:
             _fail("scale_dtype", self.scale_dtype, f"one of {tuple(SCALE_DTYPES)}")
         if self.backend not in BACKENDS:
             _fail("backend", self.backend, f"one of {BACKENDS}")
-        if isinstance(self.act_bits, bool) or self.act_bits not in ACT_BITS:
-            _fail("act_bits", self.act_bits, f"one of {ACT_BITS}")
+        if not _is_int(self.act_bits) or self.act_bits not in ACT_BITS:
+            _fail("act_bits", self.act_bits, f"one of the integers {ACT_BITS}")
         if self.weight_format not in WEIGHT_FORMATS:
             _fail("weight_format", self.weight_format, f"one of {WEIGHT_FORMATS}")
         try:

@@ -127,8 +127,25 @@ def _tied_and_output_names(model: nn.Module) -> list[str]:
     return names
 
 
-def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every OneBitLinear by an ``nn.Linear`` with the same function, in place."""
+def _float_dtype(dtype) -> torch.dtype | None:
+    """``dtype`` as a floating ``torch.dtype``: a ``torch.dtype``, its name (``"float32"``, ``"torch.bfloat16"``:
+    what ``config.dtype`` holds after a save) or None / ``"auto"`` (each layer's own)."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype: got {dtype!r}; allowed: a floating torch dtype or its name, e.g. 'float32'")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: got {dtype!r}; allowed: a floating torch dtype or its name, e.g. 'float32'")
+    return dtype
+
+
+def dequantize_(model: nn.Module, dtype: torch.dtype | str | None = None) -> nn.Module:
+    """Replace every OneBitLinear by an ``nn.Linear`` with the same function, in place (``dtype``: of the new
+    layers, a ``torch.dtype`` or its name; default: each layer's bias dtype, else float32)."""
+    dtype = _float_dtype(dtype)
     for name, module in list(model.named_modules()):
         if not isinstance(module, OneBitLinear):
             continue

@@ -88,8 +88,14 @@ def _is_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not os.path.exists(name)
 
 
+LOCAL_SUFFIX = " (local checkpoint)"
+
+
 def _teacher_label(name: str) -> str:
-    return name if _is_hub_id(name) else f"{os.path.basename(os.path.normpath(name)) or name} (local checkpoint)"
+    """A Hub id as it is; a local path as its last component (no directory layout), marked as local."""
+    if _is_hub_id(name) or name.endswith(LOCAL_SUFFIX):
+        return name
+    return f"{os.path.basename(os.path.normpath(name)) or name}{LOCAL_SUFFIX}"
 
 
 def _version() -> str:
@@ -257,8 +263,12 @@ def write_model_card(model: nn.Module, folder: str, repo_id: str | None = None, 
 def save_pretrained(self, save_directory, *args, **kwargs):
     """``PreTrainedModel.save_pretrained`` plus a model card (``README.md``) written by hf_onebit.
 
-    With ``push_to_hub=True`` the folder (card included) is then uploaded with :func:`push_folder`.
+    With ``push_to_hub=True`` the folder (card included) is then uploaded with :func:`push_folder`. A path that is an
+    existing file raises ``NotADirectoryError`` (transformers only logs an error there and saves nothing).
     """
+    if os.path.isfile(os.fspath(save_directory)):
+        raise NotADirectoryError(f"save_pretrained: {os.fspath(save_directory)!r} is an existing file; nothing was "
+                                 "saved (give a folder path)")
     push = kwargs.pop("push_to_hub", False)
     hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "commit_description", "create_pr", "private",
                                       "revision") if k in kwargs}
@@ -324,10 +334,12 @@ def push_folder(folder: str, repo_id: str, *, token=None, private: bool | None =
 def attach_model_card(model: nn.Module, teacher: str | None = None) -> nn.Module:
     """Give ``model`` hf_onebit's ``save_pretrained`` / ``push_to_hub`` (instance attributes; idempotent).
 
-    ``teacher`` (the float checkpoint a model is being quantized from) is recorded unless one is known already.
+    ``teacher`` (the float checkpoint a model is being quantized from) is recorded unless one is known already: a Hub
+    id as it is, a local folder by its name only (``config.json`` is uploaded by ``push``; an absolute path would
+    publish the user's directory layout).
     """
     if teacher and "teacher" not in get_card_info(model):
-        set_card_info(model, teacher=str(teacher))
+        set_card_info(model, teacher=_teacher_label(str(teacher)))
     model.save_pretrained = types.MethodType(save_pretrained, model)
     model.push_to_hub = types.MethodType(push_to_hub, model)
     return model

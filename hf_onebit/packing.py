@@ -162,11 +162,14 @@ def check_packed_shape(packed: torch.Tensor, out_features: int, in_features: int
 
 
 def check_format_version(version) -> int:
-    """Validate a format version read from a config or a file; return it as an int."""
-    try:
+    """Validate a format version read from a config (an int) or a file's metadata (its decimal string); return it as
+    an int. ``1.9``, ``True`` or ``"1.0"`` are refused, never rounded."""
+    if isinstance(version, str) and version.strip().isdigit():
         value = int(version)
-    except (TypeError, ValueError):
-        raise ValueError(f"format_version: {version!r} is not an integer; supported: {SUPPORTED_FORMAT_VERSIONS}") from None
+    elif isinstance(version, int) and not isinstance(version, bool):
+        value = version
+    else:
+        raise ValueError(f"format_version: {version!r} is not an integer; supported: {SUPPORTED_FORMAT_VERSIONS}")
     if value not in SUPPORTED_FORMAT_VERSIONS:
         raise ValueError(
             f"format_version: {value} is not supported by this hf_onebit release (supported: "

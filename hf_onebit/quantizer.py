@@ -9,10 +9,10 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
-from .checkpoint import WEIGHT_FORMAT_KEY, validate_checkpoint
+from .checkpoint import saved_settings_metadata, validate_checkpoint
 from .convert import dequantize_, replace_with_empty_onebit_linear
 from .modules import OneBitLinear, quantize_weight
-from .packing import FORMAT_VERSION, METADATA_KEY, WEIGHTS_PER_BYTE
+from .packing import WEIGHTS_PER_BYTE
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class OneBitHfQuantizer(HfQuantizer):
             logger.warning("hf_onebit: no nn.Linear layer to quantize was found in %s", type(model).__name__)
         if self.pre_quantized:
             layers = {name: model.get_submodule(name) for name in names}
-            validate_checkpoint(checkpoint_files, layers, getattr(model, "base_model_prefix", ""))
+            validate_checkpoint(checkpoint_files, layers, getattr(model, "base_model_prefix", ""), model=model,
+                                config=self.quantization_config)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -137,7 +138,7 @@ class OneBitHfQuantizer(HfQuantizer):
 
     # ---------------------------------------------------------------- save / dequantize
     def get_state_dict_and_metadata(self, model):
-        metadata = {METADATA_KEY: str(FORMAT_VERSION), WEIGHT_FORMAT_KEY: self.quantization_config.weight_format}
+        metadata = saved_settings_metadata(self.quantization_config)
         latent = [(n, m) for n, m in model.named_modules() if isinstance(m, OneBitLinear) and m.is_latent]
         if latent and getattr(model, "_hf_onebit_save_latent", False):
             # Set by the distillation callback during training: Trainer checkpoints keep the latent tensors so that

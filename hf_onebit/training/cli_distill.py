@@ -18,17 +18,31 @@ import time
 
 from .data import STYLES
 
+DESCRIPTION = """\
+Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoint (--out) with the stock
+transformers Trainer and hf_onebit's distillation callback.
+
+--data takes one or more sources whose blocks are mixed: 'self' (text the teacher writes itself, cached),
+'real-text' (human-written Wikipedia text, built once offline), a UTF-8 text file, or a folder written by
+datasets.Dataset.save_to_disk. The Trainer's progress bar shows the run; a summary table (tokens, wall time, losses,
+held-out perplexity, size) is printed at the end. --out receives the packed model, its tokenizer and
+distill_curves.png only when the run completes (an interrupted run leaves --out untouched).
+
+example:
+  hf-onebit distill --teacher DIR --out DIR --max-steps 300 --data self real-text
+"""
+
 
 def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("distill", help="distil a float model into a packed 1-bit model",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="float checkpoint folder (or Hub id) of the teacher")
     p.add_argument("--out", required=True, help="folder for the packed 1-bit model")
     p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary",
                    help="1-bit signs, or BitNet b1.58 ternary codes (2 bits/weight)")
     p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
                    help="default: progressive for binary, bitnet for ternary")
-    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--data", nargs="+", default=["self"], metavar="SOURCE",
                    help="one or more of: 'self', 'real-text', a text file, a saved datasets folder (their blocks are "
                         "mixed; 'self real-text' gave the best 60-minute SmolLM2 run, docs/benchmarks.md)")
@@ -39,31 +53,39 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --data self: the teacher's answers to writing prompts (ordinary prose; the default: "
                         "a lower held-out perplexity at the same budget, docs/benchmarks.md), or LLM-QAT sampling "
                         "from a random first token")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch (default 8)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate of the latent weights (default: 1e-3 for the progressive recipe, the best of "
                         "3e-4 / 6e-4 / 1e-3 / 2e-3 on SmolLM2-135M, docs/benchmarks.md; 3e-4 for onebit and bitnet)")
     p.add_argument("--scale-lr", type=float, default=None,
                    help="learning rate of the scale vectors (default: 3.3 x --lr)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="of the latent weights (0 in the last phase)")
-    p.add_argument("--warmup-ratio", type=float, default=0.05)
-    p.add_argument("--phases", type=int, default=20)
+    p.add_argument("--warmup-ratio", type=float, default=0.05, help="fraction of the steps spent warming up the "
+                   "learning rate (default 0.05)")
+    p.add_argument("--phases", type=int, default=20, help="progressive recipe: phases of the temperature schedule")
     p.add_argument("--init-steps", type=int, default=None, help="binary-aware init steps (default: 6%% of the run)")
-    p.add_argument("--no-dual-scaling", action="store_true")
-    p.add_argument("--no-binary-aware-init", action="store_true")
+    p.add_argument("--no-dual-scaling", action="store_true",
+                   help="progressive recipe: no learnable row scale on top of the row absmean")
+    p.add_argument("--no-binary-aware-init", action="store_true",
+                   help="progressive recipe: skip the first stage that learns the per-input scales")
     p.add_argument("--post-layernorm", action="store_true", help="onebit: LayerNorm after every 1-bit linear")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="alpha of the hidden-state MSE term")
-    p.add_argument("--ce-weight", type=float, default=0.0)
-    p.add_argument("--kd-temperature", type=float, default=1.0)
+    p.add_argument("--ce-weight", type=float, default=0.0, help="weight of the cross-entropy on the text itself")
+    p.add_argument("--kd-temperature", type=float, default=1.0, help="softmax temperature of the KL term")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for training and self-generation (default: on where bf16 is fast - CPUs with "
                         "AMX / AVX512-BF16, GPUs with bf16 - off elsewhere)")
     p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoints (latent, resumable) every N steps")
     p.add_argument("--resume", default=None, help="resume from a Trainer checkpoint folder")
-    p.add_argument("--eval-text", default=None, help="text file for a held-out perplexity in the summary")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-split", choices=("test", "val", "none"), default="test",
+                   help="held-out split for the perplexity in the summary (default test; 'none' skips it)")
+    p.add_argument("--eval-text", default=None,
+                   help="a UTF-8 text file to report perplexity on instead of hf_onebit's held-out sets")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, sampling and initialisation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a non-empty folder (only once the new model is complete)")
     p.set_defaults(func=run_distill)
     return p
 
@@ -136,13 +158,11 @@ def _dataset(args, teacher, tokenizer):
 
 def run_distill(args) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from .. import OneBitConfig
-    from ..eval import format_table, perplexity, size_report
-    from .callback import OneBitDistillationCallback
-    from .losses import DistillationLoss
-    from .optim import onebit_optimizer
+    from ..commands.evaluate import read_text
+    from ..commands.quantize import resolve_model_path
+    from ..eval import evaluate_heldout, format_table, perplexity, size_report
+    from ..output import OutputFolder
     from .precision import bf16_is_fast
 
     if args.max_steps < 1:
@@ -156,10 +176,48 @@ def run_distill(args) -> dict:
         check_data_sources(args.data)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
-    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
+    text = read_text(args.eval_text, "--eval-text") if args.eval_text else None
+    teacher_path = resolve_model_path(args.teacher, "--teacher")
+    with OutputFolder(args.out, sources=[teacher_path], overwrite=args.overwrite, keep_partial=True) as staging:
+        summary, student, teacher, tokenizer = _train(args, teacher_path, staging)
+        student.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    rows = summary.pop("rows")
+    if text is not None:
+        summary["teacher_ppl"] = perplexity(teacher, tokenizer, text)
+        summary["student_ppl"] = perplexity(student, tokenizer, text)
+        rows += [["perplexity on --eval-text, teacher", summary["teacher_ppl"]],
+                 ["perplexity on --eval-text, 1-bit", summary["student_ppl"]]]
+    elif args.eval_split != "none":
+        t_report = evaluate_heldout(teacher, tokenizer, args.eval_split, progress=True)
+        s_report = evaluate_heldout(student, tokenizer, args.eval_split, progress=True)
+        summary["teacher_heldout"], summary["student_heldout"] = t_report.to_dict(), s_report.to_dict()
+        rows += [[f"held-out {args.eval_split} perplexity (geometric mean), teacher", t_report.geomean],
+                 [f"held-out {args.eval_split} perplexity (geometric mean), 1-bit", s_report.geomean],
+                 ["x teacher", s_report.geomean / t_report.geomean]]
+    size = size_report(student)
+    rows += [["bits / quantized weight", round(size.bits_per_quantized_weight, 4)],
+             ["packed model size (MB)", round(size.total_bytes / 1e6, 1)], ["saved to", args.out]]
+    print(format_table(["", "value"], rows))
+    return summary
+
+
+def _train(args, teacher_path: str, output_dir: str):
+    """Load teacher and student, build the data, run the Trainer with the callback; ``(summary, student, teacher,
+    tokenizer)`` with the student finalised (hard quantizer, the packed function)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from .. import OneBitConfig
+    from ..commands.quantize import load_model
+    from .callback import OneBitDistillationCallback
+    from .losses import DistillationLoss
+    from .optim import onebit_optimizer
+
+    tokenizer = load_model(AutoTokenizer, teacher_path, "--teacher")
+    teacher = load_model(AutoModelForCausalLM, teacher_path, "--teacher", dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(
-        args.teacher, dtype=torch.float32,
+        teacher_path, dtype=torch.float32,
         quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm,
                                          weight_format=args.weight_format))
     data = _dataset(args, teacher, tokenizer)
@@ -173,7 +231,7 @@ def run_distill(args) -> dict:
     loss = DistillationLoss(hidden_weight=args.hidden_weight, ce_weight=args.ce_weight, temperature=args.kd_temperature)
     callback = OneBitDistillationCallback(teacher, loss=loss, **recipe)
     targs = TrainingArguments(
-        output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        output_dir=output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=args.weight_decay,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
         warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)), logging_steps=max(1, args.max_steps // 50),
@@ -187,8 +245,6 @@ def run_distill(args) -> dict:
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume)
     wall = time.perf_counter() - t0
-    student.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     tokens = args.max_steps * args.batch_size * args.grad_accum * args.seq_len * max(targs.world_size, 1)
     rows = [["recipe", args.recipe], ["weight format", args.weight_format], ["steps", args.max_steps], ["training tokens", tokens],
@@ -200,18 +256,7 @@ def run_distill(args) -> dict:
         for key in ("distill_kl", "distill_hidden", "distill_ce"):
             if key in logs[-1]:
                 rows.append([f"last {key}", logs[-1][key]])
-    summary = {"wall_s": wall, "tokens": tokens}
-    if args.eval_text:
-        with open(args.eval_text, encoding="utf-8") as fh:
-            text = fh.read()
-        summary["teacher_ppl"] = perplexity(teacher, tokenizer, text)
-        summary["student_ppl"] = perplexity(student, tokenizer, text)
-        rows += [["held-out ppl teacher", summary["teacher_ppl"]], ["held-out ppl 1-bit", summary["student_ppl"]]]
-    size = size_report(student)
-    rows += [["bits / quantized weight", round(size.bits_per_quantized_weight, 4)],
-             ["packed model size (MB)", round(size.total_bytes / 1e6, 1)], ["saved to", args.out]]
-    print(format_table(["", "value"], rows))
-    return summary
+    return {"wall_s": wall, "tokens": tokens, "rows": rows}, student, teacher, tokenizer
 
 
 def main(argv=None) -> None:

@@ -19,7 +19,8 @@ import os
 
 import torch
 
-from ..real_model import cache_root, file_lock
+from ..compat import cache_kwargs, output_cache
+from ..registry import cache_root, file_lock
 
 
 class TokenBlocks(torch.utils.data.Dataset):
@@ -115,7 +116,6 @@ def generate_self_data(teacher, tokenizer, num_sequences: int, seq_len: int = 25
             b = min(batch_size, num_sequences - start)
             ids = pool[torch.randint(len(pool), (b, 1), generator=gen)].to(device)
             result = model(input_ids=ids, use_cache=True)
-            past = result.past_key_values
             tokens = [ids]
             for i in range(seq_len - 1):
                 logits = result.logits[:, -1].float()
@@ -124,10 +124,10 @@ def generate_self_data(teacher, tokenizer, num_sequences: int, seq_len: int = 25
                 else:
                     nxt = _sample(logits / temperature, top_p, top_k, gen).to(device)
                 tokens.append(nxt)
-                result = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                past = result.past_key_values
+                result = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, output_cache(result)))
+                bar.update(b)
             out.append(torch.cat(tokens, dim=1).cpu())
-            bar.update(b * seq_len)
+            bar.update(b)  # the first token of each row
     return torch.cat(out)
 
 
@@ -169,18 +169,18 @@ def generate_prompted_data(teacher, tokenizer, num_sequences: int, seq_len: int 
                                  f"{need} needed for {num_sequences} x {seq_len}; pass more prompts")
             gen = torch.Generator().manual_seed(seed * 1_000_003 + batch_no)
             answers = _sample_answers(model, [_prompt_ids(tokenizer, p) for p in batch], pad, eos, max_new_tokens,
-                                      temperature, top_p, top_k, gen)
-            before = len(stream)
+                                      temperature, top_p, top_k, gen, on_step=bar.update)
             for answer in answers:
                 stream.extend(answer + [eos])
-            bar.update(min(len(stream), need) - min(before, need))
+            bar.set(min(len(stream), need))  # the per-step counts above, corrected to what the stream kept
             batch_no += 1
     return torch.tensor(stream[:need], dtype=torch.long).view(num_sequences, seq_len)
 
 
 def _sample_answers(model, prompts: list[list[int]], pad: int, eos: int, max_new_tokens: int, temperature: float,
-                    top_p: float, top_k: int, gen: torch.Generator) -> list[list[int]]:
+                    top_p: float, top_k: int, gen: torch.Generator, on_step=None) -> list[list[int]]:
     """Sample an answer to each (tokenized) prompt, batched with left padding; each answer stops before its EOS.
+    ``on_step(n)`` is called after every token step with the number of answers that received a token (or their EOS).
 
     A plain KV-cache loop with :func:`_sample`, which applies top-k before top-p so that nothing sorts the whole
     vocabulary (``generate`` with ``top_k=50, top_p=0.95`` spent half of its time sampling at batch 64 on a 2-core CPU).
@@ -195,18 +195,21 @@ def _sample_answers(model, prompts: list[list[int]], pad: int, eos: int, max_new
     done = torch.zeros(len(prompts), dtype=torch.bool)
     for step in range(max_new_tokens):
         nxt = _sample(result.logits[:, -1].float() / temperature, top_p, top_k, gen)
+        active = int((~done).sum())
         for i in (~done).nonzero().flatten().tolist():
             token = int(nxt[i])
             if token == eos:
                 done[i] = True
             else:
                 answers[i].append(token)
+        if on_step is not None:
+            on_step(active)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         position = position + 1
-        result = model(input_ids=nxt.to(device), attention_mask=mask, position_ids=position,
-                       past_key_values=result.past_key_values, use_cache=True)
+        result = model(input_ids=nxt.to(device), attention_mask=mask, position_ids=position, use_cache=True,
+                       **cache_kwargs(model, output_cache(result)))
     return answers
 
 
@@ -255,18 +258,27 @@ class _generating:
 
 
 class _bar:
-    """A tqdm token bar (or a silent stand-in) as a context manager."""
+    """A tqdm token bar (or a silent stand-in) as a context manager; it moves at every token step, never past
+    ``total``."""
 
     def __init__(self, total: int, progress: bool):
         self.bar = None
+        self.total, self.n = total, 0
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc="hf_onebit: teacher self-generating", unit="tok", unit_scale=True)
+            self.bar = tqdm(total=total, desc="hf_onebit: teacher self-generating", unit="tok", unit_scale=True,
+                            mininterval=1.0)
 
     def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        self.set(self.n + n)
+
+    def set(self, n: int) -> None:
+        """Move to ``n`` tokens (clamped to ``total``)."""
+        n = min(n, self.total)
+        if self.bar is not None and n != self.n:
+            self.bar.update(n - self.n)
+        self.n = n
 
     def __enter__(self):
         return self

@@ -17,7 +17,9 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
@@ -67,11 +69,9 @@ def compiler() -> str:
 
 
 def cache_root() -> Path:
-    root = os.environ.get("HF_ONEBIT_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "hf_onebit"
+    from ...registry import cache_root as root
+
+    return Path(root())
 
 
 def optional_units() -> tuple:
@@ -139,21 +139,54 @@ def _compile_all(workdir: Path) -> Path:
     return out
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def is_intact(library: Path) -> bool:
+    """Whether ``library`` is exactly the file its build recorded (size and sha256 in ``<library>.sha256``).
+
+    A truncated or altered shared library must never reach ``dlopen``: mapping a file shorter than its ELF headers
+    say kills the process with SIGBUS, before any Python error could be raised."""
+    try:
+        recorded = _manifest(library).read_text().split()
+        return len(recorded) == 2 and int(recorded[1]) == library.stat().st_size and recorded[0] == _digest(library)
+    except (OSError, ValueError):
+        return False
+
+
 def build_library() -> Path:
-    """Return the path of the compiled library, building it first if this source/flag set has not been built."""
+    """Return the path of the compiled library, building it first if this source/flag set has not been built (or its
+    cached file is not intact: :func:`is_intact`)."""
     target = library_path()
-    if target.exists():
+    if target.exists() and is_intact(target):
         _mark_used(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / "build.lock"):
-        if target.exists():  # another process built it while we waited
+        if target.exists() and is_intact(target):  # another process built it while we waited
             return target
+        if target.exists():
+            print(f"hf_onebit: the cached CPU kernel library {target} is damaged (size or checksum differs from "
+                  "its build); rebuilding it", file=sys.stderr)
+        else:
+            print(f"hf_onebit: compiling the CPU kernels (once per hf_onebit version and compiler, ~20 s) into "
+                  f"{target.parent}", file=sys.stderr)
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=target.parent, prefix="build-") as tmp:
             built = _compile_all(Path(tmp))
             staged = target.with_suffix(".so.tmp")
             shutil.copy2(built, staged)
+            manifest = target.with_name(target.name + ".sha256.tmp")
+            manifest.write_text(f"{_digest(staged)} {staged.stat().st_size}\n")
+            # the manifest first: a library without a matching manifest is rebuilt, never loaded
+            os.replace(manifest, _manifest(target))
             os.replace(staged, target)
+        print(f"hf_onebit: CPU kernels compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     prune_stale_builds(keep=target.parent)
     return target
 
@@ -171,8 +204,6 @@ def prune_stale_builds(keep: Path, max_age_days: float = STALE_DAYS) -> list[Pat
     Each source/flag set builds into its own folder, so upgrades would otherwise leave every old library behind.
     A folder whose library was loaded (or built) recently is kept; a process that still has an old library loaded
     is unaffected (the mapping outlives the file). Returns the folders removed."""
-    import time
-
     cutoff = time.time() - max_age_days * 86400
     removed = []
     for folder in keep.parent.glob("cpu-*"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .modules import OneBitLinear
+from ..modules import OneBitLinear
 
 
 @torch.no_grad()
@@ -24,30 +24,51 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | No
 
 @torch.no_grad()
 def perplexity_ids(model, ids: torch.Tensor, seq_len: int = 512, stride: int | None = None, progress: bool = False) -> float:
+    """Perplexity of ``model`` on the 1-D token stream ``ids`` over windows of ``seq_len`` tokens starting every
+    ``stride`` (default ``seq_len``) tokens; each window also predicts the first token after it."""
     if ids.numel() < 2:
         raise ValueError(f"perplexity needs at least 2 tokens, got {ids.numel()}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len: got {seq_len!r}; allowed: an integer >= 1")
     stride = stride or seq_len
+    starts = range(0, max(ids.numel() - 1, 1), stride)
+    chunks = [ids[start: start + seq_len + 1] for start in starts]
+    chunks = [c for c in chunks if c.numel() >= 2]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(chunks), desc="perplexity", unit="window")
+    nll = count = 0
+    for chunk in chunks:
+        part, n = window_nll(model, chunk.unsqueeze(0))
+        nll, count = nll + part, count + n
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def window_nll(model, windows: torch.Tensor, on_window=None) -> tuple[float, int]:
+    """``(sum of next-token losses, predicted tokens)`` of ``model`` over the rows of ``windows`` (``(n, len)`` ids;
+    each row predicts its own tokens 2..len). ``on_window(1)`` is called after each row (a progress bar's update)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     nll, count = 0.0, 0
-    starts = list(range(0, max(ids.numel() - 1, 1), stride))
-    iterator = starts
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(starts, desc="perplexity", unit="window")
-    for start in iterator:
-        chunk = ids[start : start + seq_len + 1]
-        if chunk.numel() < 2:
-            break
-        inputs = chunk[:-1].unsqueeze(0).to(device)
-        labels = chunk[1:].to(device)
-        logits = model(input_ids=inputs).logits[0].float()
-        nll += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        count += labels.numel()
-    model.train(was_training)
-    return math.exp(nll / count)
+    try:
+        for row in windows:
+            row = row.to(device)
+            logits = model(input_ids=row[:-1].unsqueeze(0)).logits[0].float()
+            nll += nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
+            count += row.numel() - 1
+            if on_window is not None:
+                on_window(1)
+    finally:
+        model.train(was_training)
+    return nll, count
 
 
 @dataclass
