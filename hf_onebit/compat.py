@@ -37,3 +37,11 @@ def checkpointing_kwargs(enabled: bool = True) -> dict:
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
+
+
+def is_checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is switched on for ``model`` under the installed transformers."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    raise AttributeError(f"{type(model).__name__} has no activation checkpointing flag")
