@@ -2,8 +2,8 @@
 
     python benchmarks/heldout_gap.py --student OUT/packed --train ~/.cache/hf_onebit/selfgen/KEY-2080.pt text.txt
 
-Prints the per-token gap (student NLL - teacher NLL, nats) on hf_onebit/data/heldout_en.txt (512-token windows, as
-benchmarks/quality.py measures it) split by the teacher's own confidence, by position in the window, by word-initial
+Prints the per-token gap (student NLL - teacher NLL, nats) on the validation split of the held-out sets
+(hf_onebit.eval: every domain, 512-token windows as benchmarks/quality.py measures them; the test split stays unread) split by the teacher's own confidence, by position in the window, by word-initial
 vs word-continuation tokens, and by whether the (previous token, token) pair occurs in the training text given with
 ``--train`` (token-block caches ``*.pt`` of the self-generated data, or UTF-8 text files), plus the tokens with the
 largest gaps. The mean gap is ln(student perplexity / teacher perplexity).
@@ -12,13 +12,9 @@ largest gaps. The mean gap is ln(student perplexity / teacher perplexity).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import heldout_ids  # noqa: E402
 
 
 def token_nll(model, ids: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +61,12 @@ def main(argv=None) -> None:
     import hf_onebit  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hf_onebit.eval import heldout_windows
     from hf_onebit.real_model import smollm2_checkpoint
 
     teacher_dir = args.teacher or smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(teacher_dir)
-    ids = heldout_ids(tok)
+    ids = torch.cat([w.reshape(-1) for w in heldout_windows(tok, "val", args.window).values()])
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
     t_nll, where = token_nll(teacher, ids, args.window)
     s_nll, _ = token_nll(AutoModelForCausalLM.from_pretrained(args.student), ids, args.window)

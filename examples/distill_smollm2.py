@@ -4,11 +4,11 @@
     python examples/distill_smollm2.py --max-steps 2 --tiny --out /tmp/x        # CI smoke run (seconds)
 
 The teacher writes its own training text (cached); the student is trained by OneBitDistillationCallback with the
-progressive recipe, then saved packed and reloaded with one line to check its held-out perplexity.
+progressive recipe, then saved packed and reloaded with one line to check its perplexity on the held-out test split
+(hf_onebit.eval: four domains of text it never trained on).
 """
 
 import argparse
-import os
 import tempfile
 
 import torch
@@ -16,10 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 import hf_onebit  # noqa: F401  (registers the "onebit" quantization method)
 from hf_onebit import OneBitConfig
-from hf_onebit.eval import perplexity
+from hf_onebit.eval import evaluate_heldout
 from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_optimizer, self_generated_dataset
-
-HELDOUT = os.path.join(os.path.dirname(hf_onebit.__file__), "data", "heldout_en.txt")
 
 
 def tiny_checkpoint() -> str:
@@ -67,13 +65,14 @@ def main():
                       optimizers=(onebit_optimizer(student, lr=1e-3, scale_lr=3.3e-3), None))
     trainer.train()
 
-    with open(HELDOUT, encoding="utf-8") as fh:
-        text = fh.read()
-    ppl_trained = perplexity(student, tokenizer, text, max_tokens=None if not args.tiny else 256)
+    windows = dict(seq_len=128, max_windows=1) if args.tiny else {}
+    ppl_trained = evaluate_heldout(student, tokenizer, "test", **windows).geomean
     student.save_pretrained(args.out)  # packed: 1 bit per weight + two float vectors per layer
     reloaded = AutoModelForCausalLM.from_pretrained(args.out)  # one line (after `import hf_onebit`)
-    ppl_reloaded = perplexity(reloaded, tokenizer, text, max_tokens=None if not args.tiny else 256)
-    print(f"held-out perplexity: end of training {ppl_trained:.2f}, packed and reloaded {ppl_reloaded:.2f}")
+    report = evaluate_heldout(reloaded, tokenizer, "test", **windows)
+    print(report.table())
+    print(f"held-out test perplexity (geometric mean of the domains): end of training {ppl_trained:.2f}, "
+          f"packed and reloaded {report.geomean:.2f}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from _common import base_parser, float_model_path, workdir
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-from hf_onebit.compat import checkpointing_kwargs  # noqa: E402
 import hf_onebit
 import hf_onebit.peft  # registers LoRA for OneBitLinear with PEFT
+from hf_onebit.compat import checkpointing_kwargs
 
 
 class TextChunks(torch.utils.data.Dataset):
@@ -36,9 +36,11 @@ class TextChunks(torch.utils.data.Dataset):
 
 
 def training_text() -> str:
-    path = os.path.join(os.path.dirname(hf_onebit.__file__), "data", "heldout_en.txt")
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()
+    """Wikipedia training articles (hf_onebit.real_text; the held-out evaluation articles are not among them)."""
+    from hf_onebit.real_text import real_text_files
+
+    with open(real_text_files()[0], encoding="utf-8") as fh:
+        return fh.read(200_000)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
 """`hf-onebit distill` (run_distill) end to end on a tiny model with a word-level tokenizer and a text file."""
 
 import random
+import re
 
 import pytest
 import torch
@@ -28,11 +29,12 @@ def test_cli_distill_text_file(tmp_path, capsys):
     (tmp_path / "train.txt").write_text(text)
     (tmp_path / "eval.txt").write_text(" ".join(f"w{rng.randrange(96)}" for _ in range(300)))
     out = tmp_path / "out"
-    main(["distill", "--teacher", teacher, "--out", str(out), "--recipe", "progressive", "--max-steps", "4",
-          "--data", str(tmp_path / "train.txt"), "--seq-len", "32", "--batch-size", "4", "--phases", "2",
-          "--eval-text", str(tmp_path / "eval.txt")])
+    main(["distill", "--teacher", teacher, "--out", str(out), "--stages", "e2e", "--recipe", "progressive",
+          "--max-steps", "4", "--data", str(tmp_path / "train.txt"), "--seq-len", "32", "--batch-size", "4",
+          "--phases", "2", "--eval-text", str(tmp_path / "eval.txt")])
     table = capsys.readouterr().out
-    assert "training tokens" in table and "| 512 " in table and "perplexity on --eval-text, 1-bit" in table
+    assert re.search(r"\| end-to-end stage +\| 4 steps, recipe progressive, 512 tokens", table), table
+    assert "perplexity on --eval-text, 1-bit" in table
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
     assert (out / "distill_curves.png").exists()
@@ -40,12 +42,12 @@ def test_cli_distill_text_file(tmp_path, capsys):
 
 def test_self_generated_data_defaults_to_one_pass_of_the_run(monkeypatch):
     from hf_onebit.cli import build_parser
-    from hf_onebit.training.cli_distill import self_data_sequences
+    from hf_onebit.training.cli_distill import plan_from_args, self_data_sequences
 
     def sequences(*extra):
         args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o", "--max-steps", "30",
-                                          "--batch-size", "4", *extra])
-        return self_data_sequences(args)
+                                          "--batch-size", "4", "--stages", "e2e", *extra])
+        return self_data_sequences(args, plan_from_args(args))
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert sequences() == 30 * 4
@@ -53,6 +55,8 @@ def test_self_generated_data_defaults_to_one_pass_of_the_run(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # each process of a data-parallel run reads different batches
     assert sequences() == 30 * 4 * 2
     assert sequences("--data-sequences", "50") == 50
+    # with the block-wise stage: at least its calibration set
+    assert sequences("--stages", "blockwise", "--calibration-sequences", "300") == 300
     with pytest.raises(ValueError, match="--data-sequences: got 0"):
         sequences("--data-sequences", "0")
 
@@ -62,9 +66,10 @@ def test_cli_distill_self_generated_essays(tmp_path, monkeypatch, capsys):
     _word_tokenizer(teacher)
     monkeypatch.setenv("HF_ONEBIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    main(["distill", "--teacher", teacher, "--out", str(out), "--max-steps", "2", "--data", "self",
-          "--data-style", "essays", "--seq-len", "16", "--batch-size", "2", "--phases", "2"])
-    assert "| training tokens" in capsys.readouterr().out
+    main(["distill", "--teacher", teacher, "--out", str(out), "--max-steps", "2", "--data", "self", "--stages",
+          "e2e", "--data-style", "essays", "--seq-len", "16", "--batch-size", "2", "--phases", "2",
+          "--eval-split", "none"])
+    assert "| end-to-end stage" in capsys.readouterr().out
     cached = list((tmp_path / "cache" / "selfgen").glob("*-4.pt"))  # 2 steps x 2 sequences, one pass
     assert len(cached) == 1 and torch.load(cached[0]).shape == (4, 16)
     assert AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight.dtype == torch.uint8
@@ -86,13 +91,14 @@ def test_cli_distill_precision_follows_the_cpu(tmp_path, monkeypatch, capsys, fl
     _word_tokenizer(teacher)
     (tmp_path / "train.txt").write_text(" ".join(f"w{i % 96}" for i in range(400)))
     main(["distill", "--teacher", teacher, "--out", str(tmp_path / "out"), "--max-steps", "1", "--data",
-          str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--phases", "1", *extra])
+          str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--stages", "e2e", "--phases", "1",
+          "--eval-split", "none", *extra])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| precision"))
     assert expected in row, row
 
 
 def test_learning_rates_default_per_recipe():
-    from hf_onebit.training.cli_distill import learning_rates
+    from hf_onebit.training.optim import learning_rates
 
     assert learning_rates("progressive", None, None) == pytest.approx((1e-3, 3.3e-3))
     assert learning_rates("onebit", None, None) == pytest.approx((3e-4, 9.9e-4))
@@ -124,7 +130,8 @@ def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, ca
     _word_tokenizer(teacher)
     (tmp_path / "train.txt").write_text(" ".join(f"w{i % 96}" for i in range(400)))
     main(["distill", "--teacher", teacher, "--out", str(tmp_path / "out"), "--max-steps", "1", "--data",
-          str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--phases", "1", "--no-bf16", *extra])
+          str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--stages", "e2e", "--phases", "1",
+          "--no-bf16", "--eval-split", "none", *extra])
     assert seen["lrs"] == pytest.approx(list(expected))  # [latent weights, scale vectors]
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| learning rates"))
     assert f"{expected[0]:g} / {expected[1]:g}" in row, row
@@ -138,7 +145,7 @@ def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):
 def test_cli_distill_mixes_several_data_sources(tmp_path, monkeypatch):
     from hf_onebit import real_text
     from hf_onebit.cli import build_parser
-    from hf_onebit.training.cli_distill import _dataset
+    from hf_onebit.training.cli_distill import dataset, plan_from_args
 
     teacher_dir = tiny_teacher_dir(str(tmp_path))
     _word_tokenizer(teacher_dir)
@@ -147,12 +154,14 @@ def test_cli_distill_mixes_several_data_sources(tmp_path, monkeypatch):
     (tmp_path / "wiki.txt").write_text(" ".join(["w2"] * 32))  # 2 blocks
     (tmp_path / "news.txt").write_text(" ".join(["w3"] * 16))  # 1 block
     monkeypatch.setattr(real_text, "real_text_files", lambda: [str(tmp_path / "wiki.txt"), str(tmp_path / "news.txt")])
+    # (two files stand for real-text here, so that their order is visible)
     args = build_parser().parse_args(["distill", "--teacher", teacher_dir, "--out", "o", "--max-steps", "3",
-                                      "--batch-size", "1", "--seq-len", "16", "--no-bf16", "--data", "self",
-                                      str(tmp_path / "mine.txt"), "real-text"])
+                                      "--batch-size", "1", "--seq-len", "16", "--no-bf16", "--stages", "e2e",
+                                      "--data", "self", str(tmp_path / "mine.txt"), "real-text"])
     from transformers import AutoTokenizer
 
-    data = _dataset(args, AutoModelForCausalLM.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(teacher_dir))
+    data = dataset(args, plan_from_args(args), AutoModelForCausalLM.from_pretrained(teacher_dir),
+                   AutoTokenizer.from_pretrained(teacher_dir))
     firsts = data.blocks[:, 0].tolist()
     assert len(data) == 3 + 4 + 2 + 1  # one pass of self-generated text, then the files' blocks, in order
     assert firsts[3:] == [1] * 4 + [2] * 2 + [3]
@@ -166,3 +175,77 @@ def test_cli_distill_mixes_several_data_sources(tmp_path, monkeypatch):
 def test_cli_distill_rejects_bad_data_sources_before_loading(tmp_path, data, message):
     with pytest.raises(SystemExit, match=message):
         main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--data", *data])
+
+
+def test_cli_distill_runs_the_end_to_end_stage_by_default_and_both_stages_on_request(tmp_path, capsys):
+    teacher = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher)
+    (tmp_path / "train.txt").write_text(" ".join(f"w{i * 7 % 96}" for i in range(3000)))
+    common = ["--teacher", teacher, "--max-steps", "2", "--data", str(tmp_path / "train.txt"), "--seq-len", "16",
+              "--batch-size", "2", "--eval-split", "none"]
+    main(["distill", "--out", str(tmp_path / "e2e"), *common])
+    table = capsys.readouterr().out
+    assert "| block-wise stage" not in table and "recipe progressive" in table
+    out = tmp_path / "out"
+    main(["distill", "--out", str(out), "--stages", "blockwise", "e2e", "--blockwise-steps", "3", *common])
+    table = capsys.readouterr().out
+    assert "| block-wise stage" in table and "3 steps per block, 64 calibration sequences" in table
+    assert "recipe onebit" in table  # the end-to-end stage keeps the scales the block-wise stage left
+    assert AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight.dtype == torch.uint8
+
+
+def test_cli_distill_time_budget_sizes_the_stages(tmp_path, capsys, monkeypatch):
+    from hf_onebit.training import budget
+
+    fixed = budget.StepTimes(block_step_s=0.5, block_pass_s=0.1, e2e_step_s=10.0, n_blocks=2, measured_s=5.0)
+    monkeypatch.setattr(budget, "measure_step_times", lambda *a, **k: fixed)
+    teacher = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher)
+    (tmp_path / "train.txt").write_text(" ".join(f"w{i * 7 % 96}" for i in range(3000)))
+    main(["distill", "--teacher", teacher, "--out", str(tmp_path / "out"), "--time-budget", "105s",
+          "--stages", "blockwise", "e2e", "--data", str(tmp_path / "train.txt"), "--seq-len", "16",
+          "--batch-size", "2", "--eval-split", "none"])
+    table = capsys.readouterr().out
+    plan = budget.plan_budget(105, fixed, budget.DEFAULT_BLOCKWISE_SHARE, batch_size=2)
+    assert plan.e2e_steps >= 1 and plan.blockwise_steps >= 1 and plan.estimated_s <= 105
+    assert f"{plan.blockwise_steps} steps per block" in table
+    assert re.search(rf"\| end-to-end stage +\| {plan.e2e_steps} steps", table), table
+    with pytest.raises(SystemExit, match="--time-budget: got 'soon'"):
+        main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o2"), "--time-budget", "soon"])
+
+
+def test_time_budget_with_cached_targets_counts_the_teacher_once_per_cached_sequence():
+    from hf_onebit.training import budget
+
+    times = budget.StepTimes(block_step_s=0.5, block_pass_s=0.1, e2e_step_s=10.0, n_blocks=2, measured_s=5.0,
+                             teacher_forward_s=4.0)
+    live = budget.plan_budget(205, times, 0.0, batch_size=2)
+    cached = budget.plan_budget(205, times, 0.0, batch_size=2, cached_epochs=2)
+    assert times.e2e_step_cached_s(2) == pytest.approx(8.0)  # 10 - 4 in the step + 4 / 2 while caching
+    assert (live.e2e_steps, cached.e2e_steps) == (20, 25)
+    assert cached.estimated_s <= 205
+
+
+def test_cached_targets_cover_only_the_sequences_the_stage_sees(tmp_path, monkeypatch):
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import pipeline, targets
+    from hf_onebit.training.data import TokenBlocks
+    from hf_onebit.training.losses import DistillationLoss
+
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    seen = []
+    real = targets.teacher_targets
+    monkeypatch.setattr(targets, "teacher_targets", lambda t, data, **k: seen.append(len(data)) or real(t, data, **k))
+    plan = pipeline.DistillPlan(stages=("e2e",), e2e_steps=3, batch_size=2, seq_len=16, cache_targets=8,
+                                cache_epochs=2, loss=DistillationLoss(hidden_weight=0.0), recipe="onebit")
+    summary = pipeline.run_stages(student, teacher, TokenBlocks(torch.randint(0, 96, (40, 16))), plan,
+                                  str(tmp_path / "run"), progress=False, log=lambda *a: None)
+    assert seen == [3]  # ceil(3 steps x 2 sequences / 2 epochs), not all 40
+    assert summary["e2e"]["tokens"] == 3 * 2 * 16
+    with pytest.raises(ValueError, match="cache_epochs"):
+        pipeline.DistillPlan(cache_epochs=0.5)

@@ -15,6 +15,6 @@ def test_distill_example_tiny(tmp_path):
     result = subprocess.run([sys.executable, EXAMPLE, "--max-steps", "2", "--tiny", "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("held-out perplexity")][-1]
+    line = [l for l in result.stdout.splitlines() if l.startswith("held-out test perplexity")][-1]
     trained, reloaded = (float(v) for v in re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", line))
     assert reloaded == pytest.approx(trained, rel=1e-2)

@@ -56,6 +56,7 @@ class HeldoutReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HeldoutReport":
+        data = dict(data)
         report = cls(data["split"], data["seq_len"])
         report.domains = {d: DomainResult(**r) for d, r in data["domains"].items()}
         return report
@@ -106,4 +107,30 @@ def evaluate_heldout(model, tokenizer, split: str = "test", seq_len: int = 512, 
         report.domains[domain] = DomainResult(domain, math.exp(nll / count), count, ids.shape[0])
     if bar is not None:
         bar.close()
+    return report
+
+
+def evaluate_heldout_cached(model, tokenizer, split: str = "test", seq_len: int = 512,
+                            max_windows: int | None = None, progress: bool = False,
+                            cache_dir: str | None = None) -> HeldoutReport:
+    """:func:`evaluate_heldout` for a model that does not change (a teacher), its report kept in
+    ``<cache>/heldout/reports/`` keyed by the model's fingerprint (config + weight checksums) and every setting."""
+    import hashlib
+    import json
+    import os
+
+    from ..registry import cache_root, file_lock
+    from ..training.data import model_fingerprint
+
+    key = hashlib.sha256(json.dumps([model_fingerprint(model), split, seq_len, max_windows, VERSION,
+                                     len(tokenizer)]).encode()).hexdigest()[:20]
+    path = os.path.join(cache_dir or cache_root(), "heldout", "reports", f"{key}.json")
+    with file_lock(path + ".lock"):
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                return HeldoutReport.from_dict(json.load(fh))
+        report = evaluate_heldout(model, tokenizer, split, seq_len, max_windows, progress=progress)
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh)
+        os.replace(path + ".tmp", path)
     return report

@@ -37,6 +37,7 @@ from .recipes import (
     stage_of,
     start_main_stage_,
 )
+from .targets import TargetBlocks
 from .teacher_cast import TeacherWeightCast
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class OneBitDistillationCallback(TrainerCallback):
         final_weight_decay: weight decay of every parameter group in the last phase (None leaves it alone).
         track_sign_flips: log the fraction of latent weights whose sign changed since the previous log.
         plot: write ``distill_curves.png`` into ``args.output_dir`` at the end of training (needs matplotlib).
+        targets: cached teacher targets (:func:`~hf_onebit.training.targets.teacher_targets`): the KL term uses them
+            and the teacher does not run (the loss must have ``hidden_weight=0``).
         cast_teacher: with ``TrainingArguments(bf16=True)``, run the teacher under bf16 autocast too, with its
             linear weights run from bf16 copies made once per run (swapped in for each teacher forward only, so the
             teacher keeps its float32 weights between steps and after an error). False runs
@@ -67,12 +70,15 @@ class OneBitDistillationCallback(TrainerCallback):
         **recipe_overrides: fields of the recipe or its schedule (``phases``, ``init_steps``, ``dual_scaling``, ...).
     """
 
-    def __init__(self, teacher, recipe: "str | Recipe | None" = None, loss: DistillationLoss | None = None, *,
+    def __init__(self, teacher: torch.nn.Module, recipe: "str | Recipe | None" = None, loss: DistillationLoss | None = None, *,
                  adaptive_clip: bool = True, clip_multiplier: float = 2.0, clip_initial: float = 1.0,
                  final_weight_decay: float | None = 0.0, track_sign_flips: bool = True, plot: bool = True,
-                 cast_teacher: bool = True, **recipe_overrides):
+                 cast_teacher: bool = True, targets: TargetBlocks | None = None, **recipe_overrides: object):
         if teacher is None or not isinstance(teacher, torch.nn.Module):
             raise ValueError(f"teacher: got {type(teacher).__name__}; allowed: a torch.nn.Module (the float model)")
+        if targets is not None and not isinstance(targets, TargetBlocks):
+            raise ValueError(f"targets: got {type(targets).__name__}; allowed: None or the TargetBlocks of "
+                             "hf_onebit.training.targets.teacher_targets")
         self.teacher = teacher.eval().requires_grad_(False)
         # With recipe=None the student's weight format decides (in prepare); validate the overrides now.
         self._recipe_overrides = dict(recipe_overrides)
@@ -81,6 +87,13 @@ class OneBitDistillationCallback(TrainerCallback):
         self.loss = loss or DistillationLoss()
         if not isinstance(self.loss, DistillationLoss):
             raise ValueError(f"loss: got {type(self.loss).__name__}; allowed: a DistillationLoss")
+        self.targets = targets
+        if targets is not None and self.loss.needs_hidden_states:
+            raise ValueError("targets: cached teacher targets carry no hidden states; pass "
+                             "loss=DistillationLoss(hidden_weight=0) (or distil without cached targets)")
+        if targets is not None and targets.temperature != self.loss.temperature:
+            raise ValueError(f"targets: computed at temperature {targets.temperature}, the loss uses "
+                             f"{self.loss.temperature}; compute them with teacher_targets(..., temperature=...)")
         self.clipper = AdaptiveGradClipper(clip_multiplier, clip_initial) if adaptive_clip else None
         self.final_weight_decay = final_weight_decay
         self.track_sign_flips = track_sign_flips
@@ -254,11 +267,17 @@ class OneBitDistillationCallback(TrainerCallback):
             args = ()
         if kwargs.get("input_ids") is None:
             raise ValueError("hf_onebit distillation: the batch has no input_ids (inputs_embeds is not supported)")
+        ids = kwargs["input_ids"]
+        topk = None
+        if self.targets is not None:
+            index, logp = self.targets.lookup(ids)
+            topk = (index.to(ids.device), logp.to(ids.device))
         self._ctx = {
-            "input_ids": kwargs["input_ids"],
+            "input_ids": ids,
             "attention_mask": kwargs.get("attention_mask"),
             "labels": kwargs.pop("labels", None),
             "num_items_in_batch": kwargs.pop("num_items_in_batch", None),
+            "teacher_topk": topk,
         }
         kwargs["output_hidden_states"] = self.loss.needs_hidden_states
         kwargs["use_cache"] = False
@@ -268,12 +287,15 @@ class OneBitDistillationCallback(TrainerCallback):
         ctx, self._ctx = self._ctx, None
         if ctx is None:
             return None
-        with torch.no_grad(), self._teacher_precision(ctx["input_ids"].device):
-            teacher_out = self.teacher(input_ids=ctx["input_ids"], attention_mask=ctx["attention_mask"],
-                                       output_hidden_states=self.loss.needs_hidden_states, use_cache=False)
+        if ctx["teacher_topk"] is None:
+            with torch.no_grad(), self._teacher_precision(ctx["input_ids"].device):
+                teacher_out = self.teacher(input_ids=ctx["input_ids"], attention_mask=ctx["attention_mask"],
+                                           output_hidden_states=self.loss.needs_hidden_states, use_cache=False)
+        else:
+            teacher_out = {}  # the batch carries the teacher's cached top-k targets: the teacher does not run
         mask = self.loss.token_mask(ctx["input_ids"], ctx["attention_mask"], ctx["labels"])
-        terms = self.loss.terms(output.logits, teacher_out.logits, mask, output.get("hidden_states"),
-                                teacher_out.get("hidden_states"), ctx["labels"])
+        terms = self.loss.terms(output.logits, teacher_out.get("logits"), mask, output.get("hidden_states"),
+                                teacher_out.get("hidden_states"), ctx["labels"], teacher_topk=ctx["teacher_topk"])
         total = self.loss.combine(terms)
         count = float(mask.sum())
         n = ctx["num_items_in_batch"]

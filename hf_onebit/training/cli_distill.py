@@ -1,35 +1,39 @@
-"""``hf-onebit distill``: distil a float checkpoint into a packed 1-bit one with the stock Trainer.
+"""``hf-onebit distill``: distil a float checkpoint into a packed 1-bit (or ternary) one, in stages.
 
-    hf-onebit distill --teacher DIR --out DIR --recipe progressive --max-steps 300 --data self
+    hf-onebit distill --teacher DIR --out DIR --time-budget 60m
 
-``--data`` takes one or more sources whose blocks are mixed: ``self`` (teacher self-generated text, cached),
-``real-text`` (human-written Wikipedia and news text, :mod:`hf_onebit.real_text`, built once offline), a UTF-8 text
-file, or a folder written by ``datasets.Dataset.save_to_disk``; e.g. ``--data self real-text``. The Trainer's
-progress bar shows the run; a summary table (tokens, wall time, losses, held-out perplexity when ``--eval-text`` is
-given, size) is printed at the end and the packed model, its tokenizer and ``distill_curves.png`` are written to
-``--out``.
+A thin wrapper around :func:`hf_onebit.training.pipeline.run_stages` (and, with ``--time-budget``,
+:func:`hf_onebit.training.budget.plan_budget`): the arguments become a :class:`~hf_onebit.training.pipeline.DistillPlan`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 
+from .blockwise import INPUTS, SCALE_INITS
 from .data import STYLES
 
 DESCRIPTION = """\
-Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoint (--out) with the stock
-transformers Trainer and hf_onebit's distillation callback.
+Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoint (--out).
 
---data takes one or more sources whose blocks are mixed: 'self' (text the teacher writes itself, cached),
-'real-text' (human-written Wikipedia text, built once offline), a UTF-8 text file, or a folder written by
-datasets.Dataset.save_to_disk. The Trainer's progress bar shows the run; a summary table (tokens, wall time, losses,
+Stages (--stages): 'e2e' (the default) distils the whole model in the stock transformers Trainer (KL on the logits
+plus hidden states); 'blockwise' first trains each transformer block of the 1-bit student to reproduce its teacher
+block on a few calibration sequences (scale vectors first fitted to the block's activations). On SmolLM2-135M at a
+15-minute CPU budget the end-to-end stage alone gave the best held-out perplexity (docs/benchmarks.md). --time-budget
+sizes the stages to the given time on this machine (measured at the start); otherwise --blockwise-steps and
+--max-steps do.
+
+--data takes one or more sources whose blocks are mixed: 'real-text' (human-written Wikipedia text, built once
+offline; the default), 'self' (text the teacher writes itself, cached), a UTF-8 text file, or a folder written by
+datasets.Dataset.save_to_disk. Progress bars show every stage; a summary table (tokens, minutes per stage, losses,
 held-out perplexity, size) is printed at the end. --out receives the packed model, its tokenizer and
 distill_curves.png only when the run completes (an interrupted run leaves --out untouched).
 
-example:
+examples:
+  hf-onebit distill --teacher DIR --out DIR --time-budget 60m
   hf-onebit distill --teacher DIR --out DIR --max-steps 300 --data self real-text
+  hf-onebit distill --teacher DIR --out DIR --stages blockwise e2e --blockwise-steps 64 --max-steps 100
 """
 
 
@@ -40,32 +44,54 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the packed 1-bit model")
     p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary",
                    help="1-bit signs, or BitNet b1.58 ternary codes (2 bits/weight)")
+    p.add_argument("--stages", nargs="+", choices=("blockwise", "e2e"), default=["e2e"],
+                   help="end-to-end distillation (default), block-wise reconstruction, or both (run in that order: "
+                        "blockwise e2e)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="size every stage to this much time on this machine, e.g. 15m, 60m, 1.5h (measured at the "
+                        "start; generating training text is not counted); replaces --blockwise-steps and --max-steps")
+    p.add_argument("--blockwise-share", type=float, default=None,
+                   help="with --time-budget: fraction of the time for the block-wise stage (default: "
+                        "hf_onebit.training.budget.DEFAULT_BLOCKWISE_SHARE)")
+    p.add_argument("--blockwise-steps", type=int, default=64, help="block-wise steps per block (default 64)")
+    p.add_argument("--calibration-sequences", type=int, default=None,
+                   help="sequences the block-wise stage trains on (default: each seen twice)")
+    p.add_argument("--blockwise-init", choices=SCALE_INITS, default="data",
+                   help="scale vectors of each block before its training: fitted to its activations ('data', the "
+                        "default), signs chosen with error feedback as well ('gptq'), or SVID's ('svid')")
+    p.add_argument("--blockwise-inputs", choices=INPUTS, default="student",
+                   help="what each block trains on: the student's own stream (default) or the teacher's")
+    p.add_argument("--blockwise-lr", type=float, default=1e-3, help="block-wise learning rate of the latent weights")
     p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
-                   help="default: progressive for binary, bitnet for ternary")
-    p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default 300)")
-    p.add_argument("--data", nargs="+", default=["self"], metavar="SOURCE",
-                   help="one or more of: 'self', 'real-text', a text file, a saved datasets folder (their blocks are "
-                        "mixed; 'self real-text' gave the best 60-minute SmolLM2 run, docs/benchmarks.md)")
+                   help="end-to-end recipe (default: onebit after the block-wise stage - bitnet for ternary - else "
+                        "progressive for binary, bitnet for ternary)")
+    p.add_argument("--max-steps", type=int, default=100, help="end-to-end optimizer steps (default 100)")
+    p.add_argument("--cache-targets", type=int, default=0, metavar="K",
+                   help="end-to-end stage: compute the teacher's top-K targets once instead of running the teacher "
+                        "every step (KL only; pays off when sequences are seen more than once; default 0 = off)")
+    p.add_argument("--data", nargs="+", default=["real-text"], metavar="SOURCE",
+                   help="one or more of: 'real-text' (default), 'self', a text file, a saved datasets folder (their "
+                        "blocks are mixed)")
     p.add_argument("--data-sequences", type=int, default=None,
-                   help="self-generated sequences (with --data self); default: one pass of the run, i.e. max-steps x "
-                        "batch-size x grad-accum x processes, so that no sequence is seen twice")
+                   help="self-generated sequences (with --data self); default: one pass of the end-to-end stage, or "
+                        "the calibration set if larger")
     p.add_argument("--data-style", choices=STYLES, default="essays",
-                   help="with --data self: the teacher's answers to writing prompts (ordinary prose; the default: "
-                        "a lower held-out perplexity at the same budget, docs/benchmarks.md), or LLM-QAT sampling "
+                   help="with --data self: the teacher's answers to writing prompts (default), or LLM-QAT sampling "
                         "from a random first token")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence (default 256)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch (default 4)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the latent weights (default: 1e-3 for the progressive recipe, the best of "
-                        "3e-4 / 6e-4 / 1e-3 / 2e-3 on SmolLM2-135M, docs/benchmarks.md; 3e-4 for onebit and bitnet)")
+                   help="end-to-end learning rate of the latent weights (default: per recipe, "
+                        "hf_onebit.training.optim.DEFAULT_LR)")
     p.add_argument("--scale-lr", type=float, default=None,
                    help="learning rate of the scale vectors (default: 3.3 x --lr)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="of the latent weights (0 in the last phase)")
     p.add_argument("--warmup-ratio", type=float, default=0.05, help="fraction of the steps spent warming up the "
                    "learning rate (default 0.05)")
     p.add_argument("--phases", type=int, default=20, help="progressive recipe: phases of the temperature schedule")
-    p.add_argument("--init-steps", type=int, default=None, help="binary-aware init steps (default: 6%% of the run)")
+    p.add_argument("--init-steps", type=int, default=None, help="progressive recipe: binary-aware init steps "
+                   "(default: 6%% of the run)")
     p.add_argument("--no-dual-scaling", action="store_true",
                    help="progressive recipe: no learnable row scale on top of the row absmean")
     p.add_argument("--no-binary-aware-init", action="store_true",
@@ -78,7 +104,7 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help="bf16 autocast for training and self-generation (default: on where bf16 is fast - CPUs with "
                         "AMX / AVX512-BF16, GPUs with bf16 - off elsewhere)")
     p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoints (latent, resumable) every N steps")
-    p.add_argument("--resume", default=None, help="resume from a Trainer checkpoint folder")
+    p.add_argument("--resume", default=None, help="resume the end-to-end stage from a Trainer checkpoint folder")
     p.add_argument("--eval-split", choices=("test", "val", "none"), default="test",
                    help="held-out split for the perplexity in the summary (default test; 'none' skips it)")
     p.add_argument("--eval-text", default=None,
@@ -90,35 +116,14 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def self_data_sequences(args) -> int:
-    """How many sequences to self-generate: ``--data-sequences``, else one pass of the whole run.
-
-    Measured on SmolLM2-135M (docs/benchmarks.md): at the same 532k-token budget, 2080 fresh sequences (each seen once)
-    gave a held-out perplexity of 650 where 512 sequences seen four times gave 918 (random-start text).
-    """
+def self_data_sequences(args, plan) -> int:
+    """How many sequences to self-generate: ``--data-sequences``, else what the plan needs (one pass of the
+    end-to-end stage over every process, or the calibration set)."""
     if args.data_sequences is not None:
         if args.data_sequences < 1:
             raise ValueError(f"--data-sequences: got {args.data_sequences}; allowed: an integer >= 1")
         return args.data_sequences
-    return max(1, args.max_steps * args.batch_size * args.grad_accum * int(os.environ.get("WORLD_SIZE", "1")))
-
-
-#: Default learning rate of the latent weights per recipe (``--lr``); the scale vectors get ``SCALE_LR_RATIO`` times it.
-DEFAULT_LR = {"progressive": 1e-3, "onebit": 3e-4, "bitnet": 3e-4}
-SCALE_LR_RATIO = 3.3
-
-
-def learning_rates(recipe: str, lr: float | None, scale_lr: float | None) -> tuple[float, float]:
-    """``(lr, scale_lr)``: the given values, else the recipe's default and ``SCALE_LR_RATIO`` times the latent lr.
-
-    Progressive distillation of SmolLM2-135M on 98k tokens (docs/benchmarks.md, short ablations): held-out perplexity
-    1804 / 1237 / 911 / 1383 at lr 3e-4 / 6e-4 / 1e-3 / 2e-3 (scales 3.3x). The other recipes keep 3e-4 (not re-tuned).
-    """
-    for name, value in (("--lr", lr), ("--scale-lr", scale_lr)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name}: got {value}; allowed: a number > 0")
-    lr = DEFAULT_LR[recipe] if lr is None else lr
-    return lr, SCALE_LR_RATIO * lr if scale_lr is None else scale_lr
+    return plan.sequences_needed(int(os.environ.get("WORLD_SIZE", "1")))
 
 
 #: ``--data`` sources that are not paths.
@@ -135,7 +140,8 @@ def check_data_sources(sources: list[str]) -> None:
         raise ValueError(f"--data: got {sources}; allowed: each source once (a repeated source repeats its text)")
 
 
-def _dataset(args, teacher, tokenizer):
+def dataset(args, plan, teacher, tokenizer):
+    """The training blocks of every ``--data`` source, mixed."""
     import torch
 
     from ..real_text import real_text_files
@@ -144,7 +150,7 @@ def _dataset(args, teacher, tokenizer):
     parts = []
     for source in args.data:
         if source == "self":
-            parts.append(self_generated_dataset(teacher, tokenizer, self_data_sequences(args), args.seq_len,
+            parts.append(self_generated_dataset(teacher, tokenizer, self_data_sequences(args, plan), args.seq_len,
                                                 style=args.data_style, seed=args.seed, batch_size=64,
                                                 dtype="bfloat16" if args.bf16 else None, top_k=50))
         elif source == "real-text":
@@ -156,33 +162,75 @@ def _dataset(args, teacher, tokenizer):
     return parts[0] if len(parts) == 1 else TokenBlocks(torch.cat([part.blocks for part in parts]))
 
 
+def plan_from_args(args):
+    """The :class:`~hf_onebit.training.pipeline.DistillPlan` the arguments describe (before any time budget)."""
+    from .blockwise import BlockwiseConfig
+    from .losses import DistillationLoss
+    from .pipeline import DistillPlan
+
+    overrides = {}
+    if args.recipe == "progressive":
+        overrides = {"phases": args.phases, "dual_scaling": not args.no_dual_scaling,
+                     "binary_aware_init": not args.no_binary_aware_init}
+        if args.no_binary_aware_init:
+            overrides["init_steps"] = 0
+        elif args.init_steps is not None:
+            overrides["init_steps"] = args.init_steps
+    hidden = 0.0 if args.cache_targets else args.hidden_weight
+    return DistillPlan(
+        stages=tuple(args.stages), blockwise_steps=args.blockwise_steps,
+        calibration_sequences=args.calibration_sequences,
+        blockwise=BlockwiseConfig(lr=args.blockwise_lr, inputs=args.blockwise_inputs, scale_init=args.blockwise_init),
+        e2e_steps=args.max_steps, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
+        recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,
+        loss=DistillationLoss(hidden_weight=hidden, ce_weight=args.ce_weight, temperature=args.kd_temperature),
+        bf16=bool(args.bf16), seed=args.seed)
+
+
 def run_distill(args) -> dict:
+    import dataclasses
+
     import torch
 
     from ..commands.evaluate import read_text
     from ..commands.quantize import resolve_model_path
     from ..eval import evaluate_heldout, format_table, perplexity, size_report
     from ..output import OutputFolder
+    from .budget import parse_duration
+    from .optim import learning_rates
     from .precision import bf16_is_fast
 
-    if args.max_steps < 1:
-        raise SystemExit(f"--max-steps: got {args.max_steps}; allowed: an integer >= 1")
+    for name, value, low in (("--max-steps", args.max_steps, 0), ("--blockwise-steps", args.blockwise_steps, 0),
+                             ("--calibration-sequences", args.calibration_sequences, 1),
+                             ("--cache-targets", args.cache_targets, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"{name}: got {value}; allowed: an integer >= {low}")
     if args.bf16 is None:
         args.bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
-    if args.recipe is None:
-        args.recipe = "bitnet" if args.weight_format == "ternary" else "progressive"
     try:
-        args.lr, args.scale_lr = learning_rates(args.recipe, args.lr, args.scale_lr)
+        budget = parse_duration(args.time_budget) if args.time_budget else None
+        if args.blockwise_share is not None and not 0 <= args.blockwise_share <= 1:
+            raise ValueError(f"--blockwise-share: got {args.blockwise_share}; allowed: 0 to 1")
+        plan = plan_from_args(args)
+        learning_rates(plan.e2e_recipe(args.weight_format), args.lr, args.scale_lr)  # checks the values
         check_data_sources(args.data)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     text = read_text(args.eval_text, "--eval-text") if args.eval_text else None
     teacher_path = resolve_model_path(args.teacher, "--teacher")
     with OutputFolder(args.out, sources=[teacher_path], overwrite=args.overwrite, keep_partial=True) as staging:
-        summary, student, teacher, tokenizer = _train(args, teacher_path, staging)
+        student, teacher, tokenizer = load_models(args, teacher_path)
+        rows = []
+        if budget is not None:
+            plan, budget_plan = plan_for_budget(student, teacher, plan, budget, args.blockwise_share)
+            print(budget_plan.table())
+            rows.append(["time budget", f"{budget / 60:g} min (planned {budget_plan.estimated_s / 60:.1f} min)"])
+        data = dataset(args, plan, teacher, tokenizer)
+        summary = run_stages_and_report(student, teacher, data, plan, staging, args.resume, args.save_steps, rows)
         student.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    rows = summary.pop("rows")
+    rows += [["weight format", args.weight_format], ["precision", "bf16 autocast" if args.bf16 else "float32"]]
     if text is not None:
         summary["teacher_ppl"] = perplexity(teacher, tokenizer, text)
         summary["student_ppl"] = perplexity(student, tokenizer, text)
@@ -199,20 +247,17 @@ def run_distill(args) -> dict:
     rows += [["bits / quantized weight", round(size.bits_per_quantized_weight, 4)],
              ["packed model size (MB)", round(size.total_bytes / 1e6, 1)], ["saved to", args.out]]
     print(format_table(["", "value"], rows))
+    summary["plan"] = dataclasses.asdict(plan) if hasattr(plan, "__dataclass_fields__") else None
     return summary
 
 
-def _train(args, teacher_path: str, output_dir: str):
-    """Load teacher and student, build the data, run the Trainer with the callback; ``(summary, student, teacher,
-    tokenizer)`` with the student finalised (hard quantizer, the packed function)."""
+def load_models(args, teacher_path: str):
+    """``(student, teacher, tokenizer)``: the latent student of ``--weight-format`` and the float teacher."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .. import OneBitConfig
     from ..commands.quantize import load_model
-    from .callback import OneBitDistillationCallback
-    from .losses import DistillationLoss
-    from .optim import onebit_optimizer
 
     tokenizer = load_model(AutoTokenizer, teacher_path, "--teacher")
     teacher = load_model(AutoModelForCausalLM, teacher_path, "--teacher", dtype=torch.float32)
@@ -220,43 +265,54 @@ def _train(args, teacher_path: str, output_dir: str):
         teacher_path, dtype=torch.float32,
         quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm,
                                          weight_format=args.weight_format))
-    data = _dataset(args, teacher, tokenizer)
-    recipe = {"recipe": args.recipe}
-    if args.recipe == "progressive":
-        init_steps = args.init_steps if args.init_steps is not None else max(1, round(0.06 * args.max_steps))
-        if args.no_binary_aware_init:
-            init_steps = 0
-        recipe.update(phases=args.phases, init_steps=min(init_steps, args.max_steps - 1),
-                      dual_scaling=not args.no_dual_scaling, binary_aware_init=not args.no_binary_aware_init)
-    loss = DistillationLoss(hidden_weight=args.hidden_weight, ce_weight=args.ce_weight, temperature=args.kd_temperature)
-    callback = OneBitDistillationCallback(teacher, loss=loss, **recipe)
-    targs = TrainingArguments(
-        output_dir=output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=args.weight_decay,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
-        warmup_steps=max(1, round(args.warmup_ratio * args.max_steps)), logging_steps=max(1, args.max_steps // 50),
-        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, report_to=[],
-        seed=args.seed, bf16=args.bf16, dataloader_num_workers=0,
-        use_cpu=args.bf16 and not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 without it
-    )
-    optimizer = onebit_optimizer(student, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay)
-    trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[callback],
-                      optimizers=(optimizer, None))
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=args.resume)
-    wall = time.perf_counter() - t0
-    logs = [h for h in trainer.state.log_history if "loss" in h]
-    tokens = args.max_steps * args.batch_size * args.grad_accum * args.seq_len * max(targs.world_size, 1)
-    rows = [["recipe", args.recipe], ["weight format", args.weight_format], ["steps", args.max_steps], ["training tokens", tokens],
-            ["precision", "bf16 autocast" if args.bf16 else "float32"],
-            ["learning rates (latent / scales)", f"{args.lr:g} / {args.scale_lr:g}"],
-            ["wall time (min)", round(wall / 60, 2)]]
-    if logs:
-        rows += [["first / last loss", f"{logs[0]['loss']:.4g} / {logs[-1]['loss']:.4g}"]]
-        for key in ("distill_kl", "distill_hidden", "distill_ce"):
-            if key in logs[-1]:
-                rows.append([f"last {key}", logs[-1][key]])
-    return {"wall_s": wall, "tokens": tokens, "rows": rows}, student, teacher, tokenizer
+    return student, teacher, tokenizer
+
+
+def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None):
+    """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now)."""
+    import dataclasses
+
+    from .budget import DEFAULT_BLOCKWISE_SHARE, measure_step_times, plan_budget
+
+    share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
+    if "blockwise" not in plan.stages:
+        share = 0.0
+    elif "e2e" not in plan.stages:
+        share = 1.0
+    times = measure_step_times(student, teacher, plan.seq_len, plan.batch_size,
+                               plan.batch_size * plan.grad_accum, loss=plan.loss)
+    budget = plan_budget(seconds, times, share, plan.batch_size, 
+                         cached_epochs=plan.cache_epochs if plan.cache_targets else 0)
+    sized = dataclasses.replace(plan, blockwise_steps=budget.blockwise_steps, e2e_steps=budget.e2e_steps,
+                                calibration_sequences=budget.calibration_sequences or plan.calibration_sequences)
+    return sized, budget
+
+
+def run_stages_and_report(student, teacher, data, plan, output_dir, resume, save_steps, rows) -> dict:
+    """:func:`~hf_onebit.training.pipeline.run_stages`, with the stages' figures appended to ``rows``."""
+    from .pipeline import run_stages
+
+    summary = run_stages(student, teacher, data, plan, output_dir, resume=resume, save_steps=save_steps)
+    if "blockwise" in summary:
+        b = summary["blockwise"]
+        rows += [["block-wise stage", f"{b['steps_per_block']} steps per block, {b['calibration_sequences']} "
+                                      f"calibration sequences, {b['seconds'] / 60:.1f} min"],
+                 ["block-wise error of the last block", f"{b['records'][-1]['error_after']:.3g}"]]
+    if "e2e" in summary:
+        e = summary["e2e"]
+        rows += [["end-to-end stage", f"{e['steps']} steps, recipe {e['recipe']}, {e['tokens']:,} tokens, "
+                                      f"{e['seconds'] / 60:.1f} min"],
+                 ["learning rates (latent / scales)", f"{e['lr']:g} / {e['scale_lr']:g}"]]
+        if e["log"]:
+            rows.append(["first / last loss", f"{e['log'][0]['loss']:.4g} / {e['log'][-1]['loss']:.4g}"])
+            for key in ("distill_kl", "distill_hidden", "distill_ce"):
+                if key in e["log"][-1]:
+                    rows.append([f"last {key}", e["log"][-1][key]])
+        if e["tail_mass"] is not None:
+            rows.append(["teacher mass outside the cached top-k", f"{e['tail_mass']:.3g}"])
+    summary["wall_s"] = sum(summary[s]["seconds"] for s in ("blockwise", "e2e") if s in summary)
+    summary["tokens"] = summary["e2e"]["tokens"] if "e2e" in summary else 0
+    return summary
 
 
 def main(argv=None) -> None:

@@ -79,7 +79,7 @@ def hf_dataset(dataset, tokenizer, seq_len: int = 256, text_column: str = "text"
 
 
 # ---------------------------------------------------------------------------------------------- self-generated text
-def _teacher_fingerprint(teacher) -> str:
+def model_fingerprint(teacher) -> str:
     """Identity of the teacher: its config plus a checksum of a few weights (a different checkpoint -> new cache)."""
     h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
     params = list(teacher.parameters())
@@ -330,7 +330,7 @@ def self_generated_dataset(teacher, tokenizer, num_sequences: int = 256, seq_len
                              "generate_prompted_data(..., prompts=...) and wrap the result in TokenBlocks instead")
         generate, settings = generate_prompted_data, {"max_new_tokens": 512, **common, **settings}
         keyed = {"style": style, **settings}
-    key = hashlib.sha256(json.dumps({"teacher": _teacher_fingerprint(teacher), "seq_len": seq_len, **keyed},
+    key = hashlib.sha256(json.dumps({"teacher": model_fingerprint(teacher), "seq_len": seq_len, **keyed},
                                     sort_keys=True).encode()).hexdigest()[:20]
     folder = os.path.join(cache_dir or cache_root(), "selfgen")
     os.makedirs(folder, exist_ok=True)

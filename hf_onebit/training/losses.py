@@ -66,12 +66,20 @@ class DistillationLoss:
             return am[:, 1:] & am[:, :-1]
         return torch.ones(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool, device=input_ids.device)
 
-    def terms(self, student_logits, teacher_logits, mask, student_hidden=None, teacher_hidden=None, labels=None):
-        """Per-term token sums ``{"kl", "hidden", "ce"}`` (only the enabled ones) over the ``mask`` positions."""
+    def terms(self, student_logits, teacher_logits, mask, student_hidden=None, teacher_hidden=None, labels=None,
+              teacher_topk=None):
+        """Per-term token sums ``{"kl", "hidden", "ce"}`` (only the enabled ones) over the ``mask`` positions.
+
+        ``teacher_topk`` (``(index, logp)``, cached targets) replaces ``teacher_logits`` for the KL term
+        (:func:`sparse_kl_token_sum`)."""
         out = {}
         if self.kl_weight > 0:
-            kl = kl_token_sum if self.chunked_kl else kl_token_sum_reference
-            out["kl"] = kl(student_logits, teacher_logits, mask, self.temperature)
+            if teacher_topk is not None:
+                kl = sparse_kl_token_sum if self.chunked_kl else sparse_kl_token_sum_reference
+                out["kl"] = kl(student_logits, *teacher_topk, mask, self.temperature)
+            else:
+                kl = kl_token_sum if self.chunked_kl else kl_token_sum_reference
+                out["kl"] = kl(student_logits, teacher_logits, mask, self.temperature)
         if self.hidden_weight > 0:
             if student_hidden is None or teacher_hidden is None:
                 raise ValueError("hidden_weight > 0 needs the hidden states of student and teacher")
@@ -156,3 +164,84 @@ class _ChunkedKL(torch.autograd.Function):
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
         return (grad * grad_out.to(grad.dtype)).view(ctx.shape), None, None, None
+
+
+# ------------------------------------------------------------------------------------------------ cached targets
+def sparse_kl_token_sum_reference(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logp: torch.Tensor,
+                                  mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The specification of :func:`sparse_kl_token_sum` (plain autograd, float32).
+
+    The teacher is known only by its ``k`` most likely next tokens per position (``topk_index``, ``topk_logp``:
+    ``(batch, seq, k)`` ids and log-probabilities at ``temperature``) plus the rest of its mass, ``r = 1 - sum p``.
+    The KL is that of the two distributions over ``k + 1`` outcomes (the ``k`` tokens, and "any other token"):
+
+        sum_{i in top-k} p_i (log p_i - log q_i) + r (log r - log q_rest)
+
+    It is never larger than the full KL (merging outcomes cannot increase it) and equals it when the student spreads
+    the rest of its mass over the other tokens as the teacher does; how the student shares that mass out is not
+    constrained (the bias of keeping only the top ``k``).
+    """
+    tau = temperature
+    log_q = F.log_softmax(student_logits[:, :-1][mask].float() / tau, dim=-1)
+    idx = topk_index[:, :-1][mask].long()
+    log_p = topk_logp[:, :-1][mask].float()
+    p = log_p.exp()
+    log_q_top = log_q.gather(-1, idx)
+    rest_p = (1 - p.sum(-1)).clamp_min(0)
+    rest_q = (1 - log_q_top.exp().sum(-1)).clamp_min(1e-30)
+    top = (p * (log_p - log_q_top)).sum()
+    rest = (torch.xlogy(rest_p, rest_p) - rest_p * rest_q.log()).sum()
+    return (top + rest) * (tau * tau)
+
+
+def sparse_kl_token_sum(student_logits: torch.Tensor, topk_index: torch.Tensor, topk_logp: torch.Tensor,
+                        mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """:func:`sparse_kl_token_sum_reference` computed :data:`KL_CHUNK_ROWS` rows at a time with its gradient formed
+    in the same pass: ``tau * (q_j - p_j)`` for the top-``k`` tokens and ``tau * q_j (1 - r / q_rest)`` for the
+    others (``q`` the student's softmax at ``tau``, ``r`` and ``q_rest`` the mass outside the top ``k``)."""
+    batch, seq = student_logits.shape[:2]
+    if topk_index.shape[:2] != (batch, seq) or topk_logp.shape != topk_index.shape:
+        raise ValueError(f"cached teacher targets {tuple(topk_index.shape)} / {tuple(topk_logp.shape)} do not match "
+                         f"the student's logits {tuple(student_logits.shape)}")
+    rows = torch.zeros(batch, seq, dtype=torch.bool, device=mask.device)
+    rows[:, :-1] = mask
+    idx = rows.reshape(-1).nonzero().squeeze(1).to(student_logits.device)
+    k = topk_index.shape[-1]
+    return _ChunkedSparseKL.apply(student_logits, topk_index.reshape(-1, k), topk_logp.reshape(-1, k), idx,
+                                  float(temperature))
+
+
+class _ChunkedSparseKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s, top_idx, top_logp, idx, tau):
+        s2 = s.reshape(-1, s.shape[-1])
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(s2) if need_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=s.device)
+        for start in range(0, idx.numel(), KL_CHUNK_ROWS):
+            rows = idx[start:start + KL_CHUNK_ROWS]
+            si = s2.index_select(0, rows).float()
+            if tau != 1.0:
+                si.div_(tau)
+            ti = top_idx.index_select(0, rows).long()
+            log_p = top_logp.index_select(0, rows).float()
+            log_q = torch.log_softmax(si, dim=-1)
+            p = log_p.exp()
+            log_q_top = log_q.gather(-1, ti)
+            rest_p = (1 - p.sum(-1)).clamp_min(0)
+            rest_q = (1 - log_q_top.exp().sum(-1)).clamp_min(1e-30)
+            total += ((p * (log_p - log_q_top)).sum() + (torch.xlogy(rest_p, rest_p) - rest_p * rest_q.log()).sum()
+                      ).double()
+            if need_grad:
+                q = log_q.exp_()
+                g = q * (1 - rest_p / rest_q)[:, None]  # the tokens outside the top k
+                g.scatter_(-1, ti, q.gather(-1, ti) - p)  # the top k
+                grad.index_copy_(0, rows, g.mul_(tau).to(grad.dtype))
+        ctx.save_for_backward(grad)
+        ctx.shape = s.shape
+        return (total * (tau * tau)).float()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out.to(grad.dtype)).view(ctx.shape), None, None, None, None

@@ -28,4 +28,3 @@ def bf16_is_fast(device: str = "cpu") -> bool:
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return any(flag in _cpu_flags() for flag in CPU_BF16_FLAGS)
-

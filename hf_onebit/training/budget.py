@@ -1,0 +1,210 @@
+"""A time budget for distillation: measure what a step costs on this machine, then size every stage to fit.
+
+    times = measure_step_times(student, teacher, seq_len=256, batch_size=4)
+    plan = plan_budget(60 * 60, times, blockwise_share=0.5)
+    print(plan.table())
+
+:func:`measure_step_times` times one block-wise step, one block's forward pass and one end-to-end distillation step
+(student forward and backward with the loss's hidden states, teacher forward, an optimizer step with learning rate 0:
+nothing in the models changes). :func:`plan_budget` gives the block-wise stage ``blockwise_share`` of what is left
+after the measurement and the end-to-end stage the rest; steps are whole numbers, so the plan's estimate is at most
+the budget. What the clock cannot know in advance (another process taking the cores) makes a run longer, never
+shorter: the number of steps is fixed once planned.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+#: Share of a time budget the block-wise stage gets by default (the rest goes to end-to-end distillation).
+DEFAULT_BLOCKWISE_SHARE = 0.5
+#: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the
+#: input moments of the scale fit, and the student block's output (the next block's input).
+PASSES_PER_BLOCK = 3
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"15m"``, ``"1.5h"``, ``"1h30m"`` or a bare number of minutes (``"60"``)."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds = float(value) * 60
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", value)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", value).strip():
+            raise ValueError(f"--time-budget: got {text!r}; allowed: e.g. 90s, 15m, 1.5h, 1h30m or minutes")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+    if not seconds > 0:
+        raise ValueError(f"--time-budget: got {text!r}; allowed: a duration > 0")
+    return seconds
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds per step on this machine (:func:`measure_step_times`)."""
+
+    block_step_s: float  # one block-wise optimizer step: batch x seq tokens through one block, forward + backward
+    block_pass_s: float  # one block's forward over batch x seq tokens, no gradient
+    e2e_step_s: float  # one end-to-end distillation step
+    n_blocks: int
+    measured_s: float  # what the measurement itself took
+    teacher_forward_s: float = 0.0  # the teacher's forward inside one end-to-end step
+
+    def e2e_step_cached_s(self, epochs: float) -> float:
+        """An end-to-end step on cached teacher targets, each sequence seen ``epochs`` times: no teacher forward in
+        the step, one per sequence while the targets are computed (spread over the steps here)."""
+        return self.e2e_step_s - self.teacher_forward_s + self.teacher_forward_s / epochs
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Steps of each stage for a time budget (:func:`plan_budget`)."""
+
+    budget_s: float
+    blockwise_steps: int  # per block; 0 = no block-wise stage
+    calibration_sequences: int
+    e2e_steps: int
+    estimated_s: float
+    times: StepTimes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        from ..eval import format_table
+
+        t = self.times
+        rows = [["measured on this machine", f"block step {t.block_step_s:.3f} s, block pass {t.block_pass_s:.3f} s, "
+                 f"end-to-end step {t.e2e_step_s:.2f} s ({t.measured_s:.0f} s to measure)"],
+                ["block-wise stage", f"{self.blockwise_steps} steps per block x {t.n_blocks} blocks, "
+                 f"{self.calibration_sequences} calibration sequences" if self.blockwise_steps else "off"],
+                ["end-to-end stage", f"{self.e2e_steps} steps"],
+                ["estimated", f"{self.estimated_s / 60:.1f} of {self.budget_s / 60:.1f} min"]]
+        return format_table(["time budget", "plan"], rows)
+
+
+def blockwise_seconds(times: StepTimes, steps: int, calibration_sequences: int, batch_size: int) -> float:
+    """Estimated seconds of the block-wise stage."""
+    passes = PASSES_PER_BLOCK * math.ceil(calibration_sequences / batch_size) * times.block_pass_s
+    return times.n_blocks * (steps * times.block_step_s + passes)
+
+
+def calibration_sequences(steps: int, batch_size: int, epochs: float = 2.0, maximum: int = 4096) -> int:
+    """Sequences that ``steps`` block-wise steps of ``batch_size`` see ``epochs`` times (whole batches, at least
+    one, at most ``maximum``)."""
+    whole = math.ceil(steps * batch_size / epochs / batch_size) * batch_size
+    return min(maximum // batch_size * batch_size, max(batch_size, whole))
+
+
+def plan_budget(seconds: float, times: StepTimes, blockwise_share: float = 0.5, batch_size: int = 4,
+                epochs: float = 2.0, max_calibration: int = 4096, cached_epochs: float = 0.0) -> BudgetPlan:
+    """Split ``seconds`` (minus what the measurement took) between the stages; see the module docstring.
+
+    The block-wise stage sees its calibration sequences ``epochs`` times: ``steps x batch_size / epochs`` of them
+    (at most ``max_calibration``; every block's inputs and targets are held in memory). ``cached_epochs`` > 0: the
+    end-to-end stage runs on cached teacher targets, each sequence seen that many times
+    (:meth:`StepTimes.e2e_step_cached_s`).
+    """
+    if not seconds > 0:
+        raise ValueError(f"time budget: got {seconds!r} s; allowed: > 0")
+    if not 0 <= blockwise_share <= 1:
+        raise ValueError(f"blockwise_share: got {blockwise_share!r}; allowed: 0 to 1")
+    left = seconds - times.measured_s
+    if left <= times.e2e_step_s:
+        raise ValueError(f"time budget: {seconds:.0f} s leave {left:.0f} s after measuring the steps "
+                         f"({times.measured_s:.0f} s), less than one end-to-end step ({times.e2e_step_s:.1f} s); "
+                         "allowed: a longer budget")
+    steps = 0
+    calibration = 0
+    if blockwise_share > 0:
+        share = left * blockwise_share
+        # steps s with calibration c = s * b / epochs: n_blocks * (s * step + passes(c)) <= share
+        per_step = times.n_blocks * (times.block_step_s
+                                     + PASSES_PER_BLOCK * times.block_pass_s / epochs)
+        steps = max(0, int(share // per_step))
+        calibration = max(calibration_sequences(steps, batch_size, epochs, max_calibration),
+                          min(64, max_calibration) // batch_size * batch_size)
+        while steps and blockwise_seconds(times, steps, calibration, batch_size) > share:
+            steps -= 1
+    used = blockwise_seconds(times, steps, calibration, batch_size) if steps else 0.0
+    e2e_step_s = times.e2e_step_cached_s(cached_epochs) if cached_epochs > 0 else times.e2e_step_s
+    e2e = max(0, int((left - used) // e2e_step_s))
+    estimated = times.measured_s + used + e2e * e2e_step_s
+    return BudgetPlan(seconds, steps, calibration if steps else 0, e2e, estimated, times)
+
+
+def _time(fn, repeats: int = 2) -> float:
+    fn()  # warm-up (allocator, first-call costs)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
+                       loss=None, vocab_size: int | None = None) -> StepTimes:
+    """Time one block-wise step, one block pass and one end-to-end step of ``student`` / ``teacher`` (random tokens;
+    nothing in either model changes). ``loss`` is the end-to-end stage's DistillationLoss (default: KL + hidden)."""
+    from .blockwise import capture_block_inputs, decoder_layers, run_block
+    from .losses import DistillationLoss
+
+    start = time.perf_counter()
+    loss = loss or DistillationLoss()
+    vocab = vocab_size or student.config.vocab_size
+    device = next(student.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(vocab, (batch_size, seq_len), generator=gen).to(device)
+    was_training = student.training
+    hidden, kwargs = capture_block_inputs(teacher, ids)
+    layer = decoder_layers(student)[0]
+    params = [p for p in layer.parameters() if p.is_floating_point()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+
+    def block_step():
+        out = run_block(layer, hidden, kwargs)
+        out.pow(2).mean().backward()
+        for p in params:
+            p.grad = None
+
+    def block_pass():
+        with torch.no_grad():
+            run_block(layer, hidden, kwargs)
+
+    try:
+        student.train()
+        block_step_s = _time(block_step)
+        block_pass_s = _time(block_pass)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    e2e_ids = torch.randint(vocab, (e2e_batch_size or batch_size, seq_len), generator=gen).to(device)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    frozen_optimizer = torch.optim.AdamW(trainable, lr=0.0, weight_decay=0.0)  # lr 0: the step changes nothing
+
+    teacher_s = []
+
+    def e2e_step():
+        tick = time.perf_counter()
+        with torch.no_grad():
+            t = teacher(input_ids=e2e_ids, output_hidden_states=loss.needs_hidden_states, use_cache=False)
+        teacher_s.append(time.perf_counter() - tick)
+        s = student(input_ids=e2e_ids, output_hidden_states=loss.needs_hidden_states, use_cache=False)
+        mask = loss.token_mask(e2e_ids)
+        terms = loss.terms(s.logits, t.logits, mask, s.get("hidden_states"), t.get("hidden_states"))
+        loss.combine(terms).backward()
+        frozen_optimizer.step()
+        frozen_optimizer.zero_grad(set_to_none=True)
+
+    try:
+        e2e_step_s = _time(e2e_step, repeats=1)
+    finally:
+        student.train(was_training)
+        del frozen_optimizer
+    return StepTimes(block_step_s, block_pass_s, e2e_step_s, len(decoder_layers(student)),
+                     time.perf_counter() - start, teacher_forward_s=teacher_s[-1])

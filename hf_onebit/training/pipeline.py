@@ -1,0 +1,176 @@
+"""Distillation in stages, as one call: block-wise reconstruction, then end-to-end distillation in the Trainer.
+
+    plan = DistillPlan(stages=("blockwise", "e2e"), blockwise_steps=64, e2e_steps=100)
+    summary = run_stages(student, teacher, data, plan, output_dir="run")
+
+``hf-onebit distill`` and the main job (``examples/main_job.py``) are thin wrappers around :func:`run_stages`; with a
+time budget, :func:`plan_for_budget` measures this machine and sizes the stages first. Each stage is also usable on its
+own: :func:`~hf_onebit.training.blockwise.blockwise_reconstruct_` before any ``Trainer`` run, and
+:class:`~hf_onebit.training.callback.OneBitDistillationCallback` inside one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .blockwise import BlockwiseConfig, blockwise_reconstruct_, decoder_layers
+from .data import TokenBlocks
+from .losses import DistillationLoss
+
+STAGES = ("blockwise", "e2e")
+#: Fewest calibration sequences of the block-wise stage (the scale fit estimates ``X^T X`` from them).
+MIN_CALIBRATION = 64
+#: The end-to-end recipe after a block-wise stage: the format's hard quantizer with a straight-through gradient,
+#: starting from the scales the block-wise stage left (``progressive`` would restart from the float weights).
+RECIPE_AFTER_BLOCKWISE = {"binary": "onebit", "ternary": "bitnet"}
+
+
+@dataclass(frozen=True)
+class DistillPlan:
+    """What :func:`run_stages` does (every field has the default of ``hf-onebit distill``)."""
+
+    stages: tuple = ("e2e",)  # the best at a small CPU budget (docs/benchmarks.md); ("blockwise", "e2e") for both
+    blockwise_steps: int = 64  # per block
+    calibration_sequences: int | None = None  # default: each seen twice, at least MIN_CALIBRATION
+    blockwise: BlockwiseConfig = field(default_factory=BlockwiseConfig)
+    e2e_steps: int = 100
+    batch_size: int = 4
+    seq_len: int = 256
+    grad_accum: int = 1
+    recipe: str | None = None  # end-to-end recipe; default: RECIPE_AFTER_BLOCKWISE, or the format's default
+    lr: float | None = None
+    scale_lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    loss: DistillationLoss = field(default_factory=DistillationLoss)
+    cache_targets: int = 0  # top-k teacher targets cached once (0: the teacher runs every step)
+    cache_epochs: float = 2.0  # with cache_targets: times each cached sequence is seen (sets how many are cached)
+    recipe_overrides: dict = field(default_factory=dict)
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        stages = tuple(self.stages)
+        if not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
+            raise ValueError(f"stages: got {self.stages!r}; allowed: one or both of {STAGES}, each once")
+        object.__setattr__(self, "stages", tuple(s for s in STAGES if s in stages))
+        for name in ("blockwise_steps", "e2e_steps", "batch_size", "seq_len", "grad_accum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name.endswith("steps") else 1):
+                raise ValueError(f"{name}: got {value!r}; allowed: an integer >= "
+                                 f"{0 if name.endswith('steps') else 1}")
+        if not self.cache_epochs >= 1:
+            raise ValueError(f"cache_epochs: got {self.cache_epochs!r}; allowed: a number >= 1")
+        if self.cache_targets < 0:
+            raise ValueError(f"cache_targets: got {self.cache_targets!r}; allowed: 0 (off) or k >= 1")
+        if self.cache_targets and self.loss.needs_hidden_states:
+            raise ValueError("cache_targets: cached teacher targets carry no hidden states; use a loss with "
+                             "hidden_weight=0")
+        if self.recipe == "progressive" and "blockwise" in self.stages:
+            raise ValueError("recipe: 'progressive' restarts from the float weights and would discard the block-wise "
+                             "stage; allowed after it: 'onebit' (binary) or 'bitnet'")
+
+    @property
+    def calibration(self) -> int:
+        if self.calibration_sequences is not None:
+            return self.calibration_sequences
+        from .budget import calibration_sequences
+
+        return max(calibration_sequences(self.blockwise_steps, self.batch_size),
+                   MIN_CALIBRATION // self.batch_size * self.batch_size)
+
+    def e2e_recipe(self, weight_format: str) -> str:
+        if self.recipe is not None:
+            return self.recipe
+        if "blockwise" in self.stages:
+            return RECIPE_AFTER_BLOCKWISE[weight_format]
+        return "bitnet" if weight_format == "ternary" else "progressive"
+
+    def sequences_needed(self, world_size: int = 1) -> int:
+        """Training sequences for one pass of the end-to-end stage, or the calibration set, whichever is more."""
+        e2e = self.e2e_steps * self.batch_size * self.grad_accum * world_size if "e2e" in self.stages else 0
+        return max(e2e, self.calibration if "blockwise" in self.stages else 0, 1)
+
+
+def calibration_blocks(data: TokenBlocks, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` sequences of ``data`` (a seeded random choice; all of them when there are fewer)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.blocks[order[: min(n, len(data))]]
+
+
+def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_dir: str, resume: str | None = None,
+               save_steps: int = 0, progress: bool = True, log=print) -> dict:
+    """Run ``plan`` on a latent student (``OneBitConfig(training=True)``); returns a summary (per-stage seconds,
+    tokens, records, the Trainer's log). The student ends in its hard (packed) function."""
+    from transformers import Trainer, TrainingArguments
+
+    from .callback import OneBitDistillationCallback
+    from .optim import learning_rates, onebit_optimizer
+    from .recipes import weight_format_of
+    from .targets import teacher_targets
+
+    summary: dict = {"stages": list(plan.stages)}
+    weight_format = weight_format_of(student)
+    if "blockwise" in plan.stages:  # 0 steps: each block's scale fit alone
+        config = dataclasses.replace(plan.blockwise, steps=plan.blockwise_steps, batch_size=plan.batch_size)
+        calib = calibration_blocks(data, plan.calibration, plan.seed)
+        log(f"== block-wise reconstruction: {len(decoder_layers(student))} blocks x {config.steps} steps, "
+            f"{calib.shape[0]} calibration sequences of {calib.shape[1]} tokens")
+        start = time.perf_counter()
+        records = blockwise_reconstruct_(student, teacher, calib, config, seed=plan.seed, progress=progress)
+        summary["blockwise"] = {"seconds": time.perf_counter() - start, "steps_per_block": config.steps,
+                                "calibration_sequences": int(calib.shape[0]),
+                                "tokens_per_block": config.steps * config.batch_size * calib.shape[1],
+                                "records": records}
+    if "e2e" in plan.stages and plan.e2e_steps > 0:
+        recipe = plan.e2e_recipe(weight_format)
+        lr, scale_lr = learning_rates(recipe, plan.lr, plan.scale_lr)
+        args = TrainingArguments(
+            output_dir=output_dir, max_steps=plan.e2e_steps, per_device_train_batch_size=plan.batch_size,
+            gradient_accumulation_steps=plan.grad_accum, learning_rate=lr, weight_decay=plan.weight_decay,
+            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
+            warmup_steps=max(1, round(plan.warmup_ratio * plan.e2e_steps)),
+            logging_steps=max(1, plan.e2e_steps // 50), save_strategy="steps" if save_steps else "no",
+            save_steps=save_steps or 500, report_to=[], seed=plan.seed, bf16=plan.bf16, dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            disable_tqdm=not progress, use_cpu=plan.bf16 and not torch.cuda.is_available(),
+        )
+        world = max(args.world_size, 1)
+        targets = None
+        start = time.perf_counter()
+        if plan.cache_targets:
+            # only the sequences the stage will see, each plan.cache_epochs times
+            needed = math.ceil(plan.e2e_steps * plan.batch_size * plan.grad_accum * world / plan.cache_epochs)
+            data = TokenBlocks(calibration_blocks(data, max(needed, plan.batch_size * world), plan.seed + 1))
+            log(f"== teacher targets: top-{plan.cache_targets} of every position of {len(data)} sequences, "
+                "computed once")
+            data = targets = teacher_targets(teacher, data, k=plan.cache_targets, batch_size=plan.batch_size,
+                                             temperature=plan.loss.temperature, progress=progress)
+        cache_s = time.perf_counter() - start
+        overrides = dict(plan.recipe_overrides)
+        if recipe == "progressive":
+            overrides.setdefault("init_steps", max(1, round(0.06 * plan.e2e_steps)))
+            overrides["init_steps"] = min(overrides["init_steps"], plan.e2e_steps - 1)
+        callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
+        optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay)
+        trainer = Trainer(model=student, args=args, train_dataset=data, callbacks=[callback],
+                          optimizers=(optimizer, None))
+        log(f"== end-to-end distillation: {plan.e2e_steps} steps of {plan.batch_size * plan.grad_accum} x "
+            f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g}")
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume)
+        summary["e2e"] = {"seconds": time.perf_counter() - start, "target_cache_seconds": cache_s,
+                          "steps": plan.e2e_steps, "recipe": recipe, "lr": lr, "scale_lr": scale_lr,
+                          "tokens": plan.e2e_steps * plan.batch_size * plan.grad_accum * plan.seq_len * world,
+                          "log": [h for h in trainer.state.log_history if "loss" in h],
+                          "tail_mass": targets.tail_mass() if targets is not None else None}
+    else:
+        from .recipes import finalize_
+
+        finalize_(student)
+    return summary
