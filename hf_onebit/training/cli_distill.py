@@ -20,7 +20,8 @@ Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoin
 Stages (--stages): 'e2e' (the default) distils the whole model in the stock transformers Trainer (KL on the logits
 plus hidden states); 'blockwise' first trains each transformer block of the 1-bit student to reproduce its teacher
 block on a few calibration sequences (scale vectors first fitted to the block's activations). On SmolLM2-135M at a
-15-minute CPU budget the end-to-end stage alone gave the best held-out perplexity (docs/benchmarks.md). --time-budget
+15-minute CPU budget the two tied on held-out perplexity, the end-to-end stage alone in less time
+(docs/benchmarks.md). --time-budget
 sizes the stages to the given time on this machine (measured at the start); otherwise --blockwise-steps and
 --max-steps do.
 
