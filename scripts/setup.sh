@@ -3,7 +3,7 @@
 # newest CUDA build, several GB), then hf_onebit with its test extras. Idempotent and quiet when up to date.
 #   HF_ONEBIT_VENV          the environment's folder (default .venv)
 #   HF_ONEBIT_TRANSFORMERS  a transformers requirement to install instead of the newest release pyproject.toml allows,
-#                           e.g. "transformers==5.10.4" (the oldest supported: what CI's second run uses)
+#                           e.g. "transformers==5.20.2" (the oldest supported: what CI's second run uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
