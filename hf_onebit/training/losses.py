@@ -130,10 +130,15 @@ def kl_token_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mas
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
                          f"{tuple(student_logits.shape)} differ in shape (same tokenizer / vocabulary needed)")
+    idx = predicted_rows(mask, batch, seq, student_logits.device)
+    return _ChunkedKL.apply(student_logits, teacher_logits.detach(), idx, float(temperature))
+
+
+def predicted_rows(mask: torch.Tensor, batch: int, seq: int, device) -> torch.Tensor:
+    """Flat indices into ``(batch * seq)`` logit rows of the positions ``mask`` (``(batch, seq - 1)``) scores."""
     rows = torch.zeros(batch, seq, dtype=torch.bool, device=mask.device)
     rows[:, :-1] = mask
-    idx = rows.reshape(-1).nonzero().squeeze(1).to(student_logits.device)
-    return _ChunkedKL.apply(student_logits, teacher_logits.detach(), idx, float(temperature))
+    return rows.reshape(-1).nonzero().squeeze(1).to(device)
 
 
 class _ChunkedKL(torch.autograd.Function):
@@ -203,9 +208,7 @@ def sparse_kl_token_sum(student_logits: torch.Tensor, topk_index: torch.Tensor, 
     if topk_index.shape[:2] != (batch, seq) or topk_logp.shape != topk_index.shape:
         raise ValueError(f"cached teacher targets {tuple(topk_index.shape)} / {tuple(topk_logp.shape)} do not match "
                          f"the student's logits {tuple(student_logits.shape)}")
-    rows = torch.zeros(batch, seq, dtype=torch.bool, device=mask.device)
-    rows[:, :-1] = mask
-    idx = rows.reshape(-1).nonzero().squeeze(1).to(student_logits.device)
+    idx = predicted_rows(mask, batch, seq, student_logits.device)
     k = topk_index.shape[-1]
     return _ChunkedSparseKL.apply(student_logits, topk_index.reshape(-1, k), topk_logp.reshape(-1, k), idx,
                                   float(temperature))
