@@ -138,11 +138,15 @@ def plan_budget(seconds: float, times: StepTimes, blockwise_share: float = 0.5, 
 
 
 def _time(fn, repeats: int = 2) -> float:
-    fn()  # warm-up (allocator, first-call costs)
-    start = time.perf_counter()
+    """The fastest of ``repeats`` calls after one warm-up call (allocator, first-call costs): the steady-state time
+    a long run sees; a mean over so few calls carries every hiccup of a busy machine into the plan."""
+    fn()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
@@ -202,9 +206,9 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
         frozen_optimizer.zero_grad(set_to_none=True)
 
     try:
-        e2e_step_s = _time(e2e_step, repeats=1)
+        e2e_step_s = _time(e2e_step, repeats=2)
     finally:
         student.train(was_training)
         del frozen_optimizer
     return StepTimes(block_step_s, block_pass_s, e2e_step_s, len(decoder_layers(student)),
-                     time.perf_counter() - start, teacher_forward_s=teacher_s[-1])
+                     time.perf_counter() - start, teacher_forward_s=min(teacher_s[1:]))
