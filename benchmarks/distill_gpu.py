@@ -43,7 +43,7 @@ def main() -> None:
     import hf_onebit  # noqa: F401
     from hf_onebit import OneBitConfig
     from hf_onebit.eval import perplexity_ids
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
     from hf_onebit.training import OneBitDistillationCallback, onebit_optimizer, self_generated_dataset
     from quality import heldout_ids
 

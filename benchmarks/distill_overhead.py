@@ -34,7 +34,7 @@ def build(args):
         LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
                                      num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
     else:
-        from hf_onebit.real_model import smollm2_checkpoint
+        from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
         path = smollm2_checkpoint()
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_onebit.eval import heldout_windows
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     teacher_dir = args.teacher or smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(teacher_dir)

@@ -89,9 +89,9 @@ def run_row(row: str, args) -> dict:
     import hf_onebit  # noqa: F401
     from hf_onebit import OneBitConfig
     from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached
-    from hf_onebit.real_model import smollm2_checkpoint
-    from hf_onebit.real_text import real_text_files
-    from hf_onebit.training.cli_distill import plan_for_budget
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_text import real_text_files
+    from hf_onebit.training.budget import plan_for_budget
     from hf_onebit.training.data import TokenBlocks, text_file_dataset
     from hf_onebit.training.pipeline import run_stages
 

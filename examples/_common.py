@@ -21,10 +21,10 @@ def float_model_path(args, workdir: str) -> str:
     if args.model:
         return args.model
     if args.tiny:
-        from hf_onebit.tiny_model import save_tiny_llama
+        from hf_onebit.fixtures.tiny_model import save_tiny_llama
 
         return save_tiny_llama(os.path.join(workdir, "tiny-float"))
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     return smollm2_checkpoint()
 

@@ -37,7 +37,7 @@ def main():
     p.add_argument("--tiny", action="store_true", help="random tiny model and random tokens (CI)")
     args = p.parse_args()
 
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     tokenizer_dir = smollm2_checkpoint()
     teacher_dir = tiny_checkpoint() if args.tiny else tokenizer_dir

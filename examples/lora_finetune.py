@@ -36,8 +36,8 @@ class TextChunks(torch.utils.data.Dataset):
 
 
 def training_text() -> str:
-    """Wikipedia training articles (hf_onebit.real_text; the held-out evaluation articles are not among them)."""
-    from hf_onebit.real_text import real_text_files
+    """Wikipedia training articles (hf_onebit.fixtures.real_text; the held-out evaluation articles are not among them)."""
+    from hf_onebit.fixtures.real_text import real_text_files
 
     with open(real_text_files()[0], encoding="utf-8") as fh:
         return fh.read(200_000)

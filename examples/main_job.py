@@ -30,7 +30,7 @@ from hf_onebit import OneBitConfig  # noqa: E402
 from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached, format_table, size_on_disk, size_report  # noqa: E402
 from hf_onebit.output import OutputFolder  # noqa: E402
 from hf_onebit.training.budget import parse_duration  # noqa: E402
-from hf_onebit.training.cli_distill import plan_for_budget  # noqa: E402
+from hf_onebit.training.budget import plan_for_budget  # noqa: E402
 from hf_onebit.training.data import TokenBlocks, text_file_dataset  # noqa: E402
 from hf_onebit.training.pipeline import DistillPlan, run_stages  # noqa: E402
 from hf_onebit.training.precision import bf16_is_fast  # noqa: E402
@@ -50,7 +50,7 @@ def generate(model, tokenizer, prompt: str, tokens: int) -> str:
 def training_data(args, tokenizer, vocab_size: int) -> TokenBlocks:
     if args.tiny:
         return TokenBlocks(torch.randint(vocab_size, (32, args.seq_len), generator=torch.Generator().manual_seed(0)))
-    from hf_onebit.real_text import real_text_files
+    from hf_onebit.fixtures.real_text import real_text_files
 
     # human-written Wikipedia text (the articles held out for evaluation are not in it)
     return TokenBlocks(torch.cat([text_file_dataset(p, tokenizer, args.seq_len).blocks for p in real_text_files()]))

@@ -213,9 +213,9 @@ def validate_checkpoint(checkpoint_files, layers: dict, base_model_prefix: str =
         return
     stored_format = _check_settings(files[0] if len(files) == 1 else os.path.dirname(files[0]), metadata, config)
     for name, module in layers.items():
-        fmt = getattr(module, "weight_format", "binary")
+        fmt = module.weight_format
         expected = {
-            "weight": ({"U8"}, (module.out_features, packed_columns(module.in_features, fmt))),
+            "weight": ({"U8"}, (module.out_features, module.format.packed_columns(module.in_features))),
             "scale_in": (_FLOAT_DTYPES, (module.in_features,)),
             "scale_out": (_FLOAT_DTYPES, (module.out_features,)),
         }

@@ -23,14 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue  # a subcommand not shipped in this build
-        module.add_parser(sub)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_SKIPS = ("lm_head",)
 
 
-def _is_skipped(name: str, skips: Iterable[str]) -> bool:
+def is_skipped(name: str, skips: Iterable[str]) -> bool:
+    """Whether module ``name`` is one of ``skips`` or lies inside one (a skip matches whole dotted name parts)."""
     for skip in skips:
         if name == skip or name.endswith("." + skip) or name.startswith(skip + ".") or ("." + skip + ".") in name:
             return True
@@ -41,7 +42,7 @@ def find_linear_layers(model: nn.Module, skips: Iterable[str] = ()) -> list[tupl
     conv1d = _conv1d_class()
     found, conv_names = [], []
     for name, module in model.named_modules():
-        if not name or _is_skipped(name, skips):
+        if not name or is_skipped(name, skips):
             continue
         if isinstance(module, nn.Linear) and not isinstance(module, OneBitLinear):
             found.append((name, module))
@@ -57,7 +58,8 @@ def find_linear_layers(model: nn.Module, skips: Iterable[str] = ()) -> list[tupl
     return found
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` of ``model`` with ``module``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -86,7 +88,7 @@ def replace_with_empty_onebit_linear(
         if float_placeholder and not latent:
             new.weight = nn.Parameter(torch.empty_like(linear.weight), requires_grad=False)
             new._float_placeholder = True
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
         names.append(name)
     return names
 
@@ -109,7 +111,7 @@ def quantize_(model: nn.Module, config=None, skips: Iterable[str] = (), progress
 
         iterator = tqdm(layers, desc="hf_onebit: quantizing", unit="layer")
     for name, linear in iterator:
-        _set_submodule(model, name, OneBitLinear.from_linear(linear, config))
+        set_submodule(model, name, OneBitLinear.from_linear(linear, config))
         del linear
     return model
 
@@ -161,5 +163,5 @@ def dequantize_(model: nn.Module, dtype: torch.dtype | str | None = None) -> nn.
             linear.weight.copy_(module.dequantize_weight(target))
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
-        _set_submodule(model, name, linear)
+        set_submodule(model, name, linear)
     return model

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from .formats import get_format
+
 logger = logging.getLogger(__name__)
 
 #: ``config`` attribute holding what the card reports beyond what can be measured.
@@ -182,7 +184,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, folder: str 
         license=info.get("license"),
     )
     name = repo_id or "<this folder or its Hub repo id>"
-    ternary = quant.get("weight_format", "binary") == "ternary"
+    ternary = get_format(quant.get("weight_format", "binary")).is_ternary
     kind = "ternary (1.58-bit)" if ternary else "1-bit"
     title = repo_id.split("/")[-1] if repo_id else f"{kind} model"
     version = quant.get("format_version", FORMAT_VERSION)

@@ -68,7 +68,7 @@ def absmean_ternary(weight: torch.Tensor) -> torch.Tensor:
     tensor; a per-row scale is at least as good here because every row already carries its own float scale ``h``:
     the threshold ``s / 2`` then adapts to each output channel's magnitude instead of zeroing whole rows of a small
     channel (or saturating a large one), and nothing is stored for it. This is the one definition shared by
-    :func:`hf_onebit.modules.hard_ternary` (the latent forward), ``pack_`` and :func:`ternary_init`.
+    :func:`hf_onebit.formats.hard_ternary` (the latent forward), ``pack_`` and :func:`ternary_init`.
     """
     w = weight.detach().float()
     s = w.abs().mean(dim=-1, keepdim=True).clamp_min(TERNARY_EPS)

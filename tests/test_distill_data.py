@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_onebit.tiny_model import byte_tokenizer, tiny_llama
+from hf_onebit.fixtures.tiny_model import byte_tokenizer, tiny_llama
 from hf_onebit.training import data as data_mod
 from hf_onebit.training.data import _prompt_ids, _sample_answers, generate_prompted_data, self_generated_dataset
 from hf_onebit.training.prompts import FORMS, SUBJECTS, essay_prompts

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.real_model
 
 
 def test_progressive_steps_on_smollm2_pack_and_reload(tmp_path):
-    from hf_onebit.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     path = smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(path)

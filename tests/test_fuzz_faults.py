@@ -55,7 +55,7 @@ def packed_checkpoint(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     import hf_onebit  # noqa: F401
-    from hf_onebit.tiny_model import tiny_llama
+    from hf_onebit.fixtures.tiny_model import tiny_llama
 
     src = tmp_path_factory.mktemp("float") / "m"
     tiny_llama().save_pretrained(src)
@@ -136,7 +136,7 @@ def _quantize(src, out, env=None):
 
 @pytest.fixture(scope="module")
 def float_src(tmp_path_factory):
-    from hf_onebit.tiny_model import save_tiny_llama
+    from hf_onebit.fixtures.tiny_model import save_tiny_llama
 
     return save_tiny_llama(str(tmp_path_factory.mktemp("src") / "tiny"))
 

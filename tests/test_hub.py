@@ -105,7 +105,7 @@ class FakeHub:
 
 
 def test_push_to_hub_uploads_weights_config_and_card(dirs):
-    from hf_onebit.tiny_model import byte_tokenizer
+    from hf_onebit.fixtures.tiny_model import byte_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(dirs[1])
     fake = FakeHub()

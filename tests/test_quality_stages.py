@@ -230,7 +230,7 @@ def test_split_documents_deals_a_third_to_validation_in_order():
 
 def test_heldout_report_per_domain_and_geometric_mean(monkeypatch):
     from hf_onebit.eval import corpora, heldout
-    from hf_onebit.tiny_model import byte_tokenizer, tiny_llama
+    from hf_onebit.fixtures.tiny_model import byte_tokenizer, tiny_llama
 
     texts = {("wiki", "val"): "an encyclopedia article. " * 100, ("news", "val"): "a news story today. " * 100,
              ("fiction", "val"): "once upon a time. " * 100, ("technical", "val"): "the parser reads tokens. " * 100}
@@ -254,7 +254,7 @@ def test_heldout_report_per_domain_and_geometric_mean(monkeypatch):
 @pytest.mark.real_model
 def test_heldout_sets_are_built_from_the_pinned_sources_and_never_overlap_training_text():
     from hf_onebit.eval.corpora import DOMAINS, heldout_documents
-    from hf_onebit.real_text import real_text_files
+    from hf_onebit.fixtures.real_text import real_text_files
 
     sets = heldout_documents()
     assert set(sets) == set(DOMAINS)

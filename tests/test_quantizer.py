@@ -163,3 +163,27 @@ def test_device_map_sizing_counts_one_bit_per_weight(tiny_checkpoint, input_ids)
     src, _ = tiny_checkpoint("llama", hidden=128, intermediate=256)
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(), device_map="auto")
     assert model(input_ids).logits.shape == (2, 11, 128)
+
+
+def test_save_form_latent_keeps_the_latent_tensors_and_packed_is_the_default(tmp_path):
+    from safetensors import safe_open
+
+    from hf_onebit.quantizer import set_save_form
+    from hf_onebit.fixtures.tiny_model import save_tiny_llama
+
+    src = save_tiny_llama(str(tmp_path / "src"))
+    student = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(training=True))
+    name = next(n for n, m in student.named_modules() if isinstance(m, OneBitLinear))
+
+    def saved(folder):
+        student.save_pretrained(folder)
+        with safe_open(os.path.join(folder, "model.safetensors"), "pt") as fh:
+            return fh.get_tensor(f"{name}.weight").dtype, fh.metadata().get("hf_onebit_form")
+
+    assert saved(str(tmp_path / "default")) == (torch.uint8, None)
+    set_save_form(student, "latent")
+    assert saved(str(tmp_path / "latent")) == (torch.float32, "latent")
+    set_save_form(student, "packed")
+    assert saved(str(tmp_path / "packed")) == (torch.uint8, None)
+    with pytest.raises(ValueError, match=r"set_save_form: form='bits'; allowed: one of \('packed', 'latent'\)"):
+        set_save_form(student, "bits")

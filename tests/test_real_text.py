@@ -7,7 +7,8 @@ import pytest
 
 import re
 
-from hf_onebit import real_text, registry
+from hf_onebit import registry
+from hf_onebit.fixtures import real_text
 from hf_onebit.eval import corpora
 from hf_onebit.training.wikitext import dump_articles, plain_text
 

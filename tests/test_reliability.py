@@ -267,7 +267,7 @@ def test_dequantize_dtype_names_are_checked(saved):
 
 
 def test_self_generation_uses_no_deprecated_transformers_argument():
-    from hf_onebit.tiny_model import byte_tokenizer, tiny_llama
+    from hf_onebit.fixtures.tiny_model import byte_tokenizer, tiny_llama
     from hf_onebit.training.data import generate_prompted_data, generate_self_data
 
     model, tok = tiny_llama(), byte_tokenizer()

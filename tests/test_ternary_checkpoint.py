@@ -128,7 +128,7 @@ def test_truncated_ternary_weight_is_named(ternary_dirs, tmp_path):
 
 
 def test_cli_quantize_and_info_show_the_format(tmp_path, capsys):
-    from hf_onebit.tiny_model import save_tiny_llama
+    from hf_onebit.fixtures.tiny_model import save_tiny_llama
 
     src = save_tiny_llama(str(tmp_path / "float"))
     assert main(["quantize", src, str(tmp_path / "q"), "--weight-format", "ternary"]) == 0
@@ -178,7 +178,7 @@ def test_device_map_sizing_counts_two_bits_per_weight():
 
 
 def test_on_the_fly_ternary_quantization_with_disk_offload(tmp_path):
-    from hf_onebit.tiny_model import save_tiny_llama
+    from hf_onebit.fixtures.tiny_model import save_tiny_llama
 
     src = save_tiny_llama(str(tmp_path / "float"), hidden=256, intermediate=512, layers=4, head_dim=64)
     config = OneBitConfig(weight_format="ternary")

@@ -141,7 +141,7 @@ def test_unconvertible_models_are_refused(tmp_path):
     scaled.proj.weight_scale = torch.ones(3)
     with pytest.raises(BitNetConversionError, match=r"proj\.weight_scale: has 3 values"):
         convert_bitnet_model_(scaled)
-    from hf_onebit.tiny_model import save_tiny_llama
+    from hf_onebit.fixtures.tiny_model import save_tiny_llama
 
     with pytest.raises(BitNetConversionError, match="quant_method is None, expected 'bitnet'"):
         load_bitnet(save_tiny_llama(str(tmp_path / "float")))

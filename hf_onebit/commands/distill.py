@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .blockwise import INPUTS, SCALE_INITS
-from .data import STYLES
+from ..training.blockwise import INPUTS, SCALE_INITS
+from ..training.data import STYLES
 
 DESCRIPTION = """\
 Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoint (--out).
@@ -145,8 +145,8 @@ def dataset(args, plan, teacher, tokenizer):
     """The training blocks of every ``--data`` source, mixed."""
     import torch
 
-    from ..real_text import real_text_files
-    from .data import TokenBlocks, hf_dataset, self_generated_dataset, text_file_dataset
+    from ..fixtures.real_text import real_text_files
+    from ..training.data import TokenBlocks, hf_dataset, self_generated_dataset, text_file_dataset
 
     parts = []
     for source in args.data:
@@ -165,9 +165,9 @@ def dataset(args, plan, teacher, tokenizer):
 
 def plan_from_args(args):
     """The :class:`~hf_onebit.training.pipeline.DistillPlan` the arguments describe (before any time budget)."""
-    from .blockwise import BlockwiseConfig
-    from .losses import DistillationLoss
-    from .pipeline import DistillPlan
+    from ..training.blockwise import BlockwiseConfig
+    from ..training.losses import DistillationLoss
+    from ..training.pipeline import DistillPlan
 
     overrides = {}
     if args.recipe == "progressive":
@@ -194,13 +194,13 @@ def run_distill(args) -> dict:
 
     import torch
 
-    from ..commands.evaluate import read_text
-    from ..commands.quantize import resolve_model_path
+    from .evaluate import read_text
+    from .quantize import resolve_model_path
     from ..eval import evaluate_heldout, format_table, perplexity, size_report
     from ..output import OutputFolder
-    from .budget import parse_duration
-    from .optim import learning_rates
-    from .precision import bf16_is_fast
+    from ..training.budget import parse_duration, plan_for_budget
+    from ..training.optim import learning_rates
+    from ..training.precision import bf16_is_fast
 
     for name, value, low in (("--max-steps", args.max_steps, 0), ("--blockwise-steps", args.blockwise_steps, 0),
                              ("--calibration-sequences", args.calibration_sequences, 1),
@@ -258,7 +258,7 @@ def load_models(args, teacher_path: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .. import OneBitConfig
-    from ..commands.quantize import load_model
+    from .quantize import load_model
 
     tokenizer = load_model(AutoTokenizer, teacher_path, "--teacher")
     teacher = load_model(AutoModelForCausalLM, teacher_path, "--teacher", dtype=torch.float32)
@@ -269,29 +269,9 @@ def load_models(args, teacher_path: str):
     return student, teacher, tokenizer
 
 
-def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None):
-    """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now)."""
-    import dataclasses
-
-    from .budget import DEFAULT_BLOCKWISE_SHARE, measure_step_times, plan_budget
-
-    share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
-    if "blockwise" not in plan.stages:
-        share = 0.0
-    elif "e2e" not in plan.stages:
-        share = 1.0
-    times = measure_step_times(student, teacher, plan.seq_len, plan.batch_size,
-                               plan.batch_size * plan.grad_accum, loss=plan.loss)
-    budget = plan_budget(seconds, times, share, plan.batch_size, 
-                         cached_epochs=plan.cache_epochs if plan.cache_targets else 0)
-    sized = dataclasses.replace(plan, blockwise_steps=budget.blockwise_steps, e2e_steps=budget.e2e_steps,
-                                calibration_sequences=budget.calibration_sequences or plan.calibration_sequences)
-    return sized, budget
-
-
 def run_stages_and_report(student, teacher, data, plan, output_dir, resume, save_steps, rows) -> dict:
     """:func:`~hf_onebit.training.pipeline.run_stages`, with the stages' figures appended to ``rows``."""
-    from .pipeline import run_stages
+    from ..training.pipeline import run_stages
 
     summary = run_stages(student, teacher, data, plan, output_dir, resume=resume, save_steps=save_steps)
     if "blockwise" in summary:
@@ -314,6 +294,12 @@ def run_stages_and_report(student, teacher, data, plan, output_dir, resume, save
     summary["wall_s"] = sum(summary[s]["seconds"] for s in ("blockwise", "e2e") if s in summary)
     summary["tokens"] = summary["e2e"]["tokens"] if "e2e" in summary else 0
     return summary
+
+
+def add_parser(sub) -> None:
+    """Register ``distill`` with the ``hf-onebit`` command (:mod:`hf_onebit.cli`)."""
+    parser = add_distill_parser(sub)
+    parser.set_defaults(run=lambda args: (run_distill(args), 0)[1])
 
 
 def main(argv=None) -> None:

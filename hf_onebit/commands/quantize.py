@@ -6,6 +6,8 @@ import os
 import re
 import time
 
+from ..formats import get_format
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a float checkpoint to packed 1-bit weights (SVID init)",
@@ -34,7 +36,7 @@ def resolve_model_path(src: str, field: str = "MODEL") -> str:
     (``name`` or ``owner/name``) as it is. Anything that looks like a path but does not exist is refused here, so
     that a mistyped folder is not reported as a bad Hub repo id."""
     if src == "smollm2":
-        from ..real_model import smollm2_checkpoint
+        from ..fixtures.real_model import smollm2_checkpoint
 
         return smollm2_checkpoint()
     if os.path.exists(src):
@@ -69,7 +71,7 @@ def run(args) -> int:
     from ..output import OutputFolder
 
     src = resolve_model_path(args.src, "SRC")
-    weight_format = getattr(args, "weight_format", "binary")
+    weight_format = args.weight_format
     config = OneBitConfig(init=args.init, scale_dtype=args.scale_dtype, post_layernorm=args.post_layernorm,
                           modules_to_not_convert=args.skip or None, weight_format=weight_format)
     src_bytes = size_on_disk(src) if os.path.isdir(src) else None  # measured before anything is written
@@ -89,7 +91,7 @@ def run(args) -> int:
         ["whole model", f"{report.quantized_weights + report.other_params:,} params", f"{report.bits_per_weight_overall:.3f}"],
     ]
     print(format_table(["part", "size", "bits/weight"], rows))
-    quantized_name = "ternary" if weight_format == "ternary" else "1-bit"
+    quantized_name = get_format(weight_format).label
     print(format_table(
         ["", "size on disk (MB)"],
         ([["source", src_bytes / 1e6]] if src_bytes else []) + [[quantized_name, size_on_disk(args.out) / 1e6]],
@@ -100,6 +102,6 @@ def run(args) -> int:
 
 def layer_label(weight_format: str) -> str:
     """How tables name the quantized layers: ``"1-bit layers"`` or ``"ternary layers"``."""
-    return "ternary layers" if weight_format == "ternary" else "1-bit layers"
+    return f"{get_format(weight_format).label} layers"
 
 

@@ -10,7 +10,7 @@
 Each domain's documents are dealt in order to the two splits, a document to ``test`` while it holds at most twice the
 characters of ``val``: about a third of the text is *validation* (choose settings on it) and two thirds *test* (report
 on it, never tune on it). No document is in both, and none is in any training text hf_onebit builds
-(:mod:`hf_onebit.real_text` leaves the held-out articles out). The sets are built once, offline after the first
+(:mod:`hf_onebit.fixtures.real_text` leaves the held-out articles out). The sets are built once, offline after the first
 fetch, into ``<cache>/heldout/`` (:data:`VERSION` is part of the file name: results name the version they used).
 """
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..config import OneBitConfig
-from ..convert import DEFAULT_SKIPS, _is_skipped, _set_submodule
+from ..convert import DEFAULT_SKIPS, is_skipped, set_submodule
 from ..modules import OneBitLinear
 from ..packing import pack_ternary, ternarize_values
 
@@ -162,17 +162,17 @@ def convert_bitnet_model_(model: nn.Module, scale_dtype: str = "float32", backen
                      if isinstance(m, nn.Linear) and not isinstance(m, (AutoBitLinear, OneBitLinear))]
     default_skips = list(DEFAULT_SKIPS) + _reload_skips(model)
     # float linears the reload would convert unless the config lists them
-    float_linears = [n for n in float_linears if not _is_skipped(n, default_skips)]
+    float_linears = [n for n in float_linears if not is_skipped(n, default_skips)]
     skips = default_skips + float_linears
     for name in names:
-        if _is_skipped(name, skips):
+        if is_skipped(name, skips):
             raise BitNetConversionError(
                 f"{name}: is a BitNet layer, but hf_onebit keeps this module in full precision when it reloads a "
                 f"checkpoint (output embeddings, tied weights, {DEFAULT_SKIPS}); this model cannot be converted exactly")
     parts = {name: bitnet_layer_parts(name, model.get_submodule(name)) for name in names}  # validate all first
     for name, (values, h, bias) in parts.items():
         module = model.get_submodule(name)
-        _set_submodule(model, name, _ternary_layer(values, h, bias, module.in_features, config.torch_scale_dtype,
+        set_submodule(model, name, _ternary_layer(values, h, bias, module.in_features, config.torch_scale_dtype,
                                                    backend))
     logger.info("hf_onebit: converted %d BitNet layers to ternary OneBitLinear", len(names))
     if hasattr(model, "config") and hasattr(model, "save_pretrained"):

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from . import reference
-from ..packing import check_weight_format
+from ..packing import WEIGHT_FORMATS, check_weight_format
 from .reference import SUPPORTED_ACT_BITS
 
 __all__ = [
@@ -182,7 +182,7 @@ def _define_op(weight_format: str):
     return custom
 
 
-_OPS = {weight_format: _define_op(weight_format) for weight_format in ("binary", "ternary")}
+_OPS = {weight_format: _define_op(weight_format) for weight_format in WEIGHT_FORMATS}
 
 
 def packed_linear(

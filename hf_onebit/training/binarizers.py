@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..modules import hard_sign
+from ..formats import get_format, hard_sign
 
 _EPS = 1e-8
 
@@ -119,15 +119,13 @@ def _ternary_step(w: torch.Tensor) -> torch.Tensor:
 
 
 def quantizer_for_format(weight_format: str):
-    """The hard quantizer of a format: ``hard_sign`` (binary) or ``hard_ternary`` (ternary)."""
-    from ..modules import DEFAULT_BINARIZERS
-
-    return DEFAULT_BINARIZERS[weight_format]
+    """The hard quantizer of a format (:attr:`hf_onebit.formats.WeightFormat.hard`): ``hard_sign`` or ``hard_ternary``."""
+    return get_format(weight_format).hard
 
 
 def quantizer_for(module):
     """The hard quantizer of ``module``'s format."""
-    return quantizer_for_format(getattr(module, "weight_format", "binary"))
+    return module.format.hard
 
 
 class ProgressiveBinarizer:
@@ -148,19 +146,20 @@ class ProgressiveBinarizer:
     def __init__(self, temperature: Temperature, dual_scaling: bool = True, weight_format: str = "binary"):
         self.temperature = temperature
         self.dual_scaling = dual_scaling
-        self.weight_format = weight_format
-        self._fn = progressive_ternary if weight_format == "ternary" else progressive_sign
+        self.format = get_format(weight_format)
+        self.weight_format = self.format.name
+        self._fn = progressive_ternary if self.format.is_ternary else progressive_sign
 
     def row_scale(self, weight: torch.Tensor) -> torch.Tensor | None:
         """The row scale of the hard (``t = inf``) limit, folded into ``scale_out`` by :func:`finalize_module_`."""
         if not self.dual_scaling:
             return None
-        if self.weight_format == "ternary":
-            return least_squares_row_scale(weight, quantizer_for_format("ternary")(weight))
+        if self.format.is_ternary:
+            return least_squares_row_scale(weight, self.format.hard(weight))
         return row_absmean(weight)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.weight_format == "ternary" and self.dual_scaling:
+        if self.format.is_ternary and self.dual_scaling:
             s = row_absmean(weight)
             g = progressive_ternary(weight, self.temperature.t, s) / s  # G(W / S_a, t), exact gradient
             return g * least_squares_row_scale(weight, g)
@@ -188,7 +187,7 @@ class BinaryAwareInitBinarizer:
         u = weight.detach() / self._module.scale_in.to(weight.dtype)
         s = u.abs().mean(dim=1, keepdim=True).clamp_min(_EPS)
         q = self._quantize(u / s)
-        if getattr(self._module, "weight_format", "binary") == "ternary":
+        if self._module.format.is_ternary:
             # the least-squares level of the codes (mean |u| over the non-zero ones), differentiable in S_t like s
             qd = q.detach()
             s = (u * qd).sum(dim=1, keepdim=True) / (qd * qd).sum(dim=1, keepdim=True).clamp_min(_EPS)
@@ -210,7 +209,7 @@ def finalize_module_(module) -> None:
         s = row_scale(module.weight)
         if s is not None:
             module.scale_out.mul_(s.squeeze(1).to(module.scale_out.dtype))
-        elif getattr(module, "weight_format", "binary") == "ternary":
+        elif module.format.is_ternary:
             # Without a row scale the t = inf limit thresholds w itself at 1/2; store exactly those values (which
             # hard_ternary maps to themselves) so the hard quantizer of the packed layer computes the same function.
             module.weight.copy_(_ternary_step(module.weight))
@@ -222,4 +221,4 @@ def fold_binary_aware_init_(module) -> None:
     """``W_latent = W / S_t``; ``S_t`` stays as ``scale_in``; the hard-sign function is unchanged."""
     module.weight.div_(module.scale_in.to(module.weight.dtype))
     module.binarizer = ProgressiveBinarizer(Temperature(math.inf), dual_scaling=True,
-                                            weight_format=getattr(module, "weight_format", "binary"))
+                                            weight_format=module.weight_format)

@@ -14,6 +14,7 @@ shorter: the number of steps is fixed once planned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -212,3 +213,19 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
         del frozen_optimizer
     return StepTimes(block_step_s, block_pass_s, e2e_step_s, len(decoder_layers(student)),
                      time.perf_counter() - start, teacher_forward_s=min(teacher_s[1:]))
+
+
+def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None):
+    """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now)."""
+    share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
+    if "blockwise" not in plan.stages:
+        share = 0.0
+    elif "e2e" not in plan.stages:
+        share = 1.0
+    times = measure_step_times(student, teacher, plan.seq_len, plan.batch_size,
+                               plan.batch_size * plan.grad_accum, loss=plan.loss)
+    budget = plan_budget(seconds, times, share, plan.batch_size,
+                         cached_epochs=plan.cache_epochs if plan.cache_targets else 0)
+    sized = dataclasses.replace(plan, blockwise_steps=budget.blockwise_steps, e2e_steps=budget.e2e_steps,
+                                calibration_sequences=budget.calibration_sequences or plan.calibration_sequences)
+    return sized, budget

@@ -24,6 +24,7 @@ import os
 import torch
 from transformers import TrainerCallback
 
+from ..quantizer import set_save_form
 from .binarizers import Temperature, quantizer_for
 from .losses import DistillationLoss
 from .optim import GROUP_KEY, AdaptiveGradClipper
@@ -43,8 +44,6 @@ from .teacher_cast import TeacherWeightCast
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "hf_onebit_distill_state.json"
-#: Attribute read by the quantizer's save path: while set, ``save_pretrained`` keeps the latent tensors.
-SAVE_LATENT_ATTR = "_hf_onebit_save_latent"
 
 
 class OneBitDistillationCallback(TrainerCallback):
@@ -143,7 +142,7 @@ class OneBitDistillationCallback(TrainerCallback):
         if optimizer is not None and len(optimizer.param_groups) == 1:
             logger.warning("hf_onebit: one optimizer parameter group; hf_onebit.training.onebit_optimizer gives the "
                            "latent weights and the scale vectors their own learning rate and weight decay")
-        setattr(model, SAVE_LATENT_ATTR, True)
+        set_save_form(model, "latent")  # Trainer checkpoints keep the latent tensors (resumable)
         self._install_hooks(model)
         self._snapshot_signs(model)
         self._active = True
@@ -217,8 +216,7 @@ class OneBitDistillationCallback(TrainerCallback):
         self._remove_hooks()
         if model is not None:
             finalize_(model)
-            if hasattr(model, SAVE_LATENT_ATTR):
-                delattr(model, SAVE_LATENT_ATTR)
+            set_save_form(model, "packed")
         self._teacher_cast = None  # frees the bf16 copies; the teacher never stopped holding its own weights
         self.teacher.to("cpu")
         if self.plot and state.is_world_process_zero and self.history:
@@ -340,6 +338,4 @@ class OneBitDistillationCallback(TrainerCallback):
 
 def _codes(module) -> torch.Tensor:
     """What packing would store for a latent layer: the sign (binary) or the ternary code (int8) of each weight."""
-    if getattr(module, "weight_format", "binary") == "ternary":
-        return quantizer_for(module)(module.weight.detach()).to(torch.int8)
-    return module.weight.detach() >= 0
+    return module.format.codes(module.weight)

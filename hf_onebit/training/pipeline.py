@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..formats import get_format
 from .blockwise import BlockwiseConfig, blockwise_reconstruct_, decoder_layers
 from .data import TokenBlocks
 from .losses import DistillationLoss
@@ -89,7 +90,7 @@ class DistillPlan:
             return self.recipe
         if "blockwise" in self.stages:
             return RECIPE_AFTER_BLOCKWISE[weight_format]
-        return "bitnet" if weight_format == "ternary" else "progressive"
+        return get_format(weight_format).default_recipe
 
     def sequences_needed(self, world_size: int = 1) -> int:
         """Training sequences for one pass of the end-to-end stage, or the calibration set, whichever is more."""

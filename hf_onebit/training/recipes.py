@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..formats import FORMATS, get_format
 from ..modules import OneBitLinear
 from .binarizers import (
     BinaryAwareInitBinarizer,
@@ -45,7 +46,7 @@ from .schedule import ProgressiveSchedule
 
 RECIPES = ("progressive", "onebit", "bitnet")
 #: Recipe used when none is given, per weight format of the student.
-DEFAULT_RECIPES = {"binary": "progressive", "ternary": "bitnet"}
+DEFAULT_RECIPES = {name: fmt.default_recipe for name, fmt in FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def latent_layers(model) -> list[tuple[str, OneBitLinear]]:
 
 def weight_format_of(model) -> str:
     """``"binary"`` or ``"ternary"``: the format of the student's latent layers (an error if they are mixed)."""
-    formats = {getattr(m, "weight_format", "binary") for _, m in latent_layers(model)}
+    formats = {m.weight_format for _, m in latent_layers(model)}
     if len(formats) != 1:
         raise ValueError(f"the student mixes weight formats {sorted(formats)}; allowed: one format per model")
     return formats.pop()
@@ -138,7 +139,7 @@ def weight_format_of(model) -> str:
 
 def default_recipe_for(model) -> str:
     """The recipe used when none is given: ``progressive`` for binary students, ``bitnet`` for ternary ones."""
-    return DEFAULT_RECIPES[weight_format_of(model)]
+    return get_format(weight_format_of(model)).default_recipe
 
 
 @torch.no_grad()
@@ -174,7 +175,7 @@ def start_main_stage_(model, recipe: Recipe, temperature: Temperature, transform
                 module.weight.div_(s)
                 module.scale_out.mul_(s.squeeze(1))
         module.binarizer = ProgressiveBinarizer(temperature, dual_scaling=recipe.dual_scaling,
-                                                weight_format=getattr(module, "weight_format", "binary"))
+                                                weight_format=module.weight_format)
 
 
 def stage_of(model) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..formats import get_format
+
 #: Tikhonov term added to the ``g`` system, relative to its mean diagonal (keeps near-singular ``C`` solvable).
 RIDGE = 1e-6
 
@@ -79,7 +81,7 @@ def gptq_codes(weight: torch.Tensor, cov: torch.Tensor, g: torch.Tensor, weight_
     u = torch.linalg.cholesky(inv_lower.T @ inv_lower, upper=True).float()  # C'^-1 = U^T U
     w = w.float()
     absmean = w.abs().mean(dim=1).clamp_min(1e-30)
-    ternary = weight_format == "ternary"
+    ternary = get_format(weight_format).is_ternary
     if ternary:
         level = torch.where(w.abs() > absmean[:, None] / 2, w.abs(), torch.zeros_like(w))
         level = level.sum(dim=1) / (w.abs() > absmean[:, None] / 2).sum(dim=1).clamp_min(1)
@@ -111,6 +113,6 @@ def gptq_codes(weight: torch.Tensor, cov: torch.Tensor, g: torch.Tensor, weight_
 def codes_to_latent(codes: torch.Tensor, latent: torch.Tensor, weight_format: str = "binary") -> torch.Tensor:
     """Latent weights whose hard quantizer gives ``codes``: binary keeps each weight's magnitude with the code's
     sign; ternary uses the codes times the row's mean ``|latent|`` (the absmean step maps them back exactly)."""
-    if weight_format == "ternary":
+    if get_format(weight_format).is_ternary:
         return codes * latent.abs().mean(dim=1, keepdim=True)
     return torch.where(codes >= 0, latent.abs(), -latent.abs())

@@ -12,6 +12,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import register_kernel
+from ...formats import get_format
 from ...packing import packed_columns
 from . import t5
 from .pages import HUGE_PAGE, advise_resident
@@ -98,7 +99,7 @@ def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weig
     """Everything about a call but ``x`` (already checked by :func:`_check`). float16 ``x`` gets ``g`` applied in
     torch (no float16 arithmetic in C: the reference's rounding), so its plan has no ``g`` and a float32 output."""
     lib = library()
-    ternary = weight_format == "ternary"
+    ternary = get_format(weight_format).is_ternary
     entry = lib.onebit_ternary_linear_t5 if ternary else lib.onebit_linear  # ternary: t5 copy last (None: none yet)
     dtype = x.dtype
     if dtype == torch.float16:

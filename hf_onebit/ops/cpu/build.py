@@ -1,9 +1,10 @@
 """Compile the CPU kernel library once per source/flag set into a per-user cache, safely across processes.
 
 The library is plain C (no libtorch), built with the system compiler (``$CC``, default ``cc``) the first time a kernel
-runs. The output lives in ``$HF_ONEBIT_CACHE/cpu-<hash>/`` (default ``~/.cache/hf_onebit``), where the hash covers the
-sources, the flags and the compiler name, so an upgrade rebuilds and two versions never share a file. A file lock
-serialises concurrent builds; the finished library is moved into place atomically.
+runs. The output lives in ``<cache root>/cpu-<hash>/`` (:func:`hf_onebit.registry.cache_root`: ``$HF_ONEBIT_CACHE``,
+else ``~/.cache/hf_onebit``), where the hash covers the sources, the flags and the compiler name, so an upgrade
+rebuilds and two versions never share a file. A file lock (:func:`hf_onebit.registry.file_lock`) serialises concurrent
+builds; the finished library is moved into place atomically.
 
 Each SIMD variant is its own translation unit with its own flags (never ``-march=native``): a variant the compiler
 cannot build is left out (the driver is told by ``-DONEBIT_HAVE_<ISA>``), and the driver picks among the compiled
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ...registry import cache_root as registry_cache_root, file_lock
 
 CSRC = Path(__file__).with_name("csrc")
 LIBRARY_NAME = "libhf_onebit_cpu.so"
@@ -69,9 +72,8 @@ def compiler() -> str:
 
 
 def cache_root() -> Path:
-    from ...registry import cache_root as root
-
-    return Path(root())
+    """The package's one cache root (:func:`hf_onebit.registry.cache_root`) as a Path."""
+    return Path(registry_cache_root())
 
 
 def optional_units() -> tuple:
@@ -167,7 +169,7 @@ def build_library() -> Path:
         _mark_used(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / "build.lock"):
+    with file_lock(target.parent / "build.lock"):
         if target.exists() and is_intact(target):  # another process built it while we waited
             return target
         if target.exists():
@@ -218,24 +220,3 @@ def prune_stale_builds(keep: Path, max_age_days: float = STALE_DAYS) -> list[Pat
             removed.append(folder)
     return removed
 
-
-class _file_lock:
-    """An exclusive advisory lock on a file (no-op where fcntl does not exist)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.handle = None
-
-    def __enter__(self):
-        self.handle = open(self.path, "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()  # closing releases the lock
-        return False
