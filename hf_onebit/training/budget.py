@@ -139,15 +139,11 @@ def plan_budget(seconds: float, times: StepTimes, blockwise_share: float = 0.5, 
 
 
 def _time(fn, repeats: int = 2) -> float:
-    """The fastest of ``repeats`` calls after one warm-up call (allocator, first-call costs): the steady-state time
-    a long run sees; a mean over so few calls carries every hiccup of a busy machine into the plan."""
-    fn()
-    times = []
+    fn()  # warm-up (allocator, first-call costs)
+    start = time.perf_counter()
     for _ in range(repeats):
-        start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return (time.perf_counter() - start) / repeats
 
 
 def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
@@ -207,12 +203,12 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
         frozen_optimizer.zero_grad(set_to_none=True)
 
     try:
-        e2e_step_s = _time(e2e_step, repeats=2)
+        e2e_step_s = _time(e2e_step, repeats=1)
     finally:
         student.train(was_training)
         del frozen_optimizer
     return StepTimes(block_step_s, block_pass_s, e2e_step_s, len(decoder_layers(student)),
-                     time.perf_counter() - start, teacher_forward_s=min(teacher_s[1:]))
+                     time.perf_counter() - start, teacher_forward_s=teacher_s[-1])
 
 
 def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None):
