@@ -70,7 +70,7 @@ def plan_for(row: str, args):
     from hf_onebit.training.pipeline import DistillPlan
 
     cached = row in ("today-cached", "all", "all-progressive-blocks", "ternary-all")
-    common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
+    common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16,
                   loss=DistillationLoss(hidden_weight=0.0 if cached else 1.0), cache_targets=64 if cached else 0)
     if row in ("today", "today-cached", "ternary-today"):
         return DistillPlan(stages=("e2e",), **common)
@@ -99,7 +99,8 @@ def run_row(row: str, args) -> dict:
     path = smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    result = {"row": row, "machine": machine(), "budget_s": args.budget_s, "seconds": {}, "tokens": {}}
+    result = {"row": row, "machine": machine(), "budget_s": args.budget_s, "seconds": {}, "tokens": {},
+              "precision": "bf16 autocast" if args.bf16 and row in TRAINED else "float32"}
     if row == "teacher":
         for split in ("val", "test"):
             result[split] = evaluate_heldout_cached(teacher, tok, split, progress=True).to_dict()
@@ -166,7 +167,7 @@ def report(paths: list[str], plot: str | None) -> str:
         rows.append([r["row"], budget, f"{minutes:.1f}", stages or "-", steps or "-", f"{toks.get('e2e', 0):,}",
                      *[_ppl(d.ppl) for d in test.domains.values()], _ppl(test.geomean),
                      f"{test.geomean / teacher.geomean:.3g}" if teacher else "?",
-                     f"{m.get('cpu', '?')}, {m.get('isa', '?')}"])
+                     f"{m.get('cpu', '?')}, {m.get('isa', '?')}, {r.get('precision', 'float32')}"])
     headers = ["row", "budget min", "wall min", "min per stage", "steps", "e2e tokens",
                *(list(HeldoutReport.from_dict(results[0]["test"]).domains) if results else []), "test geomean",
                "x teacher", "machine"]
@@ -223,7 +224,14 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the trained rows (default: where bf16 is fast - AMX / AVX512-BF16 - as in "
+                        "the main job)")
     args = p.parse_args(argv)
+    if args.bf16 is None:
+        from hf_onebit.training.precision import bf16_is_fast
+
+        args.bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
     if args.report is not None:
         print(report(args.report, args.plot))
         return

@@ -226,6 +226,39 @@ def test_time_budget_with_cached_targets_counts_the_teacher_once_per_cached_sequ
     assert cached.estimated_s <= 205
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_step_measurement_runs_in_the_training_precision(tmp_path, bf16):
+    """A bf16 run is timed as it trains (student under autocast, teacher on bf16 copies): timing a float32 step for
+    a bf16 run planned 2.6x too few steps on an AMX CPU. The measurement changes neither model."""
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import budget
+
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    before = {k: v.clone() for k, v in {**teacher.state_dict(), **student.state_dict()}.items()}
+    seen = {}
+
+    def record(key, value):
+        seen[key] = value  # the last forward is the end-to-end step's (a hook returning None keeps the output)
+
+    hooks = [teacher.model.layers[0].mlp.down_proj.register_forward_hook(
+                 lambda m, i, o: record("teacher_weight", m.weight.dtype)),
+             student.model.layers[0].mlp.down_proj.register_forward_hook(
+                 lambda m, i, o: record("student_autocast", torch.is_autocast_enabled("cpu")))]
+    times = budget.measure_step_times(student, teacher, seq_len=16, batch_size=2, bf16=bf16)
+    for h in hooks:
+        h.remove()
+    assert seen == {"teacher_weight": torch.bfloat16 if bf16 else torch.float32, "student_autocast": bf16}
+    assert times.e2e_step_s > 0 and 0 < times.teacher_forward_s < times.e2e_step_s
+    assert teacher.model.layers[0].mlp.down_proj.weight.dtype == torch.float32  # the copies are gone again
+    after = {**teacher.state_dict(), **student.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_cached_targets_cover_only_the_sequences_the_stage_sees(tmp_path, monkeypatch):
     import hf_onebit
     from transformers import AutoModelForCausalLM

@@ -15,7 +15,6 @@ latent-form Trainer checkpoints, and at the end of training the fold of every ro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -39,7 +38,7 @@ from .recipes import (
     start_main_stage_,
 )
 from .targets import TargetBlocks
-from .teacher_cast import TeacherWeightCast
+from .teacher_cast import TeacherWeightCast, teacher_precision
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ class OneBitDistillationCallback(TrainerCallback):
         if ctx is None:
             return None
         if ctx["teacher_topk"] is None:
-            with torch.no_grad(), self._teacher_precision(ctx["input_ids"].device):
+            with torch.no_grad(), teacher_precision(self._teacher_cast, ctx["input_ids"].device.type):
                 teacher_out = self.teacher(input_ids=ctx["input_ids"], attention_mask=ctx["attention_mask"],
                                            output_hidden_states=self.loss.needs_hidden_states, use_cache=False)
         else:
@@ -303,16 +302,6 @@ class OneBitDistillationCallback(TrainerCallback):
         self._count += count
         fields = {k: v for k, v in output.items() if k not in ("loss", "hidden_states")}
         return type(output)(loss=loss, **fields)
-
-    @contextlib.contextmanager
-    def _teacher_precision(self, device: torch.device):
-        """bf16 autocast and the bf16 weight copies for the teacher when casting is on (the hooks run outside the
-        Trainer's autocast); the teacher gets its float32 weights back when the block ends, however it ends."""
-        if self._teacher_cast is None:
-            yield
-            return
-        with torch.autocast(device.type, dtype=torch.bfloat16), self._teacher_cast.applied():
-            yield
 
     # ----------------------------------------------------------------------------------------------- sign flips
     # ("sign flips" of a ternary layer count changed codes: -1 / 0 / +1 of its hard quantizer)

@@ -21,6 +21,7 @@ class TeacherWeightCast:
     """``dtype`` copies of every float32 ``nn.Linear`` weight of ``model``, in use inside :meth:`applied` only."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        self.dtype = dtype
         self._swaps: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
         with torch.no_grad():
             for module in model.modules():
@@ -42,3 +43,15 @@ class TeacherWeightCast:
         finally:
             for module, original, _ in self._swaps:
                 module.weight = original
+
+
+@contextmanager
+def teacher_precision(cast: TeacherWeightCast | None, device_type: str):
+    """The teacher's forward precision while a student trains under bf16 autocast: autocast to the copies' dtype with
+    ``cast``'s copies in place; nothing at all when ``cast`` is None (a float32 run)."""
+    if cast is None:
+        yield
+        return
+    dtype = cast.dtype
+    with torch.autocast(device_type, dtype=dtype), cast.applied():
+        yield
