@@ -120,7 +120,7 @@ def run_row(row: str, args) -> dict:
         print(budget.table(), flush=True)
         result["step_times"] = dataclasses.asdict(budget.times)
         result["seconds"]["measure"] = budget.times.measured_s
-    result["plan"] = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("loss", "blockwise")}
+    result["plan"] = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("loss", "blockwise", "deadline")}
     result["plan"]["blockwise"] = dataclasses.asdict(plan.blockwise)
     result["plan"]["hidden_weight"] = plan.loss.hidden_weight
     out = tempfile.mkdtemp(prefix=f"quality-{row}-")
@@ -131,6 +131,8 @@ def run_row(row: str, args) -> dict:
     if "e2e" in summary:
         result["seconds"]["target_cache"] = summary["e2e"]["target_cache_seconds"]
         result["tokens"]["e2e"] = summary["e2e"]["tokens"]
+        result["e2e_steps"] = summary["e2e"]["steps"]  # after re-sizing to the deadline (plan: the first plan)
+        result["replans"] = summary["e2e"]["replans"]
         result["e2e_log"] = summary["e2e"]["log"]
         result["tail_mass"] = summary["e2e"]["tail_mass"]
     if "blockwise" in summary:
@@ -161,7 +163,7 @@ def report(paths: list[str], plot: str | None) -> str:
         blocks = plan.get("blockwise_steps", 0)
         steps = " + ".join(
             ([f"{blocks} x 30 blocks" if blocks else "scale fit x 30 blocks"] if "blockwise" in plan.get("stages", [])
-             else []) + ([f"{plan.get('e2e_steps', 0)} e2e"] if "e2e" in plan.get("stages", []) else []))
+             else []) + ([f"{r.get('e2e_steps', plan.get('e2e_steps', 0))} e2e"] if "e2e" in plan.get("stages", []) else []))
         m = r.get("machine", {})
         budget = f"{(r.get('budget_s') or 0) / 60:g}" if r["row"] in TRAINED else "-"
         rows.append([r["row"], budget, f"{minutes:.1f}", stages or "-", steps or "-", f"{toks.get('e2e', 0):,}",

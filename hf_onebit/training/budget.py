@@ -8,8 +8,9 @@
 (student forward and backward with the loss's hidden states, teacher forward, an optimizer step with learning rate 0:
 nothing in the models changes). :func:`plan_budget` gives the block-wise stage ``blockwise_share`` of what is left
 after the measurement and the end-to-end stage the rest; steps are whole numbers, so the plan's estimate is at most
-the budget. What the clock cannot know in advance (another process taking the cores) makes a run longer, never
-shorter: the number of steps is fixed once planned.
+the budget. The measured step is not the run's average (a run's first steps are slower than its steady state), so
+the plan also carries a deadline, and the end-to-end stage re-sizes its step count to it from its own step times
+(:mod:`hf_onebit.training.deadline`); the block-wise stage's steps stay as planned.
 """
 
 from __future__ import annotations
@@ -222,16 +223,19 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
 
 
 def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None):
-    """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now)."""
+    """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now) and its
+    end-to-end stage's deadline ``seconds`` from now (the stage re-sizes itself from its own step times)."""
     share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
     if "blockwise" not in plan.stages:
         share = 0.0
     elif "e2e" not in plan.stages:
         share = 1.0
+    start = time.monotonic()
     times = measure_step_times(student, teacher, plan.seq_len, plan.batch_size,
                                plan.batch_size * plan.grad_accum, loss=plan.loss, bf16=plan.bf16)
     budget = plan_budget(seconds, times, share, plan.batch_size,
                          cached_epochs=plan.cache_epochs if plan.cache_targets else 0)
     sized = dataclasses.replace(plan, blockwise_steps=budget.blockwise_steps, e2e_steps=budget.e2e_steps,
-                                calibration_sequences=budget.calibration_sequences or plan.calibration_sequences)
+                                calibration_sequences=budget.calibration_sequences or plan.calibration_sequences,
+                                deadline=start + seconds)
     return sized, budget

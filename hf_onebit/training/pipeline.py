@@ -54,6 +54,10 @@ class DistillPlan:
     recipe_overrides: dict = field(default_factory=dict)
     bf16: bool = False
     seed: int = 0
+    #: ``time.monotonic()`` by which the end-to-end stage should end: the stage re-sizes its step count to it from
+    #: its own step times (:mod:`hf_onebit.training.deadline`); :func:`~hf_onebit.training.budget.plan_for_budget`
+    #: sets it. None: exactly ``e2e_steps`` steps.
+    deadline: float | None = None
 
     def __post_init__(self):
         stages = tuple(self.stages)
@@ -111,6 +115,7 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
     from transformers import Trainer, TrainingArguments
 
     from .callback import OneBitDistillationCallback
+    from .deadline import DeadlineCallback, StepCount, cosine_schedule
     from .optim import learning_rates, onebit_optimizer
     from .recipes import weight_format_of
     from .targets import teacher_targets
@@ -134,8 +139,6 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
         args = TrainingArguments(
             output_dir=output_dir, max_steps=plan.e2e_steps, per_device_train_batch_size=plan.batch_size,
             gradient_accumulation_steps=plan.grad_accum, learning_rate=lr, weight_decay=plan.weight_decay,
-            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
-            warmup_steps=max(1, round(plan.warmup_ratio * plan.e2e_steps)),
             logging_steps=max(1, plan.e2e_steps // 50), save_strategy="steps" if save_steps else "no",
             save_steps=save_steps or 500, report_to=[], seed=plan.seed, bf16=plan.bf16, dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -159,15 +162,25 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
             overrides["init_steps"] = min(overrides["init_steps"], plan.e2e_steps - 1)
         callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
         optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay)
-        trainer = Trainer(model=student, args=args, train_dataset=data, callbacks=[callback],
-                          optimizers=(optimizer, None))
+        count = StepCount(plan.e2e_steps)
+        scheduler = cosine_schedule(optimizer, max(1, round(plan.warmup_ratio * plan.e2e_steps)), count)
+        callbacks = [callback]
+        if plan.deadline is not None:
+            # the steps the data holds: whole epochs of it, as many as the planned steps need
+            per_epoch = max(1, len(data) // (plan.batch_size * plan.grad_accum * world))
+            callbacks.append(DeadlineCallback(plan.deadline, count,
+                                              per_epoch * max(1, math.ceil(plan.e2e_steps / per_epoch))))
+        trainer = Trainer(model=student, args=args, train_dataset=data, callbacks=callbacks,
+                          optimizers=(optimizer, scheduler))
         log(f"== end-to-end distillation: {plan.e2e_steps} steps of {plan.batch_size * plan.grad_accum} x "
             f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g}")
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=resume)
+        steps = trainer.state.global_step
         summary["e2e"] = {"seconds": time.perf_counter() - start, "target_cache_seconds": cache_s,
-                          "steps": plan.e2e_steps, "recipe": recipe, "lr": lr, "scale_lr": scale_lr,
-                          "tokens": plan.e2e_steps * plan.batch_size * plan.grad_accum * plan.seq_len * world,
+                          "steps": steps, "planned_steps": plan.e2e_steps,
+                          "replans": callbacks[-1].replans if plan.deadline is not None else [], "recipe": recipe, "lr": lr, "scale_lr": scale_lr,
+                          "tokens": steps * plan.batch_size * plan.grad_accum * plan.seq_len * world,
                           "log": [h for h in trainer.state.log_history if "loss" in h],
                           "tail_mass": targets.tail_mass() if targets is not None else None}
     else:

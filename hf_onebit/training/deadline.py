@@ -1,0 +1,93 @@
+"""Finish a Trainer run at a wall-clock deadline: the run re-sizes its own step count from its measured step times.
+
+A time budget is planned from a step measured before training (:mod:`hf_onebit.training.budget`), and that step is
+not the run's average: the first steps of a run are slower than its steady state (allocator, oneDNN kernels built
+per shape; a bf16 step on an AMX CPU measured 4.7 s before training and ran at 2.8 s), so a plan made from it leaves
+minutes of the budget unused. :class:`DeadlineCallback` measures the run's own steps and, at a few early points,
+sets the step count to what fits before the deadline. Everything that depends on the step count follows it:
+
+* the learning-rate schedule built by :func:`cosine_schedule` reads the same :class:`StepCount`;
+* the progressive recipe's phases read ``state.max_steps`` (:class:`~hf_onebit.training.callback.OneBitDistillationCallback`).
+
+Re-planning happens only early (by default at 5 % and 25 % of the planned steps), where moving the schedules costs
+little; the count never exceeds ``max_steps`` (what the training data holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+class StepCount:
+    """The number of optimizer steps a run makes; shared by the LR schedule and :class:`DeadlineCallback`."""
+
+    def __init__(self, total: int):
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total: got {total!r}; allowed: an integer >= 1")
+        self.total = total
+
+
+def cosine_schedule(optimizer, warmup_steps: int, count: StepCount, min_lr_rate: float = 0.05) -> LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then a cosine from the full learning rate down to ``min_lr_rate`` of it
+    at step ``count.total`` (read on every step, so a re-sized run decays to its new end)."""
+    if not 0 <= min_lr_rate <= 1:
+        raise ValueError(f"min_lr_rate: got {min_lr_rate!r}; allowed: 0 to 1")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, count.total - warmup_steps))
+        return min_lr_rate + (1 - min_lr_rate) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+class DeadlineCallback(TrainerCallback):
+    """Re-size the run to end by ``deadline`` (a ``time.monotonic()`` value) from its own step times.
+
+    At each fraction in ``replan_at`` of the run's current step count (and not before ``skip + 2`` steps), the mean time of the
+    steps after the first ``skip`` gives the steps that still fit; ``state.max_steps`` and ``count.total`` become
+    ``done + fit`` (at most ``max_steps``; the run stops at once when nothing fits). Each change is logged and kept in
+    :attr:`replans` as ``(step, seconds per step, new total)``.
+    """
+
+    def __init__(self, deadline: float, count: StepCount, max_steps: int, replan_at: tuple = (0.05, 0.25),
+                 skip: int = 2, clock=time.monotonic):
+        if not all(0 < f < 1 for f in replan_at):
+            raise ValueError(f"replan_at: got {replan_at!r}; allowed: fractions between 0 and 1")
+        self.deadline = deadline
+        self.count = count
+        self.max_steps = max(max_steps, count.total)
+        self.skip = skip
+        self.clock = clock
+        self._fractions = sorted(replan_at)
+        self._ends: list[float] = []
+        self.replans: list[tuple[int, float, int]] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._ends.append(self.clock())
+        step = state.global_step
+        due = [f for f in self._fractions if step >= max(self.skip + 2, math.ceil(f * self.count.total))]
+        if not due or len(self._ends) < self.skip + 2:
+            return control
+        self._fractions = [f for f in self._fractions if f not in due]
+        timed = self._ends[self.skip:]
+        per_step = (timed[-1] - timed[0]) / (len(timed) - 1)
+        fit = int(max(0.0, self.deadline - timed[-1]) // per_step) if per_step > 0 else self.max_steps
+        total = min(self.max_steps, step + fit)
+        self.replans.append((step, per_step, total))
+        if total != state.max_steps:
+            logger.warning("time budget: %.2f s per step measured over steps %d-%d; %d steps now fit (planned %d)",
+                           per_step, self.skip + 1, step, total, state.max_steps)
+            state.max_steps = total
+            self.count.total = total
+        if total <= step:
+            control.should_training_stop = True  # the deadline has passed: this was the last step
+        return control
