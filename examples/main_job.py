@@ -71,6 +71,8 @@ def main(argv=None) -> None:
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast for distillation (default: on where bf16 is fast: AMX / AVX512-BF16)")
+    parser.add_argument("--tie-input-scales", action="store_true",
+                        help="keep the input scales llama.cpp folds tied (exact GGUF export: hf-onebit export gguf)")
     args = parser.parse_args(argv)
     args.bf16 = (bf16_is_fast("cpu") and not args.tiny) if args.bf16 is None else args.bf16
     if args.tiny:
@@ -86,7 +88,8 @@ def main(argv=None) -> None:
     print(f"== 1. teacher and {kind} student (latent form for training)")
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(
-        teacher_dir, quantization_config=OneBitConfig(training=True, weight_format=args.weight_format))
+        teacher_dir, quantization_config=OneBitConfig(training=True, weight_format=args.weight_format,
+                                                      tie_input_scales=args.tie_input_scales))
 
     print("== 2. training text")
     data = training_data(args, tokenizer, teacher.config.vocab_size)

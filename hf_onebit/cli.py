@@ -13,6 +13,7 @@ COMMANDS = {
     "distill": "hf_onebit.commands.distill",
     "push": "hf_onebit.commands.push",
     "info": "hf_onebit.commands.info",
+    "export": "hf_onebit.commands.export",
 }
 
 

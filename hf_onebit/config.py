@@ -28,6 +28,7 @@ _FIELDS = (
     "weight_format",
     "format_version",
     "training",
+    "tie_input_scales",
 )
 
 
@@ -79,6 +80,9 @@ class OneBitConfig(QuantizationConfigMixin):
             2 bits per weight, a clearly smaller reconstruction error; see ``docs/concepts/ternary.md``).
         format_version: version of the packed layout (see :mod:`hf_onebit.packing`).
         training: load linear layers in their latent (trainable float) form for distillation instead of packed.
+        tie_input_scales: keep equal the ``g`` of layers that read one input (q/k/v, gate/up, and the query heads
+            of one KV head in o_proj), so that the model exports exactly to llama.cpp's 1-bit / ternary types
+            (:mod:`hf_onebit.tying`; ``hf-onebit export gguf``). LLaMA-type decoders only.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class OneBitConfig(QuantizationConfigMixin):
         weight_format: str = "binary",
         format_version: int = FORMAT_VERSION,
         training: bool = False,
+        tie_input_scales: bool = False,
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -107,6 +112,7 @@ class OneBitConfig(QuantizationConfigMixin):
         self.weight_format = weight_format
         self.format_version = format_version
         self.training = training
+        self.tie_input_scales = tie_input_scales
         if kwargs:
             warnings.warn(
                 f"OneBitConfig: ignoring unknown fields {sorted(kwargs)} (written by a newer hf_onebit?)", stacklevel=2
@@ -138,6 +144,8 @@ class OneBitConfig(QuantizationConfigMixin):
             raise ValueError(f"OneBitConfig.{err}") from None
         if not isinstance(self.training, bool):
             _fail("training", self.training, "True or False")
+        if not isinstance(self.tie_input_scales, bool):
+            _fail("tie_input_scales", self.tie_input_scales, "True or False")
 
     @property
     def torch_scale_dtype(self) -> torch.dtype:

@@ -97,7 +97,8 @@ def quantize_(model: nn.Module, config=None, skips: Iterable[str] = (), progress
     """Convert the linear layers of any torch module to OneBitLinear in place (SVID / NMF init); returns ``model``.
 
     ``config.modules_to_not_convert`` and ``skips`` add to the default skips (``lm_head``). Layers on any device work;
-    a progress bar shows one step per layer.
+    a progress bar shows one step per layer. ``config.tie_input_scales``: the shared ``g`` are tied afterwards
+    (:func:`hf_onebit.tying.tie_input_scales_`).
     """
     from .config import OneBitConfig
 
@@ -113,6 +114,10 @@ def quantize_(model: nn.Module, config=None, skips: Iterable[str] = (), progress
     for name, linear in iterator:
         set_submodule(model, name, OneBitLinear.from_linear(linear, config))
         del linear
+    if config.tie_input_scales:
+        from .tying import tie_input_scales_
+
+        tie_input_scales_(model)
     return model
 
 

@@ -133,6 +133,13 @@ class OneBitHfQuantizer(HfQuantizer):
                     # Trainable float vectors stay float32 (bf16 updates round away at small learning rates).
                     module.scale_in.data = module.scale_in.data.float()
                     module.scale_out.data = module.scale_out.data.float()
+        if self.quantization_config.tie_input_scales and not self.pre_quantized:
+            from .tying import tie_input_scales_
+
+            errors = tie_input_scales_(model)
+            if errors:
+                logger.info("hf_onebit: tied input scales; largest relative weight change %.3g (%s)",
+                            max(errors.values()), max(errors, key=errors.get))
         hub.attach_model_card(model, teacher=None if self.pre_quantized else model.config.name_or_path)
         return model
 

@@ -18,7 +18,11 @@ want="$( (cat pyproject.toml; echo "$PIN") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  python -m pip install -q -e ".[test]" ${PIN:+"$PIN"} 2>&1 | grep -v "^WARNING: Location" || true
+  # llama-cpp-python (test extra) compiles llama.cpp: for the AVX2 baseline every supported CPU class has, so that a
+  # cached wheel runs on any of them (a -march=native build can die with SIGILL on another CPU); CMAKE_ARGS overrides.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
+    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    python -m pip install -q -e ".[test]" ${PIN:+"$PIN"} 2>&1 | grep -v "^WARNING: Location" || true
   python -c "import torch, transformers, hf_onebit; print('hf_onebit setup: torch', torch.__version__, '| transformers', transformers.__version__)"
   echo "$want" > "$stamp"
 fi

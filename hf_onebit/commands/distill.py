@@ -45,6 +45,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the packed 1-bit model")
     p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary",
                    help="1-bit signs, or BitNet b1.58 ternary codes (2 bits/weight)")
+    p.add_argument("--tie-input-scales", action="store_true",
+                   help="keep the input scales llama.cpp folds tied, for an exact GGUF export (hf-onebit export gguf)")
     p.add_argument("--stages", nargs="+", choices=("blockwise", "e2e"), default=["e2e"],
                    help="end-to-end distillation (default), block-wise reconstruction, or both (run in that order: "
                         "blockwise e2e)")
@@ -265,7 +267,8 @@ def load_models(args, teacher_path: str):
     student = AutoModelForCausalLM.from_pretrained(
         teacher_path, dtype=torch.float32,
         quantization_config=OneBitConfig(training=True, post_layernorm=args.post_layernorm,
-                                         weight_format=args.weight_format))
+                                         weight_format=args.weight_format,
+                                         tie_input_scales=args.tie_input_scales))
     return student, teacher, tokenizer
 
 

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
                    help="binary: sign bits, 1 bit/weight (default); ternary: BitNet b1.58 values {-1, 0, +1} in 2-bit "
                    "codes, ~2 bits/weight, lower reconstruction error")
+    p.add_argument("--tie-input-scales", action="store_true",
+                   help="keep the input scales llama.cpp folds tied, for an exact GGUF export (hf-onebit export gguf)")
     p.add_argument("--scale-dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--post-layernorm", action="store_true", help="add OneBit's non-affine post-LayerNorm")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -73,7 +75,8 @@ def run(args) -> int:
     src = resolve_model_path(args.src, "SRC")
     weight_format = args.weight_format
     config = OneBitConfig(init=args.init, scale_dtype=args.scale_dtype, post_layernorm=args.post_layernorm,
-                          modules_to_not_convert=args.skip or None, weight_format=weight_format)
+                          modules_to_not_convert=args.skip or None, weight_format=weight_format,
+                          tie_input_scales=args.tie_input_scales)
     src_bytes = size_on_disk(src) if os.path.isdir(src) else None  # measured before anything is written
     with OutputFolder(args.out, sources=[src], overwrite=args.overwrite) as staging:
         start = time.perf_counter()

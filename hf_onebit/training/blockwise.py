@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..modules import OneBitLinear
+from ..tying import tie_input_scales_, ties_input_scales
 from .binarizers import ProgressiveBinarizer, Temperature, finalize_module_, quantizer_for
 from .scale_fit import codes_to_latent, fit_scales, gptq_codes
 
@@ -298,6 +299,7 @@ def blockwise_reconstruct_(student, teacher, calibration: torch.Tensor, config: 
     _, kwargs = capture_block_inputs(teacher, calibration[:batch])
     x_s = x_t
     records = []
+    tied = ties_input_scales(student)  # OneBitConfig(tie_input_scales=True): each block ends tied
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -316,6 +318,8 @@ def blockwise_reconstruct_(student, teacher, calibration: torch.Tensor, config: 
                     _teacher_pass(t_layer, s_layer, x_in, kwargs, batch, moments)
             with torch.no_grad():
                 _init_block_scales(s_layer, t_layer, moments, config)
+                if tied:  # the per-layer fit moved the shared g apart
+                    tie_input_scales_(s_layer)
             before = None
             if config.report_start_error:
                 for module in s_layer.modules():
@@ -334,6 +338,8 @@ def blockwise_reconstruct_(student, teacher, calibration: torch.Tensor, config: 
                                                                  weight_format=module.weight_format)
                                             if config.schedule == "progressive" else quantizer_for(module))
                         finalize_module_(module)
+            if tied and config.steps:  # the block's own optimizer moved them apart again: re-tie before measuring
+                tie_input_scales_(s_layer)
             out = _run_all(s_layer, x_in, kwargs, batch)  # the hard block: its error, and the next block's input
             after = float(block_error(out, target, config.loss))
             x_s = out if config.inputs == "student" else x_s

@@ -24,6 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..quantizer import set_save_form
+from ..tying import keep_input_scales_tied, ties_input_scales
 from .binarizers import Temperature, quantizer_for
 from .losses import DistillationLoss
 from .optim import GROUP_KEY, AdaptiveGradClipper
@@ -97,6 +98,7 @@ class OneBitDistillationCallback(TrainerCallback):
         self.track_sign_flips = track_sign_flips
         self.plot = plot
         self.cast_teacher = cast_teacher
+        self._tie_handle = None  # keeps tied input scales tied after each optimizer step (hf_onebit.tying)
         self._teacher_cast: TeacherWeightCast | None = None
         self.temperature: Temperature | None = None
         self.history: list[dict] = []
@@ -142,6 +144,8 @@ class OneBitDistillationCallback(TrainerCallback):
             logger.warning("hf_onebit: one optimizer parameter group; hf_onebit.training.onebit_optimizer gives the "
                            "latent weights and the scale vectors their own learning rate and weight decay")
         set_save_form(model, "latent")  # Trainer checkpoints keep the latent tensors (resumable)
+        if optimizer is not None and ties_input_scales(model):  # OneBitConfig(tie_input_scales=True)
+            self._tie_handle = keep_input_scales_tied(optimizer, model)
         self._install_hooks(model)
         self._snapshot_signs(model)
         self._active = True
@@ -213,6 +217,9 @@ class OneBitDistillationCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._active = False
         self._remove_hooks()
+        if self._tie_handle is not None:
+            self._tie_handle.remove()
+            self._tie_handle = None
         if model is not None:
             finalize_(model)
             set_save_form(model, "packed")
