@@ -78,8 +78,8 @@ def test_deadline_callback_rejects_bad_settings(bad):
 
 
 def test_pipeline_with_a_deadline_runs_the_steps_that_fit(tmp_path):
-    """The tiny model's steps take milliseconds: a deadline 3 s away lets the end-to-end stage grow past its planned
-    8 steps (up to what the data holds), and the recipe's last phase still ends hard."""
+    """The tiny model's steps take milliseconds: a deadline ten minutes away lets the end-to-end stage grow from its
+    planned 8 steps to all the data holds (no timing enters the assertions)."""
     import time
 
     import hf_onebit
@@ -94,11 +94,11 @@ def test_pipeline_with_a_deadline_runs_the_steps_that_fit(tmp_path):
     student = AutoModelForCausalLM.from_pretrained(teacher_dir,
                                                    quantization_config=hf_onebit.OneBitConfig(training=True))
     data = TokenBlocks(torch.randint(teacher.config.vocab_size, (40, 16), generator=torch.Generator().manual_seed(0)))
-    plan = DistillPlan(e2e_steps=8, batch_size=2, seq_len=16, deadline=time.monotonic() + 3.0)
+    plan = DistillPlan(e2e_steps=8, batch_size=2, seq_len=16, deadline=time.monotonic() + 600.0)
     summary = run_stages(student, teacher, data, plan, str(tmp_path / "run"), progress=False, log=lambda *a: None)
     e2e = summary["e2e"]
-    assert e2e["planned_steps"] == 8 and e2e["steps"] == e2e["replans"][-1][2] > 8
-    assert e2e["steps"] <= 20  # 40 sequences of batch 2: one epoch holds 20 steps
+    assert e2e["planned_steps"] == 8
+    assert e2e["steps"] == e2e["replans"][-1][2] == 20  # 40 sequences of batch 2: one epoch holds 20 steps
     assert e2e["tokens"] == e2e["steps"] * 2 * 16
     lrs = [float(h["learning_rate"]) for h in e2e["log"]]  # one entry per step
     assert lrs[7] > 0.5 * max(lrs)  # at the planned end (step 8) the schedule has not decayed: it follows the new count

@@ -268,12 +268,14 @@ kept as folded, which shows the fold alone)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = tensors.config
-    config = LlamaConfig(hidden_size=c["hidden_padded"], intermediate_size=c["intermediate_padded"],
+    # built with a width the heads divide (transformers' validation asks for it even with head_dim given), then set
+    config = LlamaConfig(hidden_size=c["heads_padded"] * c["head_dim"], intermediate_size=c["intermediate_padded"],
                          num_attention_heads=c["heads_padded"], num_key_value_heads=c["kv_heads_padded"],
                          head_dim=c["head_dim"], num_hidden_layers=c["layers"], rms_norm_eps=c["eps_padded"],
                          vocab_size=c["vocab"], max_position_embeddings=c["context"], tie_word_embeddings=c["tied"],
                          rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]},
                          attention_bias=False, mlp_bias=False, hidden_act="silu")
+    config.hidden_size = c["hidden_padded"]
     model = LlamaForCausalLM(config).to(dtype).eval()
 
     def dense(q: Quantized, heads: int | None = None) -> torch.Tensor:

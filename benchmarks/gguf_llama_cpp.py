@@ -13,7 +13,7 @@ Perplexity is on the held-out ``test`` split (hf_onebit.eval: four domains, non-
 same token ids for every row). Speed: prefill of one 512-token window, and greedy decoding of 64 tokens after a
 short prompt, both with ``--threads`` threads.
 
-    python benchmarks/llama_cpp.py --model /tmp/.../smollm2-1bit [--model tied-dir] [--approximate] [--windows 4]
+    python benchmarks/gguf_llama_cpp.py --model DIR --label untied --model DIR2 --label tied --approximate
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def hf_speed(model, prompt_ids: list, window: list, tokens: int = 64) -> tuple[f
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="hf_onebit checkpoint folder (repeatable)")
+    p.add_argument("--label", action="append", default=[], help="a name per --model, in the same order")
     p.add_argument("--approximate", action="store_true", help="export untied models with an approximate fold")
     p.add_argument("--windows", type=int, default=None, help="test windows per domain (default: all)")
     p.add_argument("--threads", type=int, default=2)
@@ -115,15 +116,15 @@ def main(argv=None) -> None:
     os.makedirs(folder, exist_ok=True)
     rows = []
     tokenizer = None
-    for path in args.model:
+    labels = args.label + [os.path.basename(os.path.normpath(m)) for m in args.model[len(args.label):]]
+    for path, name in zip(args.model, labels):
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
         windows = heldout_windows(tokenizer, "test", 512, args.windows)
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                               add_generation_prompt=True, tokenize=True)
-        prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+                                               add_generation_prompt=True, tokenize=True, return_dict=True)
+        prompt = [int(t) for t in torch.as_tensor(prompt["input_ids"]).reshape(-1)]
         window = windows[next(iter(windows))][0].tolist()
-        name = os.path.basename(os.path.normpath(path))
         ppl = hf_perplexity(model, windows)
         speed = hf_speed(model, prompt, window)
         disk = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
