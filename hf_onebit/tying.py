@@ -96,7 +96,8 @@ def refit_rows(values: torch.Tensor, g: torch.Tensor, h: torch.Tensor, shared: t
 
 
 @torch.no_grad()
-def _values(layer: OneBitLinear) -> torch.Tensor:
+def layer_values(layer: OneBitLinear) -> torch.Tensor:
+    """The hard values (int8 ``(out, in)``: signs or ternary codes) of a OneBitLinear in either form."""
     if layer.is_latent:
         return layer.format.codes(layer.weight)
     return layer.format.unpack(layer.weight.data, layer.in_features, torch.float32).to(torch.int8)
@@ -111,7 +112,7 @@ def _make_scales_positive_(layer: OneBitLinear) -> None:
     if layer.is_latent:
         layer.weight.data[:, negative] = -layer.weight.data[:, negative]
     else:
-        values = _values(layer)
+        values = layer_values(layer)
         values[:, negative] = -values[:, negative]
         layer.weight.data = layer.format.pack(values)
     layer.scale_in.data[negative] = -layer.scale_in.data[negative]
@@ -134,7 +135,7 @@ def tie_input_scales_(model: nn.Module) -> dict[str, float]:
             continue
         whole = group.expand(shared)
         for index, layer in enumerate(group.layers):
-            h, err = refit_rows(_values(layer), layer.scale_in.data, layer.scale_out.data, whole)
+            h, err = refit_rows(layer_values(layer), layer.scale_in.data, layer.scale_out.data, whole)
             layer.scale_out.data.copy_(h.to(layer.scale_out.dtype))
             layer.scale_in.data.copy_(whole.to(layer.scale_in.dtype))
             errors[f"{group.name}[{index}]" if len(group.layers) > 1 else group.name] = err

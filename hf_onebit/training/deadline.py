@@ -9,8 +9,8 @@ sets the step count to what fits before the deadline. Everything that depends on
 * the learning-rate schedule built by :func:`cosine_schedule` reads the same :class:`StepCount`;
 * the progressive recipe's phases read ``state.max_steps`` (:class:`~hf_onebit.training.callback.OneBitDistillationCallback`).
 
-Re-planning happens only early (by default at 5 % and 25 % of the planned steps), where moving the schedules costs
-little; the count never exceeds ``max_steps`` (what the training data holds).
+Re-planning happens only early (by default at 5 % and 25 % of the run's step count as it stands), where moving the
+schedules costs little; the count never exceeds ``max_steps`` (what the training data holds).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class DeadlineCallback(TrainerCallback):
     """Re-size the run to end by ``deadline`` (a ``time.monotonic()`` value) from its own step times.
 
     At each fraction in ``replan_at`` of the run's current step count (and not before ``skip + 2`` steps), the mean time of the
-    steps after the first ``skip`` gives the steps that still fit; ``state.max_steps`` and ``count.total`` become
+    steps after the first ``skip + 1`` (the first interval timed ends step ``skip + 2``) gives the steps that still fit; ``state.max_steps`` and ``count.total`` become
     ``done + fit`` (at most ``max_steps``; the run stops at once when nothing fits). Each change is logged and kept in
     :attr:`replans` as ``(step, seconds per step, new total)``.
     """
@@ -85,7 +85,7 @@ class DeadlineCallback(TrainerCallback):
         self.replans.append((step, per_step, total))
         if total != state.max_steps:
             logger.warning("time budget: %.2f s per step measured over steps %d-%d; %d steps now fit (planned %d)",
-                           per_step, self.skip + 1, step, total, state.max_steps)
+                           per_step, self.skip + 2, step, total, state.max_steps)
             state.max_steps = total
             self.count.total = total
         if total <= step:

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...formats import get_format
 from ...modules import OneBitLinear
-from ...tying import refit_rows, shared_scale
+from ...tying import layer_values, refit_rows, shared_scale
 
 #: HF model types whose graph is llama.cpp's ``llama`` architecture
 LLAMA_TYPES = ("llama", "mistral")
@@ -97,8 +96,7 @@ def layer_parts(module: OneBitLinear) -> tuple[torch.Tensor, torch.Tensor, torch
     """``(values int8 (out, in), g float32, h float32)`` of a OneBitLinear in either form, ``g >= 0`` (a negative
     ``g[j]`` is moved into column ``j``'s signs: the same function)."""
     state = module.packed_state()
-    fmt = get_format(module.weight_format)
-    values = fmt.unpack(state["weight"], module.in_features, torch.float32).to(torch.int8)
+    values = layer_values(module)
     g = state["scale_in"].float().clone()
     h = state["scale_out"].float().clone()
     negative = g < 0
