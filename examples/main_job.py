@@ -52,7 +52,7 @@ def training_data(args, tokenizer, vocab_size: int) -> TokenBlocks:
         return TokenBlocks(torch.randint(vocab_size, (32, args.seq_len), generator=torch.Generator().manual_seed(0)))
     from hf_onebit.fixtures.real_text import real_text_files
 
-    # human-written Wikipedia text (the articles held out for evaluation are not in it)
+    # human-written Wikipedia articles and software documentation (nothing of the held-out sets is in it)
     return TokenBlocks(torch.cat([text_file_dataset(p, tokenizer, args.seq_len).blocks for p in real_text_files()]))
 
 

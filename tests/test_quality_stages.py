@@ -258,10 +258,13 @@ def test_heldout_sets_are_built_from_the_pinned_sources_and_never_overlap_traini
 
     sets = heldout_documents()
     assert set(sets) == set(DOMAINS)
-    training = open(real_text_files()[0], encoding="utf-8").read()
+    wiki, docs = (open(path, encoding="utf-8").read() for path in real_text_files())
     for domain, splits in sets.items():
         for split in ("val", "test"):
             assert sum(len(d) for d in splits[split]) > 50_000, (domain, split)  # >= ~12k tokens each
         assert not set(splits["val"]) & set(splits["test"])
     for article in sets["wiki"]["val"] + sets["wiki"]["test"]:
-        assert article[:200] not in training
+        assert article[:200] not in wiki
+    for document in sets["technical"]["val"] + sets["technical"]["test"]:  # docutils' manual, not Sphinx's
+        assert document[:200] not in docs
+        assert not any(paragraph in docs for paragraph in document.split("\n\n") if len(paragraph) > 300)

@@ -1,4 +1,4 @@
-"""Wikitext -> plain text, and the offline human-written text files built from a (here: synthetic) gensim wheel."""
+"""Wikitext -> plain text, and the offline human-written text files built from (here: synthetic) pinned archives."""
 
 import bz2
 import zipfile
@@ -87,23 +87,46 @@ def _pin(path) -> registry.PinnedFile:
     return registry.PinnedFile("gensim", path.name, registry.sha256_of(str(path)), "test")
 
 
+def _fake_sphinx_sdist(path) -> None:
+    import io
+    import tarfile
+
+    files = {"doc/index.rst": "Welcome\n=======\n\nThe manual.", "doc/usage/quickstart.rst": "Quickstart\n\nRun it.",
+             "doc/changes/8.1.rst": "Release 8.1\n\n* a change entry", "doc/extdev/deprecated.rst": "Deprecated APIs",
+             "doc/conf.py": "project = 'x'", "README.rst": "not the manual"}
+    with tarfile.open(path, "w:gz") as tf:
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo("sphinx-8.1.3/" + name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
 def test_training_text_leaves_the_held_out_articles_out(tmp_path, monkeypatch):
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     wheel = downloads / "fake-gensim.whl"
     _fake_wheel(wheel, articles=20)
+    sdist = downloads / "fake-sphinx-8.1.3.tar.gz"
+    _fake_sphinx_sdist(sdist)
     monkeypatch.setattr(corpora, "GENSIM_WHEEL", _pin(wheel))
-    (path,) = real_text.real_text_files(str(tmp_path))
-    text = open(path, encoding="utf-8").read()
+    monkeypatch.setattr(registry, "SPHINX_SDIST", registry.PinnedFile("sphinx", sdist.name,
+                                                                        registry.sha256_of(str(sdist)), "test"))
+    wiki, docs = real_text.real_text_files(str(tmp_path))
+    text = open(wiki, encoding="utf-8").read()
     kept = [i for i in range(20) if f"Article number {i}." in text]
     assert kept == [i for i in range(20) if i % 8 != 5]  # 5 and 13 are held out for evaluation
     assert [i for i in range(20) if corpora.is_heldout_article(i)] == [5, 13]
+    # the manual's pages in file-name order, markup kept; release notes, the deprecation table, code and files
+    # outside doc/ left out
+    assert open(docs, encoding="utf-8").read() == "Welcome\n=======\n\nThe manual.\n\nQuickstart\n\nRun it.\n"
 
     def no_rebuild(*a, **k):
         raise AssertionError("the cached file must be reused")
 
     monkeypatch.setattr(real_text, "training_articles", no_rebuild)
-    assert real_text.real_text_files(str(tmp_path)) == [path]
+    monkeypatch.setattr(real_text, "documentation_pages", no_rebuild)
+    assert real_text.real_text_files(str(tmp_path)) == [wiki, docs]
 
 
 @pytest.fixture
@@ -164,6 +187,6 @@ def test_fetch_failure_names_the_file_and_where_to_put_it(tmp_path, index):
 
 def test_pinned_files_have_exact_versions_and_hashes():
     for pinned in (registry.SMOLLM2_WHEEL, registry.GENSIM_WHEEL, registry.SENTENCEPIECE_SDIST,
-                   registry.DOCUTILS_SDIST):
+                   registry.DOCUTILS_SDIST, registry.SPHINX_SDIST):
         assert re.fullmatch(r"[0-9a-f]{64}", pinned.sha256)
         assert re.search(r"-\d+(\.\d+)+[-.]", pinned.filename), pinned.filename
