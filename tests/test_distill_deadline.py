@@ -57,6 +57,23 @@ def test_a_run_past_its_deadline_stops_at_the_next_step():
     assert state.global_step == 4  # the first re-plan point; nothing fits any more
 
 
+def test_the_progress_bar_shows_the_resized_count():
+    from transformers import ProgressCallback, TrainingArguments
+
+    progress = ProgressCallback()
+    state = TrainerState()
+    state.max_steps = 20
+    progress.on_train_begin(TrainingArguments(output_dir="unused", report_to=[]), state, TrainerControl())
+    clock, count = Clock(), StepCount(20)
+    cb = DeadlineCallback(deadline=100.0, count=count, max_steps=1000, clock=clock, progress=progress)
+    _run(cb, clock, [5.0, 5.0, 2.5], planned=20)
+    assert progress.training_bar.total == 38 == count.total
+    progress.training_bar.close()
+    clock2 = Clock()  # a ProgressCallback without a bar (before training, tqdm off): nothing to update, no error
+    assert _run(DeadlineCallback(deadline=100.0, count=StepCount(40), max_steps=1000, clock=clock2,
+                                 progress=ProgressCallback()), clock2, [4.0], planned=40).global_step == 25
+
+
 def test_cosine_schedule_follows_the_step_count():
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)

@@ -55,11 +55,12 @@ class DeadlineCallback(TrainerCallback):
     At each fraction in ``replan_at`` of the run's current step count (and not before ``skip + 2`` steps), the mean time of the
     steps after the first ``skip + 1`` (the first interval timed ends step ``skip + 2``) gives the steps that still fit; ``state.max_steps`` and ``count.total`` become
     ``done + fit`` (at most ``max_steps``; the run stops at once when nothing fits). Each change is logged and kept in
-    :attr:`replans` as ``(step, seconds per step, new total)``.
+    :attr:`replans` as ``(step, seconds per step, new total)``. ``progress``: the Trainer's
+    ``transformers.ProgressCallback``, whose progress bar then shows the new total.
     """
 
     def __init__(self, deadline: float, count: StepCount, max_steps: int, replan_at: tuple = (0.05, 0.25),
-                 skip: int = 2, clock=time.monotonic):
+                 skip: int = 2, clock=time.monotonic, progress=None):
         if not all(0 < f < 1 for f in replan_at):
             raise ValueError(f"replan_at: got {replan_at!r}; allowed: fractions between 0 and 1")
         self.deadline = deadline
@@ -67,6 +68,7 @@ class DeadlineCallback(TrainerCallback):
         self.max_steps = max(max_steps, count.total)
         self.skip = skip
         self.clock = clock
+        self.progress = progress
         self._fractions = sorted(replan_at)
         self._ends: list[float] = []
         self.replans: list[tuple[int, float, int]] = []
@@ -88,6 +90,10 @@ class DeadlineCallback(TrainerCallback):
                            per_step, self.skip + 2, step, total, state.max_steps)
             state.max_steps = total
             self.count.total = total
+            bar = getattr(self.progress, "training_bar", None)  # None before training and with tqdm disabled
+            if bar is not None:
+                bar.total = total
+                bar.refresh()
         if total <= step:
             control.should_training_stop = True  # the deadline has passed: this was the last step
         return control

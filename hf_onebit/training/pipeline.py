@@ -112,7 +112,7 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
                save_steps: int = 0, progress: bool = True, log=print) -> dict:
     """Run ``plan`` on a latent student (``OneBitConfig(training=True)``); returns a summary (per-stage seconds,
     tokens, records, the Trainer's log). The student ends in its hard (packed) function."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import ProgressCallback, Trainer, TrainingArguments
 
     from .callback import OneBitDistillationCallback
     from .deadline import DeadlineCallback, StepCount, cosine_schedule
@@ -172,6 +172,9 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
                                               per_epoch * max(1, math.ceil(plan.e2e_steps / per_epoch))))
         trainer = Trainer(model=student, args=args, train_dataset=data, callbacks=callbacks,
                           optimizers=(optimizer, scheduler))
+        if plan.deadline is not None:  # the progress bar shows the re-sized step count
+            callbacks[-1].progress = next((c for c in trainer.callback_handler.callbacks
+                                           if isinstance(c, ProgressCallback)), None)
         log(f"== end-to-end distillation: {plan.e2e_steps} steps of {plan.batch_size * plan.grad_accum} x "
             f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g}")
         start = time.perf_counter()

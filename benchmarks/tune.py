@@ -1,0 +1,92 @@
+"""Choose distillation settings on the held-out VALIDATION split: one fixed-length end-to-end run per call.
+
+    python benchmarks/tune.py --name base --text wiki                 # training text: Wikipedia only
+    python benchmarks/tune.py --name mix                              # the default training text (real-text)
+    python benchmarks/tune.py --name lr2e-3 --lr 2e-3
+    python benchmarks/tune.py --name b8 --batch 8 --steps 125         # about the same minutes as 200 x 4
+    python benchmarks/tune.py --name ph10 --override '{"phases": 10, "t_end": 104.6}'
+
+Each run distils SmolLM2-135M-Instruct into a 1-bit student for exactly ``--steps`` end-to-end steps (no time
+budget: the runs compare settings at equal steps, or at equal minutes by choosing the steps), packs and reloads it,
+and scores the **validation** split only (8 windows of 512 tokens per domain); the test split is for reporting
+(``benchmarks/quality.py``, the main job) and is never read here. Trains in bf16 autocast where bf16 is fast. Writes
+``--json`` (default ``benchmarks/results/tune/<name>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from quality import machine  # noqa: E402
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--text", choices=("real-text", "wiki"), default="real-text",
+                   help="training text: Wikipedia and the Sphinx manual (default) or Wikipedia alone")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--scale-lr", type=float, default=None)
+    p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--override", default="{}", help="recipe fields as JSON, e.g. '{\"phases\": 10}'")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_onebit  # noqa: F401
+    from hf_onebit import OneBitConfig
+    from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
+    from hf_onebit.fixtures.real_text import real_text_files
+    from hf_onebit.training.data import TokenBlocks, text_file_dataset
+    from hf_onebit.training.losses import DistillationLoss
+    from hf_onebit.training.pipeline import DistillPlan, run_stages
+    from hf_onebit.training.precision import bf16_is_fast
+
+    torch.manual_seed(0)
+    path = smollm2_checkpoint()
+    tok = AutoTokenizer.from_pretrained(path)
+    teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    files = real_text_files()[:1] if args.text == "wiki" else real_text_files()
+    data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
+    bf16 = bf16_is_fast("cpu")
+    plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
+                       lr=args.lr, scale_lr=args.scale_lr, loss=DistillationLoss(hidden_weight=args.hidden_weight),
+                       recipe_overrides=json.loads(args.override))
+    out = tempfile.mkdtemp(prefix=f"tune-{args.name}-")
+    start = time.perf_counter()
+    summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"), progress=False)
+    train_s = time.perf_counter() - start
+    student.save_pretrained(os.path.join(out, "packed"))
+    packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
+    report = evaluate_heldout(packed, tok, "val", progress=False)
+    teacher_report = evaluate_heldout_cached(teacher, tok, "val", progress=False)
+    result = {"name": args.name, "args": vars(args), "machine": machine(),
+              "precision": "bf16 autocast" if bf16 else "float32", "train_s": train_s,
+              "tokens": summary["e2e"]["tokens"], "val": report.to_dict(),
+              "x_teacher": report.geomean / teacher_report.geomean}
+    print(report.table(teacher_report))
+    print(json.dumps({k: result[k] for k in ("name", "train_s", "tokens", "x_teacher")}))
+    target = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tune",
+                                       f"{args.name}.json")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
