@@ -103,6 +103,25 @@ def test_blockwise_stage_lowers_every_block_error(teacher_and_student, schedule,
     assert torch.allclose(student(ids).logits, latent, atol=2e-3)  # g, h stored as float16 when packed
 
 
+def test_blockwise_stage_trains_under_bf16_autocast(teacher_and_student):
+    _, teacher, student = teacher_and_student
+    calib = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(0))
+    seen = []
+    handle = decoder_layers(student)[0].register_forward_hook(
+        lambda m, a, o: seen.append(torch.is_autocast_enabled("cpu")) if torch.is_grad_enabled() else None)
+    try:
+        records = blockwise_reconstruct_(student, teacher, calib, BlockwiseConfig(steps=30, lr=3e-3, bf16=True,
+                                                                                  report_start_error=True),
+                                         progress=False)
+    finally:
+        handle.remove()
+    assert seen and all(seen)  # every training step of the block ran under autocast
+    assert all(r["error_after"] < r["error_before"] for r in records), records
+    assert all(p.dtype == torch.float32 for p in student.parameters() if p.is_floating_point())
+    with pytest.raises(ValueError, match="BlockwiseConfig.bf16: got 'yes'"):
+        BlockwiseConfig(bf16="yes")
+
+
 def test_blockwise_brings_the_student_closer_to_the_teacher(teacher_and_student):
     _, teacher, student = teacher_and_student
     calib = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(0))

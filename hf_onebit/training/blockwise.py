@@ -61,6 +61,9 @@ class BlockwiseConfig:
     train_norms: bool = True
     loss: str = "output"
     report_start_error: bool = False  # one more pass per block: the error of the block before its training
+    #: the training steps under bf16 autocast (the latent parameters, the targets and the loss stay float32); the
+    #: end-to-end stage's ``bf16`` setting, on by default where bf16 is fast
+    bf16: bool = False
 
     def __post_init__(self):
         for name, low in (("steps", 0), ("batch_size", 1), ("phases", 1)):
@@ -73,6 +76,8 @@ class BlockwiseConfig:
                 raise ValueError(f"BlockwiseConfig.{name}: got {value!r}; allowed: a number > 0")
         if self.scale_lr is not None and not self.scale_lr > 0:
             raise ValueError(f"BlockwiseConfig.scale_lr: got {self.scale_lr!r}; allowed: None or a number > 0")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"BlockwiseConfig.bf16: got {self.bf16!r}; allowed: True or False")
         for name, allowed in (("inputs", INPUTS), ("schedule", SCHEDULES), ("scale_init", SCALE_INITS),
                               ("loss", LOSSES)):
             if getattr(self, name) not in allowed:
@@ -231,8 +236,9 @@ def _train_block(student_layer, x_in: torch.Tensor, target: torch.Tensor, kwargs
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * factor
         idx = torch.randint(n, (config.batch_size,), generator=generator)
-        out = run_block(student_layer, x_in[idx], kwargs)
-        loss = block_error(out, target[idx], config.loss)
+        with torch.autocast(x_in.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            out = run_block(student_layer, x_in[idx], kwargs)
+        loss = block_error(out.float(), target[idx], config.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -151,8 +151,9 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
                        loss=None, vocab_size: int | None = None, bf16: bool = False) -> StepTimes:
     """Time one block-wise step, one block pass and one end-to-end step of ``student`` / ``teacher`` (random tokens;
     nothing in either model changes). ``loss`` is the end-to-end stage's DistillationLoss (default: KL + hidden).
-    ``bf16``: the end-to-end step runs as a ``TrainingArguments(bf16=True)`` step does - the student under bf16
-    autocast, the teacher on bf16 weight copies (on a CPU with AMX that step is several times faster than float32)."""
+    ``bf16``: the steps run as the stages train with bf16 on - the block-wise step under bf16 autocast, the end-to-end
+    step as a ``TrainingArguments(bf16=True)`` step does: the student under bf16 autocast, the teacher on bf16 weight
+    copies (on a CPU with AMX that step is several times faster than float32)."""
     import contextlib
 
     from .blockwise import capture_block_inputs, decoder_layers, run_block
@@ -173,9 +174,13 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
     for p in params:
         p.requires_grad_(True)
 
+    def student_precision():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     def block_step():
-        out = run_block(layer, hidden, kwargs)
-        out.pow(2).mean().backward()
+        with student_precision():
+            out = run_block(layer, hidden, kwargs)
+        out.float().pow(2).mean().backward()
         for p in params:
             p.grad = None
 
@@ -196,9 +201,6 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
 
     teacher_s = []
     cast = TeacherWeightCast(teacher, torch.bfloat16) if bf16 else None
-
-    def student_precision():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def e2e_step():
         tick = time.perf_counter()

@@ -123,7 +123,8 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
     summary: dict = {"stages": list(plan.stages)}
     weight_format = weight_format_of(student)
     if "blockwise" in plan.stages:  # 0 steps: each block's scale fit alone
-        config = dataclasses.replace(plan.blockwise, steps=plan.blockwise_steps, batch_size=plan.batch_size)
+        config = dataclasses.replace(plan.blockwise, steps=plan.blockwise_steps, batch_size=plan.batch_size,
+                                     bf16=plan.blockwise.bf16 or plan.bf16)
         calib = calibration_blocks(data, plan.calibration, plan.seed)
         log(f"== block-wise reconstruction: {len(decoder_layers(student))} blocks x {config.steps} steps, "
             f"{calib.shape[0]} calibration sequences of {calib.shape[1]} tokens")
