@@ -35,9 +35,22 @@ def test_a_run_faster_than_planned_grows_to_its_deadline():
     cb = DeadlineCallback(deadline=100.0, count=count, max_steps=1000, clock=clock)
     state = _run(cb, clock, [5.0, 5.0, 2.5], planned=20)
     assert count.total == state.max_steps == state.global_step
-    # the first re-plan (at step 4) sees 2.5 s steps and 85 s left: 4 + 34 steps; the second (at step 10) agrees
-    assert [(s, round(p, 3), t) for s, p, t in cb.replans] == [(4, 2.5, 38), (10, 2.5, 38)]
+    # the first re-plan (at step 4) sees 2.5 s steps and 85 s left: 4 + 34 steps; the later ones (25 %, 50 %, 75 %,
+    # 90 % of 38) agree
+    assert [(s, round(p, 3), t) for s, p, t in cb.replans] == [(4, 2.5, 38), (10, 2.5, 38), (19, 2.5, 38),
+                                                               (29, 2.5, 38), (35, 2.5, 38)]
     assert clock.now <= 100.0 < clock.now + 2.5  # ends at the deadline, not a step later
+
+
+def test_a_run_whose_steps_slow_down_late_still_ends_at_its_deadline():
+    # 2.5 s steps until step 20, then 4 s: the plan of the early points (38 steps) would end at 127 s
+    clock, count = Clock(), StepCount(20)
+    cb = DeadlineCallback(deadline=100.0, count=count, max_steps=1000, clock=clock)
+    state = _run(cb, clock, [5.0, 5.0] + [2.5] * 18 + [4.0], planned=20)
+    assert clock.now <= 100.0 < clock.now + 4.0
+    assert state.global_step == count.total == 31
+    # each re-plan times the steps since the previous one: the 75 % point sees the slow steps
+    assert [(s, round(p, 2)) for s, p, _ in cb.replans][3:] == [(29, 3.85), (30, 4.0)]
 
 
 def test_a_slower_run_shrinks_and_the_count_stays_within_the_data():
