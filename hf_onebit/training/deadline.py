@@ -85,9 +85,7 @@ class DeadlineCallback(TrainerCallback):
         if not due or len(self._ends) < self.skip + 2:
             return control
         self._fractions = [f for f in self._fractions if f not in due]
-        timed = self._ends[self._window_start:]
-        if len(timed) < 2:  # two re-plan points on consecutive steps: time the last interval
-            timed = self._ends[-2:]
+        timed = self._ends[self._window_start:]  # >= 2 ends: re-plans are at least one step apart
         self._window_start = len(self._ends) - 1
         per_step = (timed[-1] - timed[0]) / (len(timed) - 1)
         fit = int(max(0.0, self.deadline - timed[-1]) // per_step) if per_step > 0 else self.max_steps
