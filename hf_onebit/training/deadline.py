@@ -54,10 +54,10 @@ def cosine_schedule(optimizer, warmup_steps: int, count: StepCount, min_lr_rate:
 class DeadlineCallback(TrainerCallback):
     """Re-size the run to end by ``deadline`` (a ``time.monotonic()`` value) from its own step times.
 
-    At each fraction in ``replan_at`` of the run's current step count (and not before ``skip + 2`` steps), the mean time of
-    the steps since the previous re-plan (for the first: the steps after the first ``skip + 1``, whose first interval
-    ends step ``skip + 2``) gives the steps that still fit; ``state.max_steps`` and ``count.total`` become ``done + fit``
-    (at most ``max_steps``; the run stops at once when nothing fits). Every re-plan is kept in :attr:`replans` as
+    At each fraction in ``replan_at`` of the run's current step count (and not before ``skip + 2`` steps), the mean
+    time of the steps since the previous re-plan (for the first: the steps after the first ``skip + 1``, whose first
+    interval ends step ``skip + 2``) gives the steps that still fit; ``state.max_steps`` and ``count.total`` become
+    ``done + fit`` (at most ``max_steps``; the run stops at once when nothing fits). Every re-plan is kept in :attr:`replans` as
     ``(step, seconds per step, new total)``; each change is logged. ``progress``: the Trainer's
     ``transformers.ProgressCallback``, whose progress bar then shows the new total.
     """
