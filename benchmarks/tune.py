@@ -40,6 +40,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--scale-lr", type=float, default=None)
     p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep the (tied) embedding / output matrix at the teacher's values instead of training it")
     p.add_argument("--override", default="{}", help="recipe fields as JSON, e.g. '{\"phases\": 10}'")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -61,6 +63,9 @@ def main(argv=None) -> None:
     tok = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    if args.freeze_embeddings:
+        student.get_input_embeddings().weight.requires_grad_(False)
+        student.get_output_embeddings().weight.requires_grad_(False)
     files = real_text_files()[:1] if args.text == "wiki" else real_text_files()
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
