@@ -6,8 +6,10 @@ step adds the teacher's forward, the KL and hidden-state terms. The two are time
 is shared, so only their ratio is meaningful); the median of ``--reps`` pairs is reported.
 
 ``--reference`` adds a third step, timed in the same rotation: the distillation step as it was before the fast paths
-(the KL through ``F.kl_div`` on float32 copies of the masked logits, and with ``--bf16`` the teacher left in float32
-outside autocast), so that the table shows what the chunked KL and the bf16 teacher save.
+(the KL through ``F.kl_div`` on float32 copies of the masked logits, the progressive binarizer on its PyTorch reference
+instead of the CPU kernel, and with ``--bf16`` the teacher left in float32 outside autocast), so that the table shows
+what the fast paths save. ``--reference-binarizer`` adds a fourth: the fast step with only the binarizer on its
+reference path.
 
     python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny] [--reference]
 """
@@ -50,12 +52,16 @@ def main(argv=None):
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--tiny", action="store_true", help="a small random LLaMA instead of SmolLM2 (for a quick check)")
     p.add_argument("--reference", action="store_true", help="also time the step without the fast paths")
+    p.add_argument("--reference-binarizer", action="store_true",
+                   help="also time the fast step with the binarizer on its reference path")
     args = p.parse_args(argv)
 
     from transformers import Trainer, TrainingArguments
 
     from hf_onebit.eval import format_table
     from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
+    from hf_onebit.training.binarizers import ProgressiveBinarizer
+    from hf_onebit.training.recipes import latent_layers
     from hf_onebit.training.teacher_cast import TeacherWeightCast
 
     student, teacher = build(args)
@@ -67,6 +73,8 @@ def main(argv=None):
     trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb],
                       optimizers=(onebit_optimizer(student), None))
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    # what Trainer.train does first: with bf16 this wraps the student's forward in autocast
+    student = trainer.accelerator.prepare_model(student)
     state = trainer.state
     state.max_steps = 10
     cb.on_train_begin(targs, state, trainer.control, model=student, optimizer=trainer.optimizer)
@@ -75,8 +83,12 @@ def main(argv=None):
     n_items = (batch["labels"][:, 1:] != -100).sum()
 
     fast_loss, reference_loss = cb.loss, DistillationLoss(chunked_kl=False)
+    binarizers = [m.binarizer for _, m in latent_layers(student) if isinstance(m.binarizer, ProgressiveBinarizer)]
+    assert binarizers, "the student has no progressive binarizer installed"
 
-    def step(distill: bool, reference: bool = False) -> float:
+    def step(distill: bool, reference: bool = False, reference_binarizer: bool = False) -> float:
+        for b in binarizers:
+            b.use_kernel = not (reference or reference_binarizer)
         cb._active = distill
         cb.loss = reference_loss if reference else fast_loss
         if args.bf16 and reference and cb._teacher_cast is not None:
@@ -92,12 +104,16 @@ def main(argv=None):
     step(True), step(False)  # warm-up
     if args.reference:
         step(True, reference=True)
-    plain, distill, old = [], [], []
+    if args.reference_binarizer:
+        step(True, reference_binarizer=True)
+    plain, distill, old, old_binarizer = [], [], [], []
     for _ in range(args.reps):
         plain.append(step(False))
         distill.append(step(True))
         if args.reference:
             old.append(step(True, reference=True))
+        if args.reference_binarizer:
+            old_binarizer.append(step(True, reference_binarizer=True))
     mp, md = statistics.median(plain), statistics.median(distill)
     tokens = args.batch_size * args.seq_len
     rows = [["plain fine-tuning (CE)", mp, tokens / mp, 1.0],
@@ -105,11 +121,16 @@ def main(argv=None):
     if args.reference:
         mo = statistics.median(old)
         rows.append(["distillation, reference path", mo, tokens / mo, mo / mp])
+    if args.reference_binarizer:
+        mb = statistics.median(old_binarizer)
+        rows.append(["distillation, reference binarizer", mb, tokens / mb, mb / mp])
     print(format_table(["step", "median s", "tokens / s", "x plain"], rows))
     print(f"\ndistillation / plain = {md / mp:.2f}x  (batch {args.batch_size} x {args.seq_len} tokens, "
           f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating rounds, forward+backward only)")
     if args.reference:
         print(f"reference path / fast path = {mo / md:.2f}x")
+    if args.reference_binarizer:
+        print(f"reference binarizer / fast path = {mb / md:.2f}x")
 
 
 if __name__ == "__main__":

@@ -187,11 +187,7 @@ class OneBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.post_layernorm else self.bias
         if self.is_latent:
-            dtype = x.dtype
-            w = self.binarizer(self.weight).to(dtype)
-            y = F.linear(x * self.scale_in.to(dtype), w) * self.scale_out.to(dtype)
-            if bias is not None:
-                y = y + bias.to(dtype)
+            y = self._latent_linear(x, bias)
         else:
             y = ops.packed_linear(
                 x, self.weight, self.scale_in, self.scale_out, bias, self.in_features, self.act_bits, self.backend,
@@ -202,6 +198,26 @@ class OneBitLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)
         return y
+
+    def _latent_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``((x * scale_in) @ binarizer(weight).T) * scale_out + bias``. A binarizer that offers
+        ``scaled_weight(weight, scale_in, scale_out, dtype)`` may return the weight with both scales folded in (one pass
+        over the weight instead of two over the activations and their gradients); None means it cannot. The folded
+        product comes out in the matmul's dtype (under autocast: autocast's, as from ``nn.Linear``), the unfolded one
+        in ``x``'s dtype or wider (the float32 ``scale_out``)."""
+        dtype = x.dtype
+        autocast = torch.is_autocast_enabled(x.device.type)
+        fold = getattr(self.binarizer, "scaled_weight", None)
+        if fold is not None:
+            matmul_dtype = torch.get_autocast_dtype(x.device.type) if autocast else dtype
+            w = fold(self.weight, self.scale_in, self.scale_out, matmul_dtype)
+            if w is not None:
+                return F.linear(x, w, None if bias is None else bias.to(w.dtype))
+        w = self.binarizer(self.weight)
+        if not autocast:  # (under autocast the matmul casts w itself)
+            w = w.to(dtype)
+        y = F.linear(x * self.scale_in.to(dtype), w) * self.scale_out.to(dtype)
+        return y if bias is None else y + bias.to(dtype)
 
     def extra_repr(self) -> str:
         form = "latent" if self.is_latent else "packed"

@@ -1,5 +1,7 @@
 """The distillation step's fast paths give the same numbers as the plain computation they replace."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,3 +126,153 @@ def test_bf16_training_runs_the_teacher_in_bf16_and_gives_it_back_in_float32(tea
     assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in teacher.named_parameters())
     assert teacher.lm_head.weight is teacher.model.embed_tokens.weight
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+def _latent_weight(rows, cols, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 3
+    w[2:8, 0] = torch.tensor([0.0, 1e-30, -1e-6, 40.0, -40.0, 0.3])  # zeros, tiny values, heavy tails
+    w[1] = 0.0  # an all-zero row: the row scale's floor
+    return w
+
+
+@pytest.mark.parametrize("t", [0.02, 0.32, 1.0, 7.5, 104.6])
+@pytest.mark.parametrize("cols", [1, 63, 577, 1536])
+def test_progressive_sign_kernel_matches_the_reference(t, cols):
+    """The CPU kernel's forward and backward equal progressive_sign(w, t, row_absmean(w)) and its autograd gradient
+    (float32: to a few ulp of the tanh; bfloat16 output: the reference rounded, at most one bf16 step apart)."""
+    from hf_onebit.ops.cpu import progressive as kernel
+    from hf_onebit.training.binarizers import progressive_sign, row_absmean
+
+    if not kernel.supports(torch.zeros(1, 1), torch.float32):
+        pytest.fail(f"the CPU kernel library did not load: {kernel.library()}")
+    w = _latent_weight(37, cols)
+    ref_w = w.clone().requires_grad_(True)
+    ref = progressive_sign(ref_w, t, row_absmean(ref_w))
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    ref.backward(grad)
+
+    out, row_scale = kernel.progressive_sign_forward(w, t, torch.float32)
+    torch.testing.assert_close(row_scale, row_absmean(w), rtol=2e-6, atol=0)
+    torch.testing.assert_close(out, ref.detach(), rtol=4e-6, atol=1e-7)
+    # the gradient's 1 - y^2 cancels where |y| is near 1, so both float32 paths are held to the exact float64 value
+    # within what a few ulp of y allow there
+    y64 = torch.tanh(w.double() * (t / row_scale.double()))
+    slope = t / math.tanh(t)
+    exact = grad.double() * (1 - y64 * y64) * slope
+    allowed = grad.double().abs() * slope * 4 * 2 ** -23 * 2 + exact.abs() * 1e-5 + 1e-30
+    for got in (kernel.progressive_sign_backward(w, row_scale, t, grad)[0], ref_w.grad):
+        assert ((got.double() - exact).abs() <= allowed).all()
+
+    out16, _ = kernel.progressive_sign_forward(w, t, torch.bfloat16)
+    assert out16.dtype == torch.bfloat16
+    ref16 = ref.detach().to(torch.bfloat16).float()
+    assert ((out16.float() - ref16).abs() <= ref16.abs() * 2 ** -7 + 1e-30).all()
+    grad16 = grad.to(torch.bfloat16)
+    exact16 = grad16.double() * (1 - y64 * y64) * slope
+    allowed16 = grad16.double().abs() * slope * 4 * 2 ** -23 * 2 + exact16.abs() * 1e-5 + 1e-30
+    assert ((kernel.progressive_sign_backward(w, row_scale, t, grad16)[0].double() - exact16).abs() <= allowed16).all()
+
+
+def test_progressive_sign_kernel_keeps_nan_and_refuses_bad_t():
+    from hf_onebit.ops.cpu import progressive as kernel
+
+    w = _latent_weight(9, 70)
+    w[3, 5] = float("nan")
+    out, _ = kernel.progressive_sign_forward(w, 2.0, torch.float32)
+    assert out[3].isnan().all() and out[torch.arange(9) != 3].isfinite().all()  # the NaN spreads through its row's scale only
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="t: got"):
+            kernel.progressive_sign_forward(w, bad, torch.float32)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_progressive_kernel_with_folded_scales_matches_the_reference(out_dtype):
+    """With the layer's scales folded in, the kernel's output and its gradients of W, scale_in and scale_out equal
+    autograd's through scale_out[:, None] * progressive_sign(W) * scale_in[None, :]."""
+    from hf_onebit.ops.cpu import progressive as kernel
+    from hf_onebit.training.binarizers import progressive_sign, row_absmean
+
+    gen = torch.Generator().manual_seed(3)
+    w = _latent_weight(70, 200)
+    g, h = torch.rand(200, generator=gen) + 0.5, torch.rand(70, generator=gen) + 0.5
+    grad = torch.randn(70, 200, generator=gen).to(out_dtype)
+    rw, rg, rh = (v.clone().requires_grad_(True) for v in (w, g, h))
+    ref = rh[:, None] * progressive_sign(rw, 2.0, row_absmean(rw)) * rg[None, :]
+    ref.backward(grad.float())
+
+    out, row_scale = kernel.progressive_sign_forward(w, 2.0, out_dtype, g, h)
+    if out_dtype == torch.float32:
+        torch.testing.assert_close(out, ref.detach(), rtol=4e-6, atol=1e-6)
+    else:
+        ref16 = ref.detach().to(torch.bfloat16).float()
+        assert ((out.float() - ref16).abs() <= ref16.abs() * 2 ** -7 + 1e-30).all()
+    grad_w, grad_g, grad_h = kernel.progressive_sign_backward(w, row_scale, 2.0, grad, g, h)
+    torch.testing.assert_close(grad_w, rw.grad, rtol=1e-4, atol=1e-5 * rw.grad.abs().max().item())
+    torch.testing.assert_close(grad_g, rg.grad, rtol=1e-4, atol=1e-5 * rg.grad.abs().max().item())
+    torch.testing.assert_close(grad_h, rh.grad, rtol=1e-4, atol=1e-5 * rh.grad.abs().max().item())
+    with pytest.raises(RuntimeError, match="invalid argument"):  # a scale without room for its gradient
+        kernel._call("onebit_progressive_sign_backward", kernel.active_isa(), 70, 200, w.data_ptr(),
+                     row_scale.data_ptr(), 2.0, math.tanh(2.0), g.data_ptr(), None, grad.data_ptr(),
+                     int(out_dtype == torch.bfloat16), grad_w.data_ptr(), None, None, 1)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_latent_layer_on_the_kernel_trains_like_the_reference(autocast):
+    """A progressive (dual-scaling) binary OneBitLinear gives the same output and the same gradients of its weight and
+    both scales whether its binarizer folds the scales in on the kernel or the layer runs the reference path."""
+    from hf_onebit.modules import OneBitLinear
+    from hf_onebit.training.binarizers import ProgressiveBinarizer, Temperature
+
+    torch.manual_seed(0)
+    layer = OneBitLinear(96, 48, bias=True, latent=True)
+    with torch.no_grad():
+        layer.weight.copy_(_latent_weight(48, 96))
+        layer.scale_in.uniform_(0.5, 1.5)
+        layer.scale_out.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    x = torch.randn(2, 5, 96)
+    results = []
+    for use_kernel in (True, False):
+        layer.binarizer = ProgressiveBinarizer(Temperature(3.0), use_kernel=use_kernel)
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if use_kernel:
+                folded = layer.binarizer.scaled_weight(layer.weight, layer.scale_in, layer.scale_out,
+                                                       torch.bfloat16 if autocast else torch.float32)
+                assert type(folded.grad_fn).__name__ == "_ProgressiveSignRowsBackward"
+            y = layer(x)
+        assert y.dtype == (torch.bfloat16 if autocast and use_kernel else torch.float32)
+        y.float().square().sum().backward()
+        results.append((y.detach().float(), *(p.grad.clone() for p in (layer.weight, layer.scale_in, layer.scale_out))))
+    (y_k, *grads_k), (y_r, *grads_r) = results
+    # bf16: the kernel rounds the folded weight and x once each, the reference x * g and the weight: one bf16 step
+    tol = dict(rtol=2e-2, atol=2e-2 * y_r.abs().max().item()) if autocast else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_k, y_r, **tol)
+    for got, want in zip(grads_k, grads_r):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, rtol=3e-2 if autocast else 1e-4, atol=(3e-2 if autocast else 1e-5) * scale)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_binarizer_takes_the_kernel_path_and_trains_like_the_reference_and_trains_like_the_reference(autocast):
+    """A progressive (dual-scaling) binary layer gives the same output and weight gradient whether its binarizer runs
+    on the kernel or the reference; under bf16 autocast the kernel hands the matmul bf16 weights directly."""
+    from hf_onebit.training.binarizers import ProgressiveBinarizer, Temperature, progressive_sign, row_absmean
+
+    torch.manual_seed(0)
+    w = _latent_weight(48, 96).requires_grad_(True)
+    x = torch.randn(5, 96)
+    binarizer = ProgressiveBinarizer(Temperature(3.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        wb = binarizer(w)
+        assert type(wb.grad_fn).__name__ == "_ProgressiveSignRowsBackward"
+        assert wb.dtype == (torch.bfloat16 if autocast else torch.float32)
+        y = F.linear(x, wb)
+        y.square().sum().backward()
+        grad_kernel, w.grad = w.grad.clone(), None
+        y_ref = F.linear(x, progressive_sign(w, 3.0, row_absmean(w)))
+        y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5 if not autocast else 0, atol=1e-5 if not autocast else 0)
+    # (where |y| is near 1 the two float32 gradients differ by a few ulp of y times the slope: tiny against the largest)
+    torch.testing.assert_close(grad_kernel, w.grad, rtol=1e-4, atol=1e-5 * w.grad.abs().max().item())

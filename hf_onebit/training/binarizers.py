@@ -63,6 +63,58 @@ class _ProgressiveSign(torch.autograd.Function):
         return grad * ((1 - y * y) * (t / math.tanh(t))), None, None
 
 
+class _ProgressiveSignRows(torch.autograd.Function):
+    """``scale_out[:, None] * progressive_sign(w, t, row_absmean(w)) * scale_in[None, :]`` on the CPU kernels
+    (``hf_onebit.ops.cpu.progressive``; a scale given as None is left out): the output comes in ``out_dtype`` and the
+    backward recomputes the tanh from ``w`` instead of keeping it."""
+
+    @staticmethod
+    def forward(ctx, w, scale_in, scale_out, t: float, out_dtype):
+        from ..ops.cpu.progressive import progressive_sign_forward
+
+        out, row_scale = progressive_sign_forward(w.detach(), t, out_dtype, _detached(scale_in), _detached(scale_out))
+        ctx.save_for_backward(w, row_scale, scale_in, scale_out)
+        ctx.t = t
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        from ..ops.cpu.progressive import progressive_sign_backward
+
+        w, row_scale, scale_in, scale_out = ctx.saved_tensors
+        grads = progressive_sign_backward(w.detach(), row_scale, ctx.t, grad, _detached(scale_in),
+                                          _detached(scale_out))
+        return (*grads, None, None)
+
+
+def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()
+
+
+def matmul_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer will multiply ``weight`` in: autocast's where it is on, else the weight's own."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def progressive_sign_absmean(w: torch.Tensor, t: float, use_kernel: bool = True) -> torch.Tensor:
+    """``progressive_sign(w, t, row_absmean(w))``: on the CPU kernels where they take ``w`` (then in the dtype of the
+    matmul that follows, see :func:`matmul_dtype`) unless ``use_kernel`` is False, else on the reference path."""
+    if math.isinf(t):
+        return hard_sign(w) * row_absmean(w)
+    if not t > 0:
+        raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
+    out_dtype = matmul_dtype(w)
+    if use_kernel and w.is_cpu:
+        from ..ops.cpu.progressive import supports
+
+        if supports(w, out_dtype):
+            return _ProgressiveSignRows.apply(w, None, None, float(t), out_dtype)
+    return progressive_sign(w, t, row_absmean(w))
+
+
 def progressive_sign(w: torch.Tensor, t: float, row_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``F(w, t) = tanh(t w) / tanh(t)`` applied to ``w / row_scale`` and scaled back (forward and exact backward).
 
@@ -132,7 +184,9 @@ class ProgressiveBinarizer:
     """Consistent progressive binarizer (Tu et al. 2025) with optional dual-scaling compensation.
 
     With ``dual_scaling`` the effective weight is ``S_a * F(W / S_a, t)`` where ``S_a`` is the row's mean absolute
-    latent weight, recomputed at every call; the learnable per-row ``S_l`` is the layer's ``scale_out``.
+    latent weight, recomputed at every call; the learnable per-row ``S_l`` is the layer's ``scale_out``. Binary layers
+    compute it on the CPU kernels where they apply (:func:`progressive_sign_absmean`; ``use_kernel=False`` keeps the
+    reference path, e.g. to time the difference).
 
     Ternary layers use ``c * G(W / S_a, t)`` instead, with ``c`` the least-squares row scale of the current soft step
     (:func:`least_squares_row_scale`): ``c = S_a`` at ``t -> 0`` (the identity, as for binary) and the mean ``|w|`` of
@@ -143,8 +197,10 @@ class ProgressiveBinarizer:
 
     kind = "progressive"
 
-    def __init__(self, temperature: Temperature, dual_scaling: bool = True, weight_format: str = "binary"):
+    def __init__(self, temperature: Temperature, dual_scaling: bool = True, weight_format: str = "binary",
+                 use_kernel: bool = True):
         self.temperature = temperature
+        self.use_kernel = use_kernel
         self.dual_scaling = dual_scaling
         self.format = get_format(weight_format)
         self.weight_format = self.format.name
@@ -158,12 +214,29 @@ class ProgressiveBinarizer:
             return least_squares_row_scale(weight, self.format.hard(weight))
         return row_absmean(weight)
 
+    def scaled_weight(self, weight: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor,
+                      dtype: torch.dtype) -> torch.Tensor | None:
+        """``scale_out[:, None] * self(weight) * scale_in[None, :]`` in ``dtype`` (the matmul's) from one kernel pass,
+        or None where the kernels do not apply (ternary, no dual scaling, ``t = inf``, not CPU float32, or
+        ``use_kernel=False``): then the layer scales its input and output itself."""
+        t = self.temperature.t
+        if (not self.use_kernel or self.format.is_ternary or not self.dual_scaling or math.isinf(t) or not t > 0
+                or not weight.is_cpu):
+            return None
+        from ..ops.cpu.progressive import supports
+
+        if not supports(weight, dtype, scale_in, scale_out):
+            return None
+        return _ProgressiveSignRows.apply(weight, scale_in, scale_out, float(t), dtype)
+
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         if self.format.is_ternary and self.dual_scaling:
             s = row_absmean(weight)
             g = progressive_ternary(weight, self.temperature.t, s) / s  # G(W / S_a, t), exact gradient
             return g * least_squares_row_scale(weight, g)
-        return self._fn(weight, self.temperature.t, self.row_scale(weight))
+        if self.dual_scaling:
+            return progressive_sign_absmean(weight, self.temperature.t, self.use_kernel)
+        return self._fn(weight, self.temperature.t, None)
 
     def __repr__(self) -> str:
         return (f"ProgressiveBinarizer({self.temperature!r}, dual_scaling={self.dual_scaling}, "

@@ -38,6 +38,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.onebit_ternary_to_t5.restype = c_int
     lib.onebit_ternary_t5_row_bytes.argtypes = [i64]
     lib.onebit_ternary_t5_row_bytes.restype = i64
+    f32 = ctypes.c_float
+    # isa, N, K, w, t, tanh_t, g, h, out, out_bf16, row_scale, nthreads
+    lib.onebit_progressive_sign_forward.argtypes = [c_int, i64, i64, vp, f32, f32, vp, vp, vp, c_int, vp, c_int]
+    lib.onebit_progressive_sign_forward.restype = c_int
+    # isa, N, K, w, row_scale, t, tanh_t, g, h, grad, grad_bf16, grad_w, grad_g, grad_h, nthreads
+    lib.onebit_progressive_sign_backward.argtypes = [c_int, i64, i64, vp, vp, f32, f32, vp, vp, vp, c_int, vp, vp, vp,
+                                                     c_int]
+    lib.onebit_progressive_sign_backward.restype = c_int
     for name in ("onebit_isa_supported", "onebit_ternary_t5_supported"):
         getattr(lib, name).argtypes = [ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int

@@ -125,8 +125,8 @@ def _compile_all(workdir: Path) -> Path:
         objects.extend(unit)
         defines.append(f"-D{define}")
     out = workdir / LIBRARY_NAME
-    driver = ["pool.c", "onebit.c"]
-    link = ["-shared", "onebit.o", "pool.o", *objects, "-o", LIBRARY_NAME, "-lm"]
+    driver = ["pool.c", "onebit.c", "train.c"]
+    link = ["-shared", "onebit.o", "pool.o", "train.o", *objects, "-o", LIBRARY_NAME, "-lm"]
     try:
         if not use_openmp():
             raise BuildError("OpenMP disabled by HF_ONEBIT_CPU_OPENMP=0")

@@ -6,6 +6,7 @@
 #include "avx2_reduce.h"
 #include "kernels_common.h"
 #include "prepare.h"
+#include "progressive.h"
 
 static uint32_t byte_masks[256][8] __attribute__((aligned(32)));
 static volatile int byte_masks_ready;
@@ -93,4 +94,5 @@ void onebit_kernels_avx2(onebit_kernels *k) {
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
     ONEBIT_SET_PREPARE(k);
+    ONEBIT_SET_PROGRESSIVE(k);
 }

@@ -12,6 +12,7 @@
 
 #include "kernels_common.h"
 #include "prepare.h"
+#include "progressive.h"
 
 /* Software prefetch distances along the weight stream, in bytes. The rows of a block are contiguous, so the bytes
  * ahead of the current word belong to rows a few groups ahead. Without prefetching one thread streams ~4 GB/s from
@@ -430,4 +431,5 @@ void onebit_kernels_avx512(onebit_kernels *k) {
     k->rows_i8 = rows_i8;
     k->rows_i8_planes = rows_i8_planes;
     ONEBIT_SET_PREPARE(k);
+    ONEBIT_SET_PROGRESSIVE(k);
 }

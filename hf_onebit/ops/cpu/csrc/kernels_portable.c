@@ -1,6 +1,7 @@
 /* Portable C row kernels (any CPU; the compiler may auto-vectorise the 8-wide inner loops). */
 #include "kernels_common.h"
 #include "prepare.h"
+#include "progressive.h"
 
 ONEBIT_INLINE void row_f32(const int mr, const float *x, int64_t ldx, const uint8_t *row, int64_t kbytes, float *out,
                            int64_t ldo) {
@@ -43,4 +44,5 @@ void onebit_kernels_portable(onebit_kernels *k) {
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
     ONEBIT_SET_PREPARE(k);
+    ONEBIT_SET_PROGRESSIVE(k);
 }

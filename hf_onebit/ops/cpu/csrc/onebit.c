@@ -110,7 +110,7 @@ int onebit_best_isa(void) {
     return ONEBIT_ISA_PORTABLE;
 }
 
-static int get_kernels(int isa, onebit_kernels *k) {
+int onebit_get_kernels(int isa, onebit_kernels *k) {
     if (!onebit_isa_supported(isa)) return -2;
     switch (isa) {
 #ifdef ONEBIT_HAVE_AVX2
@@ -142,7 +142,7 @@ static onebit_rows_i8_fn t5_kernel(int isa) {
 
 int onebit_ternary_t5_supported(int isa) { return onebit_isa_supported(isa) && t5_kernel(isa) != NULL; }
 
-/* The ternary row kernels of an ISA (get_kernels has checked that the ISA is supported). */
+/* The ternary row kernels of an ISA (onebit_get_kernels has checked that the ISA is supported). */
 static void get_ternary_kernels(int isa, onebit_ternary_kernels *t) {
     switch (isa) {
 #ifdef ONEBIT_HAVE_AVX2
@@ -442,7 +442,7 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
     onebit_kernels kern;
     onebit_ternary_kernels tern;
     memset(&kern, 0, sizeof kern); /* optional entries stay NULL */
-    if (get_kernels(isa, &kern) != 0) return -2;
+    if (onebit_get_kernels(isa, &kern) != 0) return -2;
     if (ternary) get_ternary_kernels(isa, &tern);
     if (nthreads < 1) nthreads = 1;
     /* Small calls run on one thread: waking a team costs more than it saves below ~ONEBIT_MIN_WORK bytes each. */

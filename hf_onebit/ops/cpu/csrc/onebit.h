@@ -72,6 +72,12 @@ typedef struct {
     void (*quantize_row)(const float *xs, int64_t K, int64_t kpad, int8_t *q, float *scale, int64_t *qsum);
     double (*row_sum)(const float *xs, int64_t kpad);
     void (*split_bf16)(float *x, int64_t kpad, int parts, uint16_t *out, int64_t stride);
+    /* training: the progressive sign of rows [n0, n1) of a float32 (N, K) latent weight (progressive.h) */
+    void (*progressive_fwd_rows)(const float *w, int64_t K, int64_t n0, int64_t n1, float t, float tanh_t,
+                                 const float *g, const float *h, void *out, int out_bf16, float *row_scale);
+    void (*progressive_bwd_rows)(const float *w, const float *row_scale, int64_t K, int64_t n0, int64_t n1, float t,
+                                 float tanh_t, float slope, const float *g, const float *h, const void *grad,
+                                 int grad_bf16, float *grad_w, float *grad_g, float *grad_h);
 } onebit_kernels;
 
 /* Plane order of an int8 activation row (in place; scratch: 512 bytes): within each of the row's `blocks` whole
@@ -121,6 +127,23 @@ int onebit_isa_count(void);
 int onebit_linear(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_kind, int64_t ldx, const float *g,
                   const uint8_t *w, int64_t kbytes, const float *h, const float *bias, void *y, int y_bf16, int64_t ldy,
                   int act_bits, int nthreads);
+
+/* Training (progressive.h, train.c): the latent weight of a progressive layer with its scales folded in,
+ * out = h[:, None] * b * g[None, :], b = s * tanh(W t / s) / tanh(t), s = the row's mean |W| (at least 1e-8), for a
+ * float32 (N, K) latent weight W, g (K,) and h (N,) float32 or NULL (ones).
+ *   forward: out (N, K) float32 or (out_bf16 = 1) bfloat16; row_scale (N,) float32 receives s.
+ *   backward: grad = d loss / d out (N, K), float32 or (grad_bf16 = 1) bfloat16; writes grad_w (N, K), grad_g (K,)
+ *   when g and grad_h (N,) when h, all float32 (s held constant).
+ * Returns 0, or -1 bad argument, -2 ISA not available, -3 out of memory. */
+int onebit_progressive_sign_forward(int isa, int64_t N, int64_t K, const float *w, float t, float tanh_t,
+                                    const float *g, const float *h, void *out, int out_bf16, float *row_scale,
+                                    int nthreads);
+int onebit_progressive_sign_backward(int isa, int64_t N, int64_t K, const float *w, const float *row_scale, float t,
+                                     float tanh_t, const float *g, const float *h, const void *grad, int grad_bf16,
+                                     float *grad_w, float *grad_g, float *grad_h, int nthreads);
+
+/* The row kernels of a supported ISA (0), or -2 (onebit.c; for the other driver files). */
+int onebit_get_kernels(int isa, onebit_kernels *k);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,79 @@
+"""The latent weight of a progressive binary layer on the CPU kernel library (csrc/progressive.h): one pass per row.
+
+``h[:, None] * progressive_sign(W, t, row_absmean(W)) * g[None, :]`` (:mod:`hf_onebit.training.binarizers`, with
+``g``/``h`` the layer's ``scale_in``/``scale_out``) is the specification; these functions compute the same values up to
+a few float32 ulp of the tanh, write the output directly in the dtype autocast would cast it to, and recompute the tanh
+in the backward instead of storing it. Callers check :func:`supports` first and use the reference path otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .binding import active_isa, library
+
+_OUT_DTYPES = (torch.float32, torch.bfloat16)
+_ERRORS = {-1: "invalid argument", -2: "ISA variant not available", -3: "out of memory"}
+
+
+def _is_f32_vector(t: torch.Tensor | None, size: int) -> bool:
+    return t is None or (t.is_cpu and t.dtype == torch.float32 and t.dim() == 1 and t.shape[0] == size
+                         and t.is_contiguous())
+
+
+def supports(weight: torch.Tensor, out_dtype: torch.dtype, scale_in: torch.Tensor | None = None,
+             scale_out: torch.Tensor | None = None) -> bool:
+    """Whether the kernels take this layer: CPU, a float32 2-D contiguous weight, float32 scale vectors of its sizes
+    (or None), a float32 or bfloat16 output, the library loaded."""
+    return (weight.is_cpu and weight.dtype == torch.float32 and weight.dim() == 2 and weight.is_contiguous()
+            and weight.numel() > 0 and out_dtype in _OUT_DTYPES and _is_f32_vector(scale_in, weight.shape[1])
+            and _is_f32_vector(scale_out, weight.shape[0]) and library() is not None)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _call(name: str, *args) -> None:
+    rc = getattr(library(), name)(*args)
+    if rc != 0:
+        raise RuntimeError(f"hf_onebit: {name} failed ({_ERRORS.get(rc, rc)})")
+
+
+def _check_t(t: float) -> None:
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"t: got {t}; allowed: a finite number > 0")
+
+
+def progressive_sign_forward(weight: torch.Tensor, t: float, out_dtype: torch.dtype,
+                             scale_in: torch.Tensor | None = None, scale_out: torch.Tensor | None = None):
+    """``(scale_out[:, None] * s * tanh(W t / s) / tanh(t) * scale_in[None, :]`` as ``out_dtype``, ``s``) with ``s``
+    the ``(N, 1)`` row absmean of ``W`` (at least 1e-8); a scale given as None counts as ones."""
+    _check_t(t)
+    n, k = weight.shape
+    out = torch.empty((n, k), dtype=out_dtype)
+    row_scale = torch.empty((n, 1), dtype=torch.float32)
+    _call("onebit_progressive_sign_forward", active_isa(), n, k, weight.data_ptr(), t, math.tanh(t), _ptr(scale_in),
+          _ptr(scale_out), out.data_ptr(), int(out_dtype == torch.bfloat16), row_scale.data_ptr(),
+          torch.get_num_threads())
+    return out, row_scale
+
+
+def progressive_sign_backward(weight: torch.Tensor, row_scale: torch.Tensor, t: float, grad: torch.Tensor,
+                              scale_in: torch.Tensor | None = None, scale_out: torch.Tensor | None = None):
+    """The gradients ``(of W, of scale_in or None, of scale_out or None)``, float32, of the forward above given
+    ``grad`` (float32 or bfloat16) for its output, ``s`` held constant."""
+    _check_t(t)
+    grad = grad.contiguous()
+    if grad.dtype not in _OUT_DTYPES:
+        grad = grad.float()
+    n, k = weight.shape
+    grad_w = torch.empty((n, k), dtype=torch.float32)
+    grad_in = None if scale_in is None else torch.empty(k, dtype=torch.float32)
+    grad_out = None if scale_out is None else torch.empty(n, dtype=torch.float32)
+    _call("onebit_progressive_sign_backward", active_isa(), n, k, weight.data_ptr(), row_scale.data_ptr(), t,
+          math.tanh(t), _ptr(scale_in), _ptr(scale_out), grad.data_ptr(), int(grad.dtype == torch.bfloat16),
+          grad_w.data_ptr(), _ptr(grad_in), _ptr(grad_out), torch.get_num_threads())
+    return grad_w, grad_in, grad_out
