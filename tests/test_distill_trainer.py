@@ -162,3 +162,30 @@ def test_callback_refuses_a_packed_student(teacher_dir):
     cb = OneBitDistillationCallback(teacher)
     with pytest.raises(ValueError, match="training=True"):
         cb.prepare(packed)
+
+
+def _flushes_denormals() -> bool:
+    return float(torch.tensor([1e-30]) * torch.tensor([1e-10])) == 0.0  # 1e-40 is a float32 denormal
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_denormals_flush_to_zero_during_training_only(teacher_dir, tmp_path, flush):
+    """The callback turns flush-to-zero on for the run (the optimizer is ~10x slower on denormal moments) and off at
+    the end; flush_denormals=False leaves the float behaviour alone."""
+    student, teacher = load_pair(teacher_dir)
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(_flushes_denormals())
+
+    supported = torch.set_flush_denormal(True)  # (x86 with SSE3; elsewhere the call returns False and does nothing)
+    torch.set_flush_denormal(False)
+    assert not _flushes_denormals()
+    cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=1, plot=False, flush_denormals=flush)
+    Trainer(model=student, args=train_args(str(tmp_path), 3), train_dataset=token_data(),
+            callbacks=[cb, Probe()], optimizers=(onebit_optimizer(student), None)).train()
+    assert seen == [flush and supported] * 3
+    assert not _flushes_denormals()
+    with pytest.raises(ValueError, match="flush_denormals: got 'yes'"):
+        OneBitDistillationCallback(teacher, flush_denormals="yes")

@@ -66,13 +66,18 @@ class OneBitDistillationCallback(TrainerCallback):
             linear weights run from bf16 copies made once per run (swapped in for each teacher forward only, so the
             teacher keeps its float32 weights between steps and after an error). False runs
             the teacher in its own dtype (the forward hook runs outside the Trainer's autocast).
+        flush_denormals: flush denormal floats to zero on the CPU from the start of training to its end
+            (``torch.set_flush_denormal``; off again afterwards). Late in a progressive run the tanh of many latent
+            weights saturates, their gradients underflow, and arithmetic on denormal values (the optimizer's second
+            moments first: AdamW is ~10x slower on them) slows every step.
         **recipe_overrides: fields of the recipe or its schedule (``phases``, ``init_steps``, ``dual_scaling``, ...).
     """
 
     def __init__(self, teacher: torch.nn.Module, recipe: "str | Recipe | None" = None, loss: DistillationLoss | None = None, *,
                  adaptive_clip: bool = True, clip_multiplier: float = 2.0, clip_initial: float = 1.0,
                  final_weight_decay: float | None = 0.0, track_sign_flips: bool = True, plot: bool = True,
-                 cast_teacher: bool = True, targets: TargetBlocks | None = None, **recipe_overrides: object):
+                 cast_teacher: bool = True, targets: TargetBlocks | None = None, flush_denormals: bool = True,
+                 **recipe_overrides: object):
         if teacher is None or not isinstance(teacher, torch.nn.Module):
             raise ValueError(f"teacher: got {type(teacher).__name__}; allowed: a torch.nn.Module (the float model)")
         if targets is not None and not isinstance(targets, TargetBlocks):
@@ -98,6 +103,9 @@ class OneBitDistillationCallback(TrainerCallback):
         self.track_sign_flips = track_sign_flips
         self.plot = plot
         self.cast_teacher = cast_teacher
+        if not isinstance(flush_denormals, bool):
+            raise ValueError(f"flush_denormals: got {flush_denormals!r}; allowed: True or False")
+        self.flush_denormals = flush_denormals
         self._tie_handle = None  # keeps tied input scales tied after each optimizer step (hf_onebit.tying)
         self._teacher_cast: TeacherWeightCast | None = None
         self.temperature: Temperature | None = None
@@ -128,6 +136,8 @@ class OneBitDistillationCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.prepare(model)
         self.recipe.schedule.check_total(state.max_steps) if self.recipe.progressive else None
+        if self.flush_denormals:
+            torch.set_flush_denormal(True)  # (False where the CPU cannot: then nothing changes)
         device = next(model.parameters()).device
         self.teacher.to(device)
         # fresh copies per run: a run that raised leaves its copies behind, possibly for another device or precision
@@ -216,6 +226,8 @@ class OneBitDistillationCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._active = False
+        if self.flush_denormals:
+            torch.set_flush_denormal(False)
         self._remove_hooks()
         if self._tie_handle is not None:
             self._tie_handle.remove()
