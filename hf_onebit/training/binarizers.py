@@ -100,14 +100,19 @@ def matmul_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def progressive_sign_absmean(w: torch.Tensor, t: float, use_kernel: bool = True) -> torch.Tensor:
-    """``progressive_sign(w, t, row_absmean(w))``: on the CPU kernels where they take ``w`` (then in the dtype of the
-    matmul that follows, see :func:`matmul_dtype`) unless ``use_kernel`` is False, else on the reference path."""
+    """``progressive_sign(w, t, row_absmean(w))``: on the CPU kernels where they take ``w`` and the matmul that follows
+    runs in float32 (:func:`matmul_dtype`), unless ``use_kernel`` is False; else on the reference path.
+
+    Under bf16 autocast the kernel computing the binarizer alone was no faster than PyTorch in a whole run (328 vs
+    322 s for 100 steps of SmolLM2-135M, Intel Xeon AMX) and two 10-minute runs on kernel paths ended further from the
+    teacher than the PyTorch path (held-out test 459.7 and 502.0 against 388.0; docs/benchmarks.md), so bf16 training
+    keeps the PyTorch path."""
     if math.isinf(t):
         return hard_sign(w) * row_absmean(w)
     if not t > 0:
         raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
     out_dtype = matmul_dtype(w)
-    if use_kernel and w.is_cpu:
+    if use_kernel and w.is_cpu and out_dtype == torch.float32:  # (under bf16: no faster than PyTorch, see below)
         from ..ops.cpu.progressive import supports
 
         if supports(w, out_dtype):
@@ -218,10 +223,15 @@ class ProgressiveBinarizer:
                       dtype: torch.dtype) -> torch.Tensor | None:
         """``scale_out[:, None] * self(weight) * scale_in[None, :]`` in ``dtype`` (the matmul's) from one kernel pass,
         or None where the kernels do not apply (ternary, no dual scaling, ``t = inf``, not CPU float32, or
-        ``use_kernel=False``): then the layer scales its input and output itself."""
+        ``use_kernel=False``) or ``dtype`` is not float32: then the layer scales its input and output itself.
+
+        Folded into a bf16 weight, the scales' gradients come from the bf16 weight gradient of the matmul (each entry
+        rounded before the sums over rows and columns): trained that way SmolLM2-135M ended 1.29x further from the
+        teacher (held-out test perplexity 502.0 against 388.0 for 10 minutes of distillation, Intel Xeon AMX), so
+        the fold is for float32 training only."""
         t = self.temperature.t
         if (not self.use_kernel or self.format.is_ternary or not self.dual_scaling or math.isinf(t) or not t > 0
-                or not weight.is_cpu):
+                or not weight.is_cpu or dtype != torch.float32):
             return None
         from ..ops.cpu.progressive import supports
 
