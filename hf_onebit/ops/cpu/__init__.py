@@ -17,7 +17,8 @@ from ...packing import packed_columns
 from . import t5
 from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
-from .binding import ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa, supported_isas
+from .binding import (ERRORS, ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa,
+                      supported_isas)
 
 __all__ = [
     "ISA_ENV",
@@ -35,7 +36,6 @@ _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # onebit.h ONEBIT_X_*: float32, bfloat16 (read natively), float32 holding float16 values.
 _X_KIND = {torch.float32: 0, torch.bfloat16: 1}
 _X_F16 = 2
-_ERRORS = {-1: "invalid argument", -2: "ISA variant not available", -3: "out of memory"}
 
 
 def is_available() -> bool:
@@ -147,7 +147,7 @@ def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(
-            f"hf_onebit CPU kernel failed: {_ERRORS.get(rc, rc)} (M={M}, K={plan.K}, N={plan.N}, "
+            f"hf_onebit CPU kernel failed: {ERRORS.get(rc, rc)} (M={M}, K={plan.K}, N={plan.N}, "
             f"act_bits={plan.act_bits}, weight_format={plan.weight_format})"
         )
     return y

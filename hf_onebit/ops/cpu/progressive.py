@@ -12,10 +12,9 @@ import math
 
 import torch
 
-from .binding import active_isa, library
+from .binding import ERRORS, active_isa, library
 
 _OUT_DTYPES = (torch.float32, torch.bfloat16)
-_ERRORS = {-1: "invalid argument", -2: "ISA variant not available", -3: "out of memory"}
 
 
 def _is_f32_vector(t: torch.Tensor | None, size: int) -> bool:
@@ -39,7 +38,7 @@ def _ptr(t: torch.Tensor | None):
 def _call(name: str, *args) -> None:
     rc = getattr(library(), name)(*args)
     if rc != 0:
-        raise RuntimeError(f"hf_onebit: {name} failed ({_ERRORS.get(rc, rc)})")
+        raise RuntimeError(f"hf_onebit: {name} failed ({ERRORS.get(rc, rc)})")
 
 
 def _check_t(t: float) -> None:
