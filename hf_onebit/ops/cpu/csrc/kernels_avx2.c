@@ -87,7 +87,7 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
     }
 }
 
-/* ---- int8 path by bit planes, for few activation rows (M <= ONEBIT_PLANES_MAX_M) ----
+/* ---- int8 path by bit planes (every int8 call with binary weights) ----
  * Each 64-byte block of a row (512 inputs) is used as it is: the two 32-byte halves, shifted right by s and ANDed
  * with 1, hold bit s of each byte in {0, 1}; the driver stores such activation rows in plane order
  * (onebit_order_planes: position 64 s + i of a block holds input 8 i + s), so each result meets its 32 activations in
@@ -100,14 +100,15 @@ ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint
 ONEBIT_INLINE void planes_row(const int mr, const int8_t *q, int64_t ldq, const uint8_t *row, int64_t kbytes,
                               int32_t *out, int64_t ldo) {
     const __m256i one8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    __m256i acc[ONEBIT_PLANES_MAX_M];
+    const int chains = mr <= 2 ? 2 : 1; /* int16 sums per row: two hide the add latency when few rows */
+    __m256i acc[ONEBIT_MR];
     for (int m = 0; m < mr; ++m) acc[m] = _mm256_setzero_si256();
     const int64_t blocks = kbytes / 64;
     for (int64_t b = 0; b < blocks; ++b) {
         _mm_prefetch((const char *)row + b * 64 + PLANE_PREFETCH, _MM_HINT_T0);
         const __m256i lo = _mm256_loadu_si256((const __m256i *)(row + b * 64));
         const __m256i hi = _mm256_loadu_si256((const __m256i *)(row + b * 64 + 32));
-        __m256i s16[ONEBIT_PLANES_MAX_M][2];
+        __m256i s16[ONEBIT_MR][2];
         for (int m = 0; m < mr; ++m) s16[m][0] = s16[m][1] = _mm256_setzero_si256();
         for (int s = 0; s < 8; ++s) {
             const __m256i cl = _mm256_and_si256(s ? _mm256_srli_epi16(lo, s) : lo, one8);
@@ -115,12 +116,13 @@ ONEBIT_INLINE void planes_row(const int mr, const int8_t *q, int64_t ldq, const 
             for (int m = 0; m < mr; ++m) {
                 const int8_t *x = q + m * ldq + b * 512 + 64 * s;
                 s16[m][0] = _mm256_add_epi16(s16[m][0], _mm256_maddubs_epi16(cl, _mm256_loadu_si256((const __m256i *)x)));
-                s16[m][1] = _mm256_add_epi16(s16[m][1],
+                s16[m][chains - 1] = _mm256_add_epi16(s16[m][chains - 1],
                                              _mm256_maddubs_epi16(ch, _mm256_loadu_si256((const __m256i *)(x + 32))));
             }
         }
         for (int m = 0; m < mr; ++m)
-            acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_add_epi16(s16[m][0], s16[m][1]), ones16));
+            acc[m] = _mm256_add_epi32(
+                acc[m], _mm256_madd_epi16(chains == 2 ? _mm256_add_epi16(s16[m][0], s16[m][1]) : s16[m][0], ones16));
     }
     const int64_t nwords = (kbytes + 3) / 4, full = kbytes / 4;
     for (int64_t wi = blocks * 16; wi < nwords; ++wi) { /* natural order after the last whole block */
@@ -139,16 +141,7 @@ ONEBIT_INLINE void planes_row(const int mr, const int8_t *q, int64_t ldq, const 
     for (int m = 0; m < mr; ++m) out[m * ldo] = hsum256_epi32(acc[m]);
 }
 
-static void rows_i8_planes(const int8_t *q, int64_t ldq, int mr, const uint8_t *w, int64_t kbytes, int64_t n0,
-                           int64_t n1, int32_t *out, int64_t ldo) {
-    switch (mr) {
-    case 1: for (int64_t n = n0; n < n1; ++n) planes_row(1, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 2: for (int64_t n = n0; n < n1; ++n) planes_row(2, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    case 3: for (int64_t n = n0; n < n1; ++n) planes_row(3, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    default: for (int64_t n = n0; n < n1; ++n) planes_row(4, q, ldq, w + n * kbytes, kbytes, out + (n - n0), ldo); break;
-    }
-}
-
+ONEBIT_DEFINE_ROWS(rows_i8_planes, planes_row, int8_t, int32_t)
 ONEBIT_DEFINE_ROWS(rows_f32, row_f32, float, float)
 ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
 
@@ -157,6 +150,7 @@ void onebit_kernels_avx2(onebit_kernels *k) {
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
     k->rows_i8_planes = rows_i8_planes;
+    k->planes_max_m = INT64_MAX;
     ONEBIT_SET_PREPARE(k);
     ONEBIT_SET_PROGRESSIVE(k);
 }

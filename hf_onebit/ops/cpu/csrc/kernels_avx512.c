@@ -430,6 +430,7 @@ void onebit_kernels_avx512(onebit_kernels *k) {
     k->rows_f32 = rows_f32;
     k->rows_i8 = rows_i8;
     k->rows_i8_planes = rows_i8_planes;
+    k->planes_max_m = ONEBIT_PLANES_MAX_M;
     ONEBIT_SET_PREPARE(k);
     ONEBIT_SET_PROGRESSIVE(k);
 }

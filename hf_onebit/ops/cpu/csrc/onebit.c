@@ -476,8 +476,8 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
         j.parts = act_bits == 8 ? 1 : (x_kind == ONEBIT_X_BF16 ? 1 : (x_kind == ONEBIT_X_F16 ? 2 : 3));
     } else {
         j.mode = act_bits == 8 ? MODE_ROWS_I8 : MODE_ROWS_F32;
-        /* decode and a few rows: one group of rows (M <= ONEBIT_MR), binary weights */
-        if (j.mode == MODE_ROWS_I8 && !ternary && M <= ONEBIT_PLANES_MAX_M && kern.rows_i8_planes) {
+        /* binary weights, activation rows in plane order where the ISA's plane kernel serves this many rows */
+        if (j.mode == MODE_ROWS_I8 && !ternary && M <= kern.planes_max_m && kern.rows_i8_planes) {
             j.planes = 1;
             j.rows_i8 = kern.rows_i8_planes;
         }

@@ -57,15 +57,16 @@ typedef void (*onebit_rows_f32_fn)(const float *x, int64_t ldx, int mr, const ui
 typedef void (*onebit_rows_i8_fn)(const int8_t *q, int64_t ldq, int mr, const uint8_t *w, int64_t kbytes, int64_t n0,
                                   int64_t n1, int32_t *out, int64_t ldo);
 
-/* Activation rows up to which an int8 call may use rows_i8_planes. */
+/* Activation rows up to which the AVX-512 int8 calls use their rows_i8_planes (kernels_avx512.c). */
 #define ONEBIT_PLANES_MAX_M 4
 
 typedef struct {
     onebit_rows_f32_fn rows_f32;
     onebit_rows_i8_fn rows_i8;
-    /* Optional (NULL where the ISA has none): rows_i8 for mr <= ONEBIT_PLANES_MAX_M on activation rows in plane order
-     * (onebit_order_planes). */
+    /* Optional (NULL where the ISA has none): rows_i8 on activation rows in plane order (onebit_order_planes), used by
+     * int8 calls of at most planes_max_m activation rows (mr <= min(planes_max_m, ONEBIT_MR) per call). */
     onebit_rows_i8_fn rows_i8_planes;
+    int64_t planes_max_m;
     /* activation preparation (prepare.h, compiled per ISA) */
     /* x * g as float32, zero padded; x is float32 or (bf16 != 0) bfloat16 */
     void (*scale_row)(const void *x, int bf16, const float *g, int64_t K, int64_t kpad, float *out);
