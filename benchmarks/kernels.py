@@ -198,6 +198,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
 
     if weight_format == "ternary":
         return {
+            "dense fp32": lambda: dense(torch.float32, x32),
             "dense bf16": lambda: dense(torch.bfloat16, xbf),
             "dense bf16 2M": lambda: dense(torch.bfloat16, xbf, huge_pages=True),
             "reference bf16": lambda: packed(xbf, 0, "reference", max_copies=4),
@@ -262,7 +263,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
         f"read bandwidth (torch.sum over 1.5 GiB): {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
     out(f"weight format: {weight_format}")
     names = list(cpu_columns(1, 4, 1, weight_format))
-    header = ["K->N", "M", *names, "bound", "bf16 / a0 bf16", "bf16 / a8", "a8 / bound", "a0 bf16 / bound"]
+    header = ["K->N", "M", *names, "bound", "bf16 / a0 bf16", "bf16 / a8", "dense / a8", "a8 / bound", "a0 bf16 / bound"]
     if weight_format == "ternary":
         header.append("a8 2-bit / a8")
     out("")
@@ -288,9 +289,12 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
             row = [f"{k}->{n}", str(m), *(fmt_ms(times[c]) for c in names), fmt_ms(bound)]
             # torch's faster bf16 time, with its default pages or with huge pages (neither wins everywhere)
             bf16 = min((t for t in (times["dense bf16"], times["dense bf16 2M"]) if t), default=None)
+            # the faster of torch's float32 and bf16 (where bf16 is emulated, an AVX2-only CPU, float32 wins at M > 1)
+            dense = min((t for t in (times["dense fp32"], bf16) if t), default=None)
             row += [
                 fmt_ratio(bf16, times["ours a0 bf16"]),
                 fmt_ratio(bf16, times["ours a8 bf16"]),
+                fmt_ratio(dense, times["ours a8 bf16"]),
                 fmt_ratio(times["ours a8 bf16"], bound),
                 fmt_ratio(times["ours a0 bf16"], bound),
             ]
@@ -302,6 +306,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     bits = "a8 (t5 layout at M <= 8, else 2-bit)" if weight_format == "ternary" else "1-bit"
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16 (the faster of "
         "its two columns: 'dense bf16' in the pages torch allocates, 'dense bf16 2M' advised to 2 MiB pages); "
+        "'dense / a8' against the fastest of torch's fp32 and bf16 columns; "
         f"'x / bound' is time over the memory-bandwidth bound of the {bits} call (1.0 = at the bound).")  # fmt: skip
 
 

@@ -117,3 +117,27 @@ def check_zero_rows_and_empty_batch(weight_format):
         y = linear(x, *layer, K, act_bits, backend="cpu")
         torch.testing.assert_close(y, layer[3].expand(3, N))
         assert linear(torch.zeros(0, K), *layer, K, act_bits, backend="cpu").shape == (0, N)
+
+
+def check_int8_extremes(weight_format: str, isa_names) -> None:
+    """The int8 kernels' partial sums at their largest: every weight +1 and every activation at +-127 on the int8 grid
+    (all equal, so the sums meet their bound), over a K of several 512-input blocks plus a tail and over every
+    activation-row count a row kernel takes. Kernels that add int8 products in int16 before widening them (the AVX2
+    bit-plane and ternary kernels) must not overflow: each output equals the reference's, +-K * h up to float
+    rounding (an overflow would be off by 2^16 times the int8 step)."""
+    K, N = 4 * 512 + 300, 40
+    values = torch.ones(N, K)
+    weight = pack_ternary(values) if weight_format == "ternary" else pack_signs(values)
+    scale_in, scale_out = torch.ones(K), torch.full((N,), 0.5)
+    op = ternary_linear if weight_format == "ternary" else binary_linear
+    for name in isa_names:
+        if name not in cpu.supported_isas():
+            continue
+        for M in (1, 2, 3, 5, 8, 9):
+            x = torch.ones(M, K)
+            x[1::2] = -1.0  # rows of -1: the other end of the grid
+            with isa(name):
+                got = op(x, weight, scale_in, scale_out, None, K, 8, backend="cpu")
+            want = op(x, weight, scale_in, scale_out, None, K, 8, backend="reference")
+            torch.testing.assert_close(want, (x[:, :1] * K * 0.5).expand(M, N))
+            torch.testing.assert_close(got, want, msg=f"{weight_format} {name} M={M}")

@@ -371,3 +371,7 @@ def test_build_cache_dir_and_concurrent_builds(tmp_path):
     built = list(cache.glob("cpu-*/*.so"))
     assert len(built) == 1, built  # one library, no half-written leftovers, the stale build gone
     assert not list(cache.glob("cpu-*/build-*")) and not stale.exists()
+
+
+def test_int8_sums_at_their_bound_do_not_overflow():
+    cases.check_int8_extremes("binary", cpu.ISA_NAMES)

@@ -27,8 +27,9 @@ def check_against_reference(x, layer, K, act_bits):
 @pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in cpu.ISA_NAMES])
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    # K across block (256 inputs / 64 bytes), 16-byte and 8-byte steps, with tails of every size
-    K=st.one_of(st.integers(1, 80), st.integers(81, 700)),
+    # K across block (256 inputs / 64 bytes), 16-byte and 8-byte steps, with tails of every size; from 1024 inputs the
+    # AVX2 int8 kernel widens its int16 sums inside a row (every 8 half blocks)
+    K=st.one_of(st.integers(1, 80), st.integers(81, 700), st.integers(1000, 2200)),
     N=st.integers(1, 200),
     M=st.one_of(st.integers(1, 9), st.integers(10, 600)),  # row kernels for every mr; AMX from 4 / 16 rows
     dtype=st.sampled_from(DTYPES),
@@ -126,3 +127,7 @@ def test_opcheck_with_cpu_kernel():
     for args in samples:
         assert select_kernel(args[0], weight, args[6], weight_format="ternary").name == "cpu"
         torch.library.opcheck(torch.ops.hf_onebit.ternary_linear.default, args)
+
+
+def test_int8_sums_at_their_bound_do_not_overflow():
+    cases.check_int8_extremes("ternary", cpu.ISA_NAMES)
