@@ -1,7 +1,7 @@
 /* AVX2 + FMA row kernels (compiled with -mavx2 -mfma; called only when the CPU reports both).
  * float: a 256-entry table turns a weight byte into an 8-lane mask that selects x (B x by and + add).
- * int8: 32 weight bits become 32 bytes in {0,1}; maddubs(u8 bits, s8 q) + madd(., 1) gives 8 int32 partial sums.
- * int8 by bit planes (few activation rows): see rows_i8_planes below. */
+ * int8: by bit planes (rows_i8_planes below) for every call; a row's inputs after its last whole 512-block: 32 weight
+ * bits become 32 bytes in {0,1}, maddubs(u8 bits, s8 q) + madd(., 1) gives 8 int32 partial sums. */
 #include <immintrin.h>
 
 #include "avx2_reduce.h"
@@ -57,33 +57,20 @@ ONEBIT_INLINE __m256i expand_bits32(uint32_t bits) {
     return _mm256_and_si256(v, _mm256_set1_epi8(1));
 }
 
-ONEBIT_INLINE void row_i8(const int mr, const int8_t *q, int64_t ldq, const uint8_t *row, int64_t kbytes,
-                          int32_t *out, int64_t ldo) {
-    const int nacc = ONEBIT_NACC(mr);
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    __m256i acc[ONEBIT_MR][4];
-    for (int m = 0; m < mr; ++m)
-        for (int a = 0; a < nacc; ++a) acc[m][a] = _mm256_setzero_si256();
-    const int64_t nwords = (kbytes + 3) / 4, full = kbytes / 4;
-    for (int64_t wi = 0; wi < nwords; wi += nacc) {
-        for (int a = 0; a < nacc && wi + a < nwords; ++a) {
-            const int64_t at = (wi + a) * 4;
-            uint32_t bits;
-            if (wi + a < full)
-                memcpy(&bits, row + at, 4);
-            else
-                bits = onebit_tail_u32(row, at, kbytes - at);
-            const __m256i wb = expand_bits32(bits);
-            for (int m = 0; m < mr; ++m) {
-                const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + at * 8));
-                acc[m][a] = _mm256_add_epi32(acc[m][a], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, qv), ones16));
-            }
-        }
-    }
+/* Adds B q over the 32 inputs of weight word wi (row bytes 4 wi .. 4 wi + 3; past the row's end zero) to acc[m] of the
+ * mr activation rows, in natural order. */
+ONEBIT_INLINE void word_i8(const int mr, const int8_t *q, int64_t ldq, const uint8_t *row, int64_t kbytes, int64_t wi,
+                           __m256i *acc) {
+    const int64_t at = wi * 4;
+    uint32_t bits;
+    if (at + 4 <= kbytes)
+        memcpy(&bits, row + at, 4);
+    else
+        bits = onebit_tail_u32(row, at, kbytes - at);
+    const __m256i wb = expand_bits32(bits), ones16 = _mm256_set1_epi16(1);
     for (int m = 0; m < mr; ++m) {
-        __m256i s = acc[m][0];
-        for (int a = 1; a < nacc; ++a) s = _mm256_add_epi32(s, acc[m][a]);
-        out[m * ldo] = hsum256_epi32(s);
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + at * 8));
+        acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, qv), ones16));
     }
 }
 
@@ -124,31 +111,18 @@ ONEBIT_INLINE void planes_row(const int mr, const int8_t *q, int64_t ldq, const 
             acc[m] = _mm256_add_epi32(
                 acc[m], _mm256_madd_epi16(chains == 2 ? _mm256_add_epi16(s16[m][0], s16[m][1]) : s16[m][0], ones16));
     }
-    const int64_t nwords = (kbytes + 3) / 4, full = kbytes / 4;
-    for (int64_t wi = blocks * 16; wi < nwords; ++wi) { /* natural order after the last whole block */
-        const int64_t at = wi * 4;
-        uint32_t bits;
-        if (wi < full)
-            memcpy(&bits, row + at, 4);
-        else
-            bits = onebit_tail_u32(row, at, kbytes - at);
-        const __m256i wb = expand_bits32(bits);
-        for (int m = 0; m < mr; ++m) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + m * ldq + at * 8));
-            acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, qv), ones16));
-        }
-    }
+    /* natural order after the last whole block */
+    for (int64_t wi = blocks * 16; wi < (kbytes + 3) / 4; ++wi) word_i8(mr, q, ldq, row, kbytes, wi, acc);
     for (int m = 0; m < mr; ++m) out[m * ldo] = hsum256_epi32(acc[m]);
 }
 
 ONEBIT_DEFINE_ROWS(rows_i8_planes, planes_row, int8_t, int32_t)
 ONEBIT_DEFINE_ROWS(rows_f32, row_f32, float, float)
-ONEBIT_DEFINE_ROWS(rows_i8, row_i8, int8_t, int32_t)
 
 void onebit_kernels_avx2(onebit_kernels *k) {
     init_byte_masks();
     k->rows_f32 = rows_f32;
-    k->rows_i8 = rows_i8;
+    k->rows_i8 = NULL; /* every binary int8 call takes the bit planes */
     k->rows_i8_planes = rows_i8_planes;
     k->planes_max_m = INT64_MAX;
     ONEBIT_SET_PREPARE(k);

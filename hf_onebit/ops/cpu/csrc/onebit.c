@@ -481,6 +481,7 @@ static int linear(int ternary, int isa, int64_t M, int64_t K, int64_t N, const v
             j.planes = 1;
             j.rows_i8 = kern.rows_i8_planes;
         }
+        if (j.mode == MODE_ROWS_I8 && !j.rows_i8) return -2; /* an ISA table without a kernel for this call */
         /* decode on ternary weights with a t5 copy: read the copy (20 % fewer bytes), activations in natural order */
         onebit_rows_i8_fn rows_t5 = j.mode == MODE_ROWS_I8 && t5 && M <= ONEBIT_T5_MAX_M ? t5_kernel(isa) : NULL;
         if (rows_t5) {

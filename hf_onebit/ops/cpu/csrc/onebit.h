@@ -62,7 +62,7 @@ typedef void (*onebit_rows_i8_fn)(const int8_t *q, int64_t ldq, int mr, const ui
 
 typedef struct {
     onebit_rows_f32_fn rows_f32;
-    onebit_rows_i8_fn rows_i8;
+    onebit_rows_i8_fn rows_i8; /* NULL where rows_i8_planes serves every int8 call (planes_max_m = INT64_MAX) */
     /* Optional (NULL where the ISA has none): rows_i8 on activation rows in plane order (onebit_order_planes), used by
      * int8 calls of at most planes_max_m activation rows (mr <= min(planes_max_m, ONEBIT_MR) per call). */
     onebit_rows_i8_fn rows_i8_planes;
