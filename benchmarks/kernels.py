@@ -290,11 +290,11 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
             # torch's faster bf16 time, with its default pages or with huge pages (neither wins everywhere)
             bf16 = min((t for t in (times["dense bf16"], times["dense bf16 2M"]) if t), default=None)
             # the faster of torch's float32 and bf16 (where bf16 is emulated, an AVX2-only CPU, float32 wins at M > 1)
-            dense = min((t for t in (times["dense fp32"], bf16) if t), default=None)
+            fastest_dense = min((t for t in (times["dense fp32"], bf16) if t), default=None)
             row += [
                 fmt_ratio(bf16, times["ours a0 bf16"]),
                 fmt_ratio(bf16, times["ours a8 bf16"]),
-                fmt_ratio(dense, times["ours a8 bf16"]),
+                fmt_ratio(fastest_dense, times["ours a8 bf16"]),
                 fmt_ratio(times["ours a8 bf16"], bound),
                 fmt_ratio(times["ours a0 bf16"], bound),
             ]

@@ -111,12 +111,11 @@ def progressive_sign_absmean(w: torch.Tensor, t: float, use_kernel: bool = True)
         return hard_sign(w) * row_absmean(w)
     if not t > 0:
         raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
-    out_dtype = matmul_dtype(w)
-    if use_kernel and w.is_cpu and out_dtype == torch.float32:  # (under bf16: no faster than PyTorch, see below)
+    if use_kernel and w.is_cpu and matmul_dtype(w) == torch.float32:
         from ..ops.cpu.progressive import supports
 
-        if supports(w, out_dtype):
-            return _ProgressiveSignRows.apply(w, None, None, float(t), out_dtype)
+        if supports(w, torch.float32):
+            return _ProgressiveSignRows.apply(w, None, None, float(t), torch.float32)
     return progressive_sign(w, t, row_absmean(w))
 
 
