@@ -100,7 +100,7 @@ def main(argv=None) -> None:
                        e2e_steps=args.max_steps if args.max_steps is not None else 3)
     if not fixed:
         budget = parse_duration(args.time_budget)
-        plan, budget_plan = plan_for_budget(student, teacher, plan, budget)
+        plan, budget_plan = plan_for_budget(student, teacher, plan, budget, fit_batch=True)
         print(budget_plan.table())
     print(f"== 3. distillation ({' + '.join(plan.stages)}, {'bf16 autocast' if args.bf16 else 'float32'})")
     suffix = "ternary" if args.weight_format == "ternary" else "1bit"

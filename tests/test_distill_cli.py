@@ -214,6 +214,41 @@ def test_cli_distill_time_budget_sizes_the_stages(tmp_path, capsys, monkeypatch)
         main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o2"), "--time-budget", "soon"])
 
 
+@pytest.mark.parametrize("steps, expected", [(24, 1), (49, 1), (50, 2), (99, 2), (100, 4), (187, 4), (0, 1)])
+def test_a_short_budget_gets_a_smaller_batch(steps, expected):
+    """Steps of 4 sequences the budget buys -> the batch that still makes 100 steps (the same tokens in more steps)."""
+    from hf_onebit.training.budget import smaller_batch
+
+    assert smaller_batch(steps, 4) == expected
+    assert smaller_batch(steps, 1) == 1
+
+
+def test_time_budget_shrinks_the_batch_of_a_short_end_to_end_run_and_measures_it_again(tmp_path, capsys,
+                                                                                       monkeypatch):
+    from hf_onebit.training import budget
+
+    measured = []
+
+    def fake_measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
+        measured.append(e2e_batch_size)
+        return budget.StepTimes(block_step_s=0.5, block_pass_s=0.1, e2e_step_s=1.0 + 2.0 * e2e_batch_size,
+                                n_blocks=2, measured_s=0.0)
+
+    monkeypatch.setattr(budget, "measure_step_times", fake_measure)
+    teacher = tiny_teacher_dir(str(tmp_path))
+    _word_tokenizer(teacher)
+    (tmp_path / "train.txt").write_text(" ".join(f"w{i * 7 % 96}" for i in range(3000)))
+    common = ["--teacher", teacher, "--data", str(tmp_path / "train.txt"), "--seq-len", "16", "--eval-split", "none",
+              "--time-budget", "90s"]
+    main(["distill", "--out", str(tmp_path / "auto"), *common])  # 90 s / 9 s = 10 steps of 4 -> batch 1
+    out = capsys.readouterr().out
+    assert measured == [4, 1], measured
+    assert re.search(r"end-to-end distillation: \d+ steps of 1 x 16 tokens", out), out
+    measured.clear()
+    main(["distill", "--out", str(tmp_path / "fixed"), *common, "--batch-size", "4"])  # the user's batch stays
+    assert measured == [4] and "steps of 4 x 16 tokens" in capsys.readouterr().out
+
+
 def test_time_budget_with_cached_targets_counts_the_teacher_once_per_cached_sequence():
     from hf_onebit.training import budget
 

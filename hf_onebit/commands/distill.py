@@ -82,7 +82,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --data self: the teacher's answers to writing prompts (default), or LLM-QAT sampling "
                         "from a random first token")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence (default 256)")
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch (default 4)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per micro-batch (default 4; with --time-budget and the end-to-end stage alone, "
+                        "smaller when the budget buys fewer than 100 steps of 4)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, default=None,
                    help="end-to-end learning rate of the latent weights (default: per recipe, "
@@ -184,7 +186,8 @@ def plan_from_args(args):
         stages=tuple(args.stages), blockwise_steps=args.blockwise_steps,
         calibration_sequences=args.calibration_sequences,
         blockwise=BlockwiseConfig(lr=args.blockwise_lr, inputs=args.blockwise_inputs, scale_init=args.blockwise_init),
-        e2e_steps=args.max_steps, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
+        e2e_steps=args.max_steps, batch_size=4 if args.batch_size is None else args.batch_size,
+        seq_len=args.seq_len, grad_accum=args.grad_accum,
         recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,
         loss=DistillationLoss(hidden_weight=hidden, ce_weight=args.ce_weight, temperature=args.kd_temperature),
@@ -226,7 +229,8 @@ def run_distill(args) -> dict:
         student, teacher, tokenizer = load_models(args, teacher_path)
         rows = []
         if budget is not None:
-            plan, budget_plan = plan_for_budget(student, teacher, plan, budget, args.blockwise_share)
+            plan, budget_plan = plan_for_budget(student, teacher, plan, budget, args.blockwise_share,
+                                                fit_batch=args.batch_size is None)
             print(budget_plan.table())
             rows.append(["time budget", f"{budget / 60:g} min (planned {budget_plan.estimated_s / 60:.1f} min)"])
         data = dataset(args, plan, teacher, tokenizer)

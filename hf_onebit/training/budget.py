@@ -25,6 +25,8 @@ import torch
 
 #: Share of a time budget the block-wise stage gets by default (the rest goes to end-to-end distillation).
 DEFAULT_BLOCKWISE_SHARE = 0.5
+#: Fewest end-to-end steps a time budget should buy before ``plan_for_budget(fit_batch=True)`` shrinks the batch.
+MIN_E2E_STEPS = 100
 #: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the
 #: input moments of the scale fit, and the student block's output (the next block's input).
 PASSES_PER_BLOCK = 3
@@ -224,19 +226,46 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
                      time.perf_counter() - start, teacher_forward_s=teacher_s[-1])
 
 
-def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None):
+def smaller_batch(e2e_steps: int, batch_size: int, min_steps: int = MIN_E2E_STEPS) -> int:
+    """The batch size for an end-to-end stage that ``e2e_steps`` steps of ``batch_size`` sequences would fill: the
+    largest of ``batch_size``, its half, its quarter, ... (at least 1) that still makes ``min_steps`` steps, counting
+    a step of ``b`` sequences as ``b / batch_size`` of the measured one (the same tokens in more, smaller steps); 1 when
+    none does."""
+    b = batch_size
+    while b > 1 and e2e_steps * batch_size // b < min_steps:
+        b //= 2
+    return max(1, b)
+
+
+def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None,
+                    fit_batch: bool = False):
     """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now) and its
-    end-to-end stage's deadline ``seconds`` from now (the stage re-sizes itself from its own step times)."""
+    end-to-end stage's deadline ``seconds`` from now (the stage re-sizes itself from its own step times).
+
+    ``fit_batch`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS` steps of
+    ``plan.batch_size`` sequences, the batch shrinks (:func:`smaller_batch`) and the step is measured again at that
+    size. On short budgets more, smaller steps learn more from the same tokens (docs/benchmarks.md: 96 steps of one
+    sequence ended 3.4x closer to the teacher than 24 steps of four)."""
     share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
     if "blockwise" not in plan.stages:
         share = 0.0
     elif "e2e" not in plan.stages:
         share = 1.0
     start = time.monotonic()
-    times = measure_step_times(student, teacher, plan.seq_len, plan.batch_size,
-                               plan.batch_size * plan.grad_accum, loss=plan.loss, bf16=plan.bf16)
-    budget = plan_budget(seconds, times, share, plan.batch_size,
-                         cached_epochs=plan.cache_epochs if plan.cache_targets else 0)
+    cached = plan.cache_epochs if plan.cache_targets else 0
+
+    def measure(batch_size, before_s=0.0):
+        times = measure_step_times(student, teacher, plan.seq_len, batch_size, batch_size * plan.grad_accum,
+                                   loss=plan.loss, bf16=plan.bf16)
+        times = dataclasses.replace(times, measured_s=before_s + times.measured_s)  # every measurement counts
+        return times, plan_budget(seconds, times, share, batch_size, cached_epochs=cached)
+
+    times, budget = measure(plan.batch_size)
+    if fit_batch and share == 0.0:
+        batch = smaller_batch(budget.e2e_steps, plan.batch_size)
+        if batch != plan.batch_size:
+            plan = dataclasses.replace(plan, batch_size=batch)
+            times, budget = measure(batch, times.measured_s)
     sized = dataclasses.replace(plan, blockwise_steps=budget.blockwise_steps, e2e_steps=budget.e2e_steps,
                                 calibration_sequences=budget.calibration_sequences or plan.calibration_sequences,
                                 deadline=start + seconds)
