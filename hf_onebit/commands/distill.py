@@ -186,7 +186,7 @@ def plan_from_args(args):
         stages=tuple(args.stages), blockwise_steps=args.blockwise_steps,
         calibration_sequences=args.calibration_sequences,
         blockwise=BlockwiseConfig(lr=args.blockwise_lr, inputs=args.blockwise_inputs, scale_init=args.blockwise_init),
-        e2e_steps=args.max_steps, batch_size=4 if args.batch_size is None else args.batch_size,
+        e2e_steps=args.max_steps, batch_size=DistillPlan.batch_size if args.batch_size is None else args.batch_size,
         seq_len=args.seq_len, grad_accum=args.grad_accum,
         recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,

@@ -227,14 +227,12 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
 
 
 def smaller_batch(e2e_steps: int, batch_size: int, min_steps: int = MIN_E2E_STEPS) -> int:
-    """The batch size for an end-to-end stage that ``e2e_steps`` steps of ``batch_size`` sequences would fill: the
-    largest of ``batch_size``, its half, its quarter, ... (at least 1) that still makes ``min_steps`` steps, counting
-    a step of ``b`` sequences as ``b / batch_size`` of the measured one (the same tokens in more, smaller steps); 1 when
-    none does."""
+    """The largest of ``batch_size``, its half, its quarter, ..., 1 whose steps number at least ``min_steps`` when the
+    tokens of ``e2e_steps`` steps of ``batch_size`` sequences are spread over them (1 when none does)."""
     b = batch_size
     while b > 1 and e2e_steps * batch_size // b < min_steps:
         b //= 2
-    return max(1, b)
+    return b
 
 
 def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None,
