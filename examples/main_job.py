@@ -47,13 +47,13 @@ def generate(model, tokenizer, prompt: str, tokens: int) -> str:
     return text.strip() or f"{text!r} (whitespace only)"  # a weak model often repeats newlines: show them
 
 
-def training_data(args, tokenizer, vocab_size: int) -> TokenBlocks:
+def training_data(args, tokenizer, vocab_size: int, seq_len: int) -> TokenBlocks:
     if args.tiny:
-        return TokenBlocks(torch.randint(vocab_size, (32, args.seq_len), generator=torch.Generator().manual_seed(0)))
+        return TokenBlocks(torch.randint(vocab_size, (32, seq_len), generator=torch.Generator().manual_seed(0)))
     from hf_onebit.fixtures.real_text import real_text_files
 
     # human-written Wikipedia articles and software documentation (nothing of the held-out sets is in it)
-    return TokenBlocks(torch.cat([text_file_dataset(p, tokenizer, args.seq_len).blocks for p in real_text_files()]))
+    return TokenBlocks(torch.cat([text_file_dataset(p, tokenizer, seq_len).blocks for p in real_text_files()]))
 
 
 def main(argv=None) -> None:
@@ -66,7 +66,9 @@ def main(argv=None) -> None:
                         help="block-wise steps per block instead of a time budget (with --max-steps)")
     parser.add_argument("--stages", nargs="+", choices=("blockwise", "e2e"), default=["e2e"],
                         help="end-to-end distillation (default), or block-wise reconstruction first: blockwise e2e")
-    parser.add_argument("--seq-len", type=int, default=256, help="training sequence length (tokens)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="training sequence length in tokens (default 256, or 128 / 64 when the time budget buys "
+                             "fewer than 150 steps of one sequence)")
     parser.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -76,7 +78,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     args.bf16 = (bf16_is_fast("cpu") and not args.tiny) if args.bf16 is None else args.bf16
     if args.tiny:
-        args.seq_len = min(args.seq_len, 32)
+        args.seq_len = min(args.seq_len or 32, 32)
     fixed = args.max_steps is not None or args.blockwise_steps is not None
     kind = "ternary" if args.weight_format == "ternary" else "1-bit"
     torch.manual_seed(0)
@@ -91,17 +93,18 @@ def main(argv=None) -> None:
         teacher_dir, quantization_config=OneBitConfig(training=True, weight_format=args.weight_format,
                                                       tie_input_scales=args.tie_input_scales))
 
-    print("== 2. training text")
-    data = training_data(args, tokenizer, teacher.config.vocab_size)
-    print(f"{len(data)} sequences of {args.seq_len} tokens")
-
-    plan = DistillPlan(stages=tuple(args.stages), seq_len=args.seq_len, bf16=args.bf16,
+    plan = DistillPlan(stages=tuple(args.stages), seq_len=DistillPlan.seq_len if args.seq_len is None else args.seq_len,
+                       bf16=args.bf16,
                        blockwise_steps=args.blockwise_steps if args.blockwise_steps is not None else 8,
                        e2e_steps=args.max_steps if args.max_steps is not None else 3)
     if not fixed:
         budget = parse_duration(args.time_budget)
-        plan, budget_plan = plan_for_budget(student, teacher, plan, budget, fit_batch=True)
+        plan, budget_plan = plan_for_budget(student, teacher, plan, budget, fit_batch=True,
+                                            fit_seq_len=args.seq_len is None)
         print(budget_plan.table())
+    print("== 2. training text")
+    data = training_data(args, tokenizer, teacher.config.vocab_size, plan.seq_len)
+    print(f"{len(data)} sequences of {plan.seq_len} tokens")
     print(f"== 3. distillation ({' + '.join(plan.stages)}, {'bf16 autocast' if args.bf16 else 'float32'})")
     suffix = "ternary" if args.weight_format == "ternary" else "1bit"
     out = os.path.join(root, f"smollm2-{suffix}" if not args.tiny else f"tiny-{suffix}")

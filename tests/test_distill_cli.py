@@ -137,6 +137,18 @@ def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, ca
     assert f"{expected[0]:g} / {expected[1]:g}" in row, row
 
 
+def test_the_python_optimizer_and_the_cli_give_the_scales_the_same_default_learning_rate(tmp_path):
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training.optim import learning_rates, onebit_optimizer
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    groups = onebit_optimizer(student, lr=1e-3).param_groups
+    assert [g["lr"] for g in groups] == pytest.approx(list(learning_rates("progressive", 1e-3, None)))
+
+
 def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):
     with pytest.raises(SystemExit, match="--lr: got 0.0; allowed: a number > 0"):
         main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--lr", "0"])
@@ -214,39 +226,92 @@ def test_cli_distill_time_budget_sizes_the_stages(tmp_path, capsys, monkeypatch)
         main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o2"), "--time-budget", "soon"])
 
 
-@pytest.mark.parametrize("steps, expected", [(24, 1), (49, 1), (50, 2), (99, 2), (100, 4), (187, 4), (0, 1)])
-def test_a_short_budget_gets_a_smaller_batch(steps, expected):
-    """Steps of 4 sequences the budget buys -> the batch that still makes 100 steps (the same tokens in more steps)."""
-    from hf_onebit.training.budget import smaller_batch
+@pytest.mark.parametrize("fit_batch, fit_seq_len, expected", [
+    (True, True, [(4, 256), (2, 256), (1, 256), (1, 128), (1, 64)]),
+    (True, False, [(4, 256), (2, 256), (1, 256)]),
+    (False, True, [(4, 256), (4, 128), (4, 64)]),
+    (False, False, [(4, 256)]),
+])
+def test_the_step_shapes_a_budget_may_choose_halve_the_batch_then_the_sequence(fit_batch, fit_seq_len, expected):
+    from hf_onebit.training.budget import step_shapes
 
-    assert smaller_batch(steps, 4) == expected
-    assert smaller_batch(steps, 1) == 1
+    assert step_shapes(4, 256, fit_batch, fit_seq_len) == expected
+    assert step_shapes(3, 100) == [(3, 100), (1, 100)]  # 100 // 2 < 64: the sequence stays
 
 
-def test_time_budget_shrinks_the_batch_of_a_short_end_to_end_run_and_measures_it_again(tmp_path, capsys,
-                                                                                       monkeypatch):
+def test_a_step_costs_a_fixed_part_and_a_part_per_token():
+    from hf_onebit.training.budget import step_cost
+
+    assert step_cost((64, 3.0), (128, 4.0)) == pytest.approx((2.0, 1 / 64))
+    assert step_cost((64, 3.0), (128, 2.5)) == (3.0, 0.0)  # noise: the larger step measured faster
+    assert step_cost((64, 3.0), (128, 9.0)) == (0.0, 6.0 / 64)  # no negative fixed part
+    with pytest.raises(ValueError, match="step_cost: got 128 and 64 tokens"):
+        step_cost((128, 1.0), (64, 2.0))
+
+
+@pytest.mark.parametrize("seconds, expected", [(10_000, (4, 256)), (600, (4, 256)), (599, (2, 256)),
+                                               (300, (2, 256)), (150, (1, 256)), (75, (1, 128)), (74, (1, 64)),
+                                               (10, (1, 64))])
+def test_a_short_budget_gets_a_smaller_step(seconds, expected):
+    """The largest step of which the budget buys 150 (here 1/256 s a token, no fixed part)."""
+    from hf_onebit.training.budget import fit_step_shape, step_shapes
+
+    assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8) == expected
+    # a fixed part of 1 s a step: 4 x 256 costs 5 s, 2 x 256 3 s
+    assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8) == (4, 256)
+    assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8) == (2, 256)
+
+
+def _fake_measure(measured, fixed_s, per_token_s):
+    from hf_onebit.training import budget
+
+    def measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
+        measured.append((e2e_batch_size, seq_len))
+        return budget.StepTimes(block_step_s=0.0, block_pass_s=0.0, n_blocks=2, measured_s=1.0,
+                                e2e_step_s=fixed_s + per_token_s * e2e_batch_size * seq_len)
+    return measure
+
+
+# a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 1 x 128 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s
+@pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
+    (700, True, [(1, 64), (1, 128), (1, 256)], (1, 256)),   # 150 steps of 1 x 256 fit: measured at that size too
+    (400, True, [(1, 64), (1, 128)], (1, 128)),             # the chosen step is one of the two measured
+    (300, True, [(1, 64), (1, 128)], (1, 64)),              # not even 150 of 1 x 128: the smallest
+    (300, False, [(1, 256), (2, 256)], (1, 256)),           # the sequence length was given: it stays
+    (3000, True, [(1, 64), (1, 128), (4, 256)], (4, 256)),  # a long budget keeps the default step
+])
+def test_time_budget_measures_the_two_smallest_steps_first_and_the_chosen_one(monkeypatch, seconds, fit_seq_len,
+                                                                              measured_shapes, shape):
+    from hf_onebit.training import budget
+    from hf_onebit.training.pipeline import DistillPlan
+
+    measured = []
+    monkeypatch.setattr(budget, "measure_step_times", _fake_measure(measured, 1.0, 0.01))
+    plan, planned = budget.plan_for_budget(None, None, DistillPlan(), seconds, fit_batch=True,
+                                           fit_seq_len=fit_seq_len)
+    assert measured == measured_shapes
+    assert (plan.batch_size, plan.seq_len) == shape
+    assert planned.times.measured_s == len(measured)  # every measurement counts in the budget
+    assert plan.e2e_steps == int((seconds - len(measured)) // (1.0 + 0.01 * shape[0] * shape[1]))
+
+
+def test_time_budget_shrinks_the_step_of_a_short_end_to_end_run(tmp_path, capsys, monkeypatch):
     from hf_onebit.training import budget
 
     measured = []
-
-    def fake_measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
-        measured.append(e2e_batch_size)
-        return budget.StepTimes(block_step_s=0.5, block_pass_s=0.1, e2e_step_s=1.0 + 2.0 * e2e_batch_size,
-                                n_blocks=2, measured_s=0.0)
-
-    monkeypatch.setattr(budget, "measure_step_times", fake_measure)
+    monkeypatch.setattr(budget, "measure_step_times", _fake_measure(measured, 0.0, 0.05))
     teacher = tiny_teacher_dir(str(tmp_path))
     _word_tokenizer(teacher)
     (tmp_path / "train.txt").write_text(" ".join(f"w{i * 7 % 96}" for i in range(3000)))
-    common = ["--teacher", teacher, "--data", str(tmp_path / "train.txt"), "--seq-len", "16", "--eval-split", "none",
+    common = ["--teacher", teacher, "--data", str(tmp_path / "train.txt"), "--eval-split", "none",
               "--time-budget", "90s"]
-    main(["distill", "--out", str(tmp_path / "auto"), *common])  # 90 s / 9 s = 10 steps of 4 -> batch 1
+    main(["distill", "--out", str(tmp_path / "auto"), *common])  # 88 s buy 27 steps of 1 x 64 (3.2 s each)
     out = capsys.readouterr().out
-    assert measured == [4, 1], measured
-    assert re.search(r"end-to-end distillation: \d+ steps of 1 x 16 tokens", out), out
+    assert measured == [(1, 64), (1, 128)], measured
+    assert "end-to-end distillation: 27 steps of 1 x 64 tokens" in out, out
     measured.clear()
-    main(["distill", "--out", str(tmp_path / "fixed"), *common, "--batch-size", "4"])  # the user's batch stays
-    assert measured == [4] and "steps of 4 x 16 tokens" in capsys.readouterr().out
+    main(["distill", "--out", str(tmp_path / "fixed"), *common, "--batch-size", "4", "--seq-len", "16"])
+    assert measured == [(4, 16)] and "steps of 4 x 16 tokens" in capsys.readouterr().out  # the user's step stays
 
 
 def test_time_budget_with_cached_targets_counts_the_teacher_once_per_cached_sequence():

@@ -81,10 +81,12 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-style", choices=STYLES, default="essays",
                    help="with --data self: the teacher's answers to writing prompts (default), or LLM-QAT sampling "
                         "from a random first token")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence (default 256)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per training sequence (default 256; with --time-budget and the end-to-end stage alone, "
+                        "128 or 64 when even steps of one sequence number fewer than 150)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per micro-batch (default 4; with --time-budget and the end-to-end stage alone, "
-                        "smaller when the budget buys fewer than 100 steps of 4)")
+                        "smaller when the budget buys fewer than 150 steps of 4)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, default=None,
                    help="end-to-end learning rate of the latent weights (default: per recipe, "
@@ -155,15 +157,15 @@ def dataset(args, plan, teacher, tokenizer):
     parts = []
     for source in args.data:
         if source == "self":
-            parts.append(self_generated_dataset(teacher, tokenizer, self_data_sequences(args, plan), args.seq_len,
+            parts.append(self_generated_dataset(teacher, tokenizer, self_data_sequences(args, plan), plan.seq_len,
                                                 style=args.data_style, seed=args.seed, batch_size=64,
                                                 dtype="bfloat16" if args.bf16 else None, top_k=50))
         elif source == "real-text":
-            parts += [text_file_dataset(path, tokenizer, args.seq_len) for path in real_text_files()]
+            parts += [text_file_dataset(path, tokenizer, plan.seq_len) for path in real_text_files()]
         elif os.path.isdir(source):
-            parts.append(hf_dataset(source, tokenizer, args.seq_len))
+            parts.append(hf_dataset(source, tokenizer, plan.seq_len))
         else:
-            parts.append(text_file_dataset(source, tokenizer, args.seq_len))
+            parts.append(text_file_dataset(source, tokenizer, plan.seq_len))
     return parts[0] if len(parts) == 1 else TokenBlocks(torch.cat([part.blocks for part in parts]))
 
 
@@ -187,7 +189,7 @@ def plan_from_args(args):
         calibration_sequences=args.calibration_sequences,
         blockwise=BlockwiseConfig(lr=args.blockwise_lr, inputs=args.blockwise_inputs, scale_init=args.blockwise_init),
         e2e_steps=args.max_steps, batch_size=DistillPlan.batch_size if args.batch_size is None else args.batch_size,
-        seq_len=args.seq_len, grad_accum=args.grad_accum,
+        seq_len=DistillPlan.seq_len if args.seq_len is None else args.seq_len, grad_accum=args.grad_accum,
         recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,
         loss=DistillationLoss(hidden_weight=hidden, ce_weight=args.ce_weight, temperature=args.kd_temperature),
@@ -230,7 +232,7 @@ def run_distill(args) -> dict:
         rows = []
         if budget is not None:
             plan, budget_plan = plan_for_budget(student, teacher, plan, budget, args.blockwise_share,
-                                                fit_batch=args.batch_size is None)
+                                                fit_batch=args.batch_size is None, fit_seq_len=args.seq_len is None)
             print(budget_plan.table())
             rows.append(["time budget", f"{budget / 60:g} min (planned {budget_plan.estimated_s / 60:.1f} min)"])
         data = dataset(args, plan, teacher, tokenizer)

@@ -25,8 +25,11 @@ import torch
 
 #: Share of a time budget the block-wise stage gets by default (the rest goes to end-to-end distillation).
 DEFAULT_BLOCKWISE_SHARE = 0.5
-#: Fewest end-to-end steps a time budget should buy before ``plan_for_budget(fit_batch=True)`` shrinks the batch.
-MIN_E2E_STEPS = 100
+#: Fewest end-to-end steps a time budget should buy before ``plan_for_budget`` shrinks the step (``fit_batch``,
+#: ``fit_seq_len``).
+MIN_E2E_STEPS = 150
+#: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
+MIN_FIT_SEQ_LEN = 64
 #: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the
 #: input moments of the scale fit, and the student block's output (the next block's input).
 PASSES_PER_BLOCK = 3
@@ -82,8 +85,9 @@ class BudgetPlan:
         from ..eval import format_table
 
         t = self.times
-        rows = [["measured on this machine", f"block step {t.block_step_s:.3f} s, block pass {t.block_pass_s:.3f} s, "
-                 f"end-to-end step {t.e2e_step_s:.2f} s ({t.measured_s:.0f} s to measure)"],
+        blocks = f"block step {t.block_step_s:.3f} s, block pass {t.block_pass_s:.3f} s, " if t.block_step_s else ""
+        rows = [["measured on this machine", f"{blocks}end-to-end step {t.e2e_step_s:.2f} s "
+                 f"({t.measured_s:.0f} s to measure)"],
                 ["block-wise stage", f"{self.blockwise_steps} steps per block x {t.n_blocks} blocks, "
                  f"{self.calibration_sequences} calibration sequences" if self.blockwise_steps else "off"],
                 ["end-to-end stage", f"{self.e2e_steps} steps"],
@@ -149,26 +153,11 @@ def _time(fn, repeats: int = 2) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
-                       loss=None, vocab_size: int | None = None, bf16: bool = False) -> StepTimes:
-    """Time one block-wise step, one block pass and one end-to-end step of ``student`` / ``teacher`` (random tokens;
-    nothing in either model changes). ``loss`` is the end-to-end stage's DistillationLoss (default: KL + hidden).
-    ``bf16``: the steps run as the stages train with bf16 on - the block-wise step under bf16 autocast, the end-to-end
-    step as a ``TrainingArguments(bf16=True)`` step does: the student under bf16 autocast, the teacher on bf16 weight
-    copies (on a CPU with AMX that step is several times faster than float32)."""
-    import contextlib
-
+def _time_block(student, teacher, ids, precision) -> tuple[float, float]:
+    """Seconds of one block-wise step and of one block pass over ``ids``' hidden states (the student's first block;
+    its gradients are dropped)."""
     from .blockwise import capture_block_inputs, decoder_layers, run_block
-    from .losses import DistillationLoss
-    from .teacher_cast import TeacherWeightCast, teacher_precision
 
-    start = time.perf_counter()
-    loss = loss or DistillationLoss()
-    vocab = vocab_size or student.config.vocab_size
-    device = next(student.parameters()).device
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(vocab, (batch_size, seq_len), generator=gen).to(device)
-    was_training = student.training
     hidden, kwargs = capture_block_inputs(teacher, ids)
     layer = decoder_layers(student)[0]
     params = [p for p in layer.parameters() if p.is_floating_point()]
@@ -176,11 +165,8 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
     for p in params:
         p.requires_grad_(True)
 
-    def student_precision():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
     def block_step():
-        with student_precision():
+        with precision():
             out = run_block(layer, hidden, kwargs)
         out.float().pow(2).mean().backward()
         for p in params:
@@ -191,12 +177,45 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
             run_block(layer, hidden, kwargs)
 
     try:
-        student.train()
-        block_step_s = _time(block_step)
-        block_pass_s = _time(block_pass)
+        return _time(block_step), _time(block_pass)
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+
+
+def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
+                       loss=None, vocab_size: int | None = None, bf16: bool = False,
+                       blockwise: bool = True) -> StepTimes:
+    """Time one block-wise step, one block pass and one end-to-end step of ``student`` / ``teacher`` (random tokens;
+    nothing in either model changes). ``loss`` is the end-to-end stage's DistillationLoss (default: KL + hidden).
+    ``bf16``: the steps run as the stages train with bf16 on - the block-wise step under bf16 autocast, the end-to-end
+    step as a ``TrainingArguments(bf16=True)`` step does: the student under bf16 autocast, the teacher on bf16 weight
+    copies (on a CPU with AMX that step is several times faster than float32). ``blockwise=False``: the block-wise
+    step and pass are not timed (0 s; for a plan without the block-wise stage)."""
+    import contextlib
+
+    from .blockwise import decoder_layers
+    from .losses import DistillationLoss
+    from .teacher_cast import TeacherWeightCast, teacher_precision
+
+    start = time.perf_counter()
+    loss = loss or DistillationLoss()
+    vocab = vocab_size or student.config.vocab_size
+    device = next(student.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    was_training = student.training
+
+    def student_precision():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    block_step_s = block_pass_s = 0.0
+    if blockwise:
+        ids = torch.randint(vocab, (batch_size, seq_len), generator=gen).to(device)
+        try:
+            student.train()
+            block_step_s, block_pass_s = _time_block(student, teacher, ids, student_precision)
+        finally:
+            student.train(was_training)
     e2e_ids = torch.randint(vocab, (e2e_batch_size or batch_size, seq_len), generator=gen).to(device)
     trainable = [p for p in student.parameters() if p.requires_grad]
     frozen_optimizer = torch.optim.AdamW(trainable, lr=0.0, weight_decay=0.0)  # lr 0: the step changes nothing
@@ -218,6 +237,7 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
         frozen_optimizer.zero_grad(set_to_none=True)
 
     try:
+        student.train()
         e2e_step_s = _time(e2e_step, repeats=1)
     finally:
         student.train(was_training)
@@ -226,24 +246,57 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
                      time.perf_counter() - start, teacher_forward_s=teacher_s[-1])
 
 
-def smaller_batch(e2e_steps: int, batch_size: int, min_steps: int = MIN_E2E_STEPS) -> int:
-    """The largest of ``batch_size``, its half, its quarter, ..., 1 whose steps number at least ``min_steps`` when the
-    tokens of ``e2e_steps`` steps of ``batch_size`` sequences are spread over them (1 when none does)."""
-    b = batch_size
-    while b > 1 and e2e_steps * batch_size // b < min_steps:
-        b //= 2
-    return b
+def step_shapes(batch_size: int, seq_len: int, fit_batch: bool = True, fit_seq_len: bool = True,
+                min_seq_len: int = MIN_FIT_SEQ_LEN) -> list[tuple[int, int]]:
+    """The ``(sequences, tokens per sequence)`` an end-to-end step may take, largest first: ``(batch_size, seq_len)``,
+    then (``fit_batch``) the batch halved down to 1, then (``fit_seq_len``) the sequences halved while they keep at
+    least ``min_seq_len`` tokens."""
+    shapes = [(batch_size, seq_len)]
+    b, s = batch_size, seq_len
+    while True:
+        if fit_batch and b > 1:
+            b //= 2
+        elif fit_seq_len and s // 2 >= min_seq_len:
+            s //= 2
+        else:
+            return shapes
+        shapes.append((b, s))
+
+
+def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float, float]:
+    """``(fixed_s, per_token_s)`` of a step from two measured ``(tokens, seconds)`` points: the line through them (a
+    step's per-step work - the binarizer over every weight, the optimizer - plus its work per token), neither part
+    below 0 (a noisy measurement that makes the larger step faster gives a cost without a per-token part)."""
+    (n_small, s_small), (n_large, s_large) = small, large
+    if not 0 < n_small < n_large:
+        raise ValueError(f"step_cost: got {n_small} and {n_large} tokens; allowed: 0 < small < large")
+    per_token = max(0.0, (s_large - s_small) / (n_large - n_small))
+    return max(0.0, s_small - per_token * n_small), per_token
+
+
+def fit_step_shape(seconds: float, shapes: list[tuple[int, int]], fixed_s: float, per_token_s: float,
+                   min_steps: int = MIN_E2E_STEPS) -> tuple[int, int]:
+    """The largest of ``shapes`` (largest first) of which ``seconds`` buy at least ``min_steps`` steps at
+    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); the smallest when none does."""
+    for b, s in shapes:
+        if seconds >= min_steps * (fixed_s + per_token_s * b * s):
+            return b, s
+    return shapes[-1]
 
 
 def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: float | None = None,
-                    fit_batch: bool = False):
+                    fit_batch: bool = False, fit_seq_len: bool = False):
     """``(plan, budget_plan)``: ``plan`` with its steps sized to ``seconds`` on this machine (measured now) and its
     end-to-end stage's deadline ``seconds`` from now (the stage re-sizes itself from its own step times).
 
-    ``fit_batch`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS` steps of
-    ``plan.batch_size`` sequences, the batch shrinks (:func:`smaller_batch`) and the step is measured again at that
-    size. On short budgets more, smaller steps learn more from the same tokens (docs/benchmarks.md: 96 steps of one
-    sequence ended 3.4x closer to the teacher than 24 steps of four)."""
+    ``fit_batch`` / ``fit_seq_len`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS`
+    steps of ``plan.batch_size`` x ``plan.seq_len`` tokens, the step shrinks - the batch first, down to one sequence,
+    then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`, :func:`fit_step_shape`). The two
+    smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them), and the
+    chosen one again when it is neither; every measurement counts in the budget. On short budgets more, smaller steps
+    learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher, the
+    same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
+    280 of 1 x 32 47x). Build the training blocks with the returned plan's ``seq_len``."""
     share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
     if "blockwise" not in plan.stages:
         share = 0.0
@@ -252,18 +305,27 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     start = time.monotonic()
     cached = plan.cache_epochs if plan.cache_targets else 0
 
-    def measure(batch_size, before_s=0.0):
-        times = measure_step_times(student, teacher, plan.seq_len, batch_size, batch_size * plan.grad_accum,
-                                   loss=plan.loss, bf16=plan.bf16)
-        times = dataclasses.replace(times, measured_s=before_s + times.measured_s)  # every measurement counts
-        return times, plan_budget(seconds, times, share, batch_size, cached_epochs=cached)
+    def measure(batch_size, seq_len, before_s=0.0):
+        times = measure_step_times(student, teacher, seq_len, batch_size, batch_size * plan.grad_accum,
+                                   loss=plan.loss, bf16=plan.bf16, blockwise=share > 0)
+        return dataclasses.replace(times, measured_s=before_s + times.measured_s)  # every measurement counts
 
-    times, budget = measure(plan.batch_size)
-    if fit_batch and share == 0.0:
-        batch = smaller_batch(budget.e2e_steps, plan.batch_size)
-        if batch != plan.batch_size:
-            plan = dataclasses.replace(plan, batch_size=batch)
-            times, budget = measure(batch, times.measured_s)
+    shapes = step_shapes(plan.batch_size, plan.seq_len, fit_batch, fit_seq_len) if share == 0.0 else []
+    if len(shapes) > 1:
+        # the two smallest steps first (the cheapest to time): a line through them prices every shape
+        small, large = shapes[-1], shapes[-2]
+        measured = {small: measure(*small)}
+        measured[large] = measure(*large, measured[small].measured_s)
+        spent = measured[large].measured_s
+        fixed_s, per_token_s = step_cost((small[0] * small[1], measured[small].e2e_step_s),
+                                         (large[0] * large[1], measured[large].e2e_step_s))
+        shape = fit_step_shape(seconds - spent, shapes, fixed_s, per_token_s)
+        times = (dataclasses.replace(measured[shape], measured_s=spent) if shape in measured
+                 else measure(*shape, spent))
+        plan = dataclasses.replace(plan, batch_size=shape[0], seq_len=shape[1])
+    else:
+        times = measure(plan.batch_size, plan.seq_len)
+    budget = plan_budget(seconds, times, share, plan.batch_size, cached_epochs=cached)
     sized = dataclasses.replace(plan, blockwise_steps=budget.blockwise_steps, e2e_steps=budget.e2e_steps,
                                 calibration_sequences=budget.calibration_sequences or plan.calibration_sequences,
                                 deadline=start + seconds)

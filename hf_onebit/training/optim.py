@@ -17,18 +17,21 @@ import torch
 from ..modules import OneBitLinear
 
 GROUP_KEY = "hf_onebit_group"
+#: Default learning rate of the latent weights per recipe (``--lr``); the scale vectors get ``SCALE_LR_RATIO`` times it.
+DEFAULT_LR = {"progressive": 1e-3, "onebit": 3e-4, "bitnet": 3e-4}
+SCALE_LR_RATIO = 3.3
 
 
 def onebit_param_groups(model, lr: float = 2e-4, scale_lr: float | None = None, weight_decay: float = 0.01,
                         scale_weight_decay: float = 0.0) -> list[dict]:
     """Parameter groups ``[latent weights, scale vectors]`` of the trainable parameters of ``model``.
 
-    ``scale_lr`` defaults to ``5 * lr``. Frozen parameters (``requires_grad=False``) are left out.
+    ``scale_lr`` defaults to ``SCALE_LR_RATIO * lr``. Frozen parameters (``requires_grad=False``) are left out.
     """
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("scale_weight_decay", scale_weight_decay)):
         if not isinstance(value, (int, float)) or value < 0 or (name == "lr" and value == 0):
             raise ValueError(f"{name}: got {value!r}; allowed: a number {'> 0' if name == 'lr' else '>= 0'}")
-    scale_lr = 5 * lr if scale_lr is None else scale_lr
+    scale_lr = SCALE_LR_RATIO * lr if scale_lr is None else scale_lr
     latent_ids = {id(m.weight) for m in model.modules() if isinstance(m, OneBitLinear) and m.is_latent}
     weights, scales = [], []
     for _, p in model.named_parameters():
@@ -96,10 +99,6 @@ class AdaptiveGradClipper:
         self.ema = state.get("ema")
         self.clipped_steps = int(state.get("clipped_steps", 0))
 
-
-#: Default learning rate of the latent weights per recipe (``--lr``); the scale vectors get ``SCALE_LR_RATIO`` times it.
-DEFAULT_LR = {"progressive": 1e-3, "onebit": 3e-4, "bitnet": 3e-4}
-SCALE_LR_RATIO = 3.3
 
 
 def learning_rates(recipe: str, lr: float | None, scale_lr: float | None) -> tuple[float, float]:
