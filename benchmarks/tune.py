@@ -5,6 +5,7 @@
     python benchmarks/tune.py --name lr2e-3 --lr 2e-3
     python benchmarks/tune.py --name b8 --batch 8 --steps 125         # about the same minutes as 200 x 4
     python benchmarks/tune.py --name ph10 --override '{"phases": 10, "t_end": 104.6}'
+    python benchmarks/tune.py --name t-prog --weight-format ternary --recipe progressive
 
 Each run distils SmolLM2-135M-Instruct into a 1-bit student for exactly ``--steps`` end-to-end steps (no time
 budget: the runs compare settings at equal steps, or at equal minutes by choosing the steps), packs and reloads it,
@@ -37,6 +38,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary")
+    p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
+                   help="end-to-end recipe (default: the weight format's, progressive for binary, bitnet for ternary)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--scale-lr", type=float, default=None)
     p.add_argument("--hidden-weight", type=float, default=1.0)
@@ -62,7 +66,8 @@ def main(argv=None) -> None:
     path = smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    student = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=OneBitConfig(training=True, weight_format=args.weight_format))
     if args.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
         student.get_output_embeddings().weight.requires_grad_(False)
@@ -70,6 +75,7 @@ def main(argv=None) -> None:
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
+                       recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, loss=DistillationLoss(hidden_weight=args.hidden_weight),
                        recipe_overrides=json.loads(args.override))
     out = tempfile.mkdtemp(prefix=f"tune-{args.name}-")
