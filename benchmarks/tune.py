@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from quality import machine  # noqa: E402
 
+from hf_onebit.training.recipes import RECIPES  # noqa: E402
+
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary")
-    p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
+    p.add_argument("--recipe", choices=RECIPES, default=None,
                    help="end-to-end recipe (default: the weight format's, progressive for binary, bitnet for ternary)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--scale-lr", type=float, default=None)

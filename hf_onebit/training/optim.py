@@ -100,7 +100,6 @@ class AdaptiveGradClipper:
         self.clipped_steps = int(state.get("clipped_steps", 0))
 
 
-
 def learning_rates(recipe: str, lr: float | None, scale_lr: float | None) -> tuple[float, float]:
     """``(lr, scale_lr)``: the given values, else the recipe's default and ``SCALE_LR_RATIO`` times the latent lr.
 
