@@ -33,6 +33,7 @@ from hf_onebit.training.budget import parse_duration  # noqa: E402
 from hf_onebit.training.budget import plan_for_budget  # noqa: E402
 from hf_onebit.training.data import TokenBlocks, text_file_dataset  # noqa: E402
 from hf_onebit.training.pipeline import DistillPlan, run_stages  # noqa: E402
+from hf_onebit.training.recipes import RECIPES  # noqa: E402
 from hf_onebit.training.precision import bf16_is_fast  # noqa: E402
 
 PROMPT = "What is the capital of France?"
@@ -71,6 +72,9 @@ def main(argv=None) -> None:
                              "fewer than 150 steps of one sequence)")
     parser.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
+    parser.add_argument("--recipe", choices=RECIPES, default=None,
+                        help="end-to-end recipe (default: progressive; onebit after a block-wise stage, bitnet for "
+                             "ternary)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast for distillation (default: on where bf16 is fast: AMX / AVX512-BF16)")
     parser.add_argument("--tie-input-scales", action="store_true",
@@ -94,7 +98,7 @@ def main(argv=None) -> None:
                                                       tie_input_scales=args.tie_input_scales))
 
     plan = DistillPlan(stages=tuple(args.stages), seq_len=DistillPlan.seq_len if args.seq_len is None else args.seq_len,
-                       bf16=args.bf16,
+                       bf16=args.bf16, recipe=args.recipe,
                        blockwise_steps=args.blockwise_steps if args.blockwise_steps is not None else 8,
                        e2e_steps=args.max_steps if args.max_steps is not None else 3)
     if not fixed:

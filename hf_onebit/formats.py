@@ -129,7 +129,7 @@ class WeightFormat:
 
 BINARY = WeightFormat("binary", WEIGHTS_PER_BYTE["binary"], "1-bit", "progressive", hard_sign, pack_signs,
                       unpack_signs, _signs, _binary_fit)
-TERNARY = WeightFormat("ternary", WEIGHTS_PER_BYTE["ternary"], "ternary", "bitnet", hard_ternary, pack_ternary,
+TERNARY = WeightFormat("ternary", WEIGHTS_PER_BYTE["ternary"], "ternary", "progressive", hard_ternary, pack_ternary,
                        unpack_ternary, _ternary_codes, _ternary_fit)
 FORMATS = {f.name: f for f in (BINARY, TERNARY)}
 assert tuple(FORMATS) == WEIGHT_FORMATS

@@ -1,5 +1,5 @@
-"""Ternary (BitNet b1.58) distillation: the smooth ternary step, the bitnet recipe and progressive ternarisation in
-the stock Trainer on a tiny LLaMA (seconds each)."""
+"""Ternary (BitNet b1.58) distillation: the smooth ternary step, progressive ternarisation (the default) and the
+bitnet recipe in the stock Trainer on a tiny LLaMA (seconds each)."""
 
 import copy
 import math
@@ -11,7 +11,13 @@ from transformers import AutoModelForCausalLM, Trainer
 from distill_utils import load_pair, tiny_teacher_dir, token_data, train_args
 from hf_onebit.modules import OneBitLinear, hard_ternary
 from hf_onebit.training import OneBitDistillationCallback, finalize_, get_recipe, onebit_optimizer
-from hf_onebit.training.binarizers import ProgressiveBinarizer, Temperature, progressive_ternary, row_absmean
+from hf_onebit.training.binarizers import (
+    BinaryAwareInitBinarizer,
+    ProgressiveBinarizer,
+    Temperature,
+    progressive_ternary,
+    row_absmean,
+)
 
 
 def test_progressive_ternary_limits_and_exact_gradient():
@@ -51,8 +57,17 @@ def test_default_recipe_follows_the_weight_format(teacher_dir):
     student, teacher = load_pair(teacher_dir, weight_format="ternary")
     cb = OneBitDistillationCallback(teacher)
     cb.prepare(student)
-    assert cb.recipe.name == "bitnet" and cb.recipe.cooldown_at == 0.5
-    assert all(m.binarizer is hard_ternary for m in student.modules() if isinstance(m, OneBitLinear))
+    # Both formats default to the progressive recipe: a ternary student starts with binary-aware init on its own
+    # hard quantizer (then the smooth ternary step), not BitNet's straight-through one.
+    assert cb.recipe.name == "progressive" and cb.recipe.cooldown_at is None
+    layers = [m for m in student.modules() if isinstance(m, OneBitLinear)]
+    assert layers and all(isinstance(m.binarizer, BinaryAwareInitBinarizer) and m.binarizer._quantize is hard_ternary
+                          for m in layers)
+    bitnet, _ = load_pair(teacher_dir, weight_format="ternary")
+    cb_bitnet = OneBitDistillationCallback(teacher, recipe="bitnet")
+    cb_bitnet.prepare(bitnet)
+    assert cb_bitnet.recipe.cooldown_at == 0.5
+    assert all(m.binarizer is hard_ternary for m in bitnet.modules() if isinstance(m, OneBitLinear))
     binary, _ = load_pair(teacher_dir)
     cb2 = OneBitDistillationCallback(teacher)
     cb2.prepare(binary)

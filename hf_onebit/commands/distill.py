@@ -13,6 +13,7 @@ import os
 
 from ..training.blockwise import INPUTS, SCALE_INITS
 from ..training.data import STYLES
+from ..training.recipes import RECIPES
 
 DESCRIPTION = """\
 Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoint (--out).
@@ -65,9 +66,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--blockwise-inputs", choices=INPUTS, default="student",
                    help="what each block trains on: the student's own stream (default) or the teacher's")
     p.add_argument("--blockwise-lr", type=float, default=1e-3, help="block-wise learning rate of the latent weights")
-    p.add_argument("--recipe", choices=("progressive", "onebit", "bitnet"), default=None,
+    p.add_argument("--recipe", choices=RECIPES, default=None,
                    help="end-to-end recipe (default: onebit after the block-wise stage - bitnet for ternary - else "
-                        "progressive for binary, bitnet for ternary)")
+                        "progressive)")
     p.add_argument("--max-steps", type=int, default=100, help="end-to-end optimizer steps (default 100)")
     p.add_argument("--cache-targets", type=int, default=0, metavar="K",
                    help="end-to-end stage: compute the teacher's top-K targets once instead of running the teacher "

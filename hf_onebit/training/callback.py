@@ -52,7 +52,7 @@ class OneBitDistillationCallback(TrainerCallback):
     Args:
         teacher: the full-precision model (frozen here; moved to the student's device at the start of training).
         recipe: ``"progressive"``, ``"onebit"``, ``"bitnet"`` or a :class:`~hf_onebit.training.recipes.Recipe`;
-            None (default) picks ``"progressive"`` for a binary student and ``"bitnet"`` for a ternary one.
+            None (default): the student's format's default, ``"progressive"`` for binary and ternary alike.
         loss: a :class:`~hf_onebit.training.losses.DistillationLoss` (default: KL + hidden-state MSE, alpha = 1).
         adaptive_clip: clip gradients at ``clip_multiplier`` times the running EMA of the gradient norm (starting at
             ``clip_initial``); the Trainer's own ``max_grad_norm`` is switched off while it is on. Needs gradients

@@ -147,7 +147,7 @@ def apply_recipe_(model, recipe: Recipe) -> Temperature:
     """Prepare a freshly loaded latent student for ``recipe``; returns the shared temperature (progressive)."""
     if recipe.name == "onebit" and weight_format_of(model) != "binary":
         raise ValueError("recipe: 'onebit' (SVID + sign) is for binary students; allowed for a ternary student: "
-                         "'bitnet' (default) or 'progressive'")
+                         "'progressive' (default) or 'bitnet'")
     temperature = Temperature(math.inf)
     for _, module in latent_layers(model):
         if not recipe.progressive:
