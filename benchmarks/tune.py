@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary")
     p.add_argument("--recipe", choices=RECIPES, default=None,
-                   help="end-to-end recipe (default: the weight format's, progressive for binary, bitnet for ternary)")
+                   help="end-to-end recipe (default: the weight format's, progressive for both)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--scale-lr", type=float, default=None)
     p.add_argument("--hidden-weight", type=float, default=1.0)

@@ -7,7 +7,7 @@ import torch
 
 import hf_onebit
 from hf_onebit import OneBitConfig
-from hf_onebit.fixtures.tiny_model import tiny_llama
+from hf_onebit.fixtures.tiny_model import tiny_llama, tiny_qwen2
 from hf_onebit.interop.gguf import blocks
 from hf_onebit.interop.gguf.fold import ExportError, fold_llama, folded_model
 
@@ -65,10 +65,12 @@ def _tie(model):
 
 
 @pytest.mark.parametrize("weight_format,block", [("binary", 128), ("ternary", 256)])
-def test_tied_model_folds_exactly_with_padding(weight_format, block):
-    """hidden 64, 4 heads x 16 (2 KV heads), MLP 96: every width is padded; the folded model computes the same."""
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])
+def test_tied_model_folds_exactly_with_padding(weight_format, block, make):
+    """hidden 64, 4 heads x 16 (2 KV heads), MLP 96: every width is padded; the folded model computes the same
+    (Qwen2: with its q/k/v biases, v's scaled by o's g, and its rotary halves unpermuted)."""
     torch.manual_seed(0)
-    model = tiny_llama(seed=0)
+    model = make(seed=0)
     hf_onebit.quantize_(model, OneBitConfig(weight_format=weight_format))
     with torch.no_grad():  # random non-trivial scales, some g negative
         for m in model.modules():
@@ -80,6 +82,9 @@ def test_tied_model_folds_exactly_with_padding(weight_format, block):
     r = tensors.report
     assert r.exact and r.hidden == (64, block) and r.intermediate == (96, block)
     assert r.heads == (4, block // 16) and r.kv_heads == (2, block // 32)  # whole dummy KV groups of 2 x 16
+    assert tensors.config["arch"] == ("qwen2" if make is tiny_qwen2 else "llama")
+    biases = [name for name in tensors.layers[0] if name.endswith(".bias")]
+    assert biases == (["q_proj.bias", "k_proj.bias", "v_proj.bias"] if make is tiny_qwen2 else [])
     ids = torch.randint(model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = model(ids).logits
@@ -112,6 +117,20 @@ def test_exporter_refuses_other_architectures_and_float_layers():
         fold_llama(gpt2, 128)
     with pytest.raises(ExportError, match=r"layers\.0\.q_proj: a Linear, not a OneBitLinear"):
         fold_llama(tiny_llama(seed=0), 128)
+    windowed = tiny_qwen2(seed=0)
+    windowed.config.use_sliding_window = True
+    with pytest.raises(ExportError, match="use_sliding_window=True.*allowed: False"):
+        fold_llama(windowed, 128)
+    biased = tiny_llama(seed=0)
+    biased.config.attention_bias = True
+    with pytest.raises(ExportError, match="attention_bias=True: llama.cpp's llama graph has no such biases"):
+        fold_llama(biased, 128)
+    qwen2 = tiny_qwen2(seed=0)
+    hf_onebit.quantize_(qwen2, OneBitConfig())
+    qwen2.model.layers[1].self_attn.k_proj.bias = None
+    with pytest.raises(ExportError, match=r"layers\.1\.k_proj: has no bias; llama.cpp's qwen2 graph has biases in "
+                                          r"q_proj, k_proj, v_proj"):
+        fold_llama(qwen2, 128, approximate=True)
 
 
 def _tied_saved_model(tmp_path, weight_format="binary"):

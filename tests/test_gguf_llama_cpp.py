@@ -9,7 +9,7 @@ import torch
 
 import hf_onebit
 from hf_onebit import OneBitConfig
-from hf_onebit.fixtures.tiny_model import tiny_llama
+from hf_onebit.fixtures.tiny_model import tiny_llama, tiny_qwen2
 from hf_onebit.interop.gguf import export_gguf
 from hf_onebit.interop.gguf.fold import fold_llama, folded_model
 from gguf_helpers import tokenizer_with_merges
@@ -17,11 +17,11 @@ from gguf_helpers import tokenizer_with_merges
 import llama_cpp  # noqa: E402  (in the test extra: scripts/setup.sh builds it once and pip caches the wheel)
 
 
-def _tied_model(weight_format, seed=0):
+def _tied_model(weight_format, seed=0, make=tiny_llama):
     from test_gguf_fold import _tie
 
     torch.manual_seed(seed)
-    model = tiny_llama(seed=seed, hidden=128, intermediate=256, head_dim=32, vocab_size=260)
+    model = make(seed=seed, hidden=128, intermediate=256, head_dim=32, vocab_size=260)
     hf_onebit.quantize_(model, OneBitConfig(weight_format=weight_format))
     _tie(model)
     return model
@@ -33,9 +33,12 @@ def _llama_logits(path, ids):
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
-@pytest.mark.parametrize("weight_format,qtype", [("binary", "Q1_0"), ("ternary", "TQ2_0"), ("ternary", "TQ1_0")])
-def test_llama_cpp_runs_the_exported_model(tmp_path, weight_format, qtype):
-    model = _tied_model(weight_format)
+@pytest.mark.parametrize("weight_format,qtype,make", [
+    ("binary", "Q1_0", tiny_llama), ("ternary", "TQ2_0", tiny_llama), ("ternary", "TQ1_0", tiny_llama),
+    ("binary", "Q1_0", tiny_qwen2), ("ternary", "TQ2_0", tiny_qwen2),  # llama.cpp's qwen2 graph, q/k/v biases
+], ids=["llama-Q1_0", "llama-TQ2_0", "llama-TQ1_0", "qwen2-Q1_0", "qwen2-TQ2_0"])
+def test_llama_cpp_runs_the_exported_model(tmp_path, weight_format, qtype, make):
+    model = _tied_model(weight_format, make=make)
     path = tmp_path / f"tiny-{qtype}.gguf"
     summary = export_gguf(model, tokenizer_with_merges(), str(path), qtype=qtype)
     assert summary.report.exact and summary.qtype == qtype

@@ -20,8 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--approximate", action="store_true",
                    help="accept a fold of g that is not exact (models without tie_input_scales); the table states "
                         "the largest relative weight error")
-    p.add_argument("--tokenizer-pre", default="gpt-2",
-                   help="llama.cpp pre-tokenizer name written to the file (default gpt-2: the GPT-2 byte-level regex; e.g. smollm for SmolLM2, whose original splits digits)")
+    p.add_argument("--tokenizer-pre", default=None,
+                   help="llama.cpp pre-tokenizer name written to the file (default: gpt-2, the GPT-2 byte-level regex, "
+                        "for LLaMA / Mistral; qwen2 for Qwen2; e.g. smollm for SmolLM2, whose original splits digits)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(run=run)
 

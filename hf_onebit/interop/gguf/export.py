@@ -1,4 +1,4 @@
-"""Write an hf_onebit LLaMA-family model as a GGUF file that stock llama.cpp loads and runs.
+"""Write an hf_onebit LLaMA-family model (LLaMA, Mistral, Qwen2) as a GGUF file that stock llama.cpp loads and runs.
 
     from hf_onebit.interop.gguf import export_gguf
     summary = export_gguf(model, tokenizer, "model-q1_0.gguf")            # binary -> Q1_0, ternary -> TQ2_0
@@ -12,7 +12,8 @@ What goes into the file:
   ``g`` into llama.cpp's graph and padded the widths to whole blocks;
 * the embeddings (and an untied output head) as F16, the RMSNorm weights as F32 - what llama.cpp's own converter
   stores for a model whose linear layers it quantizes;
-* llama.cpp's ``llama`` hyper-parameters (the padded widths, the rescaled RMSNorm epsilon, the head size stated
+* Qwen2's q/k/v biases as F32, as llama.cpp's converter stores them;
+* llama.cpp's ``llama`` or ``qwen2`` hyper-parameters (the padded widths, the rescaled RMSNorm epsilon, the head size stated
   explicitly because the padded width over the head count is no longer it) and the tokenizer: a byte-level BPE
   vocabulary with its merges, special tokens and chat template, from the transformers tokenizer.
 """
@@ -39,6 +40,9 @@ NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "
 DEFAULT_TYPE = {"binary": "Q1_0", "ternary": "TQ2_0"}
 #: general.file_type (llama.cpp's LLAMA_FTYPE_MOSTLY_*) of each type
 FILE_TYPES = {"Q1_0": "MOSTLY_Q1_0", "TQ1_0": "MOSTLY_TQ1_0", "TQ2_0": "MOSTLY_TQ2_0"}
+#: the pre-tokenizer written when none is given, per llama.cpp architecture (``gpt-2``: the byte-level regex of a
+#: plain ByteLevel pre-tokenizer; ``qwen2``: Qwen2's, which splits digits one by one)
+DEFAULT_PRE = {"llama": "gpt-2", "qwen2": "qwen2"}
 
 
 @dataclass
@@ -122,13 +126,13 @@ def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ writer
 def export_gguf(model, tokenizer, path: str, qtype: str | None = None, approximate: bool = False,
-                name: str | None = None, tokenizer_pre: str = "gpt-2") -> ExportSummary:
-    """Write ``model`` (an hf_onebit LLaMA-family model, packed or latent) and ``tokenizer`` to ``path``.
+                name: str | None = None, tokenizer_pre: str | None = None) -> ExportSummary:
+    """Write ``model`` (an hf_onebit LLaMA, Mistral or Qwen2 model, packed or latent) and ``tokenizer`` to ``path``.
 
     ``qtype``: ``Q1_0`` (binary; the default for binary), ``TQ2_0`` (the default for ternary) or ``TQ1_0``.
     ``approximate``: accept a fold that is not exact (see :mod:`.fold`); the summary reports its error.
-    ``tokenizer_pre``: llama.cpp's pre-tokenizer name (``gpt-2`` is the byte-level regex of a plain ByteLevel
-    pre-tokenizer; a model whose original GGUF names another, e.g. ``smollm``, can pass that).
+    ``tokenizer_pre``: llama.cpp's pre-tokenizer name; default :data:`DEFAULT_PRE` of the architecture (a model whose
+    original GGUF names another, e.g. ``smollm``, can pass that).
     """
     import gguf
 
@@ -139,7 +143,7 @@ def export_gguf(model, tokenizer, path: str, qtype: str | None = None, approxima
     tok = tokenizer_metadata(tokenizer, c["vocab"])
     qenum = getattr(gguf.GGMLQuantizationType, qtype)
 
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, c["arch"])
     writer.add_name(name or getattr(model.config, "_name_or_path", None) or "hf_onebit model")
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[qtype]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -156,7 +160,7 @@ def export_gguf(model, tokenizer, path: str, qtype: str | None = None, approxima
     writer.add_layer_norm_rms_eps(c["eps_padded"])
     writer.add_vocab_size(len(tok["tokens"]))
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tokenizer_pre)
+    writer.add_tokenizer_pre(tokenizer_pre or DEFAULT_PRE[c["arch"]])
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["types"])
     writer.add_token_merges(tok["merges"])
@@ -185,6 +189,8 @@ def export_gguf(model, tokenizer, path: str, qtype: str | None = None, approxima
             writer.add_tensor(f"blk.{i}.{NAMES[hf_name]}.weight", blocks.encode(q.values, q.scales, qtype).numpy(),
                               raw_dtype=qenum)
             stored += q.values.numel()
+            if f"{hf_name}.bias" in layer:
+                writer.add_tensor(f"blk.{i}.{NAMES[hf_name]}.bias", f32(layer[f"{hf_name}.bias"]))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

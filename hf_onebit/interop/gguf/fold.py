@@ -1,6 +1,10 @@
 """A LLaMA-family hf_onebit model as llama.cpp's tensors: ``g`` folded into what llama.cpp multiplies anyway, the
 dimensions padded to whole blocks, the q/k rows in llama.cpp's rotary order. No GGUF here: :mod:`.export` writes it.
 
+Architectures (:data:`ARCHITECTURES`): LLaMA and Mistral become llama.cpp's ``llama`` graph (rotary pairs adjacent:
+q/k rows permuted), Qwen2 its ``qwen2`` graph (rotary halves as in transformers: no permutation; q/k/v biases, kept
+as float32 vectors).
+
 A OneBitLinear computes ``y = ((x * g) @ V.T) * h`` (``V`` the values). A llama.cpp block type (Q1_0, TQ1_0, TQ2_0)
 holds ``V`` and one scale per block of a row: ``h`` fits (every block of row ``i`` gets ``h[i]``), ``g`` - one float per
 *input* - does not. It is moved, exactly, into the operation before the layer:
@@ -11,7 +15,8 @@ layer          where its ``g`` goes
 q, k, v        the attention RMSNorm's weight - one vector for three layers: exact when their ``g`` are equal
 gate, up       the MLP RMSNorm's weight - exact when their ``g`` are equal
 down           ``up``'s ``h``: ``(silu(gate) * up) * g = silu(gate) * (up * g)`` - always exact
-o              ``v``'s ``h``, per key/value head: exact when the query heads sharing a KV head have equal ``g``
+o              ``v``'s ``h`` (and ``v``'s bias), per key/value head: exact when the query heads sharing a KV head
+               have equal ``g``
 =============  ==============================================================================================
 
 ``OneBitConfig(tie_input_scales=True)`` keeps exactly those ``g`` equal while a model trains. For a model without it
@@ -25,7 +30,8 @@ Padding (llama.cpp's types need whole blocks of 128 or 256 inputs per row):
   the epsilon (times ``H / H'``) undo exactly;
 * the attention width ``heads x head_dim``: whole dummy KV groups (a zero ``v`` head and its zero query heads), whose
   attention output is 0;
-* the MLP width: zero ``gate``/``up`` rows (``silu(0) * 0 = 0``).
+* the MLP width: zero ``gate``/``up`` rows (``silu(0) * 0 = 0``);
+* biases (Qwen2's q/k/v): zeros for the padded rows.
 
 The padded model computes the same function; the padding costs bits (reported by the exporter), not accuracy.
 """
@@ -40,9 +46,11 @@ import torch
 from ...modules import OneBitLinear
 from ...tying import layer_values, refit_rows, shared_scale
 
-#: HF model types whose graph is llama.cpp's ``llama`` architecture
-LLAMA_TYPES = ("llama", "mistral")
+#: HF model type -> llama.cpp architecture whose graph computes it
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+#: the layers with a bias in each llama.cpp architecture (every other layer must have none)
+BIASED = {"llama": (), "qwen2": ("q_proj", "k_proj", "v_proj")}
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -84,7 +92,9 @@ class LlamaTensors:
     embed: torch.Tensor  # (vocab, H')
     output: torch.Tensor | None  # (vocab, H') or None when tied to the embeddings
     output_norm: torch.Tensor
-    layers: list  # per layer: {"attn_norm", "ffn_norm": float vectors, "q_proj", ...: Quantized}
+    #: per layer: {"attn_norm", "ffn_norm": float vectors, "q_proj", ...: Quantized, "q_proj.bias", ...: float vectors
+    #: for the layers of ``BIASED[config["arch"]]``}
+    layers: list
     report: FoldReport
 
 
@@ -126,14 +136,19 @@ def _pad_cols(values: torch.Tensor, cols: int) -> torch.Tensor:
 
 
 def check_llama(model) -> dict:
-    """The llama.cpp ``llama`` hyper-parameters of ``model``; an ExportError for what that graph cannot run."""
+    """The llama.cpp hyper-parameters of ``model`` (``arch``: its llama.cpp architecture); an ExportError for what
+    that graph cannot run."""
     cfg = model.config
-    if cfg.model_type not in LLAMA_TYPES:
-        raise ExportError(f"model_type: got {cfg.model_type!r}; the GGUF exporter supports {', '.join(LLAMA_TYPES)} "
-                          "(llama.cpp's 'llama' architecture)")
+    arch = ARCHITECTURES.get(cfg.model_type)
+    if arch is None:
+        raise ExportError(f"model_type: got {cfg.model_type!r}; the GGUF exporter supports {', '.join(ARCHITECTURES)} "
+                          "(llama.cpp's 'llama' and 'qwen2' architectures)")
     for flag in ("attention_bias", "mlp_bias"):
-        if getattr(cfg, flag, False):
-            raise ExportError(f"config.{flag}=True: biases are not exported; allowed: models without biases")
+        if arch == "llama" and getattr(cfg, flag, False):
+            raise ExportError(f"config.{flag}=True: llama.cpp's llama graph has no such biases; allowed: False")
+    if getattr(cfg, "use_sliding_window", False):
+        raise ExportError("config.use_sliding_window=True: llama.cpp's qwen2 graph attends to the whole context; "
+                          "allowed: False")
     rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
     if rope.get("rope_type", "default") != "default":
         raise ExportError(f"rope type {rope.get('rope_type')!r}: only the default rotary embedding is exported")
@@ -143,7 +158,7 @@ def check_llama(model) -> dict:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     if cfg.hidden_act != "silu":
         raise ExportError(f"hidden_act: got {cfg.hidden_act!r}; llama.cpp's llama graph uses 'silu'")
-    return {"hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size, "heads": heads, "kv_heads": kv,
+    return {"arch": arch, "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size, "heads": heads, "kv_heads": kv,
             "head_dim": head_dim, "layers": cfg.num_hidden_layers, "eps": float(cfg.rms_norm_eps),
             "rope_theta": float(theta), "context": int(cfg.max_position_embeddings), "vocab": cfg.vocab_size,
             "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
@@ -165,6 +180,8 @@ def fold_llama(model, block: int, approximate: bool = False) -> LlamaTensors:
                         intermediate=(cfg["intermediate"], Ip))
     norm_scale = math.sqrt(H / Hp)  # RMS over H' of a zero-padded vector is sqrt(H / H') of its RMS over H
     layers = []
+    biased = BIASED[cfg["arch"]]
+    permute = cfg["arch"] == "llama"  # llama.cpp's llama graph pairs adjacent rotary dimensions; qwen2 halves, as HF
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     for index, layer in enumerate(base.layers):
         mods = {name: getattr(layer.self_attn, name) for name in ATTN}
@@ -173,11 +190,14 @@ def fold_llama(model, block: int, approximate: bool = False) -> LlamaTensors:
             if not isinstance(m, OneBitLinear):
                 raise ExportError(f"layers.{index}.{name}: a {type(m).__name__}, not a OneBitLinear; the exporter "
                                   "writes 1-bit / ternary layers only (quantize every block linear layer)")
-            if m.bias is not None:
-                raise ExportError(f"layers.{index}.{name}: has a bias; allowed: layers without bias")
+            if (m.bias is not None) != (name in biased):
+                raise ExportError(f"layers.{index}.{name}: {'has a' if m.bias is not None else 'has no'} bias; "
+                                  f"llama.cpp's {cfg['arch']} graph has biases in "
+                                  f"{', '.join(biased) if biased else 'no linear layer'}")
             if m.post_layernorm:
                 raise ExportError(f"layers.{index}.{name}: post_layernorm=True has no llama.cpp equivalent")
         parts = {name: layer_parts(m) for name, m in mods.items()}
+        bias = {name: mods[name].bias.detach().float().clone() for name in biased}
         out = {}
 
         def share(names, what):
@@ -212,6 +232,8 @@ def fold_llama(model, block: int, approximate: bool = False) -> LlamaTensors:
                                   "OneBitConfig(tie_input_scales=True), or approximate=True")
         v_v, g_v, h_v = parts["v_proj"]
         parts["v_proj"] = (v_v, g_v, h_v * c.reshape(-1))
+        if "v_proj" in bias:
+            bias["v_proj"] = bias["v_proj"] * c.reshape(-1)
         parts["o_proj"] = (v_o, torch.ones_like(g_o), h_o)
         # down_proj: its g goes into up_proj's h
         v_d, g_d, h_d = parts["down_proj"]
@@ -227,9 +249,13 @@ def fold_llama(model, block: int, approximate: bool = False) -> LlamaTensors:
         for name, (heads_in, heads_out) in (("q_proj", (heads, heads_p)), ("k_proj", (kv, kv_p)),
                                              ("v_proj", (kv, kv_p))):
             v, _, h = parts[name]
-            if name != "v_proj":  # rotary pairs in llama.cpp's order (rows only: g is per input)
+            b = bias.get(name)
+            if permute and name != "v_proj":  # rotary pairs in llama.cpp's order (rows only: g is per input)
                 v, h = _permute_rotary(v, heads_in), _permute_rotary(h, heads_in)
+                b = None if b is None else _permute_rotary(b, heads_in)
             out[name] = Quantized(_pad_cols(_pad_rows(v, heads_out * hd), Hp), _pad_rows(h, heads_out * hd))
+            if b is not None:
+                out[f"{name}.bias"] = _pad_rows(b, heads_out * hd)
         v, _, h = parts["o_proj"]
         out["o_proj"] = Quantized(_pad_cols(_pad_rows(v, Hp), heads_p * hd), _pad_rows(h, Hp))
         for name in ("gate_proj", "up_proj"):
@@ -262,24 +288,27 @@ def folded_model(tensors: LlamaTensors, dtype: torch.dtype = torch.float32, roun
     """The folded, padded tensors as a float transformers ``LlamaForCausalLM``: the function the GGUF file holds (what
     llama.cpp computes, apart from its 8-bit activations), for checking a fold and measuring what an approximate one
     costs on held-out text. Quantized scales are rounded to float16 as the file stores them (``round_scales=False``:
-kept as folded, which shows the fold alone)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+kept as folded, which shows the fold alone). A ``qwen2`` fold becomes a ``Qwen2ForCausalLM``."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     c = tensors.config
+    qwen2 = c["arch"] == "qwen2"
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if qwen2 else (LlamaConfig, LlamaForCausalLM)
+    extra = {"use_sliding_window": False} if qwen2 else {"attention_bias": False, "mlp_bias": False}
     # built with a width the heads divide (transformers' validation asks for it even with head_dim given), then set
-    config = LlamaConfig(hidden_size=c["heads_padded"] * c["head_dim"], intermediate_size=c["intermediate_padded"],
-                         num_attention_heads=c["heads_padded"], num_key_value_heads=c["kv_heads_padded"],
-                         head_dim=c["head_dim"], num_hidden_layers=c["layers"], rms_norm_eps=c["eps_padded"],
-                         vocab_size=c["vocab"], max_position_embeddings=c["context"], tie_word_embeddings=c["tied"],
-                         rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]},
-                         attention_bias=False, mlp_bias=False, hidden_act="silu")
+    config = config_class(hidden_size=c["heads_padded"] * c["head_dim"], intermediate_size=c["intermediate_padded"],
+                          num_attention_heads=c["heads_padded"], num_key_value_heads=c["kv_heads_padded"],
+                          head_dim=c["head_dim"], num_hidden_layers=c["layers"], rms_norm_eps=c["eps_padded"],
+                          vocab_size=c["vocab"], max_position_embeddings=c["context"], tie_word_embeddings=c["tied"],
+                          rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]},
+                          hidden_act="silu", **extra)
     config.hidden_size = c["hidden_padded"]
-    model = LlamaForCausalLM(config).to(dtype).eval()
+    model = model_class(config).to(dtype).eval()
 
     def dense(q: Quantized, heads: int | None = None) -> torch.Tensor:
         scales = q.scales.to(torch.float16).float() if round_scales else q.scales
         w = q.values.float() * scales[:, None]
-        return _unpermute_rotary(w, heads) if heads else w
+        return _unpermute_rotary(w, heads) if heads and not qwen2 else w
 
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(tensors.embed)
@@ -293,6 +322,8 @@ kept as folded, which shows the fold alone)."""
             layer.self_attn.k_proj.weight.copy_(dense(t["k_proj"], c["kv_heads_padded"]))
             layer.self_attn.v_proj.weight.copy_(dense(t["v_proj"]))
             layer.self_attn.o_proj.weight.copy_(dense(t["o_proj"]))
+            for name in BIASED[c["arch"]]:
+                getattr(layer.self_attn, name).bias.copy_(t[f"{name}.bias"])
             for name in MLP:
                 getattr(layer.mlp, name).weight.copy_(dense(t[name]))
     return model
