@@ -9,9 +9,10 @@ is shared, so only their ratio is meaningful); the median of ``--reps`` pairs is
 (the KL through ``F.kl_div`` on float32 copies of the masked logits, the progressive binarizer on its PyTorch reference
 instead of the CPU kernel, and with ``--bf16`` the teacher left in float32 outside autocast), so that the table shows
 what the fast paths save. ``--reference-binarizer`` adds a fourth: the fast step with only the binarizer on its
-reference path.
+reference path. ``--weight-format ternary`` times a ternary student (the smooth ternary step instead of the sign).
 
     python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny] [--reference]
+    python benchmarks/distill_overhead.py --reps 5 --batch-size 1 --seq-len 64 --reference-binarizer --weight-format ternary
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def build(args):
         from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
         path = smollm2_checkpoint()
-    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    student = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=OneBitConfig(training=True, weight_format=args.weight_format))
     teacher = AutoModelForCausalLM.from_pretrained(path)
     return student, teacher
 
@@ -51,6 +53,7 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--tiny", action="store_true", help="a small random LLaMA instead of SmolLM2 (for a quick check)")
+    p.add_argument("--weight-format", choices=("binary", "ternary"), default="binary")
     p.add_argument("--reference", action="store_true", help="also time the step without the fast paths")
     p.add_argument("--reference-binarizer", action="store_true",
                    help="also time the fast step with the binarizer on its reference path")
@@ -125,7 +128,8 @@ def main(argv=None):
         mb = statistics.median(old_binarizer)
         rows.append(["distillation, reference binarizer", mb, tokens / mb, mb / mp])
     print(format_table(["step", "median s", "tokens / s", "x plain"], rows))
-    print(f"\ndistillation / plain = {md / mp:.2f}x  (batch {args.batch_size} x {args.seq_len} tokens, "
+    print(f"\ndistillation / plain = {md / mp:.2f}x  ({args.weight_format}, batch {args.batch_size} x {args.seq_len} "
+          "tokens, "
           f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating rounds, forward+backward only)")
     if args.reference:
         print(f"reference path / fast path = {mo / md:.2f}x")

@@ -217,22 +217,28 @@ def test_progressive_kernel_with_folded_scales_matches_the_reference(out_dtype):
                      int(out_dtype == torch.bfloat16), grad_w.data_ptr(), None, None, 1)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_latent_layer_on_the_kernel_trains_like_the_reference(autocast):
-    """A progressive (dual-scaling) binary OneBitLinear gives the same output and the same gradients of its weight and
-    both scales on the kernel (scales folded into the weight in float32; under bf16 autocast the binarizer alone) as on
-    the reference path."""
+def _latent_layer(weight_format):
+    """A latent 96 -> 48 OneBitLinear with a bias and non-trivial scales, and an input for it."""
     from hf_onebit.modules import OneBitLinear
-    from hf_onebit.training.binarizers import ProgressiveBinarizer, Temperature
 
     torch.manual_seed(0)
-    layer = OneBitLinear(96, 48, bias=True, latent=True)
+    layer = OneBitLinear(96, 48, bias=True, latent=True, weight_format=weight_format)
     with torch.no_grad():
         layer.weight.copy_(_latent_weight(48, 96))
         layer.scale_in.uniform_(0.5, 1.5)
         layer.scale_out.uniform_(0.5, 1.5)
         layer.bias.uniform_(-1, 1)
-    x = torch.randn(2, 5, 96)
+    return layer, torch.randn(2, 5, 96)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_latent_layer_on_the_kernel_trains_like_the_reference(autocast):
+    """A progressive (dual-scaling) binary OneBitLinear gives the same output and the same gradients of its weight and
+    both scales on the kernel (scales folded into the weight in float32; under bf16 autocast the binarizer alone) as on
+    the reference path."""
+    from hf_onebit.training.binarizers import ProgressiveBinarizer, Temperature
+
+    layer, x = _latent_layer("binary")
     results = []
     for use_kernel in (True, False):
         layer.binarizer = ProgressiveBinarizer(Temperature(3.0), use_kernel=use_kernel)
@@ -245,7 +251,7 @@ def test_latent_layer_on_the_kernel_trains_like_the_reference(autocast):
                     assert folded is None
                     assert type(layer.binarizer(layer.weight).grad_fn).__name__ == "_ProgressiveSignBackward"
                 else:
-                    assert type(folded.grad_fn).__name__ == "_ProgressiveSignRowsBackward"
+                    assert type(folded.grad_fn).__name__ == "_ProgressiveRowsBackward"
             y = layer(x)
         assert y.dtype == torch.float32
         y.float().square().sum().backward()
@@ -272,7 +278,7 @@ def test_binarizer_takes_the_kernel_path_in_float32_and_trains_like_the_referenc
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         wb = binarizer(w)
         # float32: the kernel; under bf16 autocast the PyTorch path (the kernel measured no faster there)
-        path = "_ProgressiveSignBackward" if autocast else "_ProgressiveSignRowsBackward"
+        path = "_ProgressiveSignBackward" if autocast else "_ProgressiveRowsBackward"
         assert type(wb.grad_fn).__name__ == path and wb.dtype == torch.float32
         y = F.linear(x, wb)
         y.square().sum().backward()
@@ -282,3 +288,85 @@ def test_binarizer_takes_the_kernel_path_in_float32_and_trains_like_the_referenc
     torch.testing.assert_close(y, y_ref, rtol=1e-5 if not autocast else 0, atol=1e-5 if not autocast else 0)
     # (where |y| is near 1 the two float32 gradients differ by a few ulp of y times the slope: tiny against the largest)
     torch.testing.assert_close(grad_kernel, w.grad, rtol=1e-4, atol=1e-5 * w.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("t", [0.02, 0.32, 1.0, 7.5, 104.6])
+@pytest.mark.parametrize("cols", [1, 63, 577])
+@pytest.mark.parametrize("scales", [True, False])
+def test_progressive_ternary_kernel_matches_the_reference(t, cols, scales):
+    """The ternary kernel's output and its gradients of W, scale_in and scale_out equal autograd's through
+    scale_out[:, None] * ProgressiveBinarizer(ternary)(W) * scale_in[None, :] (the smooth ternary step with its
+    least-squares row scale), to a few float32 ulp of the tanh; without scales, through the binarizer alone."""
+    from hf_onebit.ops.cpu import progressive as kernel
+    from hf_onebit.training.binarizers import (
+        ProgressiveBinarizer,
+        Temperature,
+        least_squares_row_scale,
+        progressive_ternary,
+        row_absmean,
+    )
+
+    if not kernel.supports(torch.zeros(1, 1), torch.float32):
+        pytest.fail(f"the CPU kernel library did not load: {kernel.library()}")
+    gen = torch.Generator().manual_seed(3)
+    w = _latent_weight(37, cols)
+    g, h = (torch.rand(cols, generator=gen) + 0.5, torch.rand(37, generator=gen) + 0.5) if scales else (None, None)
+    binarizer = ProgressiveBinarizer(Temperature(t), weight_format="ternary", use_kernel=False)
+    rw = w.clone().requires_grad_(True)
+    rg, rh = (None, None) if not scales else (g.clone().requires_grad_(True), h.clone().requires_grad_(True))
+    ref = binarizer(rw) if not scales else rh[:, None] * binarizer(rw) * rg[None, :]
+    grad = torch.randn(ref.shape, generator=gen)
+    ref.backward(grad)
+
+    out, row_scales = kernel.progressive_ternary_forward(w, t, g, h)
+    torch.testing.assert_close(row_scales[:, :1], row_absmean(w), rtol=2e-6, atol=0)
+    soft = progressive_ternary(w, t, row_absmean(w)) / row_absmean(w)  # G
+    torch.testing.assert_close(row_scales[:, 1:], least_squares_row_scale(w, soft), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    got = kernel.progressive_ternary_backward(w, row_scales, t, grad, g, h)
+    assert (got[1] is None) == (got[2] is None) == (not scales)
+    # the gradient's 2 - a^2 - b^2 cancels where both tanh are near +-1: a few ulp of them against the largest
+    for mine, want in zip(got, (rw.grad, None if rg is None else rg.grad, None if rh is None else rh.grad)):
+        if want is not None:
+            torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_progressive_ternary_kernel_keeps_nan_in_its_row_and_refuses_bad_t():
+    from hf_onebit.ops.cpu import progressive as kernel
+
+    w = _latent_weight(9, 70)
+    w[3, 5] = float("nan")
+    out, _ = kernel.progressive_ternary_forward(w, 2.0)
+    assert out[3].isnan().all() and out[torch.arange(9) != 3].isfinite().all()
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="t: got"):
+            kernel.progressive_ternary_forward(w, bad)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_latent_ternary_layer_on_the_kernel_trains_like_the_reference(autocast):
+    """A progressive (dual-scaling) ternary OneBitLinear gives the same output and gradients of its weight and both
+    scales on the kernel (float32: scales folded into the weight) as on the reference path; under bf16 autocast it
+    keeps the reference path."""
+    from hf_onebit.training.binarizers import ProgressiveBinarizer, Temperature
+
+    layer, x = _latent_layer("ternary")
+    results = []
+    for use_kernel in (True, False):
+        layer.binarizer = ProgressiveBinarizer(Temperature(3.0), weight_format="ternary", use_kernel=use_kernel)
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            folded = layer.binarizer.scaled_weight(layer.weight, layer.scale_in, layer.scale_out,
+                                                   torch.bfloat16 if autocast else torch.float32)
+            if use_kernel and not autocast:
+                assert type(folded.grad_fn).__name__ == "_ProgressiveRowsBackward"
+            else:
+                assert folded is None
+            y = layer(x)
+        y.float().square().sum().backward()
+        results.append((y.detach().float(), *(p.grad.clone() for p in (layer.weight, layer.scale_in, layer.scale_out))))
+    (y_k, *grads_k), (y_r, *grads_r) = results
+    tol = dict(rtol=0, atol=0) if autocast else dict(rtol=1e-5, atol=1e-5 * y_r.abs().max().item())
+    torch.testing.assert_close(y_k, y_r, **tol)
+    for got, want in zip(grads_k, grads_r):
+        torch.testing.assert_close(got, want, **(tol if autocast else dict(rtol=1e-4, atol=1e-4 * want.abs().max().item())))

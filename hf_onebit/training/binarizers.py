@@ -63,28 +63,34 @@ class _ProgressiveSign(torch.autograd.Function):
         return grad * ((1 - y * y) * (t / math.tanh(t))), None, None
 
 
-class _ProgressiveSignRows(torch.autograd.Function):
-    """``scale_out[:, None] * progressive_sign(w, t, row_absmean(w)) * scale_in[None, :]`` on the CPU kernels
-    (``hf_onebit.ops.cpu.progressive``; a scale given as None is left out): the output comes in ``out_dtype`` and the
-    backward recomputes the tanh from ``w`` instead of keeping it."""
+class _ProgressiveRows(torch.autograd.Function):
+    """``scale_out[:, None] * B(w) * scale_in[None, :]`` on the CPU kernels (``hf_onebit.ops.cpu.progressive``; a scale
+    given as None is left out), ``B`` the progressive sign ``progressive_sign(w, t, row_absmean(w))`` or, with
+    ``ternary``, the dual-scaling ternary step ``c * G(w / s, t)`` of :class:`ProgressiveBinarizer` (float32 only).
+    The output comes in ``out_dtype``; the row scales are held constant and the backward recomputes the tanh from
+    ``w`` instead of keeping it."""
 
     @staticmethod
-    def forward(ctx, w, scale_in, scale_out, t: float, out_dtype):
-        from ..ops.cpu.progressive import progressive_sign_forward
+    def forward(ctx, w, scale_in, scale_out, t: float, out_dtype, ternary: bool):
+        from ..ops.cpu import progressive as kernels
 
-        out, row_scale = progressive_sign_forward(w.detach(), t, out_dtype, _detached(scale_in), _detached(scale_out))
-        ctx.save_for_backward(w, row_scale, scale_in, scale_out)
-        ctx.t = t
+        scales = (_detached(scale_in), _detached(scale_out))
+        if ternary:
+            out, row_scales = kernels.progressive_ternary_forward(w.detach(), t, *scales)
+        else:
+            out, row_scales = kernels.progressive_sign_forward(w.detach(), t, out_dtype, *scales)
+        ctx.save_for_backward(w, row_scales, scale_in, scale_out)
+        ctx.t, ctx.ternary = t, ternary
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        from ..ops.cpu.progressive import progressive_sign_backward
+        from ..ops.cpu import progressive as kernels
 
-        w, row_scale, scale_in, scale_out = ctx.saved_tensors
-        grads = progressive_sign_backward(w.detach(), row_scale, ctx.t, grad, _detached(scale_in),
-                                          _detached(scale_out))
-        return (*grads, None, None)
+        w, row_scales, scale_in, scale_out = ctx.saved_tensors
+        backward = kernels.progressive_ternary_backward if ctx.ternary else kernels.progressive_sign_backward
+        grads = backward(w.detach(), row_scales, ctx.t, grad, _detached(scale_in), _detached(scale_out))
+        return (*grads, None, None, None)
 
 
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -115,7 +121,7 @@ def progressive_sign_absmean(w: torch.Tensor, t: float, use_kernel: bool = True)
         from ..ops.cpu.progressive import supports
 
         if supports(w, torch.float32):
-            return _ProgressiveSignRows.apply(w, None, None, float(t), torch.float32)
+            return _ProgressiveRows.apply(w, None, None, float(t), torch.float32, False)
     return progressive_sign(w, t, row_absmean(w))
 
 
@@ -196,7 +202,8 @@ class ProgressiveBinarizer:
     (:func:`least_squares_row_scale`): ``c = S_a`` at ``t -> 0`` (the identity, as for binary) and the mean ``|w|`` of
     the non-zero codes at ``t = inf``. With the binary ``S_a`` the hard ternary rows would shrink by that ratio in every
     layer (30 layers: held-out perplexity ~1e9 before training on SmolLM2) and ``S_l`` would need hundreds of steps
-    to grow it back.
+    to grow it back. In float32 on the CPU the layer takes it from :meth:`scaled_weight` (the kernel, scales folded
+    in); :meth:`__call__` is the PyTorch reference.
     """
 
     kind = "progressive"
@@ -221,22 +228,23 @@ class ProgressiveBinarizer:
     def scaled_weight(self, weight: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor,
                       dtype: torch.dtype) -> torch.Tensor | None:
         """``scale_out[:, None] * self(weight) * scale_in[None, :]`` in ``dtype`` (the matmul's) from one kernel pass,
-        or None where the kernels do not apply (ternary, no dual scaling, ``t = inf``, not CPU float32, or
-        ``use_kernel=False``) or ``dtype`` is not float32: then the layer scales its input and output itself.
+        or None where the kernels do not apply (no dual scaling, ``t = inf``, not CPU float32, or
+        ``use_kernel=False``) or ``dtype`` is not float32: then the layer scales its input and output itself. Binary
+        layers get the progressive sign, ternary layers the smooth ternary step with its least-squares row scale.
 
         Folded into a bf16 weight, the scales' gradients come from the bf16 weight gradient of the matmul (each entry
         rounded before the sums over rows and columns): trained that way SmolLM2-135M ended 1.29x further from the
         teacher (held-out test perplexity 502.0 against 388.0 for 10 minutes of distillation, Intel Xeon AMX), so
         the fold is for float32 training only."""
         t = self.temperature.t
-        if (not self.use_kernel or self.format.is_ternary or not self.dual_scaling or math.isinf(t) or not t > 0
-                or not weight.is_cpu or dtype != torch.float32):
+        if (not self.use_kernel or not self.dual_scaling or math.isinf(t) or not t > 0 or not weight.is_cpu
+                or dtype != torch.float32):
             return None
         from ..ops.cpu.progressive import supports
 
         if not supports(weight, dtype, scale_in, scale_out):
             return None
-        return _ProgressiveSignRows.apply(weight, scale_in, scale_out, float(t), dtype)
+        return _ProgressiveRows.apply(weight, scale_in, scale_out, float(t), dtype, self.format.is_ternary)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         if self.format.is_ternary and self.dual_scaling:

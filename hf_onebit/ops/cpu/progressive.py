@@ -1,9 +1,11 @@
-"""The latent weight of a progressive binary layer on the CPU kernel library (csrc/progressive.h): one pass per row.
+"""The latent weight of a progressive layer on the CPU kernel library (csrc/progressive.h): one pass per row.
 
-``h[:, None] * progressive_sign(W, t, row_absmean(W)) * g[None, :]`` (:mod:`hf_onebit.training.binarizers`, with
-``g``/``h`` the layer's ``scale_in``/``scale_out``) is the specification; these functions compute the same values up to
-a few float32 ulp of the tanh, write the output directly in the dtype autocast would cast it to, and recompute the tanh
-in the backward instead of storing it. Callers check :func:`supports` first and use the reference path otherwise.
+Binary: ``h[:, None] * progressive_sign(W, t, row_absmean(W)) * g[None, :]`` (:mod:`hf_onebit.training.binarizers`,
+with ``g``/``h`` the layer's ``scale_in``/``scale_out``) is the specification; ternary: the same with the dual-scaling
+smooth ternary step ``c * G(W / S_a, t)`` of :class:`~hf_onebit.training.binarizers.ProgressiveBinarizer`. These
+functions compute the same values up to a few float32 ulp of the tanh, write the output directly in the dtype autocast
+would cast it to (binary; ternary: float32 only), and recompute the tanh in the backward instead of storing it. Callers
+check :func:`supports` first and use the reference path otherwise.
 """
 
 from __future__ import annotations
@@ -75,4 +77,38 @@ def progressive_sign_backward(weight: torch.Tensor, row_scale: torch.Tensor, t: 
     _call("onebit_progressive_sign_backward", active_isa(), n, k, weight.data_ptr(), row_scale.data_ptr(), t,
           math.tanh(t), _ptr(scale_in), _ptr(scale_out), grad.data_ptr(), int(grad.dtype == torch.bfloat16),
           grad_w.data_ptr(), _ptr(grad_in), _ptr(grad_out), torch.get_num_threads())
+    return grad_w, grad_in, grad_out
+
+
+def _inv_norm(t: float) -> float:
+    return 1.0 / (math.tanh(t / 2) + math.tanh(1.5 * t))
+
+
+def progressive_ternary_forward(weight: torch.Tensor, t: float, scale_in: torch.Tensor | None = None,
+                                scale_out: torch.Tensor | None = None):
+    """``(scale_out[:, None] * c * G(W / s, t) * scale_in[None, :]``, ``(N, 2)`` float32 rows ``(s, c)``) with ``s``
+    the row absmean of ``W`` and ``c`` the least-squares row scale of ``G`` (each at least 1e-8), float32; a scale
+    given as None counts as ones."""
+    _check_t(t)
+    n, k = weight.shape
+    out = torch.empty((n, k), dtype=torch.float32)
+    row_scales = torch.empty((n, 2), dtype=torch.float32)
+    _call("onebit_progressive_ternary_forward", active_isa(), n, k, weight.data_ptr(), t, _inv_norm(t),
+          _ptr(scale_in), _ptr(scale_out), out.data_ptr(), row_scales.data_ptr(), torch.get_num_threads())
+    return out, row_scales
+
+
+def progressive_ternary_backward(weight: torch.Tensor, row_scales: torch.Tensor, t: float, grad: torch.Tensor,
+                                 scale_in: torch.Tensor | None = None, scale_out: torch.Tensor | None = None):
+    """The gradients ``(of W, of scale_in or None, of scale_out or None)``, float32, of the ternary forward above
+    given ``grad`` for its output, ``s`` and ``c`` held constant."""
+    _check_t(t)
+    grad = grad.float().contiguous()
+    n, k = weight.shape
+    grad_w = torch.empty((n, k), dtype=torch.float32)
+    grad_in = None if scale_in is None else torch.empty(k, dtype=torch.float32)
+    grad_out = None if scale_out is None else torch.empty(n, dtype=torch.float32)
+    _call("onebit_progressive_ternary_backward", active_isa(), n, k, weight.data_ptr(), row_scales.data_ptr(), t,
+          _inv_norm(t), _ptr(scale_in), _ptr(scale_out), grad.data_ptr(), grad_w.data_ptr(), _ptr(grad_in),
+          _ptr(grad_out), torch.get_num_threads())
     return grad_w, grad_in, grad_out

@@ -24,47 +24,38 @@
 /* Rows are processed in chunks of this many values (lanes of the row sum, stack buffers of the row loops). */
 #define PROG_CHUNK 64
 
-/* tanh(x) in float32 without a branch, accurate to a few ulp:
- *   |x| < 0.55: the odd Taylor series to x^17 (the first term left out is below 6e-9 there),
- *   else: (1 - e) / (1 + e) with e = exp(-2|x|) (no cancellation: e <= exp(-1.1) = 0.33),
- * |x| clamped at 9 (tanh(9) rounds to 1 in float32; NaN is not clamped and stays NaN). exp(z) for z in [-18, 0]:
+/* a * b + c, fused where the unit is compiled with FMA (the portable unit has none: two roundings there) */
+#ifdef __FMA__
+#define PROG_FMA(a, b, c) fmaf((a), (b), (c))
+#else
+#define PROG_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* tanh(x) in float32 without a branch, accurate to a few ulp, from one polynomial:
+ *   tanh(|x|) = -m / (2 + m),  m = expm1(-2|x|)  (no cancellation for small |x|: m ~ -2|x|),
+ * |x| clamped at 9 (tanh(9) rounds to 1 in float32; NaN is not clamped and stays NaN). expm1(z) for z in [-18, 0]:
  * z = n ln2 + r with n = round(z / ln2) (the 1.5 * 2^23 rounding trick; ln2 in two parts so n ln2 is exact),
- * exp(r) by its Taylor series to r^8 (|r| <= 0.35: error below 2e-10), times 2^n built in the exponent bits. */
+ * expm1(r) = r + r^2 p(r) with p the Taylor series of (expm1(r) - r) / r^2 to r^6 (|r| <= 0.35: error below 3e-9),
+ * evaluated in Estrin's order (a short dependency chain: the loop is latency-bound otherwise), and
+ * expm1(z) = 2^n expm1(r) + (2^n - 1) with 2^n built in the exponent bits. */
 static inline float prog_tanh(float x) {
     float a = fabsf(x);
     a = a > 9.0f ? 9.0f : a;
-    /* small |x| */
-    const float a2 = a * a;
-    float p = 6404582.0f / 10854718875.0f;
-    p = p * a2 - 929569.0f / 638512875.0f;
-    p = p * a2 + 21844.0f / 6081075.0f;
-    p = p * a2 - 1382.0f / 155925.0f;
-    p = p * a2 + 62.0f / 2835.0f;
-    p = p * a2 - 17.0f / 315.0f;
-    p = p * a2 + 2.0f / 15.0f;
-    p = p * a2 - 1.0f / 3.0f;
-    const float small = a + a * (a2 * p);
-    /* large |x| */
     const float z = -2.0f * a;
     const float n = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = (z - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-    float e = 1.0f / 40320.0f;
-    e = e * r + 1.0f / 5040.0f;
-    e = e * r + 1.0f / 720.0f;
-    e = e * r + 1.0f / 120.0f;
-    e = e * r + 1.0f / 24.0f;
-    e = e * r + 1.0f / 6.0f;
-    e = e * r + 0.5f;
-    e = e * r + 1.0f;
-    e = e * r + 1.0f;
+    const float r = PROG_FMA(-n, 1.42860682030941723212e-6f, PROG_FMA(-n, 0.693145751953125f, z));
+    const float r2 = r * r, r4 = r2 * r2;
+    const float p01 = PROG_FMA(r, 1.0f / 6.0f, 0.5f);
+    const float p23 = PROG_FMA(r, 1.0f / 120.0f, 1.0f / 24.0f);
+    const float p456 = PROG_FMA(r2, 1.0f / 40320.0f, PROG_FMA(r, 1.0f / 5040.0f, 1.0f / 720.0f));
+    const float p = PROG_FMA(r4, p456, PROG_FMA(r2, p23, p01));
+    const float m_r = PROG_FMA(r2, p, r);
     const float n_safe = n > -30.0f ? n : -30.0f; /* NaN: any n (the result is NaN through r), no UB in the cast */
     const uint32_t bits = (uint32_t)((int32_t)n_safe + 127) << 23;
     float two_n;
     memcpy(&two_n, &bits, 4);
-    e = e * two_n;
-    const float large = (1.0f - e) / (1.0f + e);
-    const float y = a < 0.55f ? small : large;
-    return copysignf(y, x);
+    const float m = PROG_FMA(two_n, m_r, two_n - 1.0f);
+    return copysignf(-m / (2.0f + m), x);
 }
 
 /* Row n's scale s = mean |W[n]| (float lanes over chunks, summed in double), at least 1e-8 like the reference. */
@@ -161,10 +152,95 @@ static void progressive_bwd_rows(const float *w, const float *row_scale, int64_t
     }
 }
 
+/* The smooth ternary step of a ternary layer (progressive_ternary in binarizers.py) with dual scaling, fused per row:
+ *
+ *   s = mean_k |W[n][k]| (at least 1e-8), u = W / s, a = tanh(t (u - 1/2)), b = tanh(t (u + 1/2)),
+ *   G = (a + b) inv_norm  (inv_norm = 1 / (tanh(t / 2) + tanh(3 t / 2))),
+ *   c = <W[n], G> / <G, G> (the least-squares row scale, each at least 1e-8), out[n][k] = (h[n] (c G)) g[k]
+ *
+ * float32 only (bf16 training keeps the PyTorch path, as for the sign). Two passes per row: G into the output row
+ * with the sums of c, then the scales applied in place (the row is in L1/L2). row_scales[2n], [2n + 1] receive s, c. */
+static void progressive_ternary_fwd_rows(const float *w, int64_t K, int64_t n0, int64_t n1, float t, float inv_norm,
+                                         const float *g, const float *h, float *out, float *row_scales) {
+    for (int64_t n = n0; n < n1; ++n) {
+        const float *row = w + n * K;
+        float *o = out + n * K;
+        const float s = prog_row_absmean(row, K);
+        const float inv_s = 1.0f / s;
+        float wg[PROG_CHUNK] = {0}, gg[PROG_CHUNK] = {0};
+        for (int64_t k0 = 0; k0 < K; k0 += PROG_CHUNK) {
+            const int64_t len = K - k0 < PROG_CHUNK ? K - k0 : PROG_CHUNK;
+            for (int64_t j = 0; j < len; ++j) {
+                const float u = row[k0 + j] * inv_s;
+                const float G = (prog_tanh(t * (u - 0.5f)) + prog_tanh(t * (u + 0.5f))) * inv_norm;
+                o[k0 + j] = G;
+                wg[j] += row[k0 + j] * G;
+                gg[j] += G * G;
+            }
+        }
+        double swg = 0.0, sgg = 0.0;
+        for (int j = 0; j < PROG_CHUNK; ++j) {
+            swg += wg[j];
+            sgg += gg[j];
+        }
+        if (sgg < 1e-8) sgg = 1e-8; /* (comparisons that keep a NaN, as torch.clamp_min does) */
+        float c = (float)(swg / sgg);
+        if (c < 1e-8f) c = 1e-8f;
+        row_scales[2 * n] = s;
+        row_scales[2 * n + 1] = c;
+        const float hc = (h ? h[n] : 1.0f) * c;
+        if (g)
+            for (int64_t k = 0; k < K; ++k) o[k] = (hc * o[k]) * g[k];
+        else
+            for (int64_t k = 0; k < K; ++k) o[k] = hc * o[k];
+    }
+}
+
+/* Backward of the ternary forward for rows [n0, n1), from G_out = d loss / d out (float32), with s and c held
+ * constant (the reference detaches both):
+ *   grad_w[n][k] = (((G_out g[k]) h[n]) c / s) ((2 - a^2 - b^2) slope),  slope = t inv_norm
+ *   grad_h[n]    = sum_k (G_out g[k]) (c G)                     (when h)
+ *   grad_g[k]   += sum_{n in [n0, n1)} G_out (h[n] (c G))       (when g; this thread's partial sums)
+ */
+static void progressive_ternary_bwd_rows(const float *w, const float *row_scales, int64_t K, int64_t n0, int64_t n1,
+                                         float t, float inv_norm, const float *g, const float *h, const float *grad,
+                                         float *grad_w, float *grad_g, float *grad_h) {
+    const float slope = t * inv_norm;
+    for (int64_t n = n0; n < n1; ++n) {
+        const float *row = w + n * K;
+        const float *gr = grad + n * K;
+        float *o = grad_w + n * K;
+        const float s = row_scales[2 * n], c = row_scales[2 * n + 1];
+        const float inv_s = 1.0f / s, c_s = c / s;
+        const float hn = h ? h[n] : 1.0f;
+        float lanes[PROG_CHUNK] = {0};
+        for (int64_t k0 = 0; k0 < K; k0 += PROG_CHUNK) {
+            const int64_t len = K - k0 < PROG_CHUNK ? K - k0 : PROG_CHUNK;
+            for (int64_t j = 0; j < len; ++j) {
+                const float u = row[k0 + j] * inv_s;
+                const float a = prog_tanh(t * (u - 0.5f)), b = prog_tanh(t * (u + 0.5f));
+                const float cG = c * ((a + b) * inv_norm);
+                const float G = gr[k0 + j];
+                const float gb = g ? G * g[k0 + j] : G; /* d loss / d (h c G) */
+                if (g) grad_g[k0 + j] += G * (hn * cG);
+                lanes[j] += gb * cG;
+                o[k0 + j] = ((gb * hn) * c_s) * ((2.0f - a * a - b * b) * slope);
+            }
+        }
+        if (h) {
+            double hsum = 0.0;
+            for (int j = 0; j < PROG_CHUNK; ++j) hsum += lanes[j];
+            grad_h[n] = (float)hsum;
+        }
+    }
+}
+
 #define ONEBIT_SET_PROGRESSIVE(k)                                                                                  \
     do {                                                                                                           \
         (k)->progressive_fwd_rows = progressive_fwd_rows;                                                          \
         (k)->progressive_bwd_rows = progressive_bwd_rows;                                                          \
+        (k)->progressive_ternary_fwd_rows = progressive_ternary_fwd_rows;                                          \
+        (k)->progressive_ternary_bwd_rows = progressive_ternary_bwd_rows;                                          \
     } while (0)
 
 #endif

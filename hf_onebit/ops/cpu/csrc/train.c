@@ -1,6 +1,6 @@
-/* Training kernels: the progressive sign of a latent weight with its scales folded in, and its gradients
- * (progressive.h). Rows are split evenly over the threads (every row costs the same); the input-scale gradient, a sum
- * over rows, is summed per thread and then over the threads. */
+/* Training kernels: the progressive sign (binary) or smooth ternary step (ternary) of a latent weight with its scales
+ * folded in, and their gradients (progressive.h). Rows are split evenly over the threads (every row costs the same);
+ * the input-scale gradient, a sum over rows, is summed per thread and then over the threads. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -10,6 +10,7 @@
 typedef struct {
     const onebit_kernels *kern;
     int backward;
+    int ternary;          /* the ternary step: tanh_t holds inv_norm, row_scale (N, 2) s and c, float32 only */
     int64_t N, K;
     const float *w, *g, *h;
     float t, tanh_t, slope;
@@ -26,10 +27,15 @@ static void progressive_task(void *arg, int tid, int used) {
     const progressive_job *j = arg;
     const int64_t n0 = j->N * tid / used, n1 = j->N * (tid + 1) / used;
     if (n0 >= n1) return;
-    if (j->backward)
+    float *partial_g = j->partial_g ? j->partial_g + (int64_t)tid * j->K : NULL;
+    if (j->ternary && j->backward)
+        j->kern->progressive_ternary_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->tanh_t, j->g, j->h,
+                                              j->grad, j->grad_w, partial_g, j->grad_h);
+    else if (j->ternary)
+        j->kern->progressive_ternary_fwd_rows(j->w, j->K, n0, n1, j->t, j->tanh_t, j->g, j->h, j->out, j->row_scale);
+    else if (j->backward)
         j->kern->progressive_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->tanh_t, j->slope, j->g, j->h,
-                                      j->grad, j->grad_bf16, j->grad_w,
-                                      j->partial_g ? j->partial_g + (int64_t)tid * j->K : NULL, j->grad_h);
+                                      j->grad, j->grad_bf16, j->grad_w, partial_g, j->grad_h);
     else
         j->kern->progressive_fwd_rows(j->w, j->K, n0, n1, j->t, j->tanh_t, j->g, j->h, j->out, j->out_bf16,
                                       j->row_scale);
@@ -51,31 +57,66 @@ int onebit_progressive_sign_forward(int isa, int64_t N, int64_t K, const float *
     return 0;
 }
 
-int onebit_progressive_sign_backward(int isa, int64_t N, int64_t K, const float *w, const float *row_scale, float t,
-                                     float tanh_t, const float *g, const float *h, const void *grad, int grad_bf16,
-                                     float *grad_w, float *grad_g, float *grad_h, int nthreads) {
-    if (!valid(N, K, w, t, tanh_t, nthreads) || row_scale == NULL || grad == NULL || grad_w == NULL ||
-        (g != NULL && grad_g == NULL) || (h != NULL && grad_h == NULL))
-        return -1;
-    onebit_kernels kern;
-    if (onebit_get_kernels(isa, &kern) != 0) return -2;
+/* Runs a backward job (job->partial_g set here when g is given) and sums the threads' input-scale gradients. */
+static int run_backward(progressive_job *job, float *grad_g, int nthreads) {
     float *partial = NULL;
-    if (g != NULL) {
-        partial = calloc((size_t)nthreads * (size_t)K, sizeof(float));
+    if (job->g != NULL) {
+        partial = calloc((size_t)nthreads * (size_t)job->K, sizeof(float));
         if (partial == NULL) return -3;
     }
-    progressive_job job = {.kern = &kern, .backward = 1, .N = N, .K = K, .w = w, .g = g, .h = h, .t = t,
-                           .tanh_t = tanh_t, .slope = (float)((double)t / (double)tanh_t),
-                           .row_scale = (float *)row_scale, .grad = grad, .grad_bf16 = grad_bf16 != 0,
-                           .grad_w = grad_w, .grad_h = grad_h, .partial_g = partial};
-    const int used = onebit_parallel(nthreads, progressive_task, &job);
+    job->partial_g = partial;
+    const int used = onebit_parallel(nthreads, progressive_task, job);
     if (partial != NULL) {
-        for (int64_t k = 0; k < K; ++k) {
+        for (int64_t k = 0; k < job->K; ++k) {
             float total = 0.0f;
-            for (int i = 0; i < used; ++i) total += partial[(int64_t)i * K + k];
+            for (int i = 0; i < used; ++i) total += partial[(int64_t)i * job->K + k];
             grad_g[k] = total;
         }
         free(partial);
     }
     return 0;
+}
+
+static int valid_backward(const float *row_scale, const void *grad, const float *grad_w, const float *g,
+                          const float *grad_g, const float *h, const float *grad_h) {
+    return row_scale != NULL && grad != NULL && grad_w != NULL && (g == NULL || grad_g != NULL) &&
+           (h == NULL || grad_h != NULL);
+}
+
+int onebit_progressive_sign_backward(int isa, int64_t N, int64_t K, const float *w, const float *row_scale, float t,
+                                     float tanh_t, const float *g, const float *h, const void *grad, int grad_bf16,
+                                     float *grad_w, float *grad_g, float *grad_h, int nthreads) {
+    if (!valid(N, K, w, t, tanh_t, nthreads) || !valid_backward(row_scale, grad, grad_w, g, grad_g, h, grad_h))
+        return -1;
+    onebit_kernels kern;
+    if (onebit_get_kernels(isa, &kern) != 0) return -2;
+    progressive_job job = {.kern = &kern, .backward = 1, .N = N, .K = K, .w = w, .g = g, .h = h, .t = t,
+                           .tanh_t = tanh_t, .slope = (float)((double)t / (double)tanh_t),
+                           .row_scale = (float *)row_scale, .grad = grad, .grad_bf16 = grad_bf16 != 0,
+                           .grad_w = grad_w, .grad_h = grad_h};
+    return run_backward(&job, grad_g, nthreads);
+}
+
+int onebit_progressive_ternary_forward(int isa, int64_t N, int64_t K, const float *w, float t, float inv_norm,
+                                       const float *g, const float *h, float *out, float *row_scales, int nthreads) {
+    if (!valid(N, K, w, t, inv_norm, nthreads) || out == NULL || row_scales == NULL) return -1;
+    onebit_kernels kern;
+    if (onebit_get_kernels(isa, &kern) != 0) return -2;
+    progressive_job job = {.kern = &kern, .ternary = 1, .N = N, .K = K, .w = w, .g = g, .h = h, .t = t,
+                           .tanh_t = inv_norm, .out = out, .row_scale = row_scales};
+    onebit_parallel(nthreads, progressive_task, &job);
+    return 0;
+}
+
+int onebit_progressive_ternary_backward(int isa, int64_t N, int64_t K, const float *w, const float *row_scales,
+                                        float t, float inv_norm, const float *g, const float *h, const float *grad,
+                                        float *grad_w, float *grad_g, float *grad_h, int nthreads) {
+    if (!valid(N, K, w, t, inv_norm, nthreads) || !valid_backward(row_scales, grad, grad_w, g, grad_g, h, grad_h))
+        return -1;
+    onebit_kernels kern;
+    if (onebit_get_kernels(isa, &kern) != 0) return -2;
+    progressive_job job = {.kern = &kern, .backward = 1, .ternary = 1, .N = N, .K = K, .w = w, .g = g, .h = h,
+                           .t = t, .tanh_t = inv_norm, .row_scale = (float *)row_scales, .grad = grad,
+                           .grad_w = grad_w, .grad_h = grad_h};
+    return run_backward(&job, grad_g, nthreads);
 }
