@@ -12,7 +12,8 @@ what the fast paths save. ``--reference-binarizer`` adds a fourth: the fast step
 reference path. ``--weight-format ternary`` times a ternary student (the smooth ternary step instead of the sign).
 
     python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny] [--reference]
-    python benchmarks/distill_overhead.py --reps 5 --batch-size 1 --seq-len 64 --reference-binarizer --weight-format ternary
+    python benchmarks/distill_overhead.py --reps 5 --batch-size 1 --seq-len 64 --reference-binarizer \
+        --weight-format ternary
 """
 
 from __future__ import annotations

@@ -369,4 +369,5 @@ def test_latent_ternary_layer_on_the_kernel_trains_like_the_reference(autocast):
     tol = dict(rtol=0, atol=0) if autocast else dict(rtol=1e-5, atol=1e-5 * y_r.abs().max().item())
     torch.testing.assert_close(y_k, y_r, **tol)
     for got, want in zip(grads_k, grads_r):
-        torch.testing.assert_close(got, want, **(tol if autocast else dict(rtol=1e-4, atol=1e-4 * want.abs().max().item())))
+        grad_tol = tol if autocast else dict(rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        torch.testing.assert_close(got, want, **grad_tol)

@@ -13,8 +13,8 @@ What goes into the file:
 * the embeddings (and an untied output head) as F16, the RMSNorm weights as F32 - what llama.cpp's own converter
   stores for a model whose linear layers it quantizes;
 * Qwen2's q/k/v biases as F32, as llama.cpp's converter stores them;
-* llama.cpp's ``llama`` or ``qwen2`` hyper-parameters (the padded widths, the rescaled RMSNorm epsilon, the head size stated
-  explicitly because the padded width over the head count is no longer it) and the tokenizer: a byte-level BPE
+* llama.cpp's ``llama`` or ``qwen2`` hyper-parameters (the padded widths, the rescaled RMSNorm epsilon, the head size
+  stated explicitly because the padded width over the head count is no longer it) and the tokenizer: a byte-level BPE
   vocabulary with its merges, special tokens and chat template, from the transformers tokenizer.
 """
 

@@ -158,8 +158,8 @@ def check_llama(model) -> dict:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     if cfg.hidden_act != "silu":
         raise ExportError(f"hidden_act: got {cfg.hidden_act!r}; llama.cpp's llama graph uses 'silu'")
-    return {"arch": arch, "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size, "heads": heads, "kv_heads": kv,
-            "head_dim": head_dim, "layers": cfg.num_hidden_layers, "eps": float(cfg.rms_norm_eps),
+    return {"arch": arch, "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size, "heads": heads,
+            "kv_heads": kv, "head_dim": head_dim, "layers": cfg.num_hidden_layers, "eps": float(cfg.rms_norm_eps),
             "rope_theta": float(theta), "context": int(cfg.max_position_embeddings), "vocab": cfg.vocab_size,
             "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
 
