@@ -10,10 +10,11 @@
 typedef struct {
     const onebit_kernels *kern;
     int backward;
-    int ternary;          /* the ternary step: tanh_t holds inv_norm, row_scale (N, 2) s and c, float32 only */
+    int ternary;          /* the ternary step: row_scale (N, 2) holds s and c, float32 only */
     int64_t N, K;
     const float *w, *g, *h;
     float t, tanh_t, slope;
+    float inv_norm;       /* ternary: 1 / (tanh(t / 2) + tanh(3 t / 2)) */
     void *out;            /* forward output */
     int out_bf16;
     float *row_scale;     /* forward: written; backward: read */
@@ -29,10 +30,11 @@ static void progressive_task(void *arg, int tid, int used) {
     if (n0 >= n1) return;
     float *partial_g = j->partial_g ? j->partial_g + (int64_t)tid * j->K : NULL;
     if (j->ternary && j->backward)
-        j->kern->progressive_ternary_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->tanh_t, j->g, j->h,
+        j->kern->progressive_ternary_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->inv_norm, j->g, j->h,
                                               j->grad, j->grad_w, partial_g, j->grad_h);
     else if (j->ternary)
-        j->kern->progressive_ternary_fwd_rows(j->w, j->K, n0, n1, j->t, j->tanh_t, j->g, j->h, j->out, j->row_scale);
+        j->kern->progressive_ternary_fwd_rows(j->w, j->K, n0, n1, j->t, j->inv_norm, j->g, j->h, j->out,
+                                              j->row_scale);
     else if (j->backward)
         j->kern->progressive_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->tanh_t, j->slope, j->g, j->h,
                                       j->grad, j->grad_bf16, j->grad_w, partial_g, j->grad_h);
@@ -41,8 +43,9 @@ static void progressive_task(void *arg, int tid, int used) {
                                       j->row_scale);
 }
 
-static int valid(int64_t N, int64_t K, const float *w, float t, float tanh_t, int nthreads) {
-    return N > 0 && K > 0 && w != NULL && t > 0.0f && isfinite(t) && tanh_t > 0.0f && nthreads > 0;
+/* t_norm: tanh(t) for the sign, inv_norm for the ternary step - both > 0 for a valid t */
+static int valid(int64_t N, int64_t K, const float *w, float t, float t_norm, int nthreads) {
+    return N > 0 && K > 0 && w != NULL && t > 0.0f && isfinite(t) && t_norm > 0.0f && nthreads > 0;
 }
 
 int onebit_progressive_sign_forward(int isa, int64_t N, int64_t K, const float *w, float t, float tanh_t,
@@ -103,7 +106,7 @@ int onebit_progressive_ternary_forward(int isa, int64_t N, int64_t K, const floa
     onebit_kernels kern;
     if (onebit_get_kernels(isa, &kern) != 0) return -2;
     progressive_job job = {.kern = &kern, .ternary = 1, .N = N, .K = K, .w = w, .g = g, .h = h, .t = t,
-                           .tanh_t = inv_norm, .out = out, .row_scale = row_scales};
+                           .inv_norm = inv_norm, .out = out, .row_scale = row_scales};
     onebit_parallel(nthreads, progressive_task, &job);
     return 0;
 }
@@ -116,7 +119,7 @@ int onebit_progressive_ternary_backward(int isa, int64_t N, int64_t K, const flo
     onebit_kernels kern;
     if (onebit_get_kernels(isa, &kern) != 0) return -2;
     progressive_job job = {.kern = &kern, .backward = 1, .ternary = 1, .N = N, .K = K, .w = w, .g = g, .h = h,
-                           .t = t, .tanh_t = inv_norm, .row_scale = (float *)row_scales, .grad = grad,
+                           .t = t, .inv_norm = inv_norm, .row_scale = (float *)row_scales, .grad = grad,
                            .grad_w = grad_w, .grad_h = grad_h};
     return run_backward(&job, grad_g, nthreads);
 }
