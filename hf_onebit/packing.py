@@ -88,13 +88,23 @@ def unpack_bits(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     """Unpack to a ``{0, 1}`` ``uint8`` tensor of shape ``(out_features, in_features)``."""
     check_packed_shape(packed, packed.shape[0], in_features, name="packed")
     bits = packed.unsqueeze(-1).bitwise_and(_bit_weights(packed.device)).ne(0)
-    return bits.view(packed.shape[0], -1)[:, :in_features]
+    return bits.view(packed.shape[0], packed.shape[1] * 8)[:, :in_features]
+
+
+def _expand_bytes(packed: torch.Tensor, table: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Each byte of ``packed`` replaced by its row of ``table`` (256 x weights per byte): one gather, several times
+    faster than shifting and masking every weight; a contiguous ``(out_features, in_features)`` result."""
+    rows, cols = packed.shape
+    dense = torch.nn.functional.embedding(packed.long(), table).view(rows, cols * table.shape[1])
+    return dense if dense.shape[1] == in_features else dense[:, :in_features].contiguous()
 
 
 def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Unpack to the ``{-1, +1}`` sign matrix of shape ``(out_features, in_features)`` in ``dtype``."""
-    bits = unpack_bits(packed, in_features)
-    return bits.to(dtype) * 2 - 1
+    check_packed_shape(packed, packed.shape[0], in_features, name="packed")
+    byte = torch.arange(256, device=packed.device).unsqueeze(1)
+    table = byte.bitwise_right_shift(torch.arange(8, device=packed.device)).bitwise_and(1).mul(2).sub(1)
+    return _expand_bytes(packed, table.to(dtype), in_features)
 
 
 def _code_shifts(device: torch.device) -> torch.Tensor:
@@ -131,12 +141,15 @@ def unpack_ternary_codes(packed: torch.Tensor, in_features: int) -> torch.Tensor
     """Unpack to the ``{0, 1, 2}`` codes (``uint8``, ``(out_features, in_features)``)."""
     check_packed_shape(packed, packed.shape[0], in_features, name="packed", weight_format="ternary")
     codes = packed.unsqueeze(-1).bitwise_right_shift(_code_shifts(packed.device)).bitwise_and(3)
-    return codes.view(packed.shape[0], -1)[:, :in_features]
+    return codes.view(packed.shape[0], packed.shape[1] * 4)[:, :in_features]
 
 
 def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Unpack to the ``{-1, 0, +1}`` matrix of shape ``(out_features, in_features)`` in ``dtype``."""
-    return unpack_ternary_codes(packed, in_features).to(dtype) - 1
+    check_packed_shape(packed, packed.shape[0], in_features, name="packed", weight_format="ternary")
+    byte = torch.arange(256, device=packed.device).unsqueeze(1)
+    table = byte.bitwise_right_shift(torch.arange(0, 8, 2, device=packed.device)).bitwise_and(3).sub(1)
+    return _expand_bytes(packed, table.to(dtype), in_features)
 
 
 _UNPACKERS = {"binary": unpack_signs, "ternary": unpack_ternary}

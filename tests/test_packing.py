@@ -9,9 +9,12 @@ from hf_onebit.packing import (
     check_format_version,
     check_packed_shape,
     pack_signs,
+    pack_ternary,
     packed_columns,
     unpack_bits,
     unpack_signs,
+    unpack_ternary,
+    unpack_ternary_codes,
 )
 
 
@@ -41,6 +44,23 @@ def test_layout_is_lsb_first_along_inputs():
     w[0, 31] = 1
     word = pack_signs(w).view(torch.int32).item()
     assert word == -(2**31)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5])
+@pytest.mark.parametrize("inp", [1, 7, 8, 9, 577])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int8])
+def test_unpacking_gives_contiguous_values_in_any_dtype_and_any_row_count(rows, inp, dtype):
+    g = torch.Generator().manual_seed(rows * 1000 + inp)
+    w = torch.randn(rows, inp, generator=g)
+    signs = unpack_signs(pack_signs(w), inp, dtype)
+    assert signs.dtype == dtype and signs.shape == (rows, inp) and signs.is_contiguous()
+    assert torch.equal(signs, torch.where(w >= 0, 1.0, -1.0).to(dtype))
+    assert torch.equal(unpack_bits(pack_signs(w), inp), w >= 0)
+    values = torch.randint(-1, 2, (rows, inp), generator=g)
+    ternary = unpack_ternary(pack_ternary(values), inp, dtype)
+    assert ternary.dtype == dtype and ternary.shape == (rows, inp) and ternary.is_contiguous()
+    assert torch.equal(ternary, values.to(dtype))
+    assert torch.equal(unpack_ternary_codes(pack_ternary(values), inp), (values + 1).to(torch.uint8))
 
 
 def test_zero_is_plus_one_and_unpack_bits():
