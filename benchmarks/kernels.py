@@ -191,6 +191,25 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
                     call(), call()
         return calls, nbytes
 
+    def kernel_only(built):
+        """The calls of ``built`` with the exact float32 path kept on our kernel at every row count (the CPU backend
+        otherwise takes torch's GEMM on the expanded weight from ``DENSE_MIN_ROWS`` rows on CPUs without AVX-512)."""
+        from hf_onebit.ops.cpu import DENSE_ENV
+
+        def run(call):
+            old = os.environ.get(DENSE_ENV)
+            os.environ[DENSE_ENV] = "0"
+            try:
+                return call()
+            finally:
+                if old is None:
+                    os.environ.pop(DENSE_ENV)
+                else:
+                    os.environ[DENSE_ENV] = old
+
+        calls, nbytes = built
+        return [lambda call=call: run(call) for call in calls], nbytes
+
     def bitnet():
         nbytes = n * k // 4
         layers = bitnet_layers(k, n, copies_for(nbytes))
@@ -204,6 +223,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
             "reference bf16": lambda: packed(xbf, 0, "reference", max_copies=4),
             "ours binary a8": lambda: packed(xbf, 8, "cpu", fmt="binary"),
             "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
+            "ours a0 fp32 kernel": lambda: kernel_only(packed(x32, 0, "cpu")),
             "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
             "ours a8 2-bit": lambda: packed(xbf, 8, "cpu", t5=False),
             "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
@@ -216,6 +236,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
         "reference bf16": lambda: packed(xbf, 0, "reference", max_copies=4),
         "BitNet BitLinear": bitnet,
         "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
+        "ours a0 fp32 kernel": lambda: kernel_only(packed(x32, 0, "cpu")),
         "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
         "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
     }
@@ -263,7 +284,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
         f"read bandwidth (torch.sum over 1.5 GiB): {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
     out(f"weight format: {weight_format}")
     names = list(cpu_columns(1, 4, 1, weight_format))
-    header = ["K->N", "M", *names, "bound", "bf16 / a0 bf16", "bf16 / a8", "dense / a8", "a8 / bound", "a0 bf16 / bound"]
+    header = ["K->N", "M", *names, "bound", "a0 fp32 kernel / a0 fp32", "bf16 / a0 bf16", "bf16 / a8", "dense / a8",
+              "a8 / bound", "a0 bf16 / bound"]
     if weight_format == "ternary":
         header.append("a8 2-bit / a8")
     out("")
@@ -292,6 +314,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
             # the faster of torch's float32 and bf16 (where bf16 is emulated, an AVX2-only CPU, float32 wins at M > 1)
             fastest_dense = min((t for t in (times["dense fp32"], bf16) if t), default=None)
             row += [
+                fmt_ratio(times["ours a0 fp32 kernel"], times["ours a0 fp32"]),
                 fmt_ratio(bf16, times["ours a0 bf16"]),
                 fmt_ratio(bf16, times["ours a8 bf16"]),
                 fmt_ratio(fastest_dense, times["ours a8 bf16"]),
@@ -306,7 +329,9 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     bits = "a8 (t5 layout at M <= 8, else 2-bit)" if weight_format == "ternary" else "1-bit"
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16 (the faster of "
         "its two columns: 'dense bf16' in the pages torch allocates, 'dense bf16 2M' advised to 2 MiB pages); "
-        "'dense / a8' against the fastest of torch's fp32 and bf16 columns; "
+        "'dense / a8' against the fastest of torch's fp32 and bf16 columns; 'a0 fp32 kernel' keeps exact float32 "
+        "calls on our kernel where the default takes torch's GEMM on the expanded weight (from DENSE_MIN_ROWS rows "
+        "without AVX-512); "
         f"'x / bound' is time over the memory-bandwidth bound of the {bits} call (1.0 = at the bound).")  # fmt: skip
 
 

@@ -141,3 +141,44 @@ def check_int8_extremes(weight_format: str, isa_names) -> None:
             want = op(x, weight, scale_in, scale_out, None, K, 8, backend="reference")
             torch.testing.assert_close(want, (x[:, :1] * K * 0.5).expand(M, N))
             torch.testing.assert_close(got, want, msg=f"{weight_format} {name} M={M}")
+
+
+def check_dense_prefill(weight_format: str, monkeypatch) -> None:
+    """Exact float32 calls of at least ``$HF_ONEBIT_CPU_DENSE_ROWS`` rows on the portable and AVX2 variants take torch's
+    GEMM on the expanded weight: bit for bit the reference's own arithmetic (one block), within the kernel bound when
+    the weight is expanded in several blocks, 3-D inputs and the eager (no-grad module) path included; below the
+    threshold, with 0 (never), with int8 activations and with 16-bit inputs the kernel runs (it rounds differently)."""
+    K, N, M = 333, 150, 40
+    layer = make_layer(K, N, True, 5, torch.float32, weight_format)
+    weight, scale_in, scale_out, bias = layer
+    linear = LINEAR[weight_format]
+    x = torch.randn(2, M // 2, K)
+    q = reference.unpack_weight(weight, K, torch.float32, weight_format)
+    expected = torch.mm(x.reshape(M, K) * scale_in, q.t()).mul_(scale_out).add_(bias).view(2, M // 2, N)
+    for name in ("portable", "avx2"):
+        if name not in cpu.supported_isas():
+            continue
+        with isa(name):
+            monkeypatch.setenv(cpu.DENSE_ENV, str(M))
+            assert torch.equal(linear(x, *layer, K, 0, backend="cpu"), expected)
+            with torch.no_grad():  # the eager path through a call plan
+                assert torch.equal(linear(x, *layer, K, 0, backend="cpu"), expected)
+            monkeypatch.setattr(cpu, "DENSE_BLOCK_BYTES", 4 * K * 16)  # 16 output rows a block: 10 blocks
+            check_against_reference(x, layer, K, 0, weight_format)
+            monkeypatch.setattr(cpu, "DENSE_BLOCK_BYTES", 32 << 20)
+            for env, rows, act_bits, dtype in ((str(M + 1), M, 0, torch.float32), ("0", M, 0, torch.float32),
+                                               (str(M), M, 8, torch.float32), (str(M), M, 0, torch.bfloat16)):
+                monkeypatch.setenv(cpu.DENSE_ENV, env)
+                xs = x.to(dtype)
+                got = linear(xs, *layer, K, act_bits, backend="cpu")
+                if act_bits == 0 and dtype == torch.float32:
+                    assert not torch.equal(got, expected)  # the kernel's own rounding: another path ran
+                check_against_reference(xs, layer, K, act_bits, weight_format)
+    monkeypatch.setenv(cpu.DENSE_ENV, "-3")
+    with pytest.raises(ValueError, match="HF_ONEBIT_CPU_DENSE_ROWS.*-3.*integer >= 0"):
+        cpu.dense_min_rows()
+    monkeypatch.setenv(cpu.DENSE_ENV, "many")
+    with pytest.raises(ValueError, match="HF_ONEBIT_CPU_DENSE_ROWS.*'many'"):
+        cpu.dense_min_rows()
+    monkeypatch.delenv(cpu.DENSE_ENV)
+    assert cpu.dense_min_rows() == cpu.DENSE_MIN_ROWS

@@ -102,6 +102,10 @@ def test_all_zero_rows_and_empty_batch():
     cases.check_zero_rows_and_empty_batch("ternary")
 
 
+def test_exact_prefill_without_avx512_takes_torch_gemm(monkeypatch):
+    cases.check_dense_prefill("ternary", monkeypatch)
+
+
 def test_bad_shapes_name_the_argument():
     K, N = 16, 8
     weight, scale_in, scale_out, bias = make_layer(K, N, True, 0)

@@ -8,12 +8,14 @@ the reference path after one warning. See docs/kernels-cpu.md for the design.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import register_kernel
 from ...formats import get_format
-from ...packing import packed_columns
+from ...packing import packed_columns, unpack_weight
 from . import t5
 from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
@@ -153,6 +155,58 @@ def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch
     return y
 
 
+#: From this many rows an exact (``act_bits=0``) float32 call on a CPU without AVX-512 multiplies with torch's GEMM on
+#: the weight expanded to float32: a register-blocked FMA loop beats the kernel's AND + add per weight there
+#: (docs/kernels-cpu.md, "Prefill without AVX-512"). Below it, and with AVX-512 or AMX, the kernel is faster.
+DENSE_MIN_ROWS = 512
+#: Environment variable overriding :data:`DENSE_MIN_ROWS` (an integer; 0: never).
+DENSE_ENV = "HF_ONEBIT_CPU_DENSE_ROWS"
+#: Most bytes of expanded float32 weight at a time (the weight is expanded in blocks of output rows).
+DENSE_BLOCK_BYTES = 32 << 20
+_DENSE_ISAS = (ISA_NAMES.index("portable"), ISA_NAMES.index("avx2"))
+
+
+def dense_min_rows() -> int | None:
+    """Rows from which an exact float32 call without AVX-512 takes torch's GEMM (None: never);
+    ``$HF_ONEBIT_CPU_DENSE_ROWS`` overrides :data:`DENSE_MIN_ROWS`."""
+    value = os.environ.get(DENSE_ENV)
+    if value is None:
+        return DENSE_MIN_ROWS
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise ValueError(f"{DENSE_ENV}: got {value!r}; allowed: an integer >= 0 (0: never)")
+    return rows or None
+
+
+def _dense(plan: CallPlan, M: int) -> bool:
+    """Whether :func:`_execute_dense` serves a call of ``M`` rows under ``plan``."""
+    if M == 1 or plan.act_bits != 0 or plan.x_kind != 0:  # decode: no environment lookup on the hot path
+        return False
+    rows = dense_min_rows()
+    return rows is not None and M >= rows and active_isa() in _DENSE_ISAS
+
+
+def _execute_dense(plan: CallPlan, weight: torch.Tensor, x: torch.Tensor, M: int, lead: tuple = ()) -> torch.Tensor:
+    """The exact call of :func:`_execute` (float32 ``x``) as ``((x * g) @ Q.T) * h + b`` with torch's GEMM on blocks
+    of the weight expanded to float32 - the reference path's own arithmetic."""
+    xs = x.reshape(M, plan.K) * plan.g
+    rows = max(1, DENSE_BLOCK_BYTES // (4 * plan.K))
+    if rows >= plan.N:
+        y = torch.mm(xs, unpack_weight(weight, plan.K, torch.float32, plan.weight_format).t())
+    else:
+        y = torch.empty((M, plan.N), dtype=torch.float32)
+        for n0 in range(0, plan.N, rows):
+            block = unpack_weight(weight[n0:n0 + rows], plan.K, torch.float32, plan.weight_format)
+            y[:, n0:n0 + rows] = torch.mm(xs, block.t())
+    y.mul_(plan.h)
+    if plan.b is not None:
+        y.add_(plan.b)
+    return y.view(*lead, plan.N) if lead else y
+
+
 def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
     _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
     if x.shape[0] == 0:
@@ -160,6 +214,8 @@ def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_
     plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
     if x.dtype == torch.float16:
         return _execute(plan, (x * scale_in.to(x.dtype)).float(), x.shape[0]).to(x.dtype)
+    if _dense(plan, x.shape[0]):
+        return _execute_dense(plan, weight, x, x.shape[0])
     return _execute(plan, x, x.shape[0])
 
 
@@ -186,7 +242,10 @@ def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_f
             _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
         if plan.pending:  # the weight's second call: it stays
             _second_call(plan, weight)
-    return _execute(plan, x, M, shape[:-1] if len(shape) > 2 else ())
+    lead = shape[:-1] if len(shape) > 2 else ()
+    if _dense(plan, M):
+        return _execute_dense(plan, weight, x, M, lead)
+    return _execute(plan, x, M, lead)
 
 
 def _eager_binary(x, weight, scale_in, scale_out, bias, in_features, act_bits):
