@@ -193,7 +193,7 @@ def _execute_dense(plan: CallPlan, weight: torch.Tensor, x: torch.Tensor, M: int
     """The exact call of :func:`_execute` (float32 ``x``) as ``((x * g) @ Q.T) * h + b`` with torch's GEMM on blocks
     of the weight expanded to float32 - the reference path's own arithmetic."""
     xs = x.reshape(M, plan.K) * plan.g
-    rows = max(1, DENSE_BLOCK_BYTES // (4 * plan.K))
+    rows = max(1, DENSE_BLOCK_BYTES // max(1, 4 * plan.K))
     if rows >= plan.N:
         y = torch.mm(xs, unpack_weight(weight, plan.K, torch.float32, plan.weight_format).t())
     else:
