@@ -197,15 +197,8 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
         from hf_onebit.ops.cpu import DENSE_ENV
 
         def run(call):
-            old = os.environ.get(DENSE_ENV)
-            os.environ[DENSE_ENV] = "0"
-            try:
+            with environment(DENSE_ENV, "0"):
                 return call()
-            finally:
-                if old is None:
-                    os.environ.pop(DENSE_ENV)
-                else:
-                    os.environ[DENSE_ENV] = old
 
         calls, nbytes = built
         return [lambda call=call: run(call) for call in calls], nbytes
@@ -243,19 +236,24 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
 
 
 @contextlib.contextmanager
-def t5_copies(on: bool):
-    """The CPU backend's t5 copies of ternary weights on or off while plans are made (hf_onebit/ops/cpu/t5.py)."""
-    from hf_onebit.ops.cpu.t5 import T5_ENV
-
-    old = os.environ.get(T5_ENV)
-    os.environ[T5_ENV] = "1" if on else "0"
+def environment(name: str, value: str):
+    """``$name`` set to ``value`` inside the block, restored (or removed) after it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(T5_ENV)
+            os.environ.pop(name)
         else:
-            os.environ[T5_ENV] = old
+            os.environ[name] = old
+
+
+def t5_copies(on: bool):
+    """The CPU backend's t5 copies of ternary weights on or off while plans are made (hf_onebit/ops/cpu/t5.py)."""
+    from hf_onebit.ops.cpu.t5 import T5_ENV
+
+    return environment(T5_ENV, "1" if on else "0")
 
 
 def a8_row_bytes(k: int, m: int, weight_format: str) -> int:

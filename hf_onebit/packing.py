@@ -91,6 +91,11 @@ def unpack_bits(packed: torch.Tensor, in_features: int) -> torch.Tensor:
     return bits.view(packed.shape[0], packed.shape[1] * 8)[:, :in_features]
 
 
+def _all_bytes(device: torch.device) -> torch.Tensor:
+    """The 256 byte values as a packed tensor of 256 rows of one byte (for unpacking tables)."""
+    return torch.arange(256, device=device).to(torch.uint8).unsqueeze(1)
+
+
 def _expand_bytes(packed: torch.Tensor, table: torch.Tensor, in_features: int) -> torch.Tensor:
     """Each byte of ``packed`` replaced by its row of ``table`` (256 x weights per byte): one gather, several times
     faster than shifting and masking every weight; a contiguous ``(out_features, in_features)`` result."""
@@ -102,9 +107,8 @@ def _expand_bytes(packed: torch.Tensor, table: torch.Tensor, in_features: int) -
 def unpack_signs(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Unpack to the ``{-1, +1}`` sign matrix of shape ``(out_features, in_features)`` in ``dtype``."""
     check_packed_shape(packed, packed.shape[0], in_features, name="packed")
-    byte = torch.arange(256, device=packed.device).unsqueeze(1)
-    table = byte.bitwise_right_shift(torch.arange(8, device=packed.device)).bitwise_and(1).mul(2).sub(1)
-    return _expand_bytes(packed, table.to(dtype), in_features)
+    table = unpack_bits(_all_bytes(packed.device), 8).to(dtype) * 2 - 1  # (256, 8): the signs of every byte
+    return _expand_bytes(packed, table, in_features)
 
 
 def _code_shifts(device: torch.device) -> torch.Tensor:
@@ -147,9 +151,8 @@ def unpack_ternary_codes(packed: torch.Tensor, in_features: int) -> torch.Tensor
 def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Unpack to the ``{-1, 0, +1}`` matrix of shape ``(out_features, in_features)`` in ``dtype``."""
     check_packed_shape(packed, packed.shape[0], in_features, name="packed", weight_format="ternary")
-    byte = torch.arange(256, device=packed.device).unsqueeze(1)
-    table = byte.bitwise_right_shift(torch.arange(0, 8, 2, device=packed.device)).bitwise_and(3).sub(1)
-    return _expand_bytes(packed, table.to(dtype), in_features)
+    table = unpack_ternary_codes(_all_bytes(packed.device), 4).to(dtype) - 1  # (256, 4): the values of every byte
+    return _expand_bytes(packed, table, in_features)
 
 
 _UNPACKERS = {"binary": unpack_signs, "ternary": unpack_ternary}
