@@ -14,11 +14,12 @@ import os
 
 import torch
 from _common import base_parser, float_model_path, workdir
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 import hf_onebit
-import hf_onebit.peft  # registers LoRA for OneBitLinear with PEFT
+import hf_onebit.peft
+from hf_onebit.peft import get_peft_model  # peft.get_peft_model with the 1-bit LoRA layer registered on the config
 from hf_onebit.compat import checkpointing_kwargs
 
 

@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         summary = run_stages(student, teacher, data, plan, os.path.join(root, "trainer"), progress=not args.tiny)
         train_time = time.perf_counter() - train_start
         print("== 4. save packed, reload with one line, evaluate on the held-out test split")
-        student.save_pretrained(staging)
+        hf_onebit.save_pretrained(student, staging)  # packed, with a model card (README.md)
         tokenizer.save_pretrained(staging)
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain from_pretrained (after `import hf_onebit`)
     windows = 2 if args.tiny else None

@@ -3,7 +3,7 @@
     python examples/push_to_hub_dry_run.py --tiny
     python examples/push_to_hub_dry_run.py --repo-id me/smollm2-135m-1bit --out ./upload
 
-A real push is ``model.push_to_hub("me/smollm2-135m-1bit", tokenizer=tokenizer)`` (after ``hf auth login``), or
+A real push is ``hf_onebit.push_to_hub(model, "me/smollm2-135m-1bit", tokenizer=tokenizer)`` (after ``hf auth login``), or
 ``hf-onebit push CHECKPOINT me/smollm2-135m-1bit``.
 """
 

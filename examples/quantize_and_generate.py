@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=hf_onebit.OneBitConfig(), dtype=torch.float32)
     print(f"quantized in {time.perf_counter() - start:.1f} s")
-    model.save_pretrained(out)  # packed sign bits + scale vectors + a model card (README.md)
+    hf_onebit.save_pretrained(model, out)  # packed sign bits + scale vectors + a model card (README.md)
     tokenizer = AutoTokenizer.from_pretrained(src)
     tokenizer.save_pretrained(out)
 

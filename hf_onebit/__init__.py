@@ -3,12 +3,14 @@
 ``import hf_onebit`` registers the ``"onebit"`` quantization method with transformers, so that
 ``from_pretrained(name, quantization_config=OneBitConfig())`` quantizes a model and ``from_pretrained(path)`` reloads a
 saved 1-bit checkpoint. Without this import transformers does not know ``"onebit"`` checkpoints.
+:func:`save_pretrained` / :func:`push_to_hub` (``hf_onebit.save_pretrained(model, folder)``) save with a model card.
 """
 
 from . import ops
 from .config import OneBitConfig
 from .convert import dequantize_, quantize_
 from .finetune import prepare_for_training, restore_storage_dtypes
+from .hub import push_to_hub, save_pretrained
 from .modules import OneBitLinear
 from .quantizer import OneBitHfQuantizer
 from .registration import register
@@ -18,4 +20,4 @@ __version__ = "0.1.0"
 register()
 
 __all__ = ["OneBitConfig", "OneBitLinear", "OneBitHfQuantizer", "quantize_", "dequantize_", "register", "ops",
-           "prepare_for_training", "restore_storage_dtypes"]
+           "prepare_for_training", "restore_storage_dtypes", "save_pretrained", "push_to_hub"]

@@ -1,20 +1,21 @@
 """Model cards and Hub uploads for 1-bit models.
 
-Every model loaded through hf_onebit (``from_pretrained`` with ``OneBitConfig`` or of a saved 1-bit checkpoint) gets
-``save_pretrained`` and ``push_to_hub`` that also write a model card (``README.md``): method, bits per weight, size,
-teacher, distillation budget and measured perplexity when known, the ``import hf_onebit`` line and the ``onebit``
-tag. transformers itself only writes a generic card on push, so :func:`attach_model_card` wraps both methods on the
-model instance (the class is untouched).
+:func:`save_pretrained` and :func:`push_to_hub` save a 1-bit model like transformers' methods of the same names and
+also write its model card (``README.md``): method, bits per weight, size, teacher, distillation budget and measured
+perplexity when known, the ``import hf_onebit`` line and the ``onebit`` tag. The model's own ``save_pretrained``
+saves the same weights and config without a card; its ``push_to_hub`` uploads transformers' generic card, tagged
+``onebit`` (models quantized by hf_onebit carry the tags through ``add_model_tags``).
 
 Facts about the model that the code cannot measure at save time (the teacher of a reloaded checkpoint, the
 distillation budget, the evaluated perplexity) live in ``model.config.onebit_card`` - saved in ``config.json`` and
 therefore kept across save / reload - and are set with :func:`set_card_info`::
 
+    import hf_onebit
     hf_onebit.hub.set_card_info(model, teacher="HuggingFaceTB/SmolLM2-135M-Instruct",
                                 distillation={"tokens": 2_000_000, "steps": 500, "time_s": 1830},
                                 perplexity={"value": 48.3, "text": "held-out English, 512-token windows"})
-    model.save_pretrained("out")          # writes out/README.md too
-    model.push_to_hub("me/smollm2-1bit")  # uploads weights, config and the card
+    hf_onebit.save_pretrained(model, "out")          # weights, config and out/README.md
+    hf_onebit.push_to_hub(model, "me/smollm2-1bit")  # uploads weights, config and the card
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import math
 import os
 import re
 import tempfile
-import types
 from typing import Any
 
 import torch.nn as nn
@@ -261,12 +261,14 @@ def write_model_card(model: nn.Module, folder: str, repo_id: str | None = None, 
     return path
 
 
-# ---------------------------------------------------------------------------------------------------------- hooks
-def save_pretrained(self, save_directory, *args, **kwargs):
-    """``PreTrainedModel.save_pretrained`` plus a model card (``README.md``) written by hf_onebit.
+# ---------------------------------------------------------------------------------------------------------- saving
+def save_pretrained(model: nn.Module, save_directory, *args, **kwargs) -> None:
+    """``model.save_pretrained(save_directory, ...)`` plus a model card (``README.md``) written by hf_onebit.
 
-    With ``push_to_hub=True`` the folder (card included) is then uploaded with :func:`push_folder`. A path that is an
-    existing file raises ``NotADirectoryError`` (transformers only logs an error there and saves nothing).
+    Takes the arguments of ``PreTrainedModel.save_pretrained``. With ``push_to_hub=True`` the folder (card included)
+    is then uploaded with :func:`push_folder` (``repo_id``, ``commit_message``, ``commit_description``, ``create_pr``,
+    ``private``, ``revision`` and ``token`` go to the upload). A path that is an existing file raises
+    ``NotADirectoryError`` (transformers only logs an error there and saves nothing).
     """
     if os.path.isfile(os.fspath(save_directory)):
         raise NotADirectoryError(f"save_pretrained: {os.fspath(save_directory)!r} is an existing file; nothing was "
@@ -274,14 +276,14 @@ def save_pretrained(self, save_directory, *args, **kwargs):
     push = kwargs.pop("push_to_hub", False)
     hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "commit_description", "create_pr", "private",
                                       "revision") if k in kwargs}
-    type(self).save_pretrained(self, save_directory, *args, **kwargs)
+    model.save_pretrained(save_directory, *args, **kwargs)
     is_main = kwargs.get("is_main_process", args[0] if args else True)
     if not is_main:
         return
     repo_id = hub.get("repo_id")
     try:
-        write_model_card(self, os.fspath(save_directory), repo_id=repo_id)
-    except Exception as err:  # the weights are saved; a card problem must not break e.g. Trainer checkpoints
+        write_model_card(model, os.fspath(save_directory), repo_id=repo_id)
+    except Exception as err:  # the weights are saved; a card problem must not lose them
         logger.warning("hf_onebit: the model was saved but its model card could not be written: %r", err)
     if push:
         repo_id = repo_id or os.path.basename(os.path.normpath(os.fspath(save_directory)))
@@ -289,15 +291,16 @@ def save_pretrained(self, save_directory, *args, **kwargs):
         push_folder(os.fspath(save_directory), repo_id, token=kwargs.get("token"), **upload)
 
 
-def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
-                private: bool | None = None, token=None, revision: str | None = None, create_pr: bool = False,
-                max_shard_size="50GB", tags: list[str] | None = None, tokenizer=None):
-    """Save the model with its model card into a temporary folder and upload it to ``repo_id``.
+def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str | None = None,
+                commit_description: str | None = None, private: bool | None = None, token=None,
+                revision: str | None = None, create_pr: bool = False, max_shard_size="50GB",
+                tags: list[str] | None = None, tokenizer=None):
+    """Save ``model`` with its model card into a temporary folder and upload it to ``repo_id``.
 
-    Same arguments as ``PreTrainedModel.push_to_hub`` plus ``tokenizer`` (saved alongside). Returns the commit info.
+    The arguments of ``PreTrainedModel.push_to_hub`` plus ``tokenizer`` (saved alongside). Returns the commit info.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        save_for_hub(self, tmp, repo_id=repo_id, tokenizer=tokenizer, tags=tags, max_shard_size=max_shard_size)
+        save_for_hub(model, tmp, repo_id=repo_id, tokenizer=tokenizer, tags=tags, max_shard_size=max_shard_size)
         return push_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message,
                            commit_description=commit_description, revision=revision, create_pr=create_pr)
 
@@ -308,7 +311,7 @@ def save_for_hub(model: nn.Module, folder: str, repo_id: str | None = None, toke
 
     This is the dry run of a push; returns the sorted file names.
     """
-    type(model).save_pretrained(model, folder, max_shard_size=max_shard_size)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     write_model_card(model, folder, repo_id=repo_id, tags=tags)
@@ -333,15 +336,15 @@ def push_folder(folder: str, repo_id: str, *, token=None, private: bool | None =
     )
 
 
-def attach_model_card(model: nn.Module, teacher: str | None = None) -> nn.Module:
-    """Give ``model`` hf_onebit's ``save_pretrained`` / ``push_to_hub`` (instance attributes; idempotent).
+def record_teacher(model: nn.Module, teacher: str | None) -> None:
+    """Note where ``model`` came from, for its model card, and tag it for the Hub (called when a model is quantized).
 
-    ``teacher`` (the float checkpoint a model is being quantized from) is recorded unless one is known already: a Hub
-    id as it is, a local folder by its name only (``config.json`` is uploaded by ``push``; an absolute path would
-    publish the user's directory layout).
+    ``teacher`` (the float checkpoint a model is being quantized from) is recorded in ``config.onebit_card`` unless one
+    is known already: a Hub id as it is, a local folder by its name only (``config.json`` is uploaded by ``push``; an
+    absolute path would publish the user's directory layout). The model's Hub tags (``add_model_tags``, used by
+    transformers' own ``push_to_hub``) gain :data:`CARD_TAGS`.
     """
     if teacher and "teacher" not in get_card_info(model):
         set_card_info(model, teacher=_teacher_label(str(teacher)))
-    model.save_pretrained = types.MethodType(save_pretrained, model)
-    model.push_to_hub = types.MethodType(push_to_hub, model)
-    return model
+    if hasattr(model, "add_model_tags"):
+        model.add_model_tags(list(CARD_TAGS))

@@ -1,10 +1,11 @@
 """LoRA adapters on 1-bit layers with PEFT.
 
-``import hf_onebit.peft`` (or :func:`register`) teaches PEFT's LoRA how to wrap a :class:`~hf_onebit.OneBitLinear`:
-the packed sign bits and scale vectors stay frozen, a float LoRA pair ``B @ A`` is added to the layer's output::
+:class:`OneBitLoraLinear` is PEFT's LoRA layer for a :class:`~hf_onebit.OneBitLinear`: the packed sign bits and scale
+vectors stay frozen, a float LoRA pair ``B @ A`` is added to the layer's output. PEFT finds it through its own
+custom-module API (``LoraConfig._register_custom_module``), which this module applies for you::
 
     import hf_onebit.peft
-    from peft import LoraConfig, get_peft_model
+    from hf_onebit.peft import get_peft_model       # peft.get_peft_model, with the 1-bit layer registered
 
     model = AutoModelForCausalLM.from_pretrained("my-1bit-model")          # saved by hf_onebit
     peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=hf_onebit.peft.target_modules(model)))
@@ -12,13 +13,14 @@ the packed sign bits and scale vectors stay frozen, a float LoRA pair ``B @ A`` 
     peft_model.save_pretrained("adapter")
 
     base = AutoModelForCausalLM.from_pretrained("my-1bit-model")
-    peft_model = hf_onebit.peft.load_adapter(base, "adapter")              # or PeftModel.from_pretrained
+    peft_model = hf_onebit.peft.load_adapter(base, "adapter")
 
-PEFT keeps custom layer types in a per-config mapping that is not saved with the adapter (``LoraConfig.
-_register_custom_module``); :func:`register` therefore installs hf_onebit's dispatch globally, and
-:func:`load_adapter` / :func:`lora_config` also work without it.
-
-``target_modules="all-linear"`` only finds ``nn.Linear`` layers, not 1-bit ones: pass :func:`target_modules` instead.
+Where another library builds the PEFT model from a config (e.g. a trainer's ``peft_config=``), pass
+:func:`lora_config` (a ``LoraConfig`` with the layer registered) or a config given to :func:`with_onebit_layers`.
+A plain ``LoraConfig`` given to ``peft.get_peft_model`` fails on a 1-bit model with PEFT's "Target module ... is not
+supported": PEFT keeps custom layer types per config and does not save them with the adapter, and hf_onebit does not
+patch PEFT. ``target_modules="all-linear"`` only finds ``nn.Linear`` layers, not 1-bit ones: pass
+:func:`target_modules` instead.
 
 Merging (``merge_and_unload``) is **lossy**: the merged weight ``W + B A`` is re-quantized to signs (ternary values for
 ternary layers) and refitted scale vectors; a warning reports how much of the adapter's update survived. Keep the
@@ -37,8 +39,9 @@ import torch.nn as nn
 from .modules import OneBitLinear, quantize_weight
 
 try:
+    import peft as _peft
     from peft import LoraConfig, PeftModel
-    from peft.tuners.lora import LoraLayer, LoraModel
+    from peft.tuners.lora import LoraLayer
     from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 except ImportError as err:  # pragma: no cover - peft is a dependency
     raise ImportError(f"hf_onebit.peft needs the `peft` package (pip install peft): {err}") from None
@@ -54,10 +57,9 @@ _LOSSY_MERGE = (
 
 __all__ = [
     "OneBitLoraLinear",
-    "dispatch_onebit",
-    "register",
-    "is_registered",
+    "get_peft_model",
     "lora_config",
+    "with_onebit_layers",
     "target_modules",
     "load_adapter",
 ]
@@ -176,48 +178,29 @@ class OneBitLoraLinear(nn.Module, LoraLayer):
         return "lora." + super().__repr__()
 
 
-def dispatch_onebit(target: nn.Module, adapter_name: str, config: LoraConfig, **kwargs: Any) -> Optional[nn.Module]:
-    """PEFT dispatch function: a :class:`OneBitLoraLinear` for a OneBitLinear target, else None."""
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if isinstance(base, OneBitLinear):
-        return OneBitLoraLinear(target, adapter_name, config=config, **kwargs)
-    return None
+def with_onebit_layers(config: LoraConfig) -> LoraConfig:
+    """Register :class:`OneBitLoraLinear` for OneBitLinear targets on ``config`` (PEFT's custom-module API); returns it.
 
-
-def _with_onebit_dispatch(original):
-    def _create_new_module(lora_config, adapter_name, target, **kwargs):
-        module = dispatch_onebit(target, adapter_name, lora_config, **kwargs)
-        if module is None:
-            module = original(lora_config, adapter_name, target, **kwargs)
-        return module
-
-    _create_new_module.__wrapped__ = original
-    _create_new_module._hf_onebit_dispatch = True
-    return staticmethod(_create_new_module)
-
-
-def is_registered() -> bool:
-    """Whether PEFT's LoRA currently dispatches OneBitLinear targets to :class:`OneBitLoraLinear`."""
-    return bool(getattr(LoraModel._create_new_module, "_hf_onebit_dispatch", False))
-
-
-def register() -> None:
-    """Make every PEFT LoRA model wrap OneBitLinear layers with :class:`OneBitLoraLinear` (idempotent).
-
-    PEFT has no public plugin registry for layer types across configs, so this wraps
-    ``LoraModel._create_new_module``: OneBitLinear targets go to :func:`dispatch_onebit`, everything else to PEFT.
+    Idempotent. ``config`` must be a ``peft.LoraConfig``: PEFT's other adapter types have no layer for 1-bit weights.
     """
-    current = LoraModel._create_new_module
-    while getattr(current, "_hf_onebit_dispatch", False):  # a reloaded hf_onebit.peft replaces its own wrapper
-        current = current.__wrapped__
-    LoraModel._create_new_module = _with_onebit_dispatch(current)
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"config: a peft.LoraConfig is needed for 1-bit layers, got {type(config).__name__}")
+    if (config._custom_modules or {}).get(OneBitLinear) is not OneBitLoraLinear:
+        config._register_custom_module({OneBitLinear: OneBitLoraLinear})
+    return config
 
 
 def lora_config(**kwargs: Any) -> LoraConfig:
-    """A ``LoraConfig(**kwargs)`` with OneBitLinear registered through PEFT's own custom-module API."""
-    config = LoraConfig(**kwargs)
-    config._register_custom_module({OneBitLinear: OneBitLoraLinear})
-    return config
+    """A ``LoraConfig(**kwargs)`` that wraps OneBitLinear layers with :class:`OneBitLoraLinear`."""
+    return with_onebit_layers(LoraConfig(**kwargs))
+
+
+def get_peft_model(model: nn.Module, peft_config: LoraConfig, *args: Any, **kwargs: Any):
+    """``peft.get_peft_model`` with :func:`with_onebit_layers` applied to ``peft_config`` (same arguments, same result).
+
+    ``peft_config`` is registered in place (a ``LoraConfig``; PEFT's other adapter types have no 1-bit layer).
+    """
+    return _peft.get_peft_model(model, with_onebit_layers(peft_config), *args, **kwargs)
 
 
 def target_modules(model: nn.Module) -> list[str]:
@@ -235,10 +218,7 @@ def load_adapter(model: nn.Module, path: str, adapter_name: str = "default", is_
     ``kwargs`` (e.g. ``revision``, ``token``) go to both ``LoraConfig.from_pretrained`` and
     ``PeftModel.from_pretrained``.
     """
-    config = LoraConfig.from_pretrained(path, **kwargs)
-    config._register_custom_module({OneBitLinear: OneBitLoraLinear})
+    config = with_onebit_layers(LoraConfig.from_pretrained(path, **kwargs))
     return PeftModel.from_pretrained(model, path, adapter_name=adapter_name, is_trainable=is_trainable,
                                      config=config, **kwargs)
 
-
-register()

@@ -140,7 +140,7 @@ class OneBitHfQuantizer(HfQuantizer):
             if errors:
                 logger.info("hf_onebit: tied input scales; largest relative weight change %.3g (%s)",
                             max(errors.values()), max(errors, key=errors.get))
-        hub.attach_model_card(model, teacher=None if self.pre_quantized else model.config.name_or_path)
+        hub.record_teacher(model, None if self.pre_quantized else model.config.name_or_path)
         return model
 
     def get_quantize_ops(self):

@@ -38,6 +38,8 @@ def test_cli_distill_text_file(tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
     assert (out / "distill_curves.png").exists()
+    card = (out / "README.md").read_text()  # the model card records the run
+    assert "| recipe | end-to-end progressive |" in card and "512 tokens, 4 steps" in card
 
 
 def test_self_generated_data_defaults_to_one_pass_of_the_run(monkeypatch):

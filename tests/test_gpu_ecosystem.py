@@ -59,7 +59,9 @@ def test_static_cache_generate_auto_compiles_on_cuda(dirs):
 
 def test_lora_bf16_training_on_gpu(dirs, tmp_path):
     import hf_onebit.peft
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    from hf_onebit.peft import get_peft_model
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(dirs[1], device_map="cuda", dtype=torch.bfloat16)

@@ -1,4 +1,4 @@
-"""Model cards written by save_pretrained / push_to_hub (upload mocked), card facts, checkpoint compatibility."""
+"""Model cards written by hf_onebit.save_pretrained / push_to_hub (upload mocked), card facts, checkpoint compatibility."""
 
 import json
 import os
@@ -33,7 +33,7 @@ def test_save_pretrained_writes_a_model_card(dirs, tmp_path):
     hub.set_card_info(model, teacher="HuggingFaceTB/SmolLM2-135M-Instruct", recipe="OneBit KD",
                       distillation={"tokens": 2_000_000, "steps": 500, "time_s": 1830},
                       perplexity={"value": 48.25, "teacher_value": 12.9}, run="nightly-3")
-    model.save_pretrained(tmp_path / "out")
+    hf_onebit.save_pretrained(model, tmp_path / "out")
     card = (tmp_path / "out" / "README.md").read_text()
     meta = front_matter(card)
     assert "- onebit" in meta and "library_name: transformers" in meta
@@ -51,10 +51,10 @@ def test_save_pretrained_writes_a_model_card(dirs, tmp_path):
 def test_card_facts_survive_reload_and_local_teachers_are_not_base_models(dirs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(dirs[1])
     hub.set_card_info(model, teacher="/some/private/path/my-teacher", perplexity=61.0)
-    model.save_pretrained(tmp_path / "a")
+    hf_onebit.save_pretrained(model, tmp_path / "a")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
     assert hub.get_card_info(reloaded) == {"teacher": "/some/private/path/my-teacher", "perplexity": 61.0}
-    reloaded.save_pretrained(tmp_path / "b")
+    hf_onebit.save_pretrained(reloaded, tmp_path / "b")
     card = (tmp_path / "b" / "README.md").read_text()
     assert "base_model" not in front_matter(card)
     assert "my-teacher (local checkpoint)" in card and "/some/private" not in card
@@ -67,7 +67,7 @@ def test_card_facts_survive_reload_and_local_teachers_are_not_base_models(dirs, 
 
 def test_a_checkpoint_without_facts_says_it_is_not_distilled(dirs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(dirs[1])
-    model.save_pretrained(tmp_path / "c")
+    hf_onebit.save_pretrained(model, tmp_path / "c")
     card = (tmp_path / "c" / "README.md").read_text()
     assert "No perplexity was recorded" in card and "| recipe | none recorded |" in card
     # the teacher recorded while quantizing came back from config.json
@@ -78,11 +78,25 @@ def test_a_user_written_readme_is_kept(dirs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(dirs[1])
     os.makedirs(tmp_path / "d")
     (tmp_path / "d" / "README.md").write_text("# my own card\n")
-    model.save_pretrained(tmp_path / "d")
+    hf_onebit.save_pretrained(model, tmp_path / "d")
     assert (tmp_path / "d" / "README.md").read_text() == "# my own card\n"
-    model.save_pretrained(tmp_path / "e")
-    model.save_pretrained(tmp_path / "e")  # our own card is refreshed
+    hf_onebit.save_pretrained(model, tmp_path / "e")
+    hf_onebit.save_pretrained(model, tmp_path / "e")  # our own card is refreshed
     assert hub.CARD_MARKER in (tmp_path / "e" / "README.md").read_text()
+
+
+def test_the_model_class_and_instance_keep_transformers_methods(dirs, tmp_path):
+    """No method is replaced: the model's own save_pretrained saves weights and config without a card; quantized
+    models carry the onebit tags for transformers' own push_to_hub."""
+    model = AutoModelForCausalLM.from_pretrained(dirs[0], quantization_config=hf_onebit.OneBitConfig())
+    assert "save_pretrained" not in vars(model) and "push_to_hub" not in vars(model)
+    assert set(hub.CARD_TAGS) <= set(model.model_tags)
+    model.save_pretrained(tmp_path / "plain")
+    assert "README.md" not in os.listdir(tmp_path / "plain")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    assert hub.get_card_info(reloaded)["teacher"] == f"{os.path.basename(dirs[0])} (local checkpoint)"
+    hf_onebit.save_pretrained(reloaded, tmp_path / "plain")  # the card can be added later
+    assert hub.CARD_MARKER in (tmp_path / "plain" / "README.md").read_text()
 
 
 class FakeHub:
@@ -110,8 +124,8 @@ def test_push_to_hub_uploads_weights_config_and_card(dirs):
     model = AutoModelForCausalLM.from_pretrained(dirs[1])
     fake = FakeHub()
     with fake.patch():
-        assert model.push_to_hub("me/tiny-1bit", tags=["demo"], tokenizer=byte_tokenizer(),
-                                 commit_message="first") == "commit-1"
+        assert hf_onebit.push_to_hub(model, "me/tiny-1bit", tags=["demo"], tokenizer=byte_tokenizer(),
+                                     commit_message="first") == "commit-1"
     upload = fake.uploads[0]
     assert upload["repo_id"] == "me/tiny-1bit" and upload["commit_message"] == "first"
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(upload["files"])
@@ -125,7 +139,7 @@ def test_save_pretrained_with_push_to_hub_uploads_the_card(dirs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(dirs[1])
     fake = FakeHub()
     with fake.patch():
-        model.save_pretrained(tmp_path / "f", push_to_hub=True, repo_id="me/other")
+        hf_onebit.save_pretrained(model, tmp_path / "f", push_to_hub=True, repo_id="me/other")
     assert fake.uploads[0]["repo_id"] == "me/other"
     assert hub.CARD_MARKER in fake.uploads[0]["files"]["README.md"].decode()
 
@@ -155,7 +169,7 @@ def test_checkpoint_without_format_version_loads_as_version_1(dirs, tmp_path):
 
 def test_a_ternary_model_card_names_its_format(dirs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(dirs[0], quantization_config=hf_onebit.OneBitConfig(weight_format="ternary"))
-    model.save_pretrained(tmp_path / "ternary")
+    hf_onebit.save_pretrained(model, tmp_path / "ternary")
     card = (tmp_path / "ternary" / "README.md").read_text()
     assert "ternary (1.58-bit) quantized causal language model" in card
     assert "ternary layers" in card and "2-bit codes" in card and "BitNet b1.58 codes" in card

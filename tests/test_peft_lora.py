@@ -4,13 +4,13 @@ import warnings
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 import hf_onebit
 import hf_onebit.peft as onebit_peft
 from hf_onebit.compat import is_checkpointing
-from hf_onebit.peft import OneBitLoraLinear
+from hf_onebit.peft import OneBitLoraLinear, get_peft_model
 
 from ecosystem_helpers import assert_loss_decreases, onebit_checkpoint, train_losses
 
@@ -32,7 +32,6 @@ def test_get_peft_model_wraps_every_onebit_layer_and_starts_as_the_base(base_dir
     model = load(base_dir)
     ids = torch.randint(0, 256, (2, 9))
     before = model(ids).logits
-    assert onebit_peft.is_registered()
     names = onebit_peft.target_modules(model)
     assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=names))
@@ -42,13 +41,19 @@ def test_get_peft_model_wraps_every_onebit_layer_and_starts_as_the_base(base_dir
     assert torch.equal(peft_model(ids).logits, before)  # B starts at zero
 
 
-def test_register_is_idempotent_and_lora_config_works_without_it(base_dir):
-    onebit_peft.register()
-    onebit_peft.register()
-    wrapped = onebit_peft.LoraModel._create_new_module
-    assert wrapped._hf_onebit_dispatch and not getattr(wrapped.__wrapped__, "_hf_onebit_dispatch", False)
+def test_the_layer_is_registered_per_config_and_peft_itself_is_untouched(base_dir):
+    import peft
+
     config = onebit_peft.lora_config(r=2, target_modules=["q_proj"])
     assert config._custom_modules == {hf_onebit.OneBitLinear: OneBitLoraLinear}
+    assert onebit_peft.with_onebit_layers(config) is config and len(config._custom_modules) == 1  # idempotent
+    with pytest.raises(TypeError, match="peft.LoraConfig"):
+        onebit_peft.with_onebit_layers(peft.IA3Config(target_modules=["q_proj"]))
+    # without the registration PEFT refuses the 1-bit layer: hf_onebit patches nothing in PEFT
+    with pytest.raises(ValueError, match="not supported"):
+        peft.get_peft_model(load(base_dir), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert isinstance(peft.get_peft_model(load(base_dir), config).base_model.model.model.layers[0].self_attn.q_proj,
+                      OneBitLoraLinear)
 
 
 def test_trainer_with_gradient_checkpointing_trains_lora_and_reload_is_identical(base_dir, tmp_path):
@@ -69,7 +74,8 @@ def test_trainer_with_gradient_checkpointing_trains_lora_and_reload_is_identical
         expected = peft_model(ids[:2]).logits
         with_helper = onebit_peft.load_adapter(load(base_dir), str(tmp_path / "adapter"))
         assert torch.equal(with_helper(ids[:2]).logits, expected)
-        with_peft = PeftModel.from_pretrained(load(base_dir), str(tmp_path / "adapter"))
+        config = onebit_peft.with_onebit_layers(LoraConfig.from_pretrained(str(tmp_path / "adapter")))
+        with_peft = PeftModel.from_pretrained(load(base_dir), str(tmp_path / "adapter"), config=config)
         assert torch.equal(with_peft(ids[:2]).logits, expected)
         assert not torch.equal(load(base_dir)(ids[:2]).logits, expected)  # the adapter matters
 

@@ -70,7 +70,7 @@ def test_save_pretrained_onto_a_file_raises_instead_of_claiming_success(saved, t
     target = tmp_path / "f"
     target.write_text("x")
     with pytest.raises(NotADirectoryError, match="nothing was saved"):
-        model.save_pretrained(target)
+        hf_onebit.save_pretrained(model, target)
 
 
 def test_non_empty_output_needs_overwrite_and_is_then_replaced_whole(src, tmp_path, capsys):
@@ -359,6 +359,7 @@ def test_config_json_holds_no_local_path(src, tmp_path):
     text = (out / "config.json").read_text()
     assert str(tmp_path) not in text and os.path.dirname(src) not in text
     assert json.loads(text)["onebit_card"]["teacher"] == f"{os.path.basename(src)} (local checkpoint)"
+    assert hf_onebit.hub.CARD_MARKER in (out / "README.md").read_text()  # the command writes the model card
 
 
 def test_ci_tests_both_ends_of_the_supported_transformers_range():

@@ -65,7 +65,7 @@ def run(args) -> int:
         print(f"dry run: nothing uploaded; {args.repo_id} would receive {len(files)} files, written to {out}:")
         print("  " + "\n  ".join(files))
         return 0
-    commit = model.push_to_hub(args.repo_id, private=args.private or None, commit_message=args.commit_message,
-                               tokenizer=tokenizer)
+    commit = hub.push_to_hub(model, args.repo_id, private=args.private or None, commit_message=args.commit_message,
+                             tokenizer=tokenizer)
     print(f"pushed to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
     return 0

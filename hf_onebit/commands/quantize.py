@@ -68,7 +68,7 @@ def run(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .. import OneBitConfig
+    from .. import OneBitConfig, hub
     from ..eval import format_table, size_on_disk, size_report
     from ..output import OutputFolder
 
@@ -83,7 +83,7 @@ def run(args) -> int:
         dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
         model = load_model(AutoModelForCausalLM, src, "SRC", quantization_config=config, dtype=dtype)
         elapsed = time.perf_counter() - start
-        model.save_pretrained(staging)
+        hub.save_pretrained(model, staging)  # weights, config and the model card
         try:
             AutoTokenizer.from_pretrained(src).save_pretrained(staging)
         except Exception as err:  # a checkpoint without a tokenizer is still a valid model

@@ -213,7 +213,7 @@ def _attach_onebit(model: nn.Module, config: OneBitConfig) -> None:
     model.hf_quantizer = quantizer
     model.is_quantized = True
     model.quantization_method = config.quant_method
-    hub.attach_model_card(model)
+    hub.record_teacher(model, None)
 
 
 def load_bitnet(path_or_model, scale_dtype: str = "float32", backend: str = "auto", **from_pretrained_kwargs):
