@@ -108,7 +108,8 @@ def check_against_reference(x, layer, K, act_bits, weight_format):
 
 
 def check_zero_rows_and_empty_batch(weight_format):
-    """All-zero activations give exactly the bias; an empty batch gives an empty output (both activation paths)."""
+    """All-zero activations give exactly the bias; an empty batch gives an empty output (both activation paths); a
+    layer of zero inputs gives the bias."""
     K, N = 40, 24
     layer = make_layer(K, N, True, 2, weight_format=weight_format)
     linear = LINEAR[weight_format]
@@ -117,6 +118,17 @@ def check_zero_rows_and_empty_batch(weight_format):
         y = linear(x, *layer, K, act_bits, backend="cpu")
         torch.testing.assert_close(y, layer[3].expand(3, N))
         assert linear(torch.zeros(0, K), *layer, K, act_bits, backend="cpu").shape == (0, N)
+    # A layer of zero inputs: the C library refuses K = 0, so every entry path answers like the reference (the bias).
+    weight = torch.zeros(N, 0, dtype=torch.uint8)
+    scale_in, scale_out, bias = torch.ones(0), layer[2], layer[3]
+    assert select_kernel(torch.zeros(3, 0), weight, 0, weight_format=weight_format) is None  # None: the reference
+    for M in (3, 600):  # the kernel's rows and the dense prefill path's
+        x = torch.zeros(M, 0)
+        for act_bits in (0, 8):
+            with torch.no_grad():  # the eager shortcut
+                torch.testing.assert_close(linear(x, weight, scale_in, scale_out, bias, 0, act_bits), bias.expand(M, N))
+            torch.testing.assert_close(linear(x.requires_grad_(), weight, scale_in, scale_out, bias, 0, act_bits),
+                                       bias.expand(M, N))
 
 
 def check_int8_extremes(weight_format: str, isa_names) -> None:

@@ -22,7 +22,10 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     dimension of size 1. All-zero rows get scale 1 so that they map to zero exactly.
     """
     xf = x.float()
-    absmax = xf.abs().amax(dim=-1, keepdim=True)
+    if xf.shape[-1] == 0:  # rows of no values: all zero (amax refuses an empty dimension)
+        absmax = xf.new_zeros(*xf.shape[:-1], 1)
+    else:
+        absmax = xf.abs().amax(dim=-1, keepdim=True)
     scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
     q = torch.clamp(torch.round(xf / scale), -127, 127)
     return q, scale
