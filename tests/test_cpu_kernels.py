@@ -232,9 +232,9 @@ def test_opcheck_with_cpu_kernel():
     K, N = 37, 19
     weight, scale_in, scale_out, bias = make_layer(K, N, True, 9)
     samples = [
-        (torch.randn(4, K), weight, scale_in, scale_out, bias, K, 0, "auto"),
-        (torch.randn(2, 3, K), weight, scale_in, scale_out, None, K, 8, "cpu"),
-        (torch.randn(5, K, requires_grad=True), weight, scale_in.float().requires_grad_(), scale_out, bias, K, 0, "cpu"),
+        (torch.randn(4, K), weight, scale_in, scale_out, bias, K, 0),
+        (torch.randn(2, 3, K), weight, scale_in, scale_out, None, K, 8),
+        (torch.randn(5, K, requires_grad=True), weight, scale_in.float().requires_grad_(), scale_out, bias, K, 0),
     ]
     for args in samples:
         assert select_kernel(args[0], weight, args[6]).name == "cpu"

@@ -99,7 +99,7 @@ def test_compile_and_opcheck():
     x = torch.randn(2, 5, 100)
     torch.testing.assert_close(torch.compile(layer)(x), layer(x))
     torch.library.opcheck(
-        torch.ops.hf_onebit.binary_linear, (x, layer.weight, layer.scale_in, layer.scale_out, layer.bias, 100, 0, "auto")
+        torch.ops.hf_onebit.binary_linear, (x, layer.weight, layer.scale_in, layer.scale_out, layer.bias, 100, 0)
     )
 
 

@@ -75,3 +75,23 @@ def test_compiled_graphs_keep_the_custom_op():
     fn = torch.compile(lambda x: ops.binary_linear(x, packed, g, h, None, 16), fullgraph=True, backend="eager")
     x = torch.randn(2, 16)
     torch.testing.assert_close(fn(x), ops.reference.binary_linear(x, packed, g, h, None, 16))
+
+
+@pytest.mark.parametrize("fmt", ["binary", "ternary"])
+def test_each_op_is_declared_once_and_the_cpu_backend_registers_with_torch(fmt):
+    """The op's schema holds the layer's tensors and sizes only (the backend is the caller's setting); the CPU backend
+    is the op's CPU implementation through torch's own registry, and calls it does not support get the reference."""
+    op = getattr(torch.ops.hf_onebit, f"{fmt}_linear").default
+    names = [a.name for a in op._schema.arguments]
+    assert names == ["x", "weight", "scale_in", "scale_out", "bias", "in_features", "act_bits"]
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
+    assert ("cpu", fmt) in ops._DEVICE_ENTRIES
+    torch.manual_seed(1)
+    w = torch.randn(7, 19)
+    packed = pack_signs(w) if fmt == "binary" else pack_ternary(w.sign())
+    x = torch.randn(3, 19, dtype=torch.float64)  # no CPU kernel takes float64: the device entry answers by reference
+    assert ops.select_kernel(x, packed, 0, weight_format=fmt) is None
+    g, h = torch.rand(19, dtype=torch.float64) + 0.5, torch.rand(7, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(op(x, packed, g, h, None, 19, 0), ops.reference.packed_linear(x, packed, g, h, None, 19, 0, fmt))
+    with pytest.raises(ValueError, match="backend: 'cpu' cannot run this call"):
+        ops.packed_linear(x.requires_grad_(), packed, g, h, None, 19, backend="cpu", weight_format=fmt)

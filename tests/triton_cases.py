@@ -200,7 +200,7 @@ def check_public_op_uses_triton(weight_format, m, k):
     assert ops.select_kernel(x, weight, 8, weight_format=weight_format).name == "triton"
     op = getattr(torch.ops.hf_onebit, FORMATS[weight_format]["op"])
     for act_bits in (0, 8):
-        y = op(x.view(1, m, -1), weight, g, h, bias, k, act_bits, "triton")
+        y = op(x.view(1, m, -1), weight, g, h, bias, k, act_bits)
         check_close(dict(case, act_bits=act_bits), weight_format, y.view(m, -1), x, weight, g, h, bias)
 
 

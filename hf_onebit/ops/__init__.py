@@ -1,21 +1,23 @@
 """The op interface every backend implements.
 
-Modules call :func:`binary_linear` and never a backend directly. The op ``torch.ops.hf_onebit.binary_linear`` is a
-``torch.library`` custom op with a fake (meta) implementation, so ``torch.compile`` can trace it. Its body picks a
-registered kernel for the input's device (the first one whose ``supports`` accepts the call) and falls back to the
-pure-PyTorch reference in :mod:`hf_onebit.ops.reference`, which is also the specification of every kernel.
+Modules call :func:`packed_linear` (or :func:`binary_linear` / :func:`ternary_linear`) and never a backend directly.
 
-A backend registers itself with :func:`register_kernel`::
+Each format's op is declared once, as a ``torch.library`` custom op - ``torch.ops.hf_onebit.binary_linear(x, weight,
+scale_in, scale_out, bias, in_features, act_bits)`` and its twin ``ternary_linear`` - with a fake (meta)
+implementation for ``torch.compile`` and an analytic autograd formula. Its default implementation, on every device,
+is the pure-PyTorch reference in :mod:`hf_onebit.ops.reference`, which is also the specification of every kernel.
+A backend registers itself for one device type and format with :func:`register_kernel`::
 
     @register_kernel("cpu_simd", device_type="cpu", supports=lambda x, weight, act_bits: x.dtype == torch.float32)
     def _cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits): ...
 
-Ternary weights (``weight_format="ternary"``, 2-bit codes, see :mod:`hf_onebit.packing`) go through the twin op
-``torch.ops.hf_onebit.ternary_linear`` (same arguments, same dispatch); a kernel registers for one format with
-``register_kernel(..., weight_format="ternary")``. :func:`packed_linear` picks the op by format.
+which registers the op's implementation for that device type through torch's own ``register_kernel``: it runs the
+first registered kernel of the device (highest ``priority``) whose ``supports`` accepts the call, else the reference.
 
-Backend names accepted by :func:`binary_linear`: ``"auto"`` (best registered kernel, else reference),
-``"reference"`` (always the reference), or the name of a registered kernel (an error if it cannot run the call).
+The backend is a setting of the caller (``OneBitLinear.backend``), not an argument of the op: :func:`packed_linear`
+takes ``"auto"`` (the op's dispatch), ``"reference"`` (the reference, always) or the name of a registered kernel (an
+error if it cannot run the call). Eager calls that need no gradient skip the op's dispatcher (same body, ~12 us less
+per call) and may take a kernel's ``eager`` shortcut first.
 """
 
 from __future__ import annotations
@@ -78,9 +80,26 @@ def register_kernel(name: str, device_type: str, supports: Optional[Callable] = 
                               weight_format, eager))
         kernels.sort(key=lambda k: -k.priority)
         _KERNELS[key] = kernels
+        if key not in _DEVICE_ENTRIES:  # the op's implementation for this device type, registered with torch once
+            _DEVICE_ENTRIES[key] = _device_entry(weight_format)
+            _OPS[weight_format].register_kernel(device_type)(_DEVICE_ENTRIES[key])
         return fn
 
     return wrap
+
+
+def _device_entry(weight_format: str):
+    """The op's body on a device with registered kernels: the best one that supports the call, else the reference."""
+
+    def entry(x, weight, scale_in, scale_out, bias, in_features, act_bits):
+        return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, "auto", weight_format)
+
+    entry.__name__ = f"{weight_format}_linear_by_device"
+    return entry
+
+
+#: (device type, format) -> the function registered with torch for the op on that device type
+_DEVICE_ENTRIES: dict[tuple[str, str], Callable] = {}
 
 
 def kernels_for(device_type: str, weight_format: str = "binary") -> list[Kernel]:
@@ -127,12 +146,12 @@ def _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, w
     return y.reshape(*lead, y.shape[-1])
 
 
-def _fake(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend):
+def _fake(x, weight, scale_in, scale_out, bias, in_features, act_bits):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, scale_in, scale_out, bias, in_features, act_bits, backend = inputs
+    x, weight, scale_in, scale_out, bias, in_features, act_bits = inputs
     ctx.save_for_backward(x, weight, scale_in, scale_out)
     ctx.in_features = in_features
     ctx.act_bits = act_bits
@@ -155,13 +174,14 @@ def _make_backward(weight_format: str):
             y0 = reference.packed_linear(x, weight, scale_in, ones, None, ctx.in_features, ctx.act_bits, weight_format)
             gh = (grad * y0).reshape(-1, grad.shape[-1]).sum(0).to(scale_out.dtype)
         gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        return gx, None, gg, gh, gb, None, None, None
+        return gx, None, gg, gh, gb, None, None
 
     return backward
 
 
 def _define_op(weight_format: str):
-    """The custom op ``hf_onebit::<weight_format>_linear`` (fake implementation and analytic autograd attached)."""
+    """The custom op ``hf_onebit::<weight_format>_linear`` (fake implementation and analytic autograd attached); its
+    default implementation, for every device type without registered kernels, is the reference."""
 
     def op(
         x: torch.Tensor,
@@ -171,9 +191,8 @@ def _define_op(weight_format: str):
         bias: Optional[torch.Tensor],
         in_features: int,
         act_bits: int,
-        backend: str,
     ) -> torch.Tensor:
-        return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format)
+        return reference.packed_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
 
     op.__name__ = f"{weight_format}_linear"
     custom = torch.library.custom_op(f"hf_onebit::{weight_format}_linear", mutates_args=())(op)
@@ -215,7 +234,9 @@ def packed_linear(
     if eager:
         # Same body as the custom op, without the dispatcher's ~12 us per call.
         return _run(x, weight, scale_in, scale_out, bias, in_features, act_bits, backend, weight_format)
-    return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits, backend)
+    if backend != "auto":
+        select_kernel(x, weight, act_bits, backend, weight_format)  # a named kernel that cannot run the call raises
+    return _OPS[weight_format](x, weight, scale_in, scale_out, bias, in_features, act_bits)
 
 
 def _eager_inference(x, scale_in, scale_out, bias) -> bool:
