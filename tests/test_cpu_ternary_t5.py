@@ -197,7 +197,7 @@ def test_plan_and_copy_go_with_the_weight():
     """No table entry outlives its weight: the plan (and the t5 copy it holds) is released with the weight."""
     import gc
 
-    from hf_onebit.ops.cpu import plan as plans
+    from hf_onebit.ops import state
 
     K, N = 640, 48
     layer = cases.make_layer(K, N, False, 12, weight_format="ternary")
@@ -206,7 +206,7 @@ def test_plan_and_copy_go_with_the_weight():
     wid, copy_ref = id(weight), __import__("weakref").ref(plan_of(weight).t5)
     del layer, weight
     gc.collect()
-    assert wid not in plans._plans and copy_ref() is None
+    assert wid not in state._entries and copy_ref() is None
 
 
 @needs_t5_kernel

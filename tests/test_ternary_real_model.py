@@ -62,7 +62,7 @@ def test_decode_from_t5_copies_matches_the_2bit_codes(smollm2_dir, monkeypatch):
     tokens_2bit, logits_2bit = greedy()
     assert layers and all(plans.plan_of(m.weight).t5 is None for m in layers)
     for m in layers:  # forget the plans: the next run makes new ones, with t5 copies this time
-        del plans._plans[id(m.weight)]
+        plans.forget_plan(m.weight)
     monkeypatch.setenv(t5.T5_ENV, "1")
     tokens_t5, logits_t5 = greedy()
     assert all(plans.plan_of(m.weight).t5 is not None for m in layers)  # every layer decoded from its copy

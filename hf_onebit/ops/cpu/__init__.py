@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
-from .. import register_kernel
+from .. import register_kernel, state
 from ...formats import get_format
 from ...packing import packed_columns, unpack_weight
 from . import t5
@@ -58,9 +57,8 @@ def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
     )
 
 
-#: tensor -> {via dtype: (key, float32 copy)}: the conversions of :func:`_float32`, kept beside the tensor (weakly)
-#: rather than on it, so that nothing of ours travels into torch.save or copy.deepcopy with a scale tensor
-_F32_CACHE: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+#: the slot of hf_onebit.ops.state holding a tensor's conversions by :func:`_float32`: {via dtype: (key, copy)}
+F32_SLOT = "cpu.float32"
 
 
 def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
@@ -68,10 +66,10 @@ def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
     if via == torch.float32 and t.dtype == torch.float32 and t.is_contiguous():
         return t
     key = (via, t._version, t.data_ptr(), t.dtype, tuple(t.shape))
-    try:
-        cache = _F32_CACHE.setdefault(t, {})
-    except TypeError:  # a tensor that takes no weak reference: just do not cache
+    cache = state.get(t, F32_SLOT)
+    if cache is None:
         cache = {}
+        state.put(t, F32_SLOT, cache)  # (a tensor that takes no weak reference: not cached)
     hit = cache.get(via)
     if hit is not None and hit[0] == key:
         return hit[1]

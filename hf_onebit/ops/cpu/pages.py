@@ -9,7 +9,8 @@ helped by it.
 The CPU backend calls :func:`advise_huge_pages` the second time it sees the same weight tensor at the same address
 (:func:`advise_resident`), so that weights made afresh for every forward are left alone. Linux only; elsewhere, for
 tensors under 2 MiB, or when the kernel refuses (older than 6.1, THP disabled), it does nothing. Set
-``HF_ONEBIT_HUGE_PAGES=0`` to turn it off.
+``HF_ONEBIT_HUGE_PAGES=0`` to turn it off. What was seen or advised is kept in the tensor's ``"cpu.pages"`` slot of
+the backends' per-tensor state (:mod:`hf_onebit.ops.state`), not on the tensor.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 
 import torch
 
+from .. import state
+
 #: Size of a transparent huge page on x86-64 and most aarch64 kernels.
 HUGE_PAGE = 2 << 20
 #: Environment variable; "0" disables the advice.
@@ -27,7 +30,8 @@ HUGE_PAGES_ENV = "HF_ONEBIT_HUGE_PAGES"
 
 _MADV_HUGEPAGE = 14  # back this range with huge pages when khugepaged gets to it
 _MADV_COLLAPSE = 25  # Linux >= 6.1: collapse it into huge pages now (synchronously)
-_ATTR = "_hf_onebit_huge_pages"
+#: the slot of hf_onebit.ops.state that holds ("seen" | "done", address) for a tensor
+SLOT = "cpu.pages"
 
 _libc = None
 
@@ -70,19 +74,16 @@ def advise_huge_pages(t: torch.Tensor) -> int:
     return 0
 
 
-def _mark(t: torch.Tensor, state: tuple) -> bool:
-    try:
-        setattr(t, _ATTR, state)
-        return True
-    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes: never advised (not every time)
-        return False
+def _mark(t: torch.Tensor, seen: tuple) -> bool:
+    # False for a tensor that takes no weak reference: never advised (rather than every time)
+    return state.put(t, SLOT, seen)
 
 
 def advise_once(t: torch.Tensor) -> None:
     """:func:`advise_huge_pages` now, unless this tensor (at this address) was advised before; for loaders and
     benchmarks that know the tensor stays."""
     ptr = t.data_ptr()
-    if getattr(t, _ATTR, None) != ("done", ptr) and _mark(t, ("done", ptr)):
+    if state.get(t, SLOT) != ("done", ptr) and _mark(t, ("done", ptr)):
         advise_huge_pages(t)
 
 
@@ -92,10 +93,10 @@ def advise_resident(t: torch.Tensor) -> None:
     materialised afresh for each forward (accelerate's disk offload) are new tensors every time and are never
     collapsed, which would cost ~9 ms per 5.6 MB each time."""
     ptr = t.data_ptr()
-    state = getattr(t, _ATTR, None)
-    if state == ("done", ptr):
+    seen = state.get(t, SLOT)
+    if seen == ("done", ptr):
         return
-    if state == ("seen", ptr):
+    if seen == ("seen", ptr):
         if _mark(t, ("done", ptr)):
             advise_huge_pages(t)
         return

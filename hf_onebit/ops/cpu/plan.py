@@ -8,20 +8,20 @@ address of the weight, the scales and the bias, plus the call's settings) and go
 Anything the plan does not cover (float16 input, non-contiguous or other-shaped input, a changed tensor) takes the
 general path.
 
-Plans live in a table keyed by the weight tensor's id, not on the tensor: an attribute would travel with the tensor
-into ``torch.save`` (where ``torch.load``'s default ``weights_only=True`` refuses to read it back) and
-``copy.deepcopy``. An entry goes when its weight is freed, and a plan holds only a weak reference to its weight.
+A plan is kept in the weight's ``"cpu.plan"`` slot of the backends' per-tensor state (:mod:`hf_onebit.ops.state`):
+beside the tensor, never on it, and released with it. A plan never holds the weight it is kept for.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
 
-#: id(weight) -> the weight's plan; the entry is removed when the weight is freed (store_plan)
-_plans: dict = {}
+from .. import state
+
+#: the slot of hf_onebit.ops.state that holds a weight's plan
+SLOT = "cpu.plan"
 
 
 def _tensor_key(t: Optional[torch.Tensor]) -> tuple:
@@ -40,7 +40,7 @@ class CallPlan:
 
     __slots__ = ("key", "entry", "K", "N", "kbytes", "x_kind", "g", "h", "b", "copy", "sources", "g_ptr", "w_ptr",
                  "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format", "pending", "pages_pending",
-                 "t5_pending", "t5", "extra", "owner")
+                 "t5_pending", "t5", "extra")
 
     def __init__(self, key, entry, K, N, kbytes, x_kind, g, h, b, w, copy, y_dtype, act_bits, weight_format,
                  sources=()):
@@ -61,35 +61,23 @@ class CallPlan:
         self.b_ptr = b.data_ptr() if b is not None else None
         self.y_dtype, self.y_bf16 = y_dtype, int(y_dtype == torch.bfloat16)
         self.act_bits, self.weight_format = act_bits, weight_format
-        self.owner = None  # weak reference to the weight the plan is stored for (store_plan)
 
 
 def plan_of(weight) -> Optional[CallPlan]:
     """The plan stored for this weight tensor, if any."""
-    plan = _plans.get(id(weight))
-    return plan if plan is not None and plan.owner() is weight else None
+    return state.get(weight, SLOT)
 
 
 def cached_plan(weight, key) -> Optional[CallPlan]:
-    plan = _plans.get(id(weight))
-    return plan if plan is not None and plan.key == key and plan.owner() is weight else None
+    plan = state.get(weight, SLOT)
+    return plan if plan is not None and plan.key == key else None
 
 
 def store_plan(weight, plan: CallPlan) -> bool:
     """Store ``plan`` for ``weight`` (replacing its previous plan); False when the weight takes no weak reference."""
-    try:
-        plan.owner = weakref.ref(weight)
-    except TypeError:
-        return False
-    wid = id(weight)
-    old = _plans.get(wid)
-    if old is None or old.owner() is not weight:  # the first plan of this tensor: forget it when the tensor goes
-        weakref.finalize(weight, _forget, wid)
-    _plans[wid] = plan
-    return True
+    return state.put(weight, SLOT, plan)
 
 
-def _forget(wid: int) -> None:
-    plan = _plans.get(wid)
-    if plan is not None and plan.owner() is None:  # (the id may already belong to a newer tensor's plan)
-        del _plans[wid]
+def forget_plan(weight) -> None:
+    """Drop the weight's plan: its next call builds a new one."""
+    state.drop(weight, SLOT)

@@ -9,6 +9,9 @@ is zero and never reaches an output.
 Ternary weights (2-bit codes, 4 inputs per byte on disk) become *code words* the same way, with 16 outputs per
 ``int32``: word ``(w, k)`` holds the code ``c = T + 1`` of output ``16 w + j`` in bits ``2 j, 2 j + 1``, shape
 ``(ceil(N / 16), K_pad)``. Padding outputs get code 1 (value 0). :data:`FORMATS` says which layout a format uses.
+
+The words of a weight are kept in its ``"triton.words"`` slot of the backends' per-tensor state
+(:mod:`hf_onebit.ops.state`) and released with the weight.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
+from .. import state
 from ...packing import pack_signs, unpack_bits, unpack_ternary_codes
 
 #: row stride of the word tensor is a multiple of this many words (64 bytes), so rows start aligned
@@ -26,7 +29,8 @@ ROW_ALIGN = 16
 #: inputs converted per step when building the words (bounds the temporary dense bit matrix)
 _CHUNK = 4096
 
-_cache: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+#: the slot of hf_onebit.ops.state holding a weight's (key, words)
+SLOT = "triton.words"
 
 
 def output_words(out_features: int, per_word: int = 32) -> int:
@@ -102,16 +106,16 @@ def weight_words(weight: torch.Tensor, in_features: int, weight_format: str = "b
     conversion is then recorded into the graph. Warm up once outside the capture to avoid that.
     """
     key = (weight.data_ptr(), weight._version, in_features, tuple(weight.shape), weight.device, weight_format)
-    hit = _cache.get(weight)
+    hit = state.get(weight, SLOT)
     if hit is not None and hit[0] == key:
         return hit[1]
     words = FORMATS[weight_format].build(weight, in_features)
     capturing = weight.is_cuda and torch.cuda.is_current_stream_capturing()
     if not capturing:
-        _cache[weight] = (key, words)
+        state.put(weight, SLOT, (key, words))
     return words
 
 
 def clear_cache() -> None:
     """Drop every cached word tensor (they are also freed with their weight)."""
-    _cache.clear()
+    state.clear(SLOT)
