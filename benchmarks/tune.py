@@ -46,6 +46,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--scale-lr", type=float, default=None)
     p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the run (spread between runs)")
+    p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the (tied) embedding / output matrix at the teacher's values instead of training it")
     p.add_argument("--override", default="{}", help="recipe fields as JSON, e.g. '{\"phases\": 10}'")
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     from hf_onebit.training.pipeline import DistillPlan, run_stages
     from hf_onebit.training.precision import bf16_is_fast
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     path = smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -78,7 +80,7 @@ def main(argv=None) -> None:
     bf16 = bf16_is_fast("cpu")
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,
-                       lr=args.lr, scale_lr=args.scale_lr, loss=DistillationLoss(hidden_weight=args.hidden_weight),
+                       lr=args.lr, scale_lr=args.scale_lr, min_lr_rate=args.min_lr_rate, seed=args.seed, loss=DistillationLoss(hidden_weight=args.hidden_weight),
                        recipe_overrides=json.loads(args.override))
     out = tempfile.mkdtemp(prefix=f"tune-{args.name}-")
     start = time.perf_counter()

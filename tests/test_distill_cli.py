@@ -384,3 +384,25 @@ def test_cached_targets_cover_only_the_sequences_the_stage_sees(tmp_path, monkey
     assert summary["e2e"]["tokens"] == 3 * 2 * 16
     with pytest.raises(ValueError, match="cache_epochs"):
         pipeline.DistillPlan(cache_epochs=0.5)
+
+
+def test_the_end_to_end_learning_rate_ends_at_min_lr_rate(tmp_path):
+    import hf_onebit
+    from hf_onebit.training import pipeline
+    from hf_onebit.training.data import TokenBlocks
+    from hf_onebit.training.losses import DistillationLoss
+
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    plan = pipeline.DistillPlan(stages=("e2e",), e2e_steps=6, batch_size=2, seq_len=16, lr=1e-3, scale_lr=1e-3,
+                                min_lr_rate=0.5, loss=DistillationLoss(hidden_weight=0.0), recipe="onebit")
+    summary = pipeline.run_stages(student, teacher, TokenBlocks(torch.randint(0, 96, (40, 16))), plan,
+                                  str(tmp_path / "run"), progress=False, log=lambda *a: None)
+    rates = [entry["learning_rate"] for entry in summary["e2e"]["log"]]
+    # after the warm-up step the rate stays above the floor (it would reach ~1.4e-4 by step 6 with the default 0.05)
+    assert len(rates) == 6 and rates[0] == 0.0 and min(rates[1:]) >= 0.5e-3 and rates[-1] < 0.6e-3
+    for bad in (-0.1, 1.5, "0.3"):
+        with pytest.raises(ValueError, match="min_lr_rate"):
+            pipeline.DistillPlan(min_lr_rate=bad)

@@ -48,6 +48,7 @@ class DistillPlan:
     scale_lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
+    min_lr_rate: float = 0.05  # the cosine ends at this fraction of the learning rates
     loss: DistillationLoss = field(default_factory=DistillationLoss)
     cache_targets: int = 0  # top-k teacher targets cached once (0: the teacher runs every step)
     cache_epochs: float = 2.0  # with cache_targets: times each cached sequence is seen (sets how many are cached)
@@ -69,6 +70,8 @@ class DistillPlan:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name.endswith("steps") else 1):
                 raise ValueError(f"{name}: got {value!r}; allowed: an integer >= "
                                  f"{0 if name.endswith('steps') else 1}")
+        if not (isinstance(self.min_lr_rate, (int, float)) and 0 <= self.min_lr_rate <= 1):
+            raise ValueError(f"min_lr_rate: got {self.min_lr_rate!r}; allowed: a number from 0 to 1")
         if not self.cache_epochs >= 1:
             raise ValueError(f"cache_epochs: got {self.cache_epochs!r}; allowed: a number >= 1")
         if self.cache_targets < 0:
@@ -164,7 +167,8 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
         callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
         optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay)
         count = StepCount(plan.e2e_steps)
-        scheduler = cosine_schedule(optimizer, max(1, round(plan.warmup_ratio * plan.e2e_steps)), count)
+        scheduler = cosine_schedule(optimizer, max(1, round(plan.warmup_ratio * plan.e2e_steps)), count,
+                                    min_lr_rate=plan.min_lr_rate)
         callbacks = [callback]
         if plan.deadline is not None:
             # the steps the data holds: whole epochs of it, as many as the planned steps need
