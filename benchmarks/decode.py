@@ -221,8 +221,7 @@ WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "llama_cpp": worker
 
 
 def run_worker(spec: dict) -> dict:
-    # the worker decides its wait policy from its own argv before torch loads: pass --omp-active on (before session 5
-    # it was not, so every --omp-active figure measured passive workers)
+    # the worker decides its wait policy from its own argv before torch loads: pass --omp-active on
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     if OMP_ACTIVE:
         cmd.append("--omp-active")

@@ -10,7 +10,7 @@ CPU method. Every column rotates through enough copies of its weights to exceed 
 well above a 480 MiB L3), so each call reads its weights from memory, as in a real model whose layers are each touched
 once per token. Times are medians over rounds; each round cycles through the copies for at least ROUND_S. The memory
 bound of a call is (bytes it must read and write) / (read bandwidth of a torch.sum over a >1 GB buffer), measured in
-the same run; the columns of a row take turns round by round (since session 10; before, one column after the other).
+the same run; the columns of a row take turns round by round.
 The CPU is shared: only ratios taken side by side in one run mean anything. Our packed weights and the
 bandwidth buffer get the 2 MiB-page advice the CPU backend gives packed weights that stay (at build here)
 (hf_onebit/ops/cpu/pages.py; a no-op where Linux refuses it); torch's dense bf16 is timed both in the pages it
@@ -20,7 +20,9 @@ allocates and advised the same way, and the ratios use the faster of the two.
 column for comparison. Every packed layer is called twice before the timing, so the CPU backend's work for a weight
 that stays (huge pages; for ternary weights the t5 copy, hf_onebit/ops/cpu/t5.py) is done: "ours a8 bf16" then reads
 the t5 layout (5 codes per byte) where it applies (M <= 8, AVX-512 VBMI), "ours a8 2-bit" the 2-bit codes (t5 copies
-off), side by side; the bound is that of the bytes the a8 call reads.
+off), side by side; the bound is that of the bytes the a8 call reads. At M > 8 (compute-bound calls, each weight byte
+used by every row) a packed column rotates through at most PACKED_COPIES_COMPUTE copies: two warm-up calls of each of
+the ~6,000 copies a small layer needs to exceed the cache would take minutes per shape there.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the reference machine
 ROUND_S = 0.25
 ROUNDS = 5
 T5_MAX_M = 8  # ONEBIT_T5_MAX_M (csrc/ternary.h): activation rows up to which a ternary int8 call reads the t5 copy
+PACKED_COPIES_COMPUTE = 16  # copies of a packed column at M > 8
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -179,7 +182,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
 
     def packed(x, act_bits, backend, max_copies=None, fmt=weight_format, t5=True):
         nbytes = n * packed_columns(k, fmt)
-        count = copies_for(nbytes)
+        count = copies_for(nbytes) if m <= T5_MAX_M else min(copies_for(nbytes), PACKED_COPIES_COMPUTE)
         layers = random_packed_layers(k, n, count if max_copies is None else min(count, max_copies), fmt)
         calls = [
             lambda lay=lay: packed_linear(x, lay[0], lay[1], lay[2], None, k, act_bits, backend, fmt) for lay in layers
