@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .. import state
+from ...formats import get_format
 from ...packing import pack_signs, unpack_bits, unpack_ternary_codes
 
 #: row stride of the word tensor is a multiple of this many words (64 bytes), so rows start aligned
@@ -88,7 +89,7 @@ class WordFormat:
 
     @property
     def ternary(self) -> bool:
-        return self.name == "ternary"
+        return get_format(self.name).is_ternary
 
 
 FORMATS = {"binary": WordFormat("binary", 32, build_sign_words), "ternary": WordFormat("ternary", 16, build_code_words)}
