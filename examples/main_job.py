@@ -32,7 +32,7 @@ from hf_onebit.output import OutputFolder  # noqa: E402
 from hf_onebit.training.budget import parse_duration  # noqa: E402
 from hf_onebit.training.budget import plan_for_budget  # noqa: E402
 from hf_onebit.training.data import TokenBlocks, text_file_dataset  # noqa: E402
-from hf_onebit.training.pipeline import DistillPlan, run_stages  # noqa: E402
+from hf_onebit.training.pipeline import DistillPlan, card_facts, run_stages  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
 from hf_onebit.training.precision import bf16_is_fast  # noqa: E402
 
@@ -117,6 +117,7 @@ def main(argv=None) -> None:
         summary = run_stages(student, teacher, data, plan, os.path.join(root, "trainer"), progress=not args.tiny)
         train_time = time.perf_counter() - train_start
         print("== 4. save packed, reload with one line, evaluate on the held-out test split")
+        hf_onebit.hub.set_card_info(student, **card_facts(summary))  # what the model card says of the run
         hf_onebit.save_pretrained(student, staging)  # packed, with a model card (README.md)
         tokenizer.save_pretrained(staging)
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain from_pretrained (after `import hf_onebit`)

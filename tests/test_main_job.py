@@ -26,3 +26,5 @@ def test_main_job_tiny(tmp_path, weight_format, kind, folder, stages, recipe):
     for domain in ("wiki", "news", "fiction", "technical", "geometric mean"):
         assert f"| {domain}" in out
     assert os.path.exists(tmp_path / folder / "model.safetensors")
+    card = (tmp_path / folder / "README.md").read_text()  # the model card records the run
+    assert f"end-to-end {recipe} |" in card and "3 steps" in card

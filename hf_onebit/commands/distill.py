@@ -208,6 +208,7 @@ def run_distill(args) -> dict:
     from ..eval import evaluate_heldout, format_table, perplexity, size_report
     from ..output import OutputFolder
     from ..training.budget import parse_duration, plan_for_budget
+    from ..training.pipeline import card_facts
     from ..training.optim import learning_rates
     from ..training.precision import bf16_is_fast
 
@@ -239,7 +240,7 @@ def run_distill(args) -> dict:
             rows.append(["time budget", f"{budget / 60:g} min (planned {budget_plan.estimated_s / 60:.1f} min)"])
         data = dataset(args, plan, teacher, tokenizer)
         summary = run_stages_and_report(student, teacher, data, plan, staging, args.resume, args.save_steps, rows)
-        hub.set_card_info(student, **card_facts(summary))
+        hub.set_card_info(student, **card_facts(summary))  # recorded in the model card
         hub.save_pretrained(student, staging)  # packed, with its model card
         tokenizer.save_pretrained(staging)
     rows += [["weight format", args.weight_format], ["precision", "bf16 autocast" if args.bf16 else "float32"]]
@@ -306,19 +307,6 @@ def run_stages_and_report(student, teacher, data, plan, output_dir, resume, save
     summary["wall_s"] = sum(summary[s]["seconds"] for s in ("blockwise", "e2e") if s in summary)
     summary["tokens"] = summary["e2e"]["tokens"] if "e2e" in summary else 0
     return summary
-
-
-def card_facts(summary: dict) -> dict:
-    """What the model card records of a distillation run: the stages and recipe, tokens, steps and seconds."""
-    stages = []
-    if "blockwise" in summary:
-        stages.append(f"block-wise ({summary['blockwise']['steps_per_block']} steps per block)")
-    if "e2e" in summary:
-        stages.append(f"end-to-end {summary['e2e']['recipe']}")
-    budget = {"tokens": summary.get("tokens", 0), "time_s": round(summary.get("wall_s", 0.0))}
-    if "e2e" in summary:
-        budget["steps"] = summary["e2e"]["steps"]
-    return {"recipe": " + ".join(stages) or "none", "distillation": budget}
 
 
 def add_parser(sub) -> None:

@@ -196,3 +196,17 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
 
         finalize_(student)
     return summary
+
+
+def card_facts(summary: dict) -> dict:
+    """What the model card records of a :func:`run_stages` summary (``hub.set_card_info(model, **card_facts(s))``):
+    the stages and recipe, and the tokens, steps and seconds of the run."""
+    stages = []
+    if "blockwise" in summary:
+        stages.append(f"block-wise ({summary['blockwise']['steps_per_block']} steps per block)")
+    if "e2e" in summary:
+        stages.append(f"end-to-end {summary['e2e']['recipe']}")
+    budget = {"tokens": summary.get("tokens", 0), "time_s": round(summary.get("wall_s", 0.0))}
+    if "e2e" in summary:
+        budget["steps"] = summary["e2e"]["steps"]
+    return {"recipe": " + ".join(stages) or "none", "distillation": budget}
