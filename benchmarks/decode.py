@@ -5,6 +5,7 @@
     python benchmarks/decode.py --only smollm2  # or --only llama7b
     python benchmarks/decode.py --compile       # every column decodes with torch.compile on a static KV cache
     python benchmarks/decode.py --only llama7b --format ternary  # (a) with ternary (b1.58) weights instead
+    python benchmarks/decode.py --only llama7b --layers 16       # (a) at 16 layers (llama.cpp's files fit the disk)
 
 (a) A model with LLaMA-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab 32000) and random
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
@@ -200,6 +201,24 @@ def worker_smollm2(spec: dict) -> dict:
     return result
 
 
+def worker_llama_cpp_files(spec: dict) -> dict:
+    """Write the F16 GGUF and quantize it to every type (in a worker: the driver's peak RSS is inherited by the
+    workers it starts next)."""
+    import llama_cpp_models
+
+    errors = {}
+    source = os.path.join(spec["folder"], "F16.gguf")
+    llama_cpp_models.write_f16_gguf(source, spec["layers"])
+    for qtype in llama_cpp_models.TYPES:
+        if qtype != "F16":
+            try:
+                llama_cpp_models.quantize(source, os.path.join(spec["folder"], f"{qtype}.gguf"), qtype,
+                                          spec["threads"])
+            except RuntimeError as err:
+                errors[qtype] = str(err)
+    return {"errors": errors}
+
+
 def worker_llama_cpp(spec: dict) -> dict:
     import llama_cpp_models
 
@@ -213,8 +232,8 @@ def worker_bandwidth(spec: dict) -> dict:
     return {"bandwidth": cpu_read_bandwidth()}
 
 
-WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "llama_cpp": worker_llama_cpp,
-           "bandwidth": worker_bandwidth}
+WORKERS = {"llama": worker_llama, "smollm2": worker_smollm2, "llama_cpp_files": worker_llama_cpp_files,
+           "llama_cpp": worker_llama_cpp, "bandwidth": worker_bandwidth}
 
 
 # ---------------------------------------------------------------- driver
@@ -303,33 +322,28 @@ def llama_cpp_rows(layers: int, tokens: int, out=print) -> tuple:
         return ()
     folder = tempfile.mkdtemp(prefix="decode-llama-cpp-")
     try:
-        need = 2.2 * (layers * 0.41e9 + 0.55e9)  # the F16 source and one quantized file at a time
+        need = 2.7 * (layers * 0.41e9 + 0.55e9)  # the F16 source and the four quantized files
         if shutil.disk_usage(folder).free < need:
             out(f"(llama.cpp rows skipped: {need / 1e9:.1f} GB of free disk needed for {layers} layers)")
             return ()
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        source = os.path.join(folder, "F16.gguf")
-        llama_cpp_models.write_f16_gguf(source, layers)
+        built = run_worker({"kind": "llama_cpp_files", "folder": folder, "layers": layers, "threads": threads})
+        errors = built.get("errors", {q: built.get("error", "?") for q in llama_cpp_models.TYPES})
         rows = []
         for qtype in llama_cpp_models.TYPES:
-            path = source if qtype == "F16" else os.path.join(folder, f"{qtype}.gguf")
-            try:
-                if path != source:
-                    llama_cpp_models.quantize(source, path, qtype, threads)
-            except RuntimeError as err:
-                rows.append((qtype, {"error": str(err)}))
+            if qtype in errors:
+                rows.append((qtype, {"error": errors[qtype]}))
                 continue
+            path = os.path.join(folder, f"{qtype}.gguf")
             rows.append((qtype, run_worker({"kind": "llama_cpp", "path": path, "tokens": tokens, "repeats": 3,
                                             "threads": threads})))
-            if path != source:
-                os.remove(path)
         return tuple(rows)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def llama_section(args, out=print) -> None:
-    layers = 4 if args.quick else 32
+    layers = args.layers or (4 if args.quick else 32)
     mode = {"compile": args.compile}
     tokens = 8 if args.quick else 16
     # a bf16 7B needs ~13.5 GB of weights plus ~1 GB of process; if that does not fit, compare at fewer layers
@@ -401,8 +415,12 @@ def main(argv=None):
     parser.add_argument("--format", choices=("binary", "ternary"), default="binary",
                         help="weight format of the packed 7B-shaped model (a)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's rows in (a)")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the 7B-shaped model (a) (default 32; "
+                        "--quick: 4)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.layers is not None and args.layers < 1:
+        parser.error(f"--layers: got {args.layers}; allowed: an integer >= 1")
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(WORKERS[spec["kind"]](spec)))
