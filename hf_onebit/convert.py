@@ -87,7 +87,6 @@ def replace_with_empty_onebit_linear(
         )
         if float_placeholder and not latent:
             new.weight = nn.Parameter(torch.empty_like(linear.weight), requires_grad=False)
-            new._float_placeholder = True
         set_submodule(model, name, new)
         names.append(name)
     return names

@@ -61,6 +61,8 @@ class OneBitHfQuantizer(HfQuantizer):
         #: what ``save_pretrained`` writes for latent layers: ``"packed"`` (always, unless :func:`set_save_form`
         #: switched it to ``"latent"`` for the checkpoints of a training run)
         self.save_form = "packed"
+        #: the layers whose float placeholder the quantize op must replace by packed bits while loading
+        self.placeholder_layers: list[str] = []
 
     # ---------------------------------------------------------------- environment
     def validate_environment(self, *args, **kwargs):
@@ -109,6 +111,7 @@ class OneBitHfQuantizer(HfQuantizer):
         )
         if not names:
             logger.warning("hf_onebit: no nn.Linear layer to quantize was found in %s", type(model).__name__)
+        self.placeholder_layers = [] if self.pre_quantized or self.latent else list(names)
         if self.pre_quantized:
             layers = {name: model.get_submodule(name) for name in names}
             validate_checkpoint(checkpoint_files, layers, getattr(model, "base_model_prefix", ""), model=model,
@@ -116,19 +119,18 @@ class OneBitHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        from . import hub, offload  # ecosystem hooks: packed disk offload, model card on save/push
+        from . import hub, offload  # ecosystem hooks: packed disk offload, the model card's teacher and Hub tags
 
         if not self.pre_quantized and not self.latent:
             offload.repair_disk_offloaded_signs(model)
+        for name in self.placeholder_layers:
+            if model.get_submodule(name).weight.dtype != torch.uint8:
+                raise ValueError(f"{name}.weight: was not quantized while loading (no float weight reached it)")
         for name, module in model.named_modules():
             if isinstance(module, OneBitLinear):
                 for pname, param in module.named_parameters(recurse=False):
                     if param.device.type == "meta" and not getattr(model, "hf_device_map", None):
                         raise ValueError(f"{name}.{pname}: was not loaded (still on the meta device)")
-                if getattr(module, "_float_placeholder", False):
-                    if module.weight.dtype != torch.uint8 and not self.latent:
-                        raise ValueError(f"{name}.weight: was not quantized while loading (no float weight reached it)")
-                    del module._float_placeholder
                 if module.is_latent:
                     # Trainable float vectors stay float32 (bf16 updates round away at small learning rates).
                     module.scale_in.data = module.scale_in.data.float()

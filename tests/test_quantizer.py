@@ -187,3 +187,21 @@ def test_save_form_latent_keeps_the_latent_tensors_and_packed_is_the_default(tmp
     assert saved(str(tmp_path / "packed")) == (torch.uint8, None)
     with pytest.raises(ValueError, match=r"set_save_form: form='bits'; allowed: one of \('packed', 'latent'\)"):
         set_save_form(student, "bits")
+
+
+def test_a_layer_that_no_float_weight_reached_is_refused_by_name():
+    """On-the-fly quantization: each layer's float placeholder must have been replaced by packed bits while loading;
+    the quantizer keeps the list of such layers itself (nothing is marked on the modules)."""
+    from transformers import LlamaConfig
+
+    from hf_onebit.quantizer import OneBitHfQuantizer
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    model = AutoModelForCausalLM.from_config(config)
+    quantizer = OneBitHfQuantizer(OneBitConfig(), pre_quantized=False)
+    quantizer._process_model_before_weight_loading(model)
+    assert "model.layers.0.mlp.down_proj" in quantizer.placeholder_layers
+    assert not any(name.startswith("_") for m in model.modules() for name in vars(m) if "placeholder" in name)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\..*\.weight: was not quantized while loading"):
+        quantizer._process_model_after_weight_loading(model)
