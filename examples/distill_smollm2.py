@@ -18,6 +18,7 @@ import hf_onebit  # noqa: F401  (registers the "onebit" quantization method)
 from hf_onebit import OneBitConfig
 from hf_onebit.eval import evaluate_heldout
 from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_optimizer, self_generated_dataset
+from hf_onebit.training.precision import bf16_is_fast
 
 
 def tiny_checkpoint() -> str:
@@ -45,21 +46,23 @@ def main():
 
     student = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=OneBitConfig(training=True))
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu") and not args.tiny
     if args.tiny:
         data = TokenBlocks(torch.randint(49152, (16, 32)))
     else:
         # one pass of the run (every sequence seen once): fresh text beats repeated text at an equal budget
+        # bf16 only where this machine computes it natively (AVX512-BF16 / AMX / a CUDA GPU); elsewhere float32
         data = self_generated_dataset(teacher, tokenizer, num_sequences=args.max_steps * 8, seq_len=256,
-                                      batch_size=128, dtype="bfloat16", top_k=50)
+                                      batch_size=128, dtype="bfloat16" if bf16 else None, top_k=50)
 
     training_args = TrainingArguments(
         output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=8, learning_rate=1e-3,
         weight_decay=0.01, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.05},
         warmup_steps=max(1, args.max_steps // 20), logging_steps=max(1, args.max_steps // 30), save_strategy="no",
-        report_to=[], bf16=not args.tiny,
+        report_to=[], bf16=bf16,
     )
     callback = OneBitDistillationCallback(teacher, recipe="progressive",
-                                          init_steps=max(1, round(0.06 * args.max_steps)) if args.max_steps > 1 else 0)
+                                          init_steps=1 if args.max_steps > 1 else 0)
     trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
                       # lr 1e-3 / 3.3e-3: the best of 3e-4 / 6e-4 / 1e-3 / 2e-3 in docs/benchmarks.md's ablations
                       optimizers=(onebit_optimizer(student, lr=1e-3, scale_lr=3.3e-3), None))

@@ -99,7 +99,7 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    "learning rate (default 0.05)")
     p.add_argument("--phases", type=int, default=20, help="progressive recipe: phases of the temperature schedule")
     p.add_argument("--init-steps", type=int, default=None, help="progressive recipe: binary-aware init steps "
-                   "(default: 6%% of the run)")
+                   "(default: 1)")
     p.add_argument("--no-dual-scaling", action="store_true",
                    help="progressive recipe: no learnable row scale on top of the row absmean")
     p.add_argument("--no-binary-aware-init", action="store_true",

@@ -120,7 +120,7 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
     from .callback import OneBitDistillationCallback
     from .deadline import DeadlineCallback, StepCount, cosine_schedule
     from .optim import learning_rates, onebit_optimizer
-    from .recipes import weight_format_of
+    from .recipes import get_recipe, weight_format_of
     from .targets import teacher_targets
 
     summary: dict = {"stages": list(plan.stages)}
@@ -162,8 +162,8 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
         cache_s = time.perf_counter() - start
         overrides = dict(plan.recipe_overrides)
         if recipe == "progressive":
-            overrides.setdefault("init_steps", max(1, round(0.06 * plan.e2e_steps)))
-            overrides["init_steps"] = min(overrides["init_steps"], plan.e2e_steps - 1)
+            overrides["init_steps"] = min(overrides.get("init_steps", get_recipe(recipe).init_steps),
+                                          plan.e2e_steps - 1)
         callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
         optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay)
         count = StepCount(plan.e2e_steps)

@@ -101,7 +101,8 @@ def get_recipe(recipe: "str | Recipe" = "progressive", **overrides) -> Recipe:
     elif isinstance(recipe, str):
         if recipe not in RECIPES:
             raise ValueError(f"recipe: got {recipe!r}; allowed: one of {RECIPES}")
-        default_init = 20 if recipe == "progressive" else 0
+        # one binary-aware init step: the validation split measured 20 steps / 6 % of a short run as worse
+        default_init = 1 if recipe == "progressive" else 0
         base = Recipe(name=recipe, schedule=ProgressiveSchedule(init_steps=default_init),
                       dual_scaling=recipe == "progressive", binary_aware_init=recipe == "progressive",
                       cooldown_at=0.5 if recipe == "bitnet" else None)
