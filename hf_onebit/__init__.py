@@ -14,10 +14,11 @@ from .hub import push_to_hub, save_pretrained
 from .modules import OneBitLinear
 from .quantizer import OneBitHfQuantizer
 from .registration import register
+from .runtime import set_runtime
 
 __version__ = "0.1.0"
 
 register()
 
 __all__ = ["OneBitConfig", "OneBitLinear", "OneBitHfQuantizer", "quantize_", "dequantize_", "register", "ops",
-           "prepare_for_training", "restore_storage_dtypes", "save_pretrained", "push_to_hub"]
+           "prepare_for_training", "restore_storage_dtypes", "save_pretrained", "push_to_hub", "set_runtime"]

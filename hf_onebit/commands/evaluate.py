@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--text", default=None, help="a UTF-8 text file to evaluate on instead of the held-out sets")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--max-tokens", type=int, default=None, help="with --text: evaluate only the first N tokens")
+    p.add_argument("--act-bits", type=int, choices=(0, 8), default=None,
+                   help="run the 1-bit layers with exact float (0) or int8 per-token (8) activations instead of the "
+                        "saved setting (hf_onebit.set_runtime)")
     p.set_defaults(run=run)
 
 
@@ -49,6 +52,8 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..eval import evaluate_heldout, format_table, perplexity, size_on_disk, size_report
+    from ..modules import OneBitLinear
+    from ..runtime import set_runtime
     from .quantize import load_model, resolve_model_path
 
     _positive("--seq-len", args.seq_len, 2)
@@ -60,6 +65,10 @@ def run(args) -> int:
         path = resolve_model_path(name)
         model = load_model(AutoModelForCausalLM, path, "MODEL", dtype=torch.float32)
         tokenizer = load_model(AutoTokenizer, path, "MODEL")
+        if args.act_bits is not None:
+            if not any(isinstance(m, OneBitLinear) for m in model.modules()):
+                raise SystemExit(f"--act-bits: {name!r} has no 1-bit layer; allowed only for hf_onebit models")
+            set_runtime(model, act_bits=args.act_bits)
         report = size_report(model)
         bits = report.bits_per_quantized_weight if report.quantized_weights else 32.0
         disk = size_on_disk(path) / 1e6 if os.path.isdir(path) else float("nan")
