@@ -34,8 +34,8 @@ def set_runtime(model: nn.Module, *, act_bits: int | None = None, backend: str |
     _check("backend", backend, BACKENDS)
     layers = [m for m in model.modules() if isinstance(m, OneBitLinear)]
     if not layers:
-        raise ValueError("set_runtime: the model has no OneBitLinear layer (load it with hf_onebit imported, or "
-                         "quantize it with OneBitConfig)")
+        raise ValueError("set_runtime: the model has no 1-bit layer (OneBitLinear); allowed: a model loaded with "
+                         "hf_onebit imported, or quantized with OneBitConfig")
     changed = 0
     for layer in layers:
         before = (layer.act_bits, layer.backend)

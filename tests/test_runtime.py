@@ -62,5 +62,5 @@ def test_set_runtime_refuses_bad_values(tiny_checkpoint, kwargs, field):
 
 def test_set_runtime_needs_onebit_layers(tiny_checkpoint):
     _, float_model = tiny_checkpoint("llama", hidden=72, tied=False)
-    with pytest.raises(ValueError, match="no OneBitLinear layer"):
+    with pytest.raises(ValueError, match=r"has no 1-bit layer \(OneBitLinear\)"):
         hf_onebit.set_runtime(float_model, act_bits=8)

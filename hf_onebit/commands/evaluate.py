@@ -52,7 +52,6 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..eval import evaluate_heldout, format_table, perplexity, size_on_disk, size_report
-    from ..modules import OneBitLinear
     from ..runtime import set_runtime
     from .quantize import load_model, resolve_model_path
 
@@ -66,9 +65,10 @@ def run(args) -> int:
         model = load_model(AutoModelForCausalLM, path, "MODEL", dtype=torch.float32)
         tokenizer = load_model(AutoTokenizer, path, "MODEL")
         if args.act_bits is not None:
-            if not any(isinstance(m, OneBitLinear) for m in model.modules()):
-                raise SystemExit(f"--act-bits: {name!r} has no 1-bit layer; allowed only for hf_onebit models")
-            set_runtime(model, act_bits=args.act_bits)
+            try:
+                set_runtime(model, act_bits=args.act_bits)
+            except ValueError as err:  # a float model: no 1-bit layer
+                raise SystemExit(f"--act-bits: {name!r}: {err}") from None
         report = size_report(model)
         bits = report.bits_per_quantized_weight if report.quantized_weights else 32.0
         disk = size_on_disk(path) / 1e6 if os.path.isdir(path) else float("nan")
