@@ -21,11 +21,10 @@ from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_o
 from hf_onebit.training.precision import bf16_is_fast
 
 
-def tiny_checkpoint() -> str:
-    """A random 2-layer LLaMA with the SmolLM2 tokenizer's vocabulary size (for smoke runs)."""
+def tiny_checkpoint(path: str) -> str:
+    """A random 2-layer LLaMA with the SmolLM2 tokenizer's vocabulary size (for smoke runs), saved under `path`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tempfile.mkdtemp()
     LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
     return path
@@ -41,11 +40,11 @@ def main():
     from hf_onebit.fixtures.real_model import smollm2_checkpoint
 
     tokenizer_dir = smollm2_checkpoint()
-    teacher_dir = tiny_checkpoint() if args.tiny else tokenizer_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-
-    student = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=OneBitConfig(training=True))
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    with tempfile.TemporaryDirectory(prefix="hf_onebit_tiny_teacher_") as tmp:  # removed once both are loaded
+        teacher_dir = tiny_checkpoint(tmp) if args.tiny else tokenizer_dir
+        student = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=OneBitConfig(training=True))
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
     bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu") and not args.tiny
     if args.tiny:
         data = TokenBlocks(torch.randint(49152, (16, 32)))
