@@ -78,7 +78,7 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     extra = {}
     cache = None
-    from hf_onebit.compat import cache_kwargs
+    from hf_onebit.integration.compat import cache_kwargs
 
     if compiled:
         from transformers import CompileConfig, StaticCache
@@ -115,8 +115,8 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     from hf_onebit import OneBitConfig, OneBitLinear
-    from hf_onebit.convert import replace_with_empty_onebit_linear
-    from hf_onebit.packing import pack_ternary
+    from hf_onebit.integration.convert import replace_with_empty_onebit_linear
+    from hf_onebit.formats.packing import pack_ternary
 
     config = LlamaConfig(**{**LLAMA7B, "num_hidden_layers": layers})
     with torch.device("meta"):
@@ -128,7 +128,7 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, OneBitLinear):
-                if weight_format == "ternary":  # random -1 / 0 / +1, packed by packing.py
+                if weight_format == "ternary":  # random -1 / 0 / +1, packed by hf_onebit.formats.packing
                     values = torch.randint(-1, 2, (module.out_features, module.in_features), dtype=torch.int8,
                                            generator=gen)
                     module.weight.copy_(pack_ternary(values))

@@ -19,7 +19,7 @@ import sys
 import time
 
 import torch
-from hf_onebit.compat import cache_kwargs  # noqa: E402
+from hf_onebit.integration.compat import cache_kwargs  # noqa: E402
 
 
 def llama2_7b_config(layers: int):

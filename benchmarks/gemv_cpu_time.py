@@ -33,7 +33,7 @@ def cpu_time_per_call(calls) -> float:
 
 def columns(k: int, n: int, m: int):
     from hf_onebit.ops import binary_linear
-    from hf_onebit.packing import packed_columns
+    from hf_onebit.formats.packing import packed_columns
 
     kb = packed_columns(k)
     x32 = torch.randn(m, k)

@@ -135,7 +135,7 @@ def cpu_read_bandwidth(gib: float = 1.5) -> float:
 
 def random_packed_layers(k: int, n: int, count: int, weight_format: str = "binary"):
     """``count`` independent random packed layers (bits or ternary codes, fp16 g and h)."""
-    from hf_onebit.packing import pack_ternary, packed_columns
+    from hf_onebit.formats.packing import pack_ternary, packed_columns
 
     if weight_format == "ternary":
         base = pack_ternary(torch.randint(-1, 2, (n, k), dtype=torch.int8))
@@ -166,7 +166,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
     """name -> (calls rotating over copies, bytes of weights one call reads); built lazily to bound memory."""
     from hf_onebit.ops import packed_linear
     from hf_onebit.ops.cpu.pages import advise_huge_pages, advise_once
-    from hf_onebit.packing import packed_columns
+    from hf_onebit.formats.packing import packed_columns
 
     x32 = torch.randn(m, k)
     xbf = x32.bfloat16()
@@ -263,7 +263,7 @@ def a8_row_bytes(k: int, m: int, weight_format: str) -> int:
     """Weight bytes per output row that the "ours a8" column reads (the t5 copy's for ternary decode, where used)."""
     from hf_onebit.ops import cpu
     from hf_onebit.ops.cpu import t5
-    from hf_onebit.packing import packed_columns
+    from hf_onebit.formats.packing import packed_columns
 
     lib = cpu.binding.library()
     if weight_format == "ternary" and m <= T5_MAX_M and t5.supported(lib, cpu.binding.active_isa()):
@@ -273,7 +273,7 @@ def a8_row_bytes(k: int, m: int, weight_format: str) -> int:
 
 def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     from hf_onebit.ops import cpu
-    from hf_onebit.packing import packed_columns
+    from hf_onebit.formats.packing import packed_columns
 
     if not cpu.is_available():
         out(f"CPU kernel unavailable: {cpu.load_error()}")

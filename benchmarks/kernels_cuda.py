@@ -121,7 +121,7 @@ def packed_bytes(k: int, n: int, weight_format: str = "binary") -> int:
 
 def random_layer(k: int, n: int, weight_format: str = "binary", device="cuda"):
     """Random packed weights (ternary: codes 0, 1, 2 uniformly) and scales of a ``k -> n`` layer."""
-    from hf_onebit.packing import packed_columns
+    from hf_onebit.formats.packing import packed_columns
 
     cols = packed_columns(k, weight_format)
     if weight_format == "ternary":

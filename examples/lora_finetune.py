@@ -18,9 +18,9 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 import hf_onebit
-import hf_onebit.peft
-from hf_onebit.peft import get_peft_model  # peft.get_peft_model with the 1-bit LoRA layer registered on the config
-from hf_onebit.compat import checkpointing_kwargs
+import hf_onebit.interop.peft
+from hf_onebit.interop.peft import get_peft_model  # peft.get_peft_model with the 1-bit LoRA layer registered on the config
+from hf_onebit.integration.compat import checkpointing_kwargs
 
 
 class TextChunks(torch.utils.data.Dataset):
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
     # 2. LoRA on every 1-bit layer
-    config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=hf_onebit.peft.target_modules(model),
+    config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=hf_onebit.interop.peft.target_modules(model),
                         task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     peft_model.print_trainable_parameters()
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     adapter_dir = os.path.join(root, "adapter")
     peft_model.save_pretrained(adapter_dir)
     fresh = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    reloaded = hf_onebit.peft.load_adapter(fresh, adapter_dir)
+    reloaded = hf_onebit.interop.peft.load_adapter(fresh, adapter_dir)
     sample = ids[:seq_len].unsqueeze(0)
     peft_model.eval()
     with torch.no_grad():

@@ -28,7 +28,7 @@ import hf_onebit  # noqa: E402  (registers the "onebit" quantization method)
 from _common import base_parser, float_model_path, workdir  # noqa: E402
 from hf_onebit import OneBitConfig  # noqa: E402
 from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached, format_table, size_on_disk, size_report  # noqa: E402
-from hf_onebit.output import OutputFolder  # noqa: E402
+from hf_onebit.files.output import OutputFolder  # noqa: E402
 from hf_onebit.training.budget import parse_duration  # noqa: E402
 from hf_onebit.training.budget import plan_for_budget  # noqa: E402
 from hf_onebit.training.data import TokenBlocks, text_file_dataset  # noqa: E402
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         summary = run_stages(student, teacher, data, plan, os.path.join(root, "trainer"), progress=not args.tiny)
         train_time = time.perf_counter() - train_start
         print("== 4. save packed, reload with one line, evaluate on the held-out test split")
-        hf_onebit.hub.set_card_info(student, **card_facts(summary))  # what the model card says of the run
+        hf_onebit.interop.hub.set_card_info(student, **card_facts(summary))  # what the model card says of the run
         hf_onebit.save_pretrained(student, staging)  # packed, with a model card (README.md)
         tokenizer.save_pretrained(staging)
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain from_pretrained (after `import hf_onebit`)

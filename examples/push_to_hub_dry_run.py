@@ -15,7 +15,7 @@ from _common import base_parser, float_model_path, workdir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_onebit
-from hf_onebit import hub
+from hf_onebit.interop import hub
 
 
 def main(argv=None) -> int:

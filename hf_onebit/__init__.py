@@ -8,13 +8,13 @@ saved 1-bit checkpoint. Without this import transformers does not know ``"onebit
 
 from . import ops
 from .config import OneBitConfig
-from .convert import dequantize_, quantize_
-from .finetune import prepare_for_training, restore_storage_dtypes
-from .hub import push_to_hub, save_pretrained
-from .modules import OneBitLinear
-from .quantizer import OneBitHfQuantizer
-from .registration import register
-from .runtime import set_runtime
+from .integration.convert import dequantize_, quantize_
+from .integration.finetune import prepare_for_training, restore_storage_dtypes
+from .integration.quantizer import OneBitHfQuantizer
+from .integration.registration import register
+from .integration.runtime import set_runtime
+from .interop.hub import push_to_hub, save_pretrained
+from .nn import OneBitLinear
 
 __version__ = "0.1.0"
 

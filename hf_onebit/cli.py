@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .output import OutputError
-    from .registry import FetchError
+    from .integration.checkpoint import CheckpointError
+    from .files.output import OutputError
+    from .files.registry import FetchError
 
     try:
         return int(args.run(args) or 0)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .packing import FORMAT_VERSION, WEIGHT_FORMATS, check_format_version
+from .formats.packing import FORMAT_VERSION, WEIGHT_FORMATS, check_format_version
 
 QUANT_METHOD = "onebit"
 
@@ -78,11 +78,11 @@ class OneBitConfig(QuantizationConfigMixin):
         weight_format: ``"binary"`` (default: ``sign(W)`` in {-1, +1}, 1 bit per weight, SVID scales) or
             ``"ternary"`` (BitNet b1.58 values in {-1, 0, +1}, 2-bit codes, the same ``g`` / ``h`` vectors: about
             2 bits per weight, a clearly smaller reconstruction error; see ``docs/concepts/ternary.md``).
-        format_version: version of the packed layout (see :mod:`hf_onebit.packing`).
+        format_version: version of the packed layout (see :mod:`hf_onebit.formats.packing`).
         training: load linear layers in their latent (trainable float) form for distillation instead of packed.
         tie_input_scales: keep equal the ``g`` of layers that read one input (q/k/v, gate/up, and the query heads
             of one KV head in o_proj), so that the model exports exactly to llama.cpp's 1-bit / ternary types
-            (:mod:`hf_onebit.tying`; ``hf-onebit export gguf``). LLaMA-type decoders only.
+            (:mod:`hf_onebit.integration.tying`; ``hf-onebit export gguf``). LLaMA-type decoders only.
     """
 
     def __init__(

@@ -39,7 +39,7 @@ def train_losses(model, ids: torch.Tensor, output_dir: str, steps: int, lr: floa
     """Train ``model`` with the stock Trainer on ``ids`` and return the per-step losses."""
     from transformers import Trainer, TrainingArguments
 
-    from hf_onebit.compat import checkpointing_kwargs
+    from hf_onebit.integration.compat import checkpointing_kwargs
 
     args = TrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,

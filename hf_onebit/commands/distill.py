@@ -204,9 +204,9 @@ def run_distill(args) -> dict:
 
     from .evaluate import read_text
     from .quantize import resolve_model_path
-    from .. import hub
+    from ..interop import hub
     from ..eval import evaluate_heldout, format_table, perplexity, size_report
-    from ..output import OutputFolder
+    from ..files.output import OutputFolder
     from ..training.budget import parse_duration, plan_for_budget
     from ..training.pipeline import card_facts
     from ..training.optim import learning_rates

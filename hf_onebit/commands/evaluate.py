@@ -52,7 +52,7 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..eval import evaluate_heldout, format_table, perplexity, size_on_disk, size_report
-    from ..runtime import set_runtime
+    from ..integration.runtime import set_runtime
     from .quantize import load_model, resolve_model_path
 
     _positive("--seq-len", args.seq_len, 2)

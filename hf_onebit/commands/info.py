@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 def read_checkpoint(model: str) -> tuple[dict, dict, dict]:
     """``(config, tensors, metadata)``: config.json as a dict, ``{name: {"dtype", "shape"}}`` and file metadata."""
-    from ..checkpoint import read_safetensors_header
+    from ..integration.checkpoint import read_safetensors_header
 
     if os.path.isdir(model):
         config_path = os.path.join(model, "config.json")
@@ -73,7 +73,7 @@ def onebit_layers(tensors: dict) -> "OrderedDict[str, dict]":
 
 def run(args) -> int:
     from ..eval import format_table
-    from ..packing import FORMAT_VERSION, METADATA_KEY
+    from ..formats.packing import FORMAT_VERSION, METADATA_KEY
     from .quantize import layer_label, resolve_model_path
 
     path = resolve_model_path(args.model)

@@ -39,8 +39,8 @@ def parse_card_items(items: list[str]) -> dict:
 def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .. import hub
-    from ..output import OutputFolder, check_output
+    from ..interop import hub
+    from ..files.output import OutputFolder, check_output
     from .quantize import load_model, resolve_model_path
 
     info = parse_card_items(args.card)

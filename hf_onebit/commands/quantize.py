@@ -68,9 +68,10 @@ def run(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .. import OneBitConfig, hub
+    from .. import OneBitConfig
+    from ..interop import hub
     from ..eval import format_table, size_on_disk, size_report
-    from ..output import OutputFolder
+    from ..files.output import OutputFolder
 
     src = resolve_model_path(args.src, "SRC")
     weight_format = args.weight_format

@@ -1,6 +1,6 @@
 """The held-out English texts: four kinds of writing, each split into a validation part and a test part.
 
-| domain | source (pinned file, see :mod:`hf_onebit.registry`) | documents |
+| domain | source (pinned file, see :mod:`hf_onebit.files.registry`) | documents |
 |---|---|---|
 | ``wiki`` | English Wikipedia articles in the ``gensim`` 4.4.0 wheel's test data (CC BY-SA): every 8th article | articles |
 | ``news`` | the Lee corpus of Australian news stories in the same wheel (never used for training) | stories |
@@ -22,7 +22,7 @@ import json
 import os
 import re
 
-from ..registry import DOCUTILS_SDIST, GENSIM_WHEEL, SENTENCEPIECE_SDIST, cache_root, fetch, file_lock, read_member
+from ..files.registry import DOCUTILS_SDIST, GENSIM_WHEEL, SENTENCEPIECE_SDIST, cache_root, fetch, file_lock, read_member
 
 #: Version of the held-out sets (change it whenever a source, a selection or the split rule changes).
 VERSION = 1

@@ -119,7 +119,7 @@ def evaluate_heldout_cached(model, tokenizer, split: str = "test", seq_len: int 
     import json
     import os
 
-    from ..registry import cache_root, file_lock
+    from ..files.registry import cache_root, file_lock
     from ..training.data import model_fingerprint
 
     key = hashlib.sha256(json.dumps([model_fingerprint(model), split, seq_len, max_windows, VERSION,

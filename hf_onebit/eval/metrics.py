@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..modules import OneBitLinear
+from ..nn.linear import OneBitLinear
 
 
 @torch.no_grad()

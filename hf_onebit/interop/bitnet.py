@@ -17,7 +17,7 @@ transformers ships a ``"bitnet"`` quantization method (``transformers.integratio
 All three are ``y = ((x * g) @ T.T) * h (+ bias)`` with per-token absmax int8 activations - exactly a ternary
 :class:`~hf_onebit.OneBitLinear` with ``act_bits=8``, ``g = 1`` and a constant ``h`` (``1 / weight_scale``,
 ``weight_scale`` or ``gamma``). :func:`convert_bitnet_model_` re-packs the codes along the inputs (our layout,
-:func:`hf_onebit.packing.pack_ternary`) and swaps the layers, after which the model runs on hf_onebit's kernels and
+:func:`hf_onebit.formats.packing.pack_ternary`) and swaps the layers, after which the model runs on hf_onebit's kernels and
 ``save_pretrained`` writes an hf_onebit checkpoint that ``from_pretrained`` reloads (after ``import hf_onebit``).
 
 Not convertible, refused with :class:`BitNetConversionError`: ``use_rms_norm=True`` (an RMSNorm with its own
@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 
 from ..config import OneBitConfig
-from ..convert import DEFAULT_SKIPS, is_skipped, set_submodule
-from ..modules import OneBitLinear
-from ..packing import pack_ternary, ternarize_values
+from ..integration.convert import DEFAULT_SKIPS, is_skipped, set_submodule
+from ..nn.linear import OneBitLinear
+from ..formats.packing import pack_ternary, ternarize_values
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ def _attach_onebit(model: nn.Module, config: OneBitConfig) -> None:
     """Make a converted transformers model an hf_onebit model: its config, quantizer and save path."""
     from transformers.integrations.bitnet import BitNetDeserialize
 
-    from .. import hub
-    from ..quantizer import OneBitHfQuantizer
+    from . import hub
+    from ..integration.quantizer import OneBitHfQuantizer
 
     # The BitNet load op (offline AutoBitLinear) has no reverse op: save_pretrained would raise on it. The layers it
     # filled are gone; the packed tensors are saved as they are.

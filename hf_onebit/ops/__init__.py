@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from . import reference
-from ..packing import WEIGHT_FORMATS, check_weight_format
+from ..formats.packing import WEIGHT_FORMATS, check_weight_format
 from .reference import SUPPORTED_ACT_BITS
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..packing import unpack_signs, unpack_ternary, unpack_weight  # noqa: F401  (re-exported for backends)
+from ..formats.packing import unpack_signs, unpack_ternary, unpack_weight  # noqa: F401  (re-exported for backends)
 
 #: Activation precisions an op accepts: 0 = exact float activations, 8 = int8 per-token absmax activations.
 SUPPORTED_ACT_BITS = (0, 8)
@@ -42,7 +42,7 @@ def packed_linear(
     weight_format: str = "binary",
 ) -> torch.Tensor:
     """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)`` with ``Q`` = the unpacked signs (``"binary"``) or
-    ternary values (``"ternary"``, ``weight`` as in :func:`hf_onebit.packing.pack_ternary`); otherwise as
+    ternary values (``"ternary"``, ``weight`` as in :func:`hf_onebit.formats.packing.pack_ternary`); otherwise as
     :func:`binary_linear`."""
     dtype = x.dtype
     q_weight = unpack_weight(weight, in_features, dtype, weight_format)
@@ -77,7 +77,7 @@ def binary_linear(
 
     Args:
         x: activations ``(..., in_features)``, any float dtype; the output has the same dtype.
-        weight: packed sign bits, ``uint8 (out_features, ceil(in_features / 8))`` (see :mod:`hf_onebit.packing`).
+        weight: packed sign bits, ``uint8 (out_features, ceil(in_features / 8))`` (see :mod:`hf_onebit.formats.packing`).
         scale_in: ``g``, a float vector of length ``in_features``.
         scale_out: ``h``, a float vector of length ``out_features``.
         bias: optional float vector of length ``out_features``.

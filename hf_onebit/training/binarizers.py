@@ -1,4 +1,4 @@
-"""Binarizers for the latent form of :class:`~hf_onebit.modules.OneBitLinear` during training.
+"""Binarizers for the latent form of :class:`~hf_onebit.nn.linear.OneBitLinear` during training.
 
 A binarizer is what ``OneBitLinear.forward`` applies to the latent weight matrix (``module.binarizer(weight)``); the
 layer then computes ``F.linear(x * scale_in, binarizer(weight)) * scale_out``. Every binarizer here has a hard-sign
@@ -6,7 +6,7 @@ limit whose function is exactly that of the packed layer after :func:`finalize_m
 ``scale_out``.
 
 Ternary layers (``weight_format="ternary"``) use the same machinery with the ternary step in place of the sign: the
-hard quantizer is :func:`hf_onebit.modules.hard_ternary` (``clamp(round(w / mean|w_row|), -1, 1)``) and the smooth
+hard quantizer is :func:`hf_onebit.nn.linear.hard_ternary` (``clamp(round(w / mean|w_row|), -1, 1)``) and the smooth
 progressive approximation is :func:`progressive_ternary`.
 """
 
@@ -165,7 +165,7 @@ def progressive_ternary(w: torch.Tensor, t: float, row_scale: torch.Tensor | Non
     ``t -> inf``: with ``s`` the row absmean that is BitNet b1.58's ``clamp(round(w / s), -1, 1)``, so the limit is
     ``s * hard_ternary(w)``. ``G(1, t) = 1`` for every ``t``, like ``tanh(t) / tanh(t)`` for the sign.
     """
-    from ..modules import hard_ternary
+    from ..nn.linear import hard_ternary
 
     s = row_scale if row_scale is not None else torch.ones((), dtype=w.dtype, device=w.device)
     if math.isinf(t):

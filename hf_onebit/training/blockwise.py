@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modules import OneBitLinear
-from ..tying import tie_input_scales_, ties_input_scales
+from ..nn.linear import OneBitLinear
+from ..integration.tying import tie_input_scales_, ties_input_scales
 from .binarizers import ProgressiveBinarizer, Temperature, finalize_module_, quantizer_for
 from .scale_fit import codes_to_latent, fit_scales, gptq_codes
 

@@ -23,8 +23,8 @@ import os
 import torch
 from transformers import TrainerCallback
 
-from ..quantizer import set_save_form
-from ..tying import keep_input_scales_tied, ties_input_scales
+from ..integration.quantizer import set_save_form
+from ..integration.tying import keep_input_scales_tied, ties_input_scales
 from .binarizers import Temperature, quantizer_for
 from .losses import DistillationLoss
 from .optim import GROUP_KEY, AdaptiveGradClipper
@@ -106,7 +106,7 @@ class OneBitDistillationCallback(TrainerCallback):
         if not isinstance(flush_denormals, bool):
             raise ValueError(f"flush_denormals: got {flush_denormals!r}; allowed: True or False")
         self.flush_denormals = flush_denormals
-        self._tie_handle = None  # keeps tied input scales tied after each optimizer step (hf_onebit.tying)
+        self._tie_handle = None  # keeps tied input scales tied after each optimizer step (hf_onebit.integration.tying)
         self._teacher_cast: TeacherWeightCast | None = None
         self.temperature: Temperature | None = None
         self.history: list[dict] = []

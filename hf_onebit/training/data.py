@@ -19,8 +19,8 @@ import os
 
 import torch
 
-from ..compat import cache_kwargs, output_cache
-from ..registry import cache_root, file_lock
+from ..integration.compat import cache_kwargs, output_cache
+from ..files.registry import cache_root, file_lock
 
 
 class TokenBlocks(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..modules import OneBitLinear
+from ..nn.linear import OneBitLinear
 
 GROUP_KEY = "hf_onebit_group"
 #: Default learning rate of the latent weights per recipe (``--lr``); the scale vectors get ``SCALE_LR_RATIO`` times it.

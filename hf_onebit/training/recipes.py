@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..formats import FORMATS, get_format
-from ..modules import OneBitLinear
+from ..nn.linear import OneBitLinear
 from .binarizers import (
     BinaryAwareInitBinarizer,
     ProgressiveBinarizer,

@@ -29,7 +29,7 @@ import torch
 
 from ...eval import format_table
 from ...formats import get_format
-from ...modules import OneBitLinear
+from ...nn.linear import OneBitLinear
 from . import blocks
 from .fold import ATTN, MLP, ExportError, FoldReport, fold_llama
 

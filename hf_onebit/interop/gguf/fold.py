@@ -20,7 +20,7 @@ o              ``v``'s ``h`` (and ``v``'s bias), per key/value head: exact when 
 =============  ==============================================================================================
 
 ``OneBitConfig(tie_input_scales=True)`` keeps exactly those ``g`` equal while a model trains. For a model without it
-the shared vectors are fitted (:func:`~hf_onebit.tying.shared_scale`) and each row's ``h`` re-fitted to it; :class:`FoldReport` gives
+the shared vectors are fitted (:func:`~hf_onebit.integration.tying.shared_scale`) and each row's ``h`` re-fitted to it; :class:`FoldReport` gives
 every approximated layer's relative weight error, and :func:`fold_llama` refuses unless ``approximate=True``.
 
 Padding (llama.cpp's types need whole blocks of 128 or 256 inputs per row):
@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...modules import OneBitLinear
-from ...tying import layer_values, refit_rows, shared_scale
+from ...nn.linear import OneBitLinear
+from ...integration.tying import layer_values, refit_rows, shared_scale
 
 #: HF model type -> llama.cpp architecture whose graph computes it
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}

@@ -14,7 +14,7 @@ import torch
 
 from .. import register_kernel, state
 from ...formats import get_format
-from ...packing import packed_columns, unpack_weight
+from ...formats.packing import packed_columns, unpack_weight
 from . import t5
 from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
@@ -264,5 +264,5 @@ def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bit
 @register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format="ternary",
                  eager=_eager_ternary)
 def cpu_ternary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-    """``((x * g) @ T.T) * h (+ bias)`` on 2-bit ternary codes (packing.py); otherwise as :func:`cpu_binary_linear`."""
+    """``((x * g) @ T.T) * h (+ bias)`` on 2-bit ternary codes (formats/packing.py); otherwise as :func:`cpu_binary_linear`."""
     return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "ternary")

@@ -1,9 +1,9 @@
 """Compile the CPU kernel library once per source/flag set into a per-user cache, safely across processes.
 
 The library is plain C (no libtorch), built with the system compiler (``$CC``, default ``cc``) the first time a kernel
-runs. The output lives in ``<cache root>/cpu-<hash>/`` (:func:`hf_onebit.registry.cache_root`: ``$HF_ONEBIT_CACHE``,
+runs. The output lives in ``<cache root>/cpu-<hash>/`` (:func:`hf_onebit.files.registry.cache_root`: ``$HF_ONEBIT_CACHE``,
 else ``~/.cache/hf_onebit``), where the hash covers the sources, the flags and the compiler name, so an upgrade
-rebuilds and two versions never share a file. A file lock (:func:`hf_onebit.registry.file_lock`) serialises concurrent
+rebuilds and two versions never share a file. A file lock (:func:`hf_onebit.files.registry.file_lock`) serialises concurrent
 builds; the finished library is moved into place atomically.
 
 Each SIMD variant is its own translation unit with its own flags (never ``-march=native``): a variant the compiler
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ...registry import cache_root as registry_cache_root, file_lock
+from ...files.registry import cache_root as registry_cache_root, file_lock
 
 CSRC = Path(__file__).with_name("csrc")
 LIBRARY_NAME = "libhf_onebit_cpu.so"
@@ -75,7 +75,7 @@ def compiler() -> str:
 
 
 def cache_root() -> Path:
-    """The package's one cache root (:func:`hf_onebit.registry.cache_root`) as a Path."""
+    """The package's one cache root (:func:`hf_onebit.files.registry.cache_root`) as a Path."""
     return Path(registry_cache_root())
 
 

@@ -1,7 +1,7 @@
 """The t5 runtime layout of ternary weights: 5 codes per byte, built once per weight that stays.
 
 A decode step reads every weight byte once, so its time is the bytes it reads. The 2-bit codes of the on-disk format
-(:mod:`hf_onebit.packing`) stream at the memory's read bandwidth already; the t5 layout (defined in ``csrc/ternary.h``)
+(:mod:`hf_onebit.formats.packing`) stream at the memory's read bandwidth already; the t5 layout (defined in ``csrc/ternary.h``)
 stores 5 codes per byte as a base-3 number (1.6 bits per weight, rows padded to 320 inputs) and is read with two
 128-entry table lookups per 64 bytes, so a 4096->11008 decode call reads 9.2 MB instead of 11.3 MB (~20 % less time).
 

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import triton
 
-from ...packing import check_packed_shape, check_weight_format
+from ...formats.packing import check_packed_shape, check_weight_format
 from .dense import DenseConfig, dense_matmul
 from .gemv import gemv_kernel
 from .gemv_pairs import gemv_pairs_kernel

@@ -1,4 +1,4 @@
-"""Shared Triton helper and kernel for the on-disk packed layout (:mod:`hf_onebit.packing`) read as int8 values.
+"""Shared Triton helper and kernel for the on-disk packed layout (:mod:`hf_onebit.formats.packing`) read as int8 values.
 
 The int8-activation paths (``act_bits=8``) multiply on the integer tensor cores, which take both operands K-major:
 the on-disk layout already is (bits or 2-bit codes along ``in_features``, one row per output), so these paths read

@@ -1,6 +1,6 @@
 """Weight words for the Triton kernels, built once per packed weight and cached.
 
-The on-disk layout (:mod:`hf_onebit.packing`) packs 8 inputs per byte along ``in_features``. The kernels want 32
+The on-disk layout (:mod:`hf_onebit.formats.packing`) packs 8 inputs per byte along ``in_features``. The kernels want 32
 *outputs* per ``int32`` word instead: word ``(w, k)`` holds the signs of outputs ``32 w + j`` (bit ``j``, set = +1)
 for input ``k``, in a ``(ceil(N / 32), K_pad)`` tensor contiguous along ``k``. One word then feeds 32 outputs from a
 single activation, and the threads of a warp read consecutive words. Padding (outputs past ``N``, inputs past ``K``)
@@ -23,7 +23,7 @@ import torch
 
 from .. import state
 from ...formats import get_format
-from ...packing import pack_signs, unpack_bits, unpack_ternary_codes
+from ...formats.packing import pack_signs, unpack_bits, unpack_ternary_codes
 
 #: row stride of the word tensor is a multiple of this many words (64 bytes), so rows start aligned
 ROW_ALIGN = 16

@@ -1,0 +1,55 @@
+"""Run-time settings of a loaded model's 1-bit layers: the activation mode (``act_bits``) and the kernel backend.
+
+transformers keeps the ``quantization_config`` saved with a checkpoint and ignores one passed to
+``from_pretrained(path, quantization_config=...)`` for it, so these two settings of a saved model are changed after
+loading::
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    hf_onebit.set_runtime(model, act_bits=8)          # int8 per-token activations (the fast CPU path)
+
+Neither setting touches the stored weights: they choose how a packed layer computes. The model's
+``config.quantization_config`` is updated too, so that a later ``save_pretrained`` records what the model runs with.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ACT_BITS, BACKENDS
+from ..nn.linear import OneBitLinear
+
+
+def _check(name: str, value, allowed: tuple) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"set_runtime: {name}: got {value!r}; allowed: one of {allowed} (or None to keep it)")
+
+
+def set_runtime(model: nn.Module, *, act_bits: int | None = None, backend: str | None = None) -> int:
+    """Set ``act_bits`` (0: exact float activations, 8: int8 per token) and/or ``backend`` (``"auto"``,
+    ``"reference"``, ``"cpu"``, ``"triton"``) on every :class:`OneBitLinear` of ``model``; returns how many layers
+    changed. A forced backend that cannot run a call raises at that call, naming the backend."""
+    _check("act_bits", act_bits, ACT_BITS)
+    _check("backend", backend, BACKENDS)
+    layers = [m for m in model.modules() if isinstance(m, OneBitLinear)]
+    if not layers:
+        raise ValueError("set_runtime: the model has no 1-bit layer (OneBitLinear); allowed: a model loaded with "
+                         "hf_onebit imported, or quantized with OneBitConfig")
+    changed = 0
+    for layer in layers:
+        before = (layer.act_bits, layer.backend)
+        if act_bits is not None:
+            layer.act_bits = act_bits
+        if backend is not None:
+            layer.backend = backend
+        changed += (layer.act_bits, layer.backend) != before
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    for name, value in (("act_bits", act_bits), ("backend", backend)):
+        if value is None or config is None:
+            continue
+        if isinstance(config, dict):
+            config[name] = value
+        else:
+            setattr(config, name, value)
+    return changed
