@@ -113,13 +113,15 @@ def run_row(row: str, args) -> dict:
         return result
     student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True,
                                                                                          weight_format=fmt))
-    data = TokenBlocks(torch.cat([text_file_dataset(p, tok, args.seq_len).blocks for p in real_text_files()]))
     plan = plan_for(row, args)
     if row in TRAINED:
-        plan, budget = plan_for_budget(student, teacher, plan, args.budget_s, args.blockwise_share)
+        # --fit-step: the step shape chosen as `hf-onebit distill --time-budget` and the main job choose it
+        plan, budget = plan_for_budget(student, teacher, plan, args.budget_s, args.blockwise_share,
+                                       fit_batch=args.fit_step, fit_seq_len=args.fit_step)
         print(budget.table(), flush=True)
         result["step_times"] = dataclasses.asdict(budget.times)
         result["seconds"]["measure"] = budget.times.measured_s
+    data = TokenBlocks(torch.cat([text_file_dataset(p, tok, plan.seq_len).blocks for p in real_text_files()]))
     result["plan"] = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("loss", "blockwise", "deadline")}
     result["plan"]["blockwise"] = dataclasses.asdict(plan.blockwise)
     result["plan"]["hidden_weight"] = plan.loss.hidden_weight
@@ -163,7 +165,8 @@ def report(paths: list[str], plot: str | None) -> str:
         blocks = plan.get("blockwise_steps", 0)
         steps = " + ".join(
             ([f"{blocks} x 30 blocks" if blocks else "scale fit x 30 blocks"] if "blockwise" in plan.get("stages", [])
-             else []) + ([f"{r.get('e2e_steps', plan.get('e2e_steps', 0))} e2e"] if "e2e" in plan.get("stages", []) else []))
+             else []) + ([f"{r.get('e2e_steps', plan.get('e2e_steps', 0))} e2e of {plan.get('batch_size', '?')} x "
+                  f"{plan.get('seq_len', '?')}"] if "e2e" in plan.get("stages", []) else []))
         m = r.get("machine", {})
         budget = f"{(r.get('budget_s') or 0) / 60:g}" if r["row"] in TRAINED else "-"
         rows.append([r["row"], budget, f"{minutes:.1f}", stages or "-", steps or "-", f"{toks.get('e2e', 0):,}",
@@ -225,6 +228,9 @@ def main(argv=None):
     p.add_argument("--blockwise-share", type=float, default=None, help="share of the block-wise stage")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--fit-step", action="store_true",
+                   help="an end-to-end-only row shrinks its step (batch, then sequence) when the budget buys fewer "
+                        "than MIN_E2E_STEPS steps of --batch-size x --seq-len, as hf-onebit distill --time-budget does")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for the trained rows (default: where bf16 is fast - AMX / AVX512-BF16 - as in "

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
                         help="end-to-end distillation (default), or block-wise reconstruction first: blockwise e2e")
     parser.add_argument("--seq-len", type=int, default=None,
                         help="training sequence length in tokens (default 256, or 128 / 64 when the time budget buys "
-                             "fewer than 150 steps of one sequence)")
+                             "fewer than 1000 steps of one sequence)")
     parser.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
     parser.add_argument("--recipe", choices=RECIPES, default=None,

@@ -26,8 +26,11 @@ import torch
 #: Share of a time budget the block-wise stage gets by default (the rest goes to end-to-end distillation).
 DEFAULT_BLOCKWISE_SHARE = 0.5
 #: Fewest end-to-end steps a time budget should buy before ``plan_for_budget`` shrinks the step (``fit_batch``,
-#: ``fit_seq_len``).
-MIN_E2E_STEPS = 150
+#: ``fit_seq_len``). On an AVX2 CPU (validation split, docs/benchmarks.md) the smallest step won at every budget
+#: measured: 220 steps of 1 x 64 tokens against 160 of 1 x 128 in ~11 minutes, 300 of 1 x 64 against 224 of 1 x 128
+#: in ~18 minutes (1.23x closer to the teacher, in less time); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
+#: stays above the threshold.
+MIN_E2E_STEPS = 1000
 #: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
 MIN_FIT_SEQ_LEN = 64
 #: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the

@@ -255,13 +255,13 @@ def test_a_step_costs_a_fixed_part_and_a_part_per_token():
                                                (300, (2, 256)), (150, (1, 256)), (75, (1, 128)), (74, (1, 64)),
                                                (10, (1, 64))])
 def test_a_short_budget_gets_a_smaller_step(seconds, expected):
-    """The largest step of which the budget buys 150 (here 1/256 s a token, no fixed part)."""
+    """The largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed part)."""
     from hf_onebit.training.budget import fit_step_shape, step_shapes
 
-    assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8) == expected
+    assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150) == expected
     # a fixed part of 1 s a step: 4 x 256 costs 5 s, 2 x 256 3 s
-    assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8) == (4, 256)
-    assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8) == (2, 256)
+    assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (4, 256)
+    assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (2, 256)
 
 
 def _fake_measure(measured, fixed_s, per_token_s):
@@ -274,13 +274,14 @@ def _fake_measure(measured, fixed_s, per_token_s):
     return measure
 
 
-# a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 1 x 128 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s
+# a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 1 x 128 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s;
+# the plan wants MIN_E2E_STEPS = 1000 steps
 @pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
-    (700, True, [(1, 64), (1, 128), (1, 256)], (1, 256)),   # 150 steps of 1 x 256 fit: measured at that size too
-    (400, True, [(1, 64), (1, 128)], (1, 128)),             # the chosen step is one of the two measured
-    (300, True, [(1, 64), (1, 128)], (1, 64)),              # not even 150 of 1 x 128: the smallest
-    (300, False, [(1, 256), (2, 256)], (1, 256)),           # the sequence length was given: it stays
-    (3000, True, [(1, 64), (1, 128), (4, 256)], (4, 256)),  # a long budget keeps the default step
+    (4670, True, [(1, 64), (1, 128), (1, 256)], (1, 256)),   # 1000 steps of 1 x 256 fit: measured at that size too
+    (2667, True, [(1, 64), (1, 128)], (1, 128)),             # the chosen step is one of the two measured
+    (2000, True, [(1, 64), (1, 128)], (1, 64)),              # not even 1000 of 1 x 128: the smallest
+    (2000, False, [(1, 256), (2, 256)], (1, 256)),           # the sequence length was given: it stays
+    (20000, True, [(1, 64), (1, 128), (4, 256)], (4, 256)),  # a long budget keeps the default step
 ])
 def test_time_budget_measures_the_two_smallest_steps_first_and_the_chosen_one(monkeypatch, seconds, fit_seq_len,
                                                                               measured_shapes, shape):
