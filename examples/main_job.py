@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_onebit  # noqa: E402  (registers the "onebit" quantization method)
 from _common import base_parser, float_model_path, workdir  # noqa: E402
 from hf_onebit import OneBitConfig  # noqa: E402
+from hf_onebit.training.budget import MIN_E2E_STEPS  # noqa: E402
 from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached, format_table, size_on_disk, size_report  # noqa: E402
 from hf_onebit.files.output import OutputFolder  # noqa: E402
 from hf_onebit.training.budget import parse_duration  # noqa: E402
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
                         help="end-to-end distillation (default), or block-wise reconstruction first: blockwise e2e")
     parser.add_argument("--seq-len", type=int, default=None,
                         help="training sequence length in tokens (default 256, or 128 / 64 when the time budget buys "
-                             "fewer than 1000 steps of one sequence)")
+                             f"fewer than {MIN_E2E_STEPS} steps of one sequence)")
     parser.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
     parser.add_argument("--recipe", choices=RECIPES, default=None,

@@ -12,6 +12,7 @@ import argparse
 import os
 
 from ..training.blockwise import INPUTS, SCALE_INITS
+from ..training.budget import MIN_E2E_STEPS
 from ..training.data import STYLES
 from ..training.recipes import RECIPES
 
@@ -84,10 +85,10 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                         "from a random first token")
     p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per training sequence (default 256; with --time-budget and the end-to-end stage alone, "
-                        "128 or 64 when even steps of one sequence number fewer than 1000)")
+                        f"128 or 64 when even steps of one sequence number fewer than {MIN_E2E_STEPS})")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per micro-batch (default 4; with --time-budget and the end-to-end stage alone, "
-                        "smaller when the budget buys fewer than 1000 steps of 4)")
+                        f"smaller when the budget buys fewer than {MIN_E2E_STEPS} steps of 4)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, default=None,
                    help="end-to-end learning rate of the latent weights (default: per recipe, "
