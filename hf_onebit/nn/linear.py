@@ -189,15 +189,29 @@ class OneBitLinear(nn.Module):
         if self.is_latent:
             y = self._latent_linear(x, bias)
         else:
-            y = ops.packed_linear(
-                x, self.weight, self.scale_in, self.scale_out, bias, self.in_features, self.act_bits, self.backend,
-                self.weight_format,
-            )
+            packed = ops.PackedWeight(self.weight, self.scale_in, self.scale_out, bias, self.in_features,
+                                      self.weight_format)
+            y = ops.linear(x, packed, self.act_bits, self.backend)
         if self.post_layernorm:
             y = F.layer_norm(y, (self.out_features,))
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)
         return y
+
+    def packed_weight(self, bias: torch.Tensor | None = None) -> ops.PackedWeight:
+        """The packed form as the kernels read it (:class:`hf_onebit.ops.PackedWeight`, no copies); ``bias``: the
+        bias the matmul adds (the forward passes None when the bias follows the post-LayerNorm)."""
+        if self.is_latent:
+            raise ValueError("OneBitLinear.packed_weight: the layer is in latent form; allowed: a packed layer "
+                             "(pack_() first)")
+        return ops.PackedWeight(self.weight, self.scale_in, self.scale_out, bias, self.in_features, self.weight_format)
+
+    def prepare(self, dtype: torch.dtype = torch.float32) -> bool:
+        """Build the runtime layout the kernel for ``dtype`` inputs keeps for this weight (CPU: call plan, huge pages,
+        ternary t5 copy; Triton: repacked words) now instead of on the first calls (:func:`hf_onebit.ops.prepare`).
+        Optional; True when a kernel prepared something."""
+        bias = None if self.post_layernorm else self.bias
+        return ops.prepare(self.packed_weight(bias), self.act_bits, dtype, self.backend)
 
     def _latent_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``((x * scale_in) @ binarizer(weight).T) * scale_out + bias``. A binarizer that offers

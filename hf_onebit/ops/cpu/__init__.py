@@ -13,8 +13,9 @@ import os
 import torch
 
 from .. import register_kernel, state
+from ..packed import PackedWeight
 from ...formats import get_format
-from ...formats.packing import packed_columns, unpack_weight
+from ...formats.packing import unpack_weight
 from . import t5
 from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
@@ -44,14 +45,14 @@ def is_available() -> bool:
     return library() is not None
 
 
-def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
+def _supports(x: torch.Tensor, data: torch.Tensor, act_bits: int) -> bool:
     return (
         x.is_cpu  # (cheaper than x.device.type: no device object per call)
         and x.dtype in _X_DTYPES
-        and weight.is_cpu
-        and weight.dtype == torch.uint8
-        and weight.dim() == 2
-        and weight.shape[1] > 0  # a layer of zero inputs: the reference returns the bias (the C library refuses K=0)
+        and data.is_cpu
+        and data.dtype == torch.uint8
+        and data.dim() == 2
+        and data.shape[1] > 0  # a layer of zero inputs: the reference returns the bias (the C library refuses K=0)
         and act_bits in (0, 8)
         and is_available()
     )
@@ -78,44 +79,28 @@ def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
     return converted
 
 
-def _check(x, weight, scale_in, scale_out, bias, in_features, weight_format="binary"):
-    K = x.shape[-1]
-    if K != in_features:
-        raise ValueError(f"x: last dimension {K} does not match in_features={in_features}")
-    N = weight.shape[0]
-    cols = packed_columns(K, weight_format)
-    if weight.shape[1] != cols:
-        raise ValueError(
-            f"weight: packed shape {tuple(weight.shape)}, expected ({N}, {cols}) for K={K} ({weight_format} format)"
-        )
-    if scale_in.numel() != K:
-        raise ValueError(f"scale_in: {scale_in.numel()} elements, expected in_features={K}")
-    if scale_out.numel() != N:
-        raise ValueError(f"scale_out: {scale_out.numel()} elements, expected out_features={N}")
-    if bias is not None and bias.numel() != N:
-        raise ValueError(f"bias: {bias.numel()} elements, expected out_features={N}")
-
-
-def _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, key=None) -> CallPlan:
-    """Everything about a call but ``x`` (already checked by :func:`_check`). float16 ``x`` gets ``g`` applied in
-    torch (no float16 arithmetic in C: the reference's rounding), so its plan has no ``g`` and a float32 output."""
+def _make_plan(x, packed: PackedWeight, act_bits: int, key=None) -> CallPlan:
+    """Everything about a call but ``x`` (already checked by :meth:`PackedWeight.check`). float16 ``x`` gets ``g``
+    applied in torch (no float16 arithmetic in C: the reference's rounding), so its plan has no ``g`` and a float32
+    output."""
     lib = library()
-    ternary = get_format(weight_format).is_ternary
+    weight = packed.data
+    ternary = get_format(packed.weight_format).is_ternary
     entry = lib.onebit_ternary_linear_t5 if ternary else lib.onebit_linear  # ternary: t5 copy last (None: none yet)
     dtype = x.dtype
     if dtype == torch.float16:
         x_kind, g, y_dtype = _X_F16, None, torch.float32
     else:
         # float32 as is; bfloat16 is read natively and x * g rounded to bfloat16 in C, like the reference's product.
-        x_kind, g, y_dtype = _X_KIND[dtype], _float32(scale_in, via=dtype), dtype
+        x_kind, g, y_dtype = _X_KIND[dtype], _float32(packed.scale_in, via=dtype), dtype
     w = weight if weight.is_contiguous() else weight.contiguous()
     large = w.numel() >= HUGE_PAGE
     if large:
         advise_resident(w)  # huge pages for the weight stream (pages.py), once the weight is seen to stay
-    h = _float32(scale_out)
-    b = _float32(bias) if bias is not None else None
-    plan = CallPlan(key, entry, in_features, w.shape[0], w.shape[1], x_kind, g, h, b, w, w is not weight, y_dtype,
-                    act_bits, weight_format, sources=(scale_in, scale_out, bias) if key is not None else ())
+    h = _float32(packed.scale_out)
+    b = _float32(packed.bias) if packed.bias is not None else None
+    plan = CallPlan(key=key, entry=entry, packed=packed, w=w, x_kind=x_kind, g=g, h=h, b=b, y_dtype=y_dtype,
+                    act_bits=act_bits, keep_sources=key is not None)
     if ternary:
         plan.extra = (None,)
     # a cached plan on the weight itself: its second call does the work for weights that stay
@@ -206,19 +191,36 @@ def _execute_dense(plan: CallPlan, weight: torch.Tensor, x: torch.Tensor, M: int
     return y.view(*lead, plan.N) if lead else y
 
 
-def _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
-    _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
+def _linear(x, packed: PackedWeight, act_bits: int) -> torch.Tensor:
+    packed.check(x.shape[-1])
     if x.shape[0] == 0:
-        return x.new_empty((0, weight.shape[0]))
-    plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format)
+        return x.new_empty((0, packed.out_features))
+    plan = _make_plan(x, packed, act_bits)
     if x.dtype == torch.float16:
-        return _execute(plan, (x * scale_in.to(x.dtype)).float(), x.shape[0]).to(x.dtype)
+        return _execute(plan, (x * packed.scale_in.to(x.dtype)).float(), x.shape[0]).to(x.dtype)
     if _dense(plan, x.shape[0]):
-        return _execute_dense(plan, weight, x, x.shape[0])
+        return _execute_dense(plan, packed.data, x, x.shape[0])
     return _execute(plan, x, x.shape[0])
 
 
-def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format):
+def _stored_plan(x_dtype: torch.dtype, packed: PackedWeight, act_bits: int):
+    """The plan cached on the weight for calls of this dtype and setting: (plan, True when it was built just now),
+    or (None, False) when the weight cannot carry one. Shapes are checked when a plan is built."""
+    weight = packed.data
+    key = plan_key(packed, act_bits, x_dtype)
+    plan = cached_plan(weight, key)
+    if plan is not None:
+        return plan, False
+    if not weight.is_contiguous():
+        return None, False
+    packed.check()
+    probe = torch.empty((0, packed.in_features), dtype=x_dtype)
+    plan = _make_plan(probe, packed, act_bits, key)
+    store_plan(weight, plan)
+    return plan, True
+
+
+def _eager(x, packed: PackedWeight, act_bits: int):
     """The eager no-grad path through a plan cached on the weight (plan.py); None for calls a plan does not cover
     (the general path then runs)."""
     dtype = x.dtype
@@ -228,41 +230,53 @@ def _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_f
     M = x.numel() // shape[-1] if shape[-1] else 0
     if M == 0:
         return None
-    key = plan_key(weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, dtype)
-    plan = cached_plan(weight, key)
+    plan = cached_plan(packed.data, plan_key(packed, act_bits, dtype))
     if plan is None:
-        if not _supports(x, weight, act_bits) or not weight.is_contiguous():
+        if not _supports(x, packed.data, act_bits):
             return None
-        _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)
-        plan = _make_plan(x, weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, key)
-        store_plan(weight, plan)
+        packed.check(shape[-1])
+        plan, _ = _stored_plan(dtype, packed, act_bits)
+        if plan is None:
+            return None
     else:
         if shape[-1] != plan.K:
-            _check(x, weight, scale_in, scale_out, bias, in_features, weight_format)  # raises, naming the argument
+            packed.check(shape[-1])  # raises, naming the argument
         if plan.pending:  # the weight's second call: it stays
-            _second_call(plan, weight)
+            _second_call(plan, packed.data)
     lead = shape[:-1] if len(shape) > 2 else ()
     if _dense(plan, M):
-        return _execute_dense(plan, weight, x, M, lead)
+        return _execute_dense(plan, packed.data, x, M, lead)
     return _execute(plan, x, M, lead)
 
 
-def _eager_binary(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-    return _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, "binary")
+def _prepare(packed: PackedWeight, act_bits: int, dtype: torch.dtype) -> bool:
+    """:func:`hf_onebit.ops.prepare`: the call plan of ``dtype`` inputs, and the work a plan otherwise leaves for the
+    weight's second call (huge pages, the t5 copy): the caller says the weight stays."""
+    if dtype not in _X_KIND or not is_available():
+        return False
+    plan, _ = _stored_plan(dtype, packed, act_bits)
+    if plan is None:
+        return False
+    if plan.pending:
+        _second_call(plan, packed.data)
+    return True
 
 
-def _eager_ternary(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-    return _eager(x, weight, scale_in, scale_out, bias, in_features, act_bits, "ternary")
+def _cpu_linear(x, packed: PackedWeight, act_bits: int) -> torch.Tensor:
+    """``((x * g) @ Q.T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
+    return _linear(x, packed, act_bits)
 
 
-@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, eager=_eager_binary)
-def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-    """``((x * g) @ sign(W).T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
-    return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "binary")
+for _weight_format in ("binary", "ternary"):
+    register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format=_weight_format,
+                    eager=_eager, prepare=_prepare)(_cpu_linear)
 
 
-@register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format="ternary",
-                 eager=_eager_ternary)
-def cpu_ternary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-    """``((x * g) @ T.T) * h (+ bias)`` on 2-bit ternary codes (formats/packing.py); otherwise as :func:`cpu_binary_linear`."""
-    return _linear(x, weight, scale_in, scale_out, bias, in_features, act_bits, "ternary")
+def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits=0):
+    """The CPU kernel on loose tensors: ``((x * g) @ sign(W).T) * h (+ bias)`` for a 2-D ``x``."""
+    return _linear(x, PackedWeight(weight, scale_in, scale_out, bias, in_features, "binary"), act_bits)
+
+
+def cpu_ternary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits=0):
+    """The CPU kernel on loose tensors: ``((x * g) @ T.T) * h (+ bias)`` on 2-bit ternary codes (formats/packing.py)."""
+    return _linear(x, PackedWeight(weight, scale_in, scale_out, bias, in_features, "ternary"), act_bits)

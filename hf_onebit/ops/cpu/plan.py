@@ -3,10 +3,11 @@
 A decode step calls every packed layer once, and the kernel of a 4096->11008 layer takes ~0.2 ms; the general path
 (dispatch checks, shape checks, scale conversions) cost ~40 us on top, because the weight stream has just pushed the
 interpreter's and torch's data out of the caches. The first call of a layer builds a plan through the general
-path's own checks (:func:`hf_onebit.ops.cpu._check`, ``_float32``); later calls compare one key (identity, version and
+path's own checks (:meth:`hf_onebit.ops.PackedWeight.check`, ``_float32``); later calls compare one key (identity, version and
 address of the weight, the scales and the bias, plus the call's settings) and go straight to the library.
 Anything the plan does not cover (float16 input, non-contiguous or other-shaped input, a changed tensor) takes the
-general path.
+general path. :func:`hf_onebit.ops.prepare` builds a weight's plan (and its second-call work) ahead of the first
+call.
 
 A plan is kept in the weight's ``"cpu.plan"`` slot of the backends' per-tensor state (:mod:`hf_onebit.ops.state`):
 beside the tensor, never on it, and released with it. A plan never holds the weight it is kept for.
@@ -28,10 +29,13 @@ def _tensor_key(t: Optional[torch.Tensor]) -> tuple:
     return (None,) if t is None else (id(t), t._version, t.data_ptr())
 
 
-def plan_key(weight, scale_in, scale_out, bias, in_features, act_bits, weight_format, dtype) -> tuple:
+def plan_key(packed, act_bits, dtype) -> tuple:
+    """What a plan depends on: the weight's version and address, each scale's and the bias' identity, version and
+    address, the sizes, the format and the call's settings (``packed``: a :class:`hf_onebit.ops.PackedWeight`)."""
+    weight = packed.data
     return (
-        weight._version, weight.data_ptr(), *_tensor_key(scale_in), *_tensor_key(scale_out), *_tensor_key(bias),
-        in_features, act_bits, weight_format, dtype,
+        weight._version, weight.data_ptr(), *_tensor_key(packed.scale_in), *_tensor_key(packed.scale_out),
+        *_tensor_key(packed.bias), packed.in_features, act_bits, packed.weight_format, dtype,
     )  # fmt: skip
 
 
@@ -42,15 +46,17 @@ class CallPlan:
                  "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format", "pending", "pages_pending",
                  "t5_pending", "t5", "extra")
 
-    def __init__(self, key, entry, K, N, kbytes, x_kind, g, h, b, w, copy, y_dtype, act_bits, weight_format,
-                 sources=()):
-        """``w``: the contiguous weight the kernel reads; ``copy``: True when ``w`` is a copy the plan must keep
-        alive (a plan never holds the weight it is cached on); ``sources``: the scale and bias tensors of the key,
-        held so that no other tensor can take their id and address while the plan exists."""
-        self.key, self.entry, self.K, self.N, self.kbytes, self.x_kind = key, entry, K, N, kbytes, x_kind
+    def __init__(self, *, key, entry, packed, w, x_kind, g, h, b, y_dtype, act_bits, keep_sources):
+        """``packed``: the :class:`hf_onebit.ops.PackedWeight` of the call (sizes, format; the plan keeps none of its
+        tensors but, with ``keep_sources``, the scales and bias of the key, so that no other tensor can take their id
+        and address while the plan exists); ``w``: the contiguous codes the kernel reads (a copy of ``packed.data``,
+        kept alive here, or ``packed.data`` itself, never held: a plan never holds the weight it is cached on);
+        ``g``, ``h``, ``b``: the float32 scale and bias copies the kernel reads."""
+        self.key, self.entry, self.x_kind = key, entry, x_kind
+        self.K, self.N, self.kbytes = packed.in_features, w.shape[0], w.shape[1]
         self.g, self.h, self.b = g, h, b  # the float32 scale copies stay alive with the plan
-        self.copy = w if copy else None
-        self.sources = sources
+        self.copy = w if w is not packed.data else None
+        self.sources = (packed.scale_in, packed.scale_out, packed.bias) if keep_sources else ()
         #: work for the weight's second call (when it is seen to stay): huge pages (pages.advise_resident), a t5 copy
         #: of ternary codes (t5.py); ``pending`` is set while either is still to come
         self.pending = self.pages_pending = self.t5_pending = False
@@ -60,7 +66,7 @@ class CallPlan:
         self.w_ptr, self.h_ptr = w.data_ptr(), h.data_ptr()
         self.b_ptr = b.data_ptr() if b is not None else None
         self.y_dtype, self.y_bf16 = y_dtype, int(y_dtype == torch.bfloat16)
-        self.act_bits, self.weight_format = act_bits, weight_format
+        self.act_bits, self.weight_format = act_bits, packed.weight_format
 
 
 def plan_of(weight) -> Optional[CallPlan]:

@@ -14,6 +14,7 @@ from importlib.util import find_spec
 import torch
 
 from .. import register_kernel
+from ..packed import PackedWeight
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _usable: bool | None = None
@@ -33,26 +34,32 @@ def _triton_usable() -> bool:
     return _usable
 
 
-def _supports(x: torch.Tensor, weight: torch.Tensor, act_bits: int) -> bool:
+def _supports(x: torch.Tensor, data: torch.Tensor, act_bits: int) -> bool:
     return (
         act_bits in (0, 8)
         and x.dtype in _DTYPES
-        and weight.dtype == torch.uint8
-        and weight.device == x.device
+        and data.dtype == torch.uint8
+        and data.device == x.device
         and _triton_usable()
     )
 
 
+def _triton_linear(x: torch.Tensor, packed: PackedWeight, act_bits: int) -> torch.Tensor:
+    from .launch import packed_linear_triton
+
+    return packed_linear_triton(x, packed.data, packed.scale_in, packed.scale_out, packed.bias, packed.in_features,
+                                act_bits, weight_format=packed.weight_format)
+
+
+def _prepare(packed: PackedWeight, act_bits: int, dtype: torch.dtype) -> bool:
+    """:func:`hf_onebit.ops.prepare`: the repacked words the GEMV and ``tl.dot`` paths read (repack.py)."""
+    from .repack import weight_words
+
+    weight_words(packed.data, packed.in_features, packed.weight_format)
+    return True
+
+
 if find_spec("triton") is not None:
-
-    @register_kernel("triton", device_type="cuda", supports=_supports, priority=10)
-    def _binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-        from .launch import binary_linear_triton
-
-        return binary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits)
-
-    @register_kernel("triton", device_type="cuda", supports=_supports, priority=10, weight_format="ternary")
-    def _ternary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits):
-        from .launch import ternary_linear_triton
-
-        return ternary_linear_triton(x, weight, scale_in, scale_out, bias, in_features, act_bits)
+    for _weight_format in ("binary", "ternary"):
+        register_kernel("triton", device_type="cuda", supports=_supports, priority=10, weight_format=_weight_format,
+                        prepare=_prepare)(_triton_linear)
