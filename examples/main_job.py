@@ -71,6 +71,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=None,
                         help="training sequence length in tokens (default 256, or 128 / 64 when the time budget buys "
                              f"fewer than {MIN_E2E_STEPS} steps of one sequence)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="sequences per end-to-end step (default 4, or fewer when the time budget buys fewer than "
+                             f"{MIN_E2E_STEPS} steps of 4)")
     parser.add_argument("--weight-format", choices=["binary", "ternary"], default="binary",
                         help="1-bit signs (default) or BitNet b1.58 ternary codes (2 bits/weight)")
     parser.add_argument("--recipe", choices=RECIPES, default=None,
@@ -99,12 +102,13 @@ def main(argv=None) -> None:
                                                       tie_input_scales=args.tie_input_scales))
 
     plan = DistillPlan(stages=tuple(args.stages), seq_len=DistillPlan.seq_len if args.seq_len is None else args.seq_len,
+                       batch_size=DistillPlan.batch_size if args.batch_size is None else args.batch_size,
                        bf16=args.bf16, recipe=args.recipe,
                        blockwise_steps=args.blockwise_steps if args.blockwise_steps is not None else 8,
                        e2e_steps=args.max_steps if args.max_steps is not None else 3)
     if not fixed:
         budget = parse_duration(args.time_budget)
-        plan, budget_plan = plan_for_budget(student, teacher, plan, budget, fit_batch=True,
+        plan, budget_plan = plan_for_budget(student, teacher, plan, budget, fit_batch=args.batch_size is None,
                                             fit_seq_len=args.seq_len is None)
         print(budget_plan.table())
     print("== 2. training text")
