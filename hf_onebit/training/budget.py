@@ -28,7 +28,8 @@ DEFAULT_BLOCKWISE_SHARE = 0.5
 #: Fewest end-to-end steps a time budget should buy before ``plan_for_budget`` shrinks the step (``fit_batch``,
 #: ``fit_seq_len``). On an AVX2 CPU (validation split, docs/benchmarks.md) the smallest step won at every budget
 #: measured: 220 steps of 1 x 64 tokens against 160 of 1 x 128 in ~11 minutes, 300 of 1 x 64 against 224 of 1 x 128
-#: in ~18 minutes (1.23x closer to the teacher, in less time); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
+#: in ~18 minutes (1.23x closer to the teacher, in less time); on an AVX-512 CPU in bf16 (test split) 313 steps of
+#: 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
 #: stays above the threshold.
 MIN_E2E_STEPS = 1000
 #: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
