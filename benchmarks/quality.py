@@ -125,25 +125,25 @@ def run_row(row: str, args) -> dict:
     result["plan"] = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("loss", "blockwise", "deadline")}
     result["plan"]["blockwise"] = dataclasses.asdict(plan.blockwise)
     result["plan"]["hidden_weight"] = plan.loss.hidden_weight
-    out = tempfile.mkdtemp(prefix=f"quality-{row}-")
-    summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"))
-    for stage in ("blockwise", "e2e"):
-        if stage in summary:
-            result["seconds"][stage] = summary[stage]["seconds"]
-    if "e2e" in summary:
-        result["seconds"]["target_cache"] = summary["e2e"]["target_cache_seconds"]
-        result["tokens"]["e2e"] = summary["e2e"]["tokens"]
-        result["e2e_steps"] = summary["e2e"]["steps"]  # after re-sizing to the deadline (plan: the first plan)
-        result["replans"] = summary["e2e"]["replans"]
-        result["e2e_log"] = summary["e2e"]["log"]
-        result["tail_mass"] = summary["e2e"]["tail_mass"]
-    if "blockwise" in summary:
-        result["tokens"]["blockwise_per_block"] = summary["blockwise"]["tokens_per_block"]
-        result["blockwise_records"] = summary["blockwise"]["records"]
-    student.save_pretrained(os.path.join(out, "packed"))
-    packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
-    for split in ("val", "test"):
-        result[split] = evaluate_heldout(packed, tok, split, progress=True).to_dict()
+    with tempfile.TemporaryDirectory(prefix=f"quality-{row}-") as out:  # the checkpoint: scored, then removed
+        summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"))
+        for stage in ("blockwise", "e2e"):
+            if stage in summary:
+                result["seconds"][stage] = summary[stage]["seconds"]
+        if "e2e" in summary:
+            result["seconds"]["target_cache"] = summary["e2e"]["target_cache_seconds"]
+            result["tokens"]["e2e"] = summary["e2e"]["tokens"]
+            result["e2e_steps"] = summary["e2e"]["steps"]  # after re-sizing to the deadline (plan: the first plan)
+            result["replans"] = summary["e2e"]["replans"]
+            result["e2e_log"] = summary["e2e"]["log"]
+            result["tail_mass"] = summary["e2e"]["tail_mass"]
+        if "blockwise" in summary:
+            result["tokens"]["blockwise_per_block"] = summary["blockwise"]["tokens_per_block"]
+            result["blockwise_records"] = summary["blockwise"]["records"]
+        student.save_pretrained(os.path.join(out, "packed"))
+        packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
+        for split in ("val", "test"):
+            result[split] = evaluate_heldout(packed, tok, split, progress=True).to_dict()
     return result
 
 

@@ -82,13 +82,13 @@ def main(argv=None) -> None:
                        recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, min_lr_rate=args.min_lr_rate, seed=args.seed, loss=DistillationLoss(hidden_weight=args.hidden_weight),
                        recipe_overrides=json.loads(args.override))
-    out = tempfile.mkdtemp(prefix=f"tune-{args.name}-")
-    start = time.perf_counter()
-    summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"), progress=False)
-    train_s = time.perf_counter() - start
-    student.save_pretrained(os.path.join(out, "packed"))
-    packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
-    report = evaluate_heldout(packed, tok, "val", progress=False)
+    with tempfile.TemporaryDirectory(prefix=f"tune-{args.name}-") as out:  # the checkpoint: scored, then removed
+        start = time.perf_counter()
+        summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"), progress=False)
+        train_s = time.perf_counter() - start
+        student.save_pretrained(os.path.join(out, "packed"))
+        packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
+        report = evaluate_heldout(packed, tok, "val", progress=False)
     teacher_report = evaluate_heldout_cached(teacher, tok, "val", progress=False)
     result = {"name": args.name, "args": vars(args), "machine": machine(),
               "precision": "bf16 autocast" if bf16 else "float32", "train_s": train_s,
