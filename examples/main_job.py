@@ -27,11 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_onebit  # noqa: E402  (registers the "onebit" quantization method)
 from _common import base_parser, float_model_path, workdir  # noqa: E402
 from hf_onebit import OneBitConfig  # noqa: E402
-from hf_onebit.training.budget import MIN_E2E_STEPS  # noqa: E402
 from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached, format_table, size_on_disk, size_report  # noqa: E402
 from hf_onebit.files.output import OutputFolder  # noqa: E402
-from hf_onebit.training.budget import parse_duration  # noqa: E402
-from hf_onebit.training.budget import plan_for_budget  # noqa: E402
+from hf_onebit.training.budget import MIN_E2E_STEPS, parse_duration, plan_for_budget  # noqa: E402
 from hf_onebit.training.data import TokenBlocks, text_file_dataset  # noqa: E402
 from hf_onebit.training.pipeline import DistillPlan, card_facts, run_stages  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402

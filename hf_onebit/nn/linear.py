@@ -189,9 +189,7 @@ class OneBitLinear(nn.Module):
         if self.is_latent:
             y = self._latent_linear(x, bias)
         else:
-            packed = ops.PackedWeight(self.weight, self.scale_in, self.scale_out, bias, self.in_features,
-                                      self.weight_format)
-            y = ops.linear(x, packed, self.act_bits, self.backend)
+            y = ops.linear(x, self._packed(bias), self.act_bits, self.backend)
         if self.post_layernorm:
             y = F.layer_norm(y, (self.out_features,))
             if self.bias is not None:
@@ -204,6 +202,9 @@ class OneBitLinear(nn.Module):
         if self.is_latent:
             raise ValueError("OneBitLinear.packed_weight: the layer is in latent form; allowed: a packed layer "
                              "(pack_() first)")
+        return self._packed(bias)
+
+    def _packed(self, bias: torch.Tensor | None) -> ops.PackedWeight:
         return ops.PackedWeight(self.weight, self.scale_in, self.scale_out, bias, self.in_features, self.weight_format)
 
     def prepare(self, dtype: torch.dtype = torch.float32) -> bool:

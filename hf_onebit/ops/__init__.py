@@ -235,9 +235,7 @@ def linear(x: torch.Tensor, packed: PackedWeight, act_bits: int = 0, backend: st
         y = kernels[0].eager(x, packed, act_bits)
         if y is not None:
             return y
-    check_weight_format(packed.weight_format)
-    if act_bits not in SUPPORTED_ACT_BITS:
-        raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
+    _check_settings(packed, act_bits)
     if backend == "reference":
         return _reference(x, packed, act_bits)
     if eager:
@@ -270,15 +268,19 @@ def prepare(packed: PackedWeight, act_bits: int = 0, dtype: torch.dtype = torch.
     backend: its call plan, huge pages under a large weight, the t5 copy of ternary codes; Triton: the repacked
     words), so that the first call does not pay for it. Optional: every kernel builds what it lacks on its own.
     Returns True when a kernel prepared something."""
-    check_weight_format(packed.weight_format)
-    if act_bits not in SUPPORTED_ACT_BITS:
-        raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
+    _check_settings(packed, act_bits)
     probe = torch.empty((0, packed.in_features), dtype=dtype, device=packed.data.device)
     kernel = select_kernel(probe, packed.data, act_bits, backend, packed.weight_format)
     if kernel is None or kernel.prepare is None:
         return False
     packed.check()
     return bool(kernel.prepare(packed, act_bits, dtype))
+
+
+def _check_settings(packed: PackedWeight, act_bits: int) -> None:
+    check_weight_format(packed.weight_format)
+    if act_bits not in SUPPORTED_ACT_BITS:
+        raise ValueError(f"act_bits: {act_bits} is not supported; allowed: {SUPPORTED_ACT_BITS}")
 
 
 def _eager_inference(x: torch.Tensor, packed: PackedWeight) -> bool:

@@ -79,15 +79,14 @@ def _float32(t: torch.Tensor, via: torch.dtype = torch.float32) -> torch.Tensor:
     return converted
 
 
-def _make_plan(x, packed: PackedWeight, act_bits: int, key=None) -> CallPlan:
-    """Everything about a call but ``x`` (already checked by :meth:`PackedWeight.check`). float16 ``x`` gets ``g``
-    applied in torch (no float16 arithmetic in C: the reference's rounding), so its plan has no ``g`` and a float32
-    output."""
+def _make_plan(dtype: torch.dtype, packed: PackedWeight, act_bits: int, key=None) -> CallPlan:
+    """Everything about a call of ``dtype`` inputs but the input itself (``packed`` already checked by
+    :meth:`PackedWeight.check`). float16 inputs get ``g`` applied in torch (no float16 arithmetic in C: the
+    reference's rounding), so their plan has no ``g`` and a float32 output."""
     lib = library()
     weight = packed.data
     ternary = get_format(packed.weight_format).is_ternary
     entry = lib.onebit_ternary_linear_t5 if ternary else lib.onebit_linear  # ternary: t5 copy last (None: none yet)
-    dtype = x.dtype
     if dtype == torch.float16:
         x_kind, g, y_dtype = _X_F16, None, torch.float32
     else:
@@ -192,10 +191,11 @@ def _execute_dense(plan: CallPlan, weight: torch.Tensor, x: torch.Tensor, M: int
 
 
 def _linear(x, packed: PackedWeight, act_bits: int) -> torch.Tensor:
+    """``((x * g) @ Q.T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
     packed.check(x.shape[-1])
     if x.shape[0] == 0:
         return x.new_empty((0, packed.out_features))
-    plan = _make_plan(x, packed, act_bits)
+    plan = _make_plan(x.dtype, packed, act_bits)
     if x.dtype == torch.float16:
         return _execute(plan, (x * packed.scale_in.to(x.dtype)).float(), x.shape[0]).to(x.dtype)
     if _dense(plan, x.shape[0]):
@@ -203,21 +203,14 @@ def _linear(x, packed: PackedWeight, act_bits: int) -> torch.Tensor:
     return _execute(plan, x, x.shape[0])
 
 
-def _stored_plan(x_dtype: torch.dtype, packed: PackedWeight, act_bits: int):
-    """The plan cached on the weight for calls of this dtype and setting: (plan, True when it was built just now),
-    or (None, False) when the weight cannot carry one. Shapes are checked when a plan is built."""
-    weight = packed.data
-    key = plan_key(packed, act_bits, x_dtype)
-    plan = cached_plan(weight, key)
-    if plan is not None:
-        return plan, False
-    if not weight.is_contiguous():
-        return None, False
-    packed.check()
-    probe = torch.empty((0, packed.in_features), dtype=x_dtype)
-    plan = _make_plan(probe, packed, act_bits, key)
-    store_plan(weight, plan)
-    return plan, True
+def _new_plan(dtype: torch.dtype, packed: PackedWeight, act_bits: int, key: tuple):
+    """Build the plan of ``key`` (:func:`plan_key`) and keep it on the weight; None for a weight a plan cannot cover
+    (not contiguous). ``packed`` is checked by the caller."""
+    if not packed.data.is_contiguous():
+        return None
+    plan = _make_plan(dtype, packed, act_bits, key)
+    store_plan(packed.data, plan)
+    return plan
 
 
 def _eager(x, packed: PackedWeight, act_bits: int):
@@ -230,12 +223,13 @@ def _eager(x, packed: PackedWeight, act_bits: int):
     M = x.numel() // shape[-1] if shape[-1] else 0
     if M == 0:
         return None
-    plan = cached_plan(packed.data, plan_key(packed, act_bits, dtype))
+    key = plan_key(packed, act_bits, dtype)
+    plan = cached_plan(packed.data, key)
     if plan is None:
         if not _supports(x, packed.data, act_bits):
             return None
         packed.check(shape[-1])
-        plan, _ = _stored_plan(dtype, packed, act_bits)
+        plan = _new_plan(dtype, packed, act_bits, key)
         if plan is None:
             return None
     else:
@@ -254,7 +248,8 @@ def _prepare(packed: PackedWeight, act_bits: int, dtype: torch.dtype) -> bool:
     weight's second call (huge pages, the t5 copy): the caller says the weight stays."""
     if dtype not in _X_KIND or not is_available():
         return False
-    plan, _ = _stored_plan(dtype, packed, act_bits)
+    key = plan_key(packed, act_bits, dtype)
+    plan = cached_plan(packed.data, key) or _new_plan(dtype, packed, act_bits, key)
     if plan is None:
         return False
     if plan.pending:
@@ -262,14 +257,9 @@ def _prepare(packed: PackedWeight, act_bits: int, dtype: torch.dtype) -> bool:
     return True
 
 
-def _cpu_linear(x, packed: PackedWeight, act_bits: int) -> torch.Tensor:
-    """``((x * g) @ Q.T) * h (+ bias)`` for a 2-D ``x``; float32 arithmetic inside, output in ``x.dtype``."""
-    return _linear(x, packed, act_bits)
-
-
 for _weight_format in ("binary", "ternary"):
     register_kernel("cpu", device_type="cpu", supports=_supports, priority=10, weight_format=_weight_format,
-                    eager=_eager, prepare=_prepare)(_cpu_linear)
+                    eager=_eager, prepare=_prepare)(_linear)
 
 
 def cpu_binary_linear(x, weight, scale_in, scale_out, bias, in_features, act_bits=0):
