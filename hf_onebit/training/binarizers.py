@@ -66,7 +66,7 @@ class _ProgressiveSign(torch.autograd.Function):
 class _ProgressiveRows(torch.autograd.Function):
     """``scale_out[:, None] * B(w) * scale_in[None, :]`` on the CPU kernels (``hf_onebit.ops.cpu.progressive``; a scale
     given as None is left out), ``B`` the progressive sign ``progressive_sign(w, t, row_absmean(w))`` or, with
-    ``ternary``, the dual-scaling ternary step ``c * G(w / s, t)`` of :class:`ProgressiveBinarizer` (float32 only).
+    ``ternary``, the dual-scaling ternary step ``c * G(w / s, t)`` of :class:`ProgressiveBinarizer`.
     The output comes in ``out_dtype``; the row scales are held constant and the backward recomputes the tanh from
     ``w`` instead of keeping it."""
 
@@ -76,7 +76,7 @@ class _ProgressiveRows(torch.autograd.Function):
 
         scales = (_detached(scale_in), _detached(scale_out))
         if ternary:
-            out, row_scales = kernels.progressive_ternary_forward(w.detach(), t, *scales)
+            out, row_scales = kernels.progressive_ternary_forward(w.detach(), t, *scales, out_dtype=out_dtype)
         else:
             out, row_scales = kernels.progressive_sign_forward(w.detach(), t, out_dtype, *scales)
         ctx.save_for_backward(w, row_scales, scale_in, scale_out)
@@ -106,22 +106,20 @@ def matmul_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def progressive_sign_absmean(w: torch.Tensor, t: float, use_kernel: bool = True) -> torch.Tensor:
-    """``progressive_sign(w, t, row_absmean(w))``: on the CPU kernels where they take ``w`` and the matmul that follows
-    runs in float32 (:func:`matmul_dtype`), unless ``use_kernel`` is False; else on the reference path.
-
-    Under bf16 autocast the kernel computing the binarizer alone was no faster than PyTorch in a whole run (328 vs
-    322 s for 100 steps of SmolLM2-135M, Intel Xeon AMX) and two 10-minute runs on kernel paths ended further from the
-    teacher than the PyTorch path (held-out test 459.7 and 502.0 against 388.0; docs/benchmarks.md), so bf16 training
-    keeps the PyTorch path."""
+    """``progressive_sign(w, t, row_absmean(w))``: on the CPU kernels where they take ``w``, written in the dtype the
+    matmul that follows runs in (:func:`matmul_dtype`: float32, or bfloat16 under bf16 autocast, which then does not
+    cast it again), unless ``use_kernel`` is False; else on the reference path (six to eight passes over the weight
+    and a kept tanh instead of one pass each way)."""
     if math.isinf(t):
         return hard_sign(w) * row_absmean(w)
     if not t > 0:
         raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
-    if use_kernel and w.is_cpu and matmul_dtype(w) == torch.float32:
+    if use_kernel and w.is_cpu:
         from ..ops.cpu.progressive import supports
 
-        if supports(w, torch.float32):
-            return _ProgressiveRows.apply(w, None, None, float(t), torch.float32, False)
+        dtype = matmul_dtype(w)
+        if supports(w, dtype):
+            return _ProgressiveRows.apply(w, None, None, float(t), dtype, False)
     return progressive_sign(w, t, row_absmean(w))
 
 
@@ -248,6 +246,13 @@ class ProgressiveBinarizer:
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         if self.format.is_ternary and self.dual_scaling:
+            t = self.temperature.t
+            if self.use_kernel and weight.is_cpu and t > 0 and not math.isinf(t):
+                from ..ops.cpu.progressive import supports
+
+                dtype = matmul_dtype(weight)
+                if supports(weight, dtype):
+                    return _ProgressiveRows.apply(weight, None, None, float(t), dtype, True)
             s = row_absmean(weight)
             g = progressive_ternary(weight, self.temperature.t, s) / s  # G(W / S_a, t), exact gradient
             return g * least_squares_row_scale(weight, g)

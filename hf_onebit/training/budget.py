@@ -149,12 +149,17 @@ def plan_budget(seconds: float, times: StepTimes, blockwise_share: float = 0.5, 
     return BudgetPlan(seconds, steps, calibration if steps else 0, e2e, estimated, times)
 
 
-def _time(fn, repeats: int = 2) -> float:
-    fn()  # warm-up (allocator, first-call costs)
-    start = time.perf_counter()
-    for _ in range(repeats):
+def _time(fn, repeats: int = 2, warmups: int = 1, fastest: bool = False) -> float:
+    """Seconds of one call of ``fn`` after ``warmups`` calls (allocator, first-call costs): the mean of ``repeats``
+    timed calls, or with ``fastest`` the fastest of them."""
+    for _ in range(warmups):
         fn()
-    return (time.perf_counter() - start) / repeats
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) if fastest else sum(times) / repeats
 
 
 def _time_block(student, teacher, ids, precision) -> tuple[float, float]:
@@ -190,8 +195,9 @@ def _time_block(student, teacher, ids, precision) -> tuple[float, float]:
 def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
                        loss=None, vocab_size: int | None = None, bf16: bool = False,
                        blockwise: bool = True) -> StepTimes:
-    """Time one block-wise step, one block pass and one end-to-end step of ``student`` / ``teacher`` (random tokens;
-    nothing in either model changes). ``loss`` is the end-to-end stage's DistillationLoss (default: KL + hidden).
+    """Time one block-wise step, one block pass and one end-to-end step (the faster of two after two warm-ups) of
+    ``student`` / ``teacher`` (random tokens; nothing in either model changes). ``loss`` is the end-to-end stage's
+    DistillationLoss (default: KL + hidden).
     ``bf16``: the steps run as the stages train with bf16 on - the block-wise step under bf16 autocast, the end-to-end
     step as a ``TrainingArguments(bf16=True)`` step does: the student under bf16 autocast, the teacher on bf16 weight
     copies (on a CPU with AMX that step is several times faster than float32). ``blockwise=False``: the block-wise
@@ -242,12 +248,14 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
 
     try:
         student.train()
-        e2e_step_s = _time(e2e_step, repeats=1)
+        # The first steps of a run are slower than its steady state (AMD EPYC Zen 4, bf16, 1 x 64 tokens: one warm-up
+        # and one timed step measured 2.3 s, the run's steps took 1.1-1.3 s): two warm-ups, the faster of two steps.
+        e2e_step_s = _time(e2e_step, repeats=2, warmups=2, fastest=True)
     finally:
         student.train(was_training)
         del frozen_optimizer
     return StepTimes(block_step_s, block_pass_s, e2e_step_s, len(decoder_layers(student)),
-                     time.perf_counter() - start, teacher_forward_s=teacher_s[-1])
+                     time.perf_counter() - start, teacher_forward_s=min(teacher_s[-2:]))
 
 
 def step_shapes(batch_size: int, seq_len: int, fit_batch: bool = True, fit_seq_len: bool = True,

@@ -48,12 +48,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.onebit_progressive_sign_backward.argtypes = [c_int, i64, i64, vp, vp, f32, f32, vp, vp, vp, c_int, vp, vp, vp,
                                                      c_int]
     lib.onebit_progressive_sign_backward.restype = c_int
-    # isa, N, K, w, t, inv_norm, g, h, out, row_scales, nthreads
-    lib.onebit_progressive_ternary_forward.argtypes = [c_int, i64, i64, vp, f32, f32, vp, vp, vp, vp, c_int]
+    # isa, N, K, w, t, inv_norm, g, h, out, out_bf16, row_scales, nthreads
+    lib.onebit_progressive_ternary_forward.argtypes = [c_int, i64, i64, vp, f32, f32, vp, vp, vp, c_int, vp, c_int]
     lib.onebit_progressive_ternary_forward.restype = c_int
-    # isa, N, K, w, row_scales, t, inv_norm, g, h, grad, grad_w, grad_g, grad_h, nthreads
-    lib.onebit_progressive_ternary_backward.argtypes = [c_int, i64, i64, vp, vp, f32, f32, vp, vp, vp, vp, vp, vp,
-                                                        c_int]
+    # isa, N, K, w, row_scales, t, inv_norm, g, h, grad, grad_bf16, grad_w, grad_g, grad_h, nthreads
+    lib.onebit_progressive_ternary_backward.argtypes = [c_int, i64, i64, vp, vp, f32, f32, vp, vp, vp, c_int, vp, vp,
+                                                        vp, c_int]
     lib.onebit_progressive_ternary_backward.restype = c_int
     for name in ("onebit_isa_supported", "onebit_ternary_t5_supported"):
         getattr(lib, name).argtypes = [ctypes.c_int]

@@ -79,12 +79,13 @@ typedef struct {
     void (*progressive_bwd_rows)(const float *w, const float *row_scale, int64_t K, int64_t n0, int64_t n1, float t,
                                  float tanh_t, float slope, const float *g, const float *h, const void *grad,
                                  int grad_bf16, float *grad_w, float *grad_g, float *grad_h);
-    /* training: the smooth ternary step of rows [n0, n1) with dual scaling (progressive.h), float32 */
+    /* training: the smooth ternary step of rows [n0, n1) with dual scaling (progressive.h) */
     void (*progressive_ternary_fwd_rows)(const float *w, int64_t K, int64_t n0, int64_t n1, float t, float inv_norm,
-                                         const float *g, const float *h, float *out, float *row_scales);
+                                         const float *g, const float *h, void *out, int out_bf16, float *scratch,
+                                         float *row_scales);
     void (*progressive_ternary_bwd_rows)(const float *w, const float *row_scales, int64_t K, int64_t n0, int64_t n1,
-                                         float t, float inv_norm, const float *g, const float *h, const float *grad,
-                                         float *grad_w, float *grad_g, float *grad_h);
+                                         float t, float inv_norm, const float *g, const float *h, const void *grad,
+                                         int grad_bf16, float *grad_w, float *grad_g, float *grad_h);
 } onebit_kernels;
 
 /* Plane order of an int8 activation row (in place; scratch: 512 bytes): within each of the row's `blocks` whole
@@ -151,15 +152,16 @@ int onebit_progressive_sign_backward(int isa, int64_t N, int64_t K, const float 
 
 /* The same for a ternary layer (progressive_ternary with dual scaling, binarizers.py): out = h[:, None] * (c G) *
  * g[None, :], G = (tanh(t (W / s - 1/2)) + tanh(t (W / s + 1/2))) * inv_norm, inv_norm = 1 / (tanh(t / 2) +
- * tanh(3 t / 2)), s the row's mean |W|, c = <W, G> / <G, G> per row (each at least 1e-8); float32 only.
- *   forward: out (N, K); row_scales (N, 2) receives s, c.
- *   backward: grad (N, K) = d loss / d out; writes grad_w (N, K), grad_g (K,) when g, grad_h (N,) when h (s and c
- *   held constant). */
+ * tanh(3 t / 2)), s the row's mean |W|, c = <W, G> / <G, G> per row (each at least 1e-8).
+ *   forward: out (N, K) float32 or (out_bf16 = 1) bfloat16; row_scales (N, 2) receives s, c.
+ *   backward: grad (N, K) = d loss / d out, float32 or (grad_bf16 = 1) bfloat16; writes grad_w (N, K), grad_g (K,)
+ *   when g, grad_h (N,) when h, all float32 (s and c held constant). */
 int onebit_progressive_ternary_forward(int isa, int64_t N, int64_t K, const float *w, float t, float inv_norm,
-                                       const float *g, const float *h, float *out, float *row_scales, int nthreads);
+                                       const float *g, const float *h, void *out, int out_bf16, float *row_scales,
+                                       int nthreads);
 int onebit_progressive_ternary_backward(int isa, int64_t N, int64_t K, const float *w, const float *row_scales,
-                                        float t, float inv_norm, const float *g, const float *h, const float *grad,
-                                        float *grad_w, float *grad_g, float *grad_h, int nthreads);
+                                        float t, float inv_norm, const float *g, const float *h, const void *grad,
+                                        int grad_bf16, float *grad_w, float *grad_g, float *grad_h, int nthreads);
 
 /* The row kernels of a supported ISA (0), or -2 (onebit.c; for the other driver files). */
 int onebit_get_kernels(int isa, onebit_kernels *k);

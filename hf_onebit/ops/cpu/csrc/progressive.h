@@ -158,13 +158,15 @@ static void progressive_bwd_rows(const float *w, const float *row_scale, int64_t
  *   G = (a + b) inv_norm  (inv_norm = 1 / (tanh(t / 2) + tanh(3 t / 2))),
  *   c = <W[n], G> / <G, G> (the least-squares row scale, each at least 1e-8), out[n][k] = (h[n] (c G)) g[k]
  *
- * float32 only (bf16 training keeps the PyTorch path, as for the sign). Two passes per row: G into the output row
- * with the sums of c, then the scales applied in place (the row is in L1/L2). row_scales[2n], [2n + 1] receive s, c. */
+ * Two passes per row: G into a float32 row (the output row itself, or `scratch` (K floats) for a bfloat16 output)
+ * with the sums of c, then the scales applied from it (the row is in L1/L2), written as float32 or (out_bf16)
+ * bfloat16. row_scales[2n], [2n + 1] receive s, c. */
 static void progressive_ternary_fwd_rows(const float *w, int64_t K, int64_t n0, int64_t n1, float t, float inv_norm,
-                                         const float *g, const float *h, float *out, float *row_scales) {
+                                         const float *g, const float *h, void *out, int out_bf16, float *scratch,
+                                         float *row_scales) {
     for (int64_t n = n0; n < n1; ++n) {
         const float *row = w + n * K;
-        float *o = out + n * K;
+        float *o = out_bf16 ? scratch : (float *)out + n * K;
         const float s = prog_row_absmean(row, K);
         const float inv_s = 1.0f / s;
         float wg[PROG_CHUNK] = {0}, gg[PROG_CHUNK] = {0};
@@ -193,22 +195,26 @@ static void progressive_ternary_fwd_rows(const float *w, int64_t K, int64_t n0, 
             for (int64_t k = 0; k < K; ++k) o[k] = (hc * o[k]) * g[k];
         else
             for (int64_t k = 0; k < K; ++k) o[k] = hc * o[k];
+        if (out_bf16) {
+            uint16_t *ob = (uint16_t *)out + n * K;
+            for (int64_t k = 0; k < K; ++k) ob[k] = onebit_bf16_round(o[k]);
+        }
     }
 }
 
-/* Backward of the ternary forward for rows [n0, n1), from G_out = d loss / d out (float32), with s and c held
- * constant (the reference detaches both):
+/* Backward of the ternary forward for rows [n0, n1), from G_out = d loss / d out (float32 or (grad_bf16) bfloat16),
+ * with s and c held constant (the reference detaches both):
  *   grad_w[n][k] = (((G_out g[k]) h[n]) c / s) ((2 - a^2 - b^2) slope),  slope = t inv_norm
  *   grad_h[n]    = sum_k (G_out g[k]) (c G)                     (when h)
  *   grad_g[k]   += sum_{n in [n0, n1)} G_out (h[n] (c G))       (when g; this thread's partial sums)
  */
 static void progressive_ternary_bwd_rows(const float *w, const float *row_scales, int64_t K, int64_t n0, int64_t n1,
-                                         float t, float inv_norm, const float *g, const float *h, const float *grad,
-                                         float *grad_w, float *grad_g, float *grad_h) {
+                                         float t, float inv_norm, const float *g, const float *h, const void *grad,
+                                         int grad_bf16, float *grad_w, float *grad_g, float *grad_h) {
     const float slope = t * inv_norm;
+    float gm[PROG_CHUNK];
     for (int64_t n = n0; n < n1; ++n) {
         const float *row = w + n * K;
-        const float *gr = grad + n * K;
         float *o = grad_w + n * K;
         const float s = row_scales[2 * n], c = row_scales[2 * n + 1];
         const float inv_s = 1.0f / s, c_s = c / s;
@@ -216,11 +222,17 @@ static void progressive_ternary_bwd_rows(const float *w, const float *row_scales
         float lanes[PROG_CHUNK] = {0};
         for (int64_t k0 = 0; k0 < K; k0 += PROG_CHUNK) {
             const int64_t len = K - k0 < PROG_CHUNK ? K - k0 : PROG_CHUNK;
+            if (grad_bf16) {
+                const uint16_t *gb = (const uint16_t *)grad + n * K + k0;
+                for (int64_t j = 0; j < len; ++j) gm[j] = onebit_bf16_value(gb[j]);
+            } else {
+                memcpy(gm, (const float *)grad + n * K + k0, (size_t)len * sizeof(float));
+            }
             for (int64_t j = 0; j < len; ++j) {
                 const float u = row[k0 + j] * inv_s;
                 const float a = prog_tanh(t * (u - 0.5f)), b = prog_tanh(t * (u + 0.5f));
                 const float cG = c * ((a + b) * inv_norm);
-                const float G = gr[k0 + j];
+                const float G = gm[j];
                 const float gb = g ? G * g[k0 + j] : G; /* d loss / d (h c G) */
                 if (g) grad_g[k0 + j] += G * (hn * cG);
                 lanes[j] += gb * cG;

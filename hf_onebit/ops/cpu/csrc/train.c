@@ -10,7 +10,7 @@
 typedef struct {
     const onebit_kernels *kern;
     int backward;
-    int ternary;          /* the ternary step: row_scale (N, 2) holds s and c, float32 only */
+    int ternary;          /* the ternary step: row_scale (N, 2) holds s and c */
     int64_t N, K;
     const float *w, *g, *h;
     float t, tanh_t, slope;
@@ -22,6 +22,7 @@ typedef struct {
     int grad_bf16;
     float *grad_w, *grad_h;
     float *partial_g;     /* backward with g: one zeroed (K,) row per thread */
+    float *scratch;       /* ternary forward to bfloat16: one (K,) float32 row per thread */
 } progressive_job;
 
 static void progressive_task(void *arg, int tid, int used) {
@@ -31,10 +32,10 @@ static void progressive_task(void *arg, int tid, int used) {
     float *partial_g = j->partial_g ? j->partial_g + (int64_t)tid * j->K : NULL;
     if (j->ternary && j->backward)
         j->kern->progressive_ternary_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->inv_norm, j->g, j->h,
-                                              j->grad, j->grad_w, partial_g, j->grad_h);
+                                              j->grad, j->grad_bf16, j->grad_w, partial_g, j->grad_h);
     else if (j->ternary)
-        j->kern->progressive_ternary_fwd_rows(j->w, j->K, n0, n1, j->t, j->inv_norm, j->g, j->h, j->out,
-                                              j->row_scale);
+        j->kern->progressive_ternary_fwd_rows(j->w, j->K, n0, n1, j->t, j->inv_norm, j->g, j->h, j->out, j->out_bf16,
+                                              j->scratch ? j->scratch + (int64_t)tid * j->K : NULL, j->row_scale);
     else if (j->backward)
         j->kern->progressive_bwd_rows(j->w, j->row_scale, j->K, n0, n1, j->t, j->tanh_t, j->slope, j->g, j->h,
                                       j->grad, j->grad_bf16, j->grad_w, partial_g, j->grad_h);
@@ -101,25 +102,33 @@ int onebit_progressive_sign_backward(int isa, int64_t N, int64_t K, const float 
 }
 
 int onebit_progressive_ternary_forward(int isa, int64_t N, int64_t K, const float *w, float t, float inv_norm,
-                                       const float *g, const float *h, float *out, float *row_scales, int nthreads) {
+                                       const float *g, const float *h, void *out, int out_bf16, float *row_scales,
+                                       int nthreads) {
     if (!valid(N, K, w, t, inv_norm, nthreads) || out == NULL || row_scales == NULL) return -1;
     onebit_kernels kern;
     if (onebit_get_kernels(isa, &kern) != 0) return -2;
+    float *scratch = NULL;
+    if (out_bf16) {
+        scratch = malloc((size_t)nthreads * (size_t)K * sizeof(float));
+        if (scratch == NULL) return -3;
+    }
     progressive_job job = {.kern = &kern, .ternary = 1, .N = N, .K = K, .w = w, .g = g, .h = h, .t = t,
-                           .inv_norm = inv_norm, .out = out, .row_scale = row_scales};
+                           .inv_norm = inv_norm, .out = out, .out_bf16 = out_bf16 != 0, .scratch = scratch,
+                           .row_scale = row_scales};
     onebit_parallel(nthreads, progressive_task, &job);
+    free(scratch);
     return 0;
 }
 
 int onebit_progressive_ternary_backward(int isa, int64_t N, int64_t K, const float *w, const float *row_scales,
-                                        float t, float inv_norm, const float *g, const float *h, const float *grad,
-                                        float *grad_w, float *grad_g, float *grad_h, int nthreads) {
+                                        float t, float inv_norm, const float *g, const float *h, const void *grad,
+                                        int grad_bf16, float *grad_w, float *grad_g, float *grad_h, int nthreads) {
     if (!valid(N, K, w, t, inv_norm, nthreads) || !valid_backward(row_scales, grad, grad_w, g, grad_g, h, grad_h))
         return -1;
     onebit_kernels kern;
     if (onebit_get_kernels(isa, &kern) != 0) return -2;
     progressive_job job = {.kern = &kern, .backward = 1, .ternary = 1, .N = N, .K = K, .w = w, .g = g, .h = h,
                            .t = t, .inv_norm = inv_norm, .row_scale = (float *)row_scales, .grad = grad,
-                           .grad_w = grad_w, .grad_h = grad_h};
+                           .grad_bf16 = grad_bf16 != 0, .grad_w = grad_w, .grad_h = grad_h};
     return run_backward(&job, grad_g, nthreads);
 }
