@@ -241,6 +241,25 @@ def test_the_step_shapes_a_budget_may_choose_halve_the_batch_then_the_sequence(f
     assert step_shapes(3, 100) == [(3, 100), (1, 100)]  # 100 // 2 < 64: the sequence stays
 
 
+def test_a_step_is_timed_after_its_warm_ups_as_the_faster_of_the_timed_calls(monkeypatch):
+    """The first calls of a step are slower than its steady state: the warm-ups are not counted, and the budget takes
+    the fastest timed call (the mean where asked). A fake clock makes call i take durations[i] seconds."""
+    from hf_onebit.training import budget
+
+    durations, clock, calls = [5.0, 3.0, 2.0, 1.5, 4.0], [0.0], []
+
+    def fn():
+        clock[0] += durations[len(calls)]
+        calls.append(1)
+
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+    assert budget._time(fn, repeats=2, warmups=2, fastest=True) == 1.5
+    assert len(calls) == 4
+    calls.clear()
+    assert budget._time(fn, repeats=3, warmups=1) == pytest.approx((3.0 + 2.0 + 1.5) / 3)
+    assert len(calls) == 4
+
+
 def test_a_step_costs_a_fixed_part_and_a_part_per_token():
     from hf_onebit.training.budget import step_cost
 
