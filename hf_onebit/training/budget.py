@@ -194,18 +194,24 @@ def _time_block(student, teacher, ids, precision) -> tuple[float, float]:
 
 def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batch_size: int | None = None,
                        loss=None, vocab_size: int | None = None, bf16: bool = False,
-                       blockwise: bool = True) -> StepTimes:
+                       blockwise: bool = True, progressive: bool = False) -> StepTimes:
     """Time one block-wise step, one block pass and one end-to-end step (the faster of two after two warm-ups) of
     ``student`` / ``teacher`` (random tokens; nothing in either model changes). ``loss`` is the end-to-end stage's
     DistillationLoss (default: KL + hidden).
     ``bf16``: the steps run as the stages train with bf16 on - the block-wise step under bf16 autocast, the end-to-end
     step as a ``TrainingArguments(bf16=True)`` step does: the student under bf16 autocast, the teacher on bf16 weight
     copies (on a CPU with AMX that step is several times faster than float32). ``blockwise=False``: the block-wise
-    step and pass are not timed (0 s; for a plan without the block-wise stage)."""
+    step and pass are not timed (0 s; for a plan without the block-wise stage). ``progressive``: the end-to-end step
+    runs with the progressive binarizer the recipe's main stage installs (at a finite ``t``; the layers' own binarizers
+    are back afterwards) instead of the student's hard quantizer - a different path (on a CPU: one kernel pass each
+    way against several PyTorch passes; AMD EPYC Zen 4, bf16, 1 x 64 tokens: 1.9 s measured where the run's steps
+    took 1.1-1.3 s)."""
     import contextlib
 
+    from .binarizers import ProgressiveBinarizer, Temperature
     from .blockwise import decoder_layers
     from .losses import DistillationLoss
+    from .recipes import latent_layers
     from .teacher_cast import TeacherWeightCast, teacher_precision
 
     start = time.perf_counter()
@@ -246,12 +252,17 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
         frozen_optimizer.step()
         frozen_optimizer.zero_grad(set_to_none=True)
 
+    saved = [(m, m.binarizer) for _, m in latent_layers(student)] if progressive else []
     try:
         student.train()
+        for m, _ in saved:
+            m.binarizer = ProgressiveBinarizer(Temperature(1.0), weight_format=m.weight_format)
         # The first steps of a run are slower than its steady state (AMD EPYC Zen 4, bf16, 1 x 64 tokens: one warm-up
         # and one timed step measured 2.3 s, the run's steps took 1.1-1.3 s): two warm-ups, the faster of two steps.
         e2e_step_s = _time(e2e_step, repeats=2, warmups=2, fastest=True)
     finally:
+        for m, binarizer in saved:
+            m.binarizer = binarizer
         student.train(was_training)
         del frozen_optimizer
     return StepTimes(block_step_s, block_pass_s, e2e_step_s, len(decoder_layers(student)),
@@ -309,6 +320,8 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher, the
     same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
     280 of 1 x 32 47x). Build the training blocks with the returned plan's ``seq_len``."""
+    from .recipes import get_recipe, weight_format_of
+
     share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
     if "blockwise" not in plan.stages:
         share = 0.0
@@ -317,9 +330,11 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     start = time.monotonic()
     cached = plan.cache_epochs if plan.cache_targets else 0
 
+    progressive = get_recipe(plan.e2e_recipe(weight_format_of(student))).progressive
+
     def measure(batch_size, seq_len, before_s=0.0):
         times = measure_step_times(student, teacher, seq_len, batch_size, batch_size * plan.grad_accum,
-                                   loss=plan.loss, bf16=plan.bf16, blockwise=share > 0)
+                                   loss=plan.loss, bf16=plan.bf16, blockwise=share > 0, progressive=progressive)
         return dataclasses.replace(times, measured_s=before_s + times.measured_s)  # every measurement counts
 
     shapes = step_shapes(plan.batch_size, plan.seq_len, fit_batch, fit_seq_len) if share == 0.0 else []

@@ -302,14 +302,19 @@ def _fake_measure(measured, fixed_s, per_token_s):
     (2000, False, [(1, 256), (2, 256)], (1, 256)),           # the sequence length was given: it stays
     (20000, True, [(1, 64), (1, 128), (4, 256)], (4, 256)),  # a long budget keeps the default step
 ])
-def test_time_budget_measures_the_two_smallest_steps_first_and_the_chosen_one(monkeypatch, seconds, fit_seq_len,
-                                                                              measured_shapes, shape):
+def test_time_budget_measures_the_two_smallest_steps_first_and_the_chosen_one(monkeypatch, tmp_path, seconds,
+                                                                              fit_seq_len, measured_shapes, shape):
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
     from hf_onebit.training import budget
     from hf_onebit.training.pipeline import DistillPlan
 
+    student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
     measured = []
     monkeypatch.setattr(budget, "measure_step_times", _fake_measure(measured, 1.0, 0.01))
-    plan, planned = budget.plan_for_budget(None, None, DistillPlan(), seconds, fit_batch=True,
+    plan, planned = budget.plan_for_budget(student, None, DistillPlan(), seconds, fit_batch=True,
                                            fit_seq_len=fit_seq_len)
     assert measured == measured_shapes
     assert (plan.batch_size, plan.seq_len) == shape
@@ -379,6 +384,32 @@ def test_step_measurement_runs_in_the_training_precision(tmp_path, bf16):
     assert teacher.model.layers[0].mlp.down_proj.weight.dtype == torch.float32  # the copies are gone again
     after = {**teacher.state_dict(), **student.state_dict()}
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_step_measurement_runs_the_binarizer_the_recipe_trains_with(tmp_path):
+    """``progressive=True`` times the end-to-end step with the progressive binarizer (what the progressive recipe's
+    main stage runs), not the student's hard quantizer, and gives each layer its own binarizer back."""
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import budget
+    from hf_onebit.training.binarizers import ProgressiveBinarizer
+    from hf_onebit.training.recipes import latent_layers
+
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    own = {name: m.binarizer for name, m in latent_layers(student)}
+    layer = student.model.layers[0].mlp.down_proj
+    for progressive in (False, True):
+        seen = []
+        hook = layer.register_forward_hook(lambda m, i, o: seen.append(type(m.binarizer)))
+        budget.measure_step_times(student, teacher, seq_len=16, batch_size=2, blockwise=False,
+                                  progressive=progressive)
+        hook.remove()
+        assert seen and all((kind is ProgressiveBinarizer) == progressive for kind in seen)
+        assert {name: m.binarizer for name, m in latent_layers(student)} == own
 
 
 def test_cached_targets_cover_only_the_sequences_the_stage_sees(tmp_path, monkeypatch):

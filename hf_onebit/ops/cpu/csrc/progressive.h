@@ -71,6 +71,16 @@ static inline float prog_row_absmean(const float *row, int64_t K) {
     return s < 1e-8f ? 1e-8f : s; /* (a NaN stays NaN, as in torch.clamp_min) */
 }
 
+/* len values of the output gradient from element `at` on, float32 or (grad_bf16) bfloat16, into float32 gm. */
+static inline void prog_load_grad(const void *grad, int grad_bf16, int64_t at, int64_t len, float *gm) {
+    if (grad_bf16) {
+        const uint16_t *gb = (const uint16_t *)grad + at;
+        for (int64_t j = 0; j < len; ++j) gm[j] = onebit_bf16_value(gb[j]);
+    } else {
+        memcpy(gm, (const float *)grad + at, (size_t)len * sizeof(float));
+    }
+}
+
 /* Forward for rows [n0, n1) of W (N, K): out[n][k] = (h[n] * b[n][k]) * g[k] with b the progressive sign (g, h: the
  * layer's input and output scales, NULL for ones), float32 or (out_bf16) bfloat16; row_scale[n] receives s. */
 static void progressive_fwd_rows(const float *w, int64_t K, int64_t n0, int64_t n1, float t, float tanh_t,
@@ -118,12 +128,7 @@ static void progressive_bwd_rows(const float *w, const float *row_scale, int64_t
         double hsum = 0.0;
         for (int64_t k0 = 0; k0 < K; k0 += PROG_CHUNK) {
             const int64_t len = K - k0 < PROG_CHUNK ? K - k0 : PROG_CHUNK;
-            if (grad_bf16) {
-                const uint16_t *gb = (const uint16_t *)grad + n * K + k0;
-                for (int64_t j = 0; j < len; ++j) gm[j] = onebit_bf16_value(gb[j]);
-            } else {
-                memcpy(gm, (const float *)grad + n * K + k0, (size_t)len * sizeof(float));
-            }
+            prog_load_grad(grad, grad_bf16, n * K + k0, len, gm);
             float *o = grad_w + n * K + k0;
             if (g) {
                 float *gg = grad_g + k0;
@@ -222,12 +227,7 @@ static void progressive_ternary_bwd_rows(const float *w, const float *row_scales
         float lanes[PROG_CHUNK] = {0};
         for (int64_t k0 = 0; k0 < K; k0 += PROG_CHUNK) {
             const int64_t len = K - k0 < PROG_CHUNK ? K - k0 : PROG_CHUNK;
-            if (grad_bf16) {
-                const uint16_t *gb = (const uint16_t *)grad + n * K + k0;
-                for (int64_t j = 0; j < len; ++j) gm[j] = onebit_bf16_value(gb[j]);
-            } else {
-                memcpy(gm, (const float *)grad + n * K + k0, (size_t)len * sizeof(float));
-            }
+            prog_load_grad(grad, grad_bf16, n * K + k0, len, gm);
             for (int64_t j = 0; j < len; ++j) {
                 const float u = row[k0 + j] * inv_s;
                 const float a = prog_tanh(t * (u - 0.5f)), b = prog_tanh(t * (u + 0.5f));
