@@ -114,13 +114,23 @@ def progressive_sign_absmean(w: torch.Tensor, t: float, use_kernel: bool = True)
         return hard_sign(w) * row_absmean(w)
     if not t > 0:
         raise ValueError(f"t: got {t}; allowed: a number > 0 or inf")
-    if use_kernel and w.is_cpu:
-        from ..ops.cpu.progressive import supports
+    out = _on_kernel(w, t, ternary=False) if use_kernel else None
+    return out if out is not None else progressive_sign(w, t, row_absmean(w))
 
-        dtype = matmul_dtype(w)
-        if supports(w, dtype):
-            return _ProgressiveRows.apply(w, None, None, float(t), dtype, False)
-    return progressive_sign(w, t, row_absmean(w))
+
+def _on_kernel(w: torch.Tensor, t: float, ternary: bool, scale_in: torch.Tensor | None = None,
+               scale_out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """The dual-scaling binarizer of ``w`` (``ternary``: the smooth ternary step, else the sign) on the CPU kernels,
+    the scales given folded in, written in ``dtype`` (default: the matmul's, :func:`matmul_dtype`); None where the
+    kernels do not take it (not CPU, ``t`` not finite and > 0, a layout or dtype they lack, no library)."""
+    if not (w.is_cpu and t > 0 and math.isfinite(t)):
+        return None
+    from ..ops.cpu.progressive import supports
+
+    dtype = matmul_dtype(w) if dtype is None else dtype
+    if not supports(w, dtype, scale_in, scale_out):
+        return None
+    return _ProgressiveRows.apply(w, scale_in, scale_out, float(t), dtype, ternary)
 
 
 def progressive_sign(w: torch.Tensor, t: float, row_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,25 +244,15 @@ class ProgressiveBinarizer:
         rounded before the sums over rows and columns): trained that way SmolLM2-135M ended 1.29x further from the
         teacher (held-out test perplexity 502.0 against 388.0 for 10 minutes of distillation, Intel Xeon AMX), so
         the fold is for float32 training only."""
-        t = self.temperature.t
-        if (not self.use_kernel or not self.dual_scaling or math.isinf(t) or not t > 0 or not weight.is_cpu
-                or dtype != torch.float32):
+        if not self.use_kernel or not self.dual_scaling or dtype != torch.float32:
             return None
-        from ..ops.cpu.progressive import supports
-
-        if not supports(weight, dtype, scale_in, scale_out):
-            return None
-        return _ProgressiveRows.apply(weight, scale_in, scale_out, float(t), dtype, self.format.is_ternary)
+        return _on_kernel(weight, self.temperature.t, self.format.is_ternary, scale_in, scale_out, dtype)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
         if self.format.is_ternary and self.dual_scaling:
-            t = self.temperature.t
-            if self.use_kernel and weight.is_cpu and t > 0 and not math.isinf(t):
-                from ..ops.cpu.progressive import supports
-
-                dtype = matmul_dtype(weight)
-                if supports(weight, dtype):
-                    return _ProgressiveRows.apply(weight, None, None, float(t), dtype, True)
+            out = _on_kernel(weight, self.temperature.t, ternary=True) if self.use_kernel else None
+            if out is not None:
+                return out
             s = row_absmean(weight)
             g = progressive_ternary(weight, self.temperature.t, s) / s  # G(W / S_a, t), exact gradient
             return g * least_squares_row_scale(weight, g)
