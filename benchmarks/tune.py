@@ -1,6 +1,7 @@
 """Choose distillation settings on the held-out VALIDATION split: one fixed-length end-to-end run per call.
 
     python benchmarks/tune.py --name base --text wiki                 # training text: Wikipedia only
+    python benchmarks/tune.py --name no-books --text wiki-docs        # Wikipedia and the Sphinx manual
     python benchmarks/tune.py --name mix                              # the default training text (real-text)
     python benchmarks/tune.py --name lr2e-3 --lr 2e-3
     python benchmarks/tune.py --name b8 --batch 8 --steps 125         # about the same minutes as 200 x 4
@@ -32,11 +33,16 @@ from quality import machine  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
 
 
+#: ``--text`` choices: how many of :func:`real_text_files` (Wikipedia, the Sphinx manual, the books) to train on.
+TEXTS = {"real-text": 3, "wiki-docs": 2, "wiki": 1}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
-    p.add_argument("--text", choices=("real-text", "wiki"), default="real-text",
-                   help="training text: Wikipedia and the Sphinx manual (default) or Wikipedia alone")
+    p.add_argument("--text", choices=tuple(TEXTS), default="real-text",
+                   help="training text: Wikipedia, the Sphinx manual and the books (default), Wikipedia and the manual, "
+                        "or Wikipedia alone")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
@@ -75,7 +81,7 @@ def main(argv=None) -> None:
     if args.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
         student.get_output_embeddings().weight.requires_grad_(False)
-    files = real_text_files()[:1] if args.text == "wiki" else real_text_files()
+    files = real_text_files()[:TEXTS[args.text]]
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,

@@ -52,7 +52,7 @@ def training_data(args, tokenizer, vocab_size: int, seq_len: int) -> TokenBlocks
         return TokenBlocks(torch.randint(vocab_size, (32, seq_len), generator=torch.Generator().manual_seed(0)))
     from hf_onebit.fixtures.real_text import real_text_files
 
-    # human-written Wikipedia articles and software documentation (nothing of the held-out sets is in it)
+    # human-written Wikipedia articles, software documentation and two books (nothing of the held-out sets is in it)
     return TokenBlocks(torch.cat([text_file_dataset(p, tokenizer, seq_len).blocks for p in real_text_files()]))
 
 

