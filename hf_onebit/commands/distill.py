@@ -28,8 +28,8 @@ sizes the stages to the given time on this machine (measured at the start); othe
 --max-steps do.
 
 --data takes one or more sources whose blocks are mixed: 'real-text' (human-written Wikipedia articles, the Sphinx
-manual and two books, built once offline; the default), 'self' (text the teacher writes itself, cached), a UTF-8 text file, or a
-folder written by datasets.Dataset.save_to_disk. Progress bars show every stage; a summary table (tokens, minutes per
+manual and two books, built once offline; the default), 'self' (text the teacher writes itself, cached), a UTF-8 text
+file, or a folder written by datasets.Dataset.save_to_disk. Progress bars show every stage; a summary table (tokens, minutes per
 stage, losses, held-out perplexity, size) is printed at the end. --out receives the packed model, its tokenizer and
 distill_curves.png only when the run completes (an interrupted run leaves --out untouched).
 
