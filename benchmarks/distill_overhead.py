@@ -14,6 +14,7 @@ reference path. ``--weight-format ternary`` times a ternary student (the smooth 
     python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 [--bf16] [--tiny] [--reference]
     python benchmarks/distill_overhead.py --reps 5 --batch-size 1 --seq-len 64 --reference-binarizer \
         --weight-format ternary
+    python benchmarks/distill_overhead.py --reps 10 --batch-size 1 --seq-len 64 --bf16 --heap
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main(argv=None):
     p.add_argument("--reference", action="store_true", help="also time the step without the fast paths")
     p.add_argument("--reference-binarizer", action="store_true",
                    help="also time the fast step with the binarizer on its reference path")
+    p.add_argument("--heap", action="store_true",
+                   help="also time the distillation step with glibc's default heap (freed memory returned)")
     args = p.parse_args(argv)
 
     from transformers import Trainer, TrainingArguments
@@ -65,13 +68,16 @@ def main(argv=None):
     from hf_onebit.eval import format_table
     from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
     from hf_onebit.training.binarizers import ProgressiveBinarizer
+    from hf_onebit.training.heap import RetainedHeap
     from hf_onebit.training.recipes import latent_layers
     from hf_onebit.training.teacher_cast import TeacherWeightCast
 
     student, teacher = build(args)
     vocab = student.config.vocab_size
     data = TokenBlocks(torch.randint(vocab, (args.batch_size * 4, args.seq_len), generator=torch.Generator().manual_seed(0)))
-    cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=0, plot=False, track_sign_flips=False)
+    cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=0, plot=False, track_sign_flips=False,
+                                    keep_heap=False)  # held here instead, so that --heap can switch it per step
+    heap = RetainedHeap()
     targs = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=10, per_device_train_batch_size=args.batch_size,
                               report_to=[], use_cpu=True, bf16=args.bf16, disable_tqdm=True, save_strategy="no")
     trainer = Trainer(model=student, args=targs, train_dataset=data, callbacks=[cb],
@@ -90,7 +96,10 @@ def main(argv=None):
     binarizers = [m.binarizer for _, m in latent_layers(student) if isinstance(m.binarizer, ProgressiveBinarizer)]
     assert binarizers, "the student has no progressive binarizer installed"
 
-    def step(distill: bool, reference: bool = False, reference_binarizer: bool = False) -> float:
+    def step(distill: bool, reference: bool = False, reference_binarizer: bool = False, default_heap: bool = False) -> float:
+        nonlocal heap
+        if default_heap:
+            heap.release()
         for b in binarizers:
             b.use_kernel = not (reference or reference_binarizer)
         cb._active = distill
@@ -103,6 +112,8 @@ def main(argv=None):
         trainer.training_step(student, dict(batch), n_items)
         elapsed = time.perf_counter() - t0
         student.zero_grad(set_to_none=True)
+        if default_heap:
+            heap = RetainedHeap()
         return elapsed
 
     step(True), step(False)  # warm-up
@@ -110,7 +121,9 @@ def main(argv=None):
         step(True, reference=True)
     if args.reference_binarizer:
         step(True, reference_binarizer=True)
-    plain, distill, old, old_binarizer = [], [], [], []
+    if args.heap:
+        step(True, default_heap=True)
+    plain, distill, old, old_binarizer, default = [], [], [], [], []
     for _ in range(args.reps):
         plain.append(step(False))
         distill.append(step(True))
@@ -118,6 +131,9 @@ def main(argv=None):
             old.append(step(True, reference=True))
         if args.reference_binarizer:
             old_binarizer.append(step(True, reference_binarizer=True))
+        if args.heap:
+            default.append(step(True, default_heap=True))
+    heap.release()
     mp, md = statistics.median(plain), statistics.median(distill)
     tokens = args.batch_size * args.seq_len
     rows = [["plain fine-tuning (CE)", mp, tokens / mp, 1.0],
@@ -128,6 +144,9 @@ def main(argv=None):
     if args.reference_binarizer:
         mb = statistics.median(old_binarizer)
         rows.append(["distillation, reference binarizer", mb, tokens / mb, mb / mp])
+    if args.heap:
+        mh = statistics.median(default)
+        rows.append(["distillation, glibc's default heap", mh, tokens / mh, mh / mp])
     print(format_table(["step", "median s", "tokens / s", "x plain"], rows))
     print(f"\ndistillation / plain = {md / mp:.2f}x  ({args.weight_format}, batch {args.batch_size} x {args.seq_len} "
           "tokens, "
@@ -136,6 +155,8 @@ def main(argv=None):
         print(f"reference path / fast path = {mo / md:.2f}x")
     if args.reference_binarizer:
         print(f"reference binarizer / fast path = {mb / md:.2f}x")
+    if args.heap:
+        print(f"default heap / retained heap = {mh / md:.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from _common import base_parser, float_model_path, workdir  # noqa: E402
 from hf_onebit import OneBitConfig  # noqa: E402
 from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached, format_table, size_on_disk, size_report  # noqa: E402
 from hf_onebit.files.output import OutputFolder  # noqa: E402
-from hf_onebit.training.budget import MIN_E2E_STEPS, parse_duration, plan_for_budget  # noqa: E402
+from hf_onebit.training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS, parse_duration, plan_for_budget  # noqa: E402
 from hf_onebit.training.data import TokenBlocks, text_file_dataset  # noqa: E402
 from hf_onebit.training.pipeline import DistillPlan, card_facts, run_stages  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
@@ -67,8 +67,9 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", nargs="+", choices=("blockwise", "e2e"), default=["e2e"],
                         help="end-to-end distillation (default), or block-wise reconstruction first: blockwise e2e")
     parser.add_argument("--seq-len", type=int, default=None,
-                        help="training sequence length in tokens (default 256, or 128 / 64 when the time budget buys "
-                             f"fewer than {MIN_E2E_STEPS} steps of one sequence)")
+                        help="training sequence length in tokens (default 256, or 64 when the time budget buys "
+                             f"fewer than {MIN_E2E_STEPS} steps of one sequence: 2 x 64 where it buys "
+                             f"{FALLBACK_E2E_STEPS} of those, else 1 x 64)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sequences per end-to-end step (default 4, or fewer when the time budget buys fewer than "
                              f"{MIN_E2E_STEPS} steps of 4)")

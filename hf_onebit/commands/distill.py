@@ -12,7 +12,7 @@ import argparse
 import os
 
 from ..training.blockwise import INPUTS, SCALE_INITS
-from ..training.budget import MIN_E2E_STEPS
+from ..training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS
 from ..training.data import STYLES
 from ..training.recipes import RECIPES
 
@@ -85,7 +85,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                         "from a random first token")
     p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per training sequence (default 256; with --time-budget and the end-to-end stage alone, "
-                        f"128 or 64 when even steps of one sequence number fewer than {MIN_E2E_STEPS})")
+                        "the step shrinks along 4, 2, 1 x 256, 2 x 64, 1 x 64 tokens to the largest of which the budget "
+                        f"buys {MIN_E2E_STEPS} steps, else {FALLBACK_E2E_STEPS}, else to 1 x 64)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per micro-batch (default 4; with --time-budget and the end-to-end stage alone, "
                         f"smaller when the budget buys fewer than {MIN_E2E_STEPS} steps of 4)")

@@ -32,6 +32,11 @@ DEFAULT_BLOCKWISE_SHARE = 0.5
 #: 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
 #: stays above the threshold.
 MIN_E2E_STEPS = 1000
+#: When no step buys :data:`MIN_E2E_STEPS`, the largest step that buys this many is taken before the smallest: past a
+#: few hundred steps, more tokens a step pay. On an AVX-512 CPU in bf16 (validation split, docs/benchmarks.md) 560
+#: steps of 2 x 64 tokens ended 1.22x closer to the teacher than 690 of 1 x 64 in the same ~11.5 minutes; on the AVX2
+#: CPU the smaller step won at 220-300 steps (above), which this floor keeps.
+FALLBACK_E2E_STEPS = 400
 #: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
 MIN_FIT_SEQ_LEN = 64
 #: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the
@@ -273,7 +278,9 @@ def step_shapes(batch_size: int, seq_len: int, fit_batch: bool = True, fit_seq_l
                 min_seq_len: int = MIN_FIT_SEQ_LEN) -> list[tuple[int, int]]:
     """The ``(sequences, tokens per sequence)`` an end-to-end step may take, largest first: ``(batch_size, seq_len)``,
     then (``fit_batch``) the batch halved down to 1, then (``fit_seq_len``) the sequences halved while they keep at
-    least ``min_seq_len`` tokens."""
+    least ``min_seq_len`` tokens. With both, the step of twice ``min_seq_len`` tokens holds two sequences of
+    ``min_seq_len`` instead of one (2 x 64 rather than 1 x 128: on the validation split two sequences ended closer to
+    the teacher, at a step no dearer; docs/benchmarks.md)."""
     shapes = [(batch_size, seq_len)]
     b, s = batch_size, seq_len
     while True:
@@ -282,8 +289,11 @@ def step_shapes(batch_size: int, seq_len: int, fit_batch: bool = True, fit_seq_l
         elif fit_seq_len and s // 2 >= min_seq_len:
             s //= 2
         else:
-            return shapes
+            break
         shapes.append((b, s))
+    if fit_batch and fit_seq_len and len(shapes) > 2 and shapes[-2] == (1, 2 * min_seq_len):
+        shapes[-2] = (2, min_seq_len)  # (a step the ladder made, never the one asked for)
+    return shapes
 
 
 def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float, float]:
@@ -298,12 +308,14 @@ def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float
 
 
 def fit_step_shape(seconds: float, shapes: list[tuple[int, int]], fixed_s: float, per_token_s: float,
-                   min_steps: int = MIN_E2E_STEPS) -> tuple[int, int]:
+                   min_steps: int = MIN_E2E_STEPS, fallback_steps: int = FALLBACK_E2E_STEPS) -> tuple[int, int]:
     """The largest of ``shapes`` (largest first) of which ``seconds`` buy at least ``min_steps`` steps at
-    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); the smallest when none does."""
-    for b, s in shapes:
-        if seconds >= min_steps * (fixed_s + per_token_s * b * s):
-            return b, s
+    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); else the largest of which they buy
+    ``fallback_steps`` (at most ``min_steps``); the smallest when none does."""
+    for steps in (min_steps, min(fallback_steps, min_steps)):
+        for b, s in shapes:
+            if seconds >= steps * (fixed_s + per_token_s * b * s):
+                return b, s
     return shapes[-1]
 
 
@@ -314,7 +326,8 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
 
     ``fit_batch`` / ``fit_seq_len`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS`
     steps of ``plan.batch_size`` x ``plan.seq_len`` tokens, the step shrinks - the batch first, down to one sequence,
-    then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`, :func:`fit_step_shape`). The two
+    then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`) - to the largest that buys that
+    many, else the largest that buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`). The two
     smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them), and the
     chosen one again when it is neither; every measurement counts in the budget. On short budgets more, smaller steps
     learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher, the

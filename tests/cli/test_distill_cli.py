@@ -229,7 +229,7 @@ def test_cli_distill_time_budget_sizes_the_stages(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("fit_batch, fit_seq_len, expected", [
-    (True, True, [(4, 256), (2, 256), (1, 256), (1, 128), (1, 64)]),
+    (True, True, [(4, 256), (2, 256), (1, 256), (2, 64), (1, 64)]),  # 128 tokens as two sequences of 64
     (True, False, [(4, 256), (2, 256), (1, 256)]),
     (False, True, [(4, 256), (4, 128), (4, 64)]),
     (False, False, [(4, 256)]),
@@ -239,6 +239,8 @@ def test_the_step_shapes_a_budget_may_choose_halve_the_batch_then_the_sequence(f
 
     assert step_shapes(4, 256, fit_batch, fit_seq_len) == expected
     assert step_shapes(3, 100) == [(3, 100), (1, 100)]  # 100 // 2 < 64: the sequence stays
+    assert step_shapes(1, 128) == [(1, 128), (1, 64)]  # two sequences only in place of a step the ladder made
+    assert step_shapes(2, 128) == [(2, 128), (2, 64), (1, 64)]
 
 
 def test_a_step_is_timed_after_its_warm_ups_as_the_faster_of_the_timed_calls(monkeypatch):
@@ -271,13 +273,16 @@ def test_a_step_costs_a_fixed_part_and_a_part_per_token():
 
 
 @pytest.mark.parametrize("seconds, expected", [(10_000, (4, 256)), (600, (4, 256)), (599, (2, 256)),
-                                               (300, (2, 256)), (150, (1, 256)), (75, (1, 128)), (74, (1, 64)),
-                                               (10, (1, 64))])
+                                               (300, (2, 256)), (150, (1, 256)), (75, (2, 64)), (37.5, (1, 64)),
+                                               (37, (2, 64)), (20, (2, 64)), (19, (1, 64)), (9, (1, 64))])
 def test_a_short_budget_gets_a_smaller_step(seconds, expected):
-    """The largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed part)."""
+    """The largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed part), else the
+    largest of which it buys ``fallback_steps`` (here 40), else the smallest."""
     from hf_onebit.training.budget import fit_step_shape, step_shapes
 
-    assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150) == expected
+    assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=40) == expected
+    assert fit_step_shape(37, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=150) == (1, 64)
+    assert fit_step_shape(30, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=20) == (1, 256)
     # a fixed part of 1 s a step: 4 x 256 costs 5 s, 2 x 256 3 s
     assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (4, 256)
     assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (2, 256)
@@ -293,14 +298,17 @@ def _fake_measure(measured, fixed_s, per_token_s):
     return measure
 
 
-# a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 1 x 128 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s;
-# the plan wants MIN_E2E_STEPS = 1000 steps
+# a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 2 x 64 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s;
+# the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 400
 @pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
-    (4670, True, [(1, 64), (1, 128), (1, 256)], (1, 256)),   # 1000 steps of 1 x 256 fit: measured at that size too
-    (2667, True, [(1, 64), (1, 128)], (1, 128)),             # the chosen step is one of the two measured
-    (2000, True, [(1, 64), (1, 128)], (1, 64)),              # not even 1000 of 1 x 128: the smallest
-    (2000, False, [(1, 256), (2, 256)], (1, 256)),           # the sequence length was given: it stays
-    (20000, True, [(1, 64), (1, 128), (4, 256)], (4, 256)),  # a long budget keeps the default step
+    (4670, True, [(1, 64), (2, 64), (1, 256)], (1, 256)),   # 1000 steps of 1 x 256 fit: measured at that size too
+    (2667, True, [(1, 64), (2, 64)], (2, 64)),              # the chosen step is one of the two measured
+    (2000, True, [(1, 64), (2, 64)], (1, 64)),              # 1000 of 1 x 64 fit, not of 2 x 64
+    (1500, True, [(1, 64), (2, 64), (1, 256)], (1, 256)),   # not even 1000 of 1 x 64: the largest of which 400 fit
+    (1000, True, [(1, 64), (2, 64)], (2, 64)),
+    (600, True, [(1, 64), (2, 64)], (1, 64)),               # not even 400 of 2 x 64: the smallest
+    (2000, False, [(1, 256), (2, 256)], (1, 256)),          # the sequence length was given: it stays
+    (20000, True, [(1, 64), (2, 64), (4, 256)], (4, 256)),  # a long budget keeps the default step
 ])
 def test_time_budget_measures_the_two_smallest_steps_first_and_the_chosen_one(monkeypatch, tmp_path, seconds,
                                                                               fit_seq_len, measured_shapes, shape):
@@ -334,7 +342,7 @@ def test_time_budget_shrinks_the_step_of_a_short_end_to_end_run(tmp_path, capsys
               "--time-budget", "90s"]
     main(["distill", "--out", str(tmp_path / "auto"), *common])  # 88 s buy 27 steps of 1 x 64 (3.2 s each)
     out = capsys.readouterr().out
-    assert measured == [(1, 64), (1, 128)], measured
+    assert measured == [(1, 64), (2, 64)], measured
     assert "end-to-end distillation: 27 steps of 1 x 64 tokens" in out, out
     measured.clear()
     main(["distill", "--out", str(tmp_path / "fixed"), *common, "--batch-size", "4", "--seq-len", "16"])
