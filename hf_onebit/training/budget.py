@@ -32,8 +32,8 @@ DEFAULT_BLOCKWISE_SHARE = 0.5
 #: 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
 #: stays above the threshold.
 MIN_E2E_STEPS = 1000
-#: When no step buys :data:`MIN_E2E_STEPS`, the largest step that buys this many is taken before the smallest: past a
-#: few hundred steps, more tokens a step pay. On an AVX-512 CPU in bf16 (validation split, docs/benchmarks.md) 560
+#: When no step buys :data:`MIN_E2E_STEPS`, the second smallest step (2 x 64 tokens) is taken if it buys this many,
+#: before the smallest: past a few hundred steps, more tokens a step pay. On an AVX-512 CPU in bf16 (validation split, docs/benchmarks.md) 560
 #: steps of 2 x 64 tokens ended 1.22x closer to the teacher than 690 of 1 x 64 in the same ~11.5 minutes; on the AVX2
 #: CPU the smaller step won at 220-300 steps (above), which this floor keeps.
 FALLBACK_E2E_STEPS = 400
@@ -310,12 +310,16 @@ def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float
 def fit_step_shape(seconds: float, shapes: list[tuple[int, int]], fixed_s: float, per_token_s: float,
                    min_steps: int = MIN_E2E_STEPS, fallback_steps: int = FALLBACK_E2E_STEPS) -> tuple[int, int]:
     """The largest of ``shapes`` (largest first) of which ``seconds`` buy at least ``min_steps`` steps at
-    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); else the largest of which they buy
-    ``fallback_steps`` (at most ``min_steps``); the smallest when none does."""
-    for steps in (min_steps, min(fallback_steps, min_steps)):
-        for b, s in shapes:
-            if seconds >= steps * (fixed_s + per_token_s * b * s):
-                return b, s
+    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); else the second smallest when they buy
+    ``fallback_steps`` of it (at most ``min_steps``; the two smallest are the ones :func:`plan_for_budget` measures,
+    and only their comparison was measured on the validation split); else the smallest."""
+    for b, s in shapes:
+        if seconds >= min_steps * (fixed_s + per_token_s * b * s):
+            return b, s
+    if len(shapes) > 1:
+        b, s = shapes[-2]
+        if seconds >= min(fallback_steps, min_steps) * (fixed_s + per_token_s * b * s):
+            return b, s
     return shapes[-1]
 
 
@@ -327,7 +331,7 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     ``fit_batch`` / ``fit_seq_len`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS`
     steps of ``plan.batch_size`` x ``plan.seq_len`` tokens, the step shrinks - the batch first, down to one sequence,
     then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`) - to the largest that buys that
-    many, else the largest that buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`). The two
+    many, else the second smallest if it buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`). The two
     smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them), and the
     chosen one again when it is neither; every measurement counts in the budget. On short budgets more, smaller steps
     learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher, the

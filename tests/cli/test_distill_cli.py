@@ -277,12 +277,12 @@ def test_a_step_costs_a_fixed_part_and_a_part_per_token():
                                                (37, (2, 64)), (20, (2, 64)), (19, (1, 64)), (9, (1, 64))])
 def test_a_short_budget_gets_a_smaller_step(seconds, expected):
     """The largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed part), else the
-    largest of which it buys ``fallback_steps`` (here 40), else the smallest."""
+    second smallest if it buys ``fallback_steps`` of it (here 40), else the smallest."""
     from hf_onebit.training.budget import fit_step_shape, step_shapes
 
     assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=40) == expected
     assert fit_step_shape(37, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=150) == (1, 64)
-    assert fit_step_shape(30, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=20) == (1, 256)
+    assert fit_step_shape(30, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=20) == (2, 64)
     # a fixed part of 1 s a step: 4 x 256 costs 5 s, 2 x 256 3 s
     assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (4, 256)
     assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (2, 256)
@@ -299,12 +299,12 @@ def _fake_measure(measured, fixed_s, per_token_s):
 
 
 # a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 2 x 64 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s;
-# the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 400
+# the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 400 of 2 x 64
 @pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
     (4670, True, [(1, 64), (2, 64), (1, 256)], (1, 256)),   # 1000 steps of 1 x 256 fit: measured at that size too
     (2667, True, [(1, 64), (2, 64)], (2, 64)),              # the chosen step is one of the two measured
     (2000, True, [(1, 64), (2, 64)], (1, 64)),              # 1000 of 1 x 64 fit, not of 2 x 64
-    (1500, True, [(1, 64), (2, 64), (1, 256)], (1, 256)),   # not even 1000 of 1 x 64: the largest of which 400 fit
+    (1500, True, [(1, 64), (2, 64)], (2, 64)),              # not even 1000 of 1 x 64: 2 x 64 (400 fit)
     (1000, True, [(1, 64), (2, 64)], (2, 64)),
     (600, True, [(1, 64), (2, 64)], (1, 64)),               # not even 400 of 2 x 64: the smallest
     (2000, False, [(1, 256), (2, 256)], (1, 256)),          # the sequence length was given: it stays
