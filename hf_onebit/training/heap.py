@@ -5,8 +5,8 @@ tied embedding matrix autocast makes for the output layer (49,152 x 576 for Smol
 ``malloc`` serves a block above its mmap threshold (at most 32 MB) from a fresh ``mmap`` and unmaps it on ``free``,
 and returns the top of the heap to the kernel once more than the trim threshold is free there, so every step faults
 in and zeroes the same pages again (in a virtual machine each fault may also exit to the hypervisor). On an AMD EPYC
-Zen 4 (2 cores, KVM) this was ~15 % of a SmolLM2-135M distillation step of 1 x 64 tokens (``benchmarks/
-distill_overhead.py --heap``).
+Zen 4 (2 cores, KVM, bf16) the forward and backward of a SmolLM2-135M distillation step of 2 x 64 tokens took 1.31x
+as long with glibc's defaults (``benchmarks/distill_overhead.py --heap``).
 
 :class:`RetainedHeap` switches ``malloc`` to serving every block from the heap (``M_MMAP_MAX = 0``) and keeping what
 is freed there (``M_TRIM_THRESHOLD`` = 2 GiB) until :meth:`RetainedHeap.release`, which restores glibc's defaults
