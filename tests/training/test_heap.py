@@ -1,10 +1,13 @@
-"""The heap the distillation callback keeps while it trains (hf_onebit.training.heap): a freed large block is reused
-without faulting its pages in again, only during training; afterwards the free memory goes back to the system and
-glibc maps large blocks afresh again."""
+"""The heap the distillation callback keeps while it trains (hf_onebit.training.heap): during training a large block
+comes from the heap (not from a fresh mapping) and a freed one is reused without faulting its pages in again;
+afterwards glibc maps large blocks afresh again and the heap's free memory goes back to the system."""
 
+import ctypes
+import itertools
 import resource
 
 import pytest
+import torch
 from transformers import Trainer, TrainerCallback
 
 from distill_utils import load_pair, tiny_teacher_dir, token_data, train_args
@@ -12,16 +15,36 @@ from hf_onebit.training import OneBitDistillationCallback, onebit_optimizer
 from hf_onebit.training import heap as heap_module
 from hf_onebit.training.heap import RetainedHeap
 
-BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB): served by mmap under the defaults
+BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB)
 PAGES = BLOCK // 4096
+HUGE = 3 << 29  # 1.5 GB, never touched: larger than any free hole the other tests leave in the heap
+_calls = itertools.count()
 
-glibc = pytest.mark.skipif(heap_module._glibc() is None, reason="the C library is not glibc (nothing to switch)")
+LIBC = heap_module._glibc()
+glibc = pytest.mark.skipif(LIBC is None or not hasattr(LIBC, "mallinfo2"),
+                           reason="the C library is not glibc >= 2.33 (nothing to switch, or no mallinfo2)")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mapped_afresh() -> bool:
+    """Whether glibc serves a large block from a fresh mapping (its mmapped bytes grow by the block). Each call asks
+    for a larger block than the call before: a block freed inside the heap leaves a hole that glibc reuses for any
+    request that fits, whatever its settings."""
+    size = HUGE + next(_calls) * BLOCK
+    LIBC.mallinfo2.restype = _MallInfo2
+    before = LIBC.mallinfo2().hblkhd
+    block = torch.empty(size // 4)  # allocated, not touched: no memory is used
+    grew = LIBC.mallinfo2().hblkhd - before >= size
+    del block
+    return grew
 
 
 def _refaults(size: int = BLOCK) -> int:
     """Page faults of allocating, touching and freeing a block of ``size`` bytes right after the same was freed."""
-    import torch
-
     torch.empty(size // 4).fill_(1.0)  # allocated, touched, freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(size // 4).fill_(1.0)
@@ -35,16 +58,17 @@ def _rss() -> int:
 
 @glibc
 def test_a_freed_block_is_reused_without_faulting_its_pages_in_again():
-    assert _refaults() > PAGES // 2  # glibc's defaults: a fresh mapping every time
+    assert _mapped_afresh()  # glibc's defaults
     with RetainedHeap() as heap:
         assert heap.active
-        _refaults()  # the first block under the new settings grows the heap
+        assert not _mapped_afresh()
+        _refaults()  # the first block under the new settings may grow the heap
         assert _refaults() < PAGES // 20
         _refaults(4 * BLOCK)  # 256 MB now free inside the heap, still resident
         held = _rss()
     assert not heap.active
-    assert _rss() < held - 2 * BLOCK  # released: the free memory went back to the system
-    assert _refaults(8 * BLOCK) > 4 * PAGES  # and a block larger than any free one is mapped afresh again
+    assert _mapped_afresh()  # released: the defaults again
+    assert _rss() < held - 2 * BLOCK  # and the free memory went back to the system
     heap.release()  # idempotent
 
 
@@ -68,13 +92,12 @@ def test_the_callback_keeps_the_heap_during_training_only(teacher_dir, tmp_path,
 
     class Probe(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            _refaults()
-            seen.append(_refaults() < PAGES // 20)
+            seen.append(_mapped_afresh())
 
     cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=1, plot=False, keep_heap=keep)
     Trainer(model=student, args=train_args(str(tmp_path), 3), train_dataset=token_data(),
             callbacks=[cb, Probe()], optimizers=(onebit_optimizer(student), None)).train()
-    assert seen == [keep] * 3
-    assert _refaults(8 * BLOCK) > 4 * PAGES  # (a block larger than any the run freed in the heap)
+    assert seen == [not keep] * 3
+    assert _mapped_afresh()
     with pytest.raises(ValueError, match="keep_heap: got 1"):
         OneBitDistillationCallback(teacher, keep_heap=1)
