@@ -96,7 +96,8 @@ def main(argv=None):
     binarizers = [m.binarizer for _, m in latent_layers(student) if isinstance(m.binarizer, ProgressiveBinarizer)]
     assert binarizers, "the student has no progressive binarizer installed"
 
-    def step(distill: bool, reference: bool = False, reference_binarizer: bool = False, default_heap: bool = False) -> float:
+    def step(distill: bool, reference: bool = False, reference_binarizer: bool = False,
+             default_heap: bool = False) -> float:
         nonlocal heap
         if default_heap:
             heap.release()

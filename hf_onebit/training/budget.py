@@ -33,9 +33,9 @@ DEFAULT_BLOCKWISE_SHARE = 0.5
 #: stays above the threshold.
 MIN_E2E_STEPS = 1000
 #: When no step buys :data:`MIN_E2E_STEPS`, the second smallest step (2 x 64 tokens) is taken if it buys this many,
-#: before the smallest: past a few hundred steps, more tokens a step pay. On an AVX-512 CPU in bf16 (validation split, docs/benchmarks.md) 560
-#: steps of 2 x 64 tokens ended 1.22x closer to the teacher than 690 of 1 x 64 in the same ~11.5 minutes; on the AVX2
-#: CPU the smaller step won at 220-300 steps (above), which this floor keeps.
+#: before the smallest: past a few hundred steps, more tokens a step pay. On an AVX-512 CPU in bf16 (validation
+#: split, docs/benchmarks.md) 560 steps of 2 x 64 tokens ended 1.22x closer to the teacher than 690 of 1 x 64 in the
+#: same ~11.5 minutes; on the AVX2 CPU the smaller step won at 220-300 steps (above), which this floor keeps.
 FALLBACK_E2E_STEPS = 400
 #: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
 MIN_FIT_SEQ_LEN = 64
@@ -337,12 +337,13 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     ``fit_batch`` / ``fit_seq_len`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS`
     steps of ``plan.batch_size`` x ``plan.seq_len`` tokens, the step shrinks - the batch first, down to one sequence,
     then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`) - to the largest that buys that
-    many, else the second smallest if it buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`). The two
-    smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them), and the
-    chosen one again when it is neither; every measurement counts in the budget. On short budgets more, smaller steps
-    learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher, the
-    same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
-    280 of 1 x 32 47x). Build the training blocks with the returned plan's ``seq_len``."""
+    many, else the second smallest if it buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`).
+    The two smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them),
+    and the chosen one again when it is neither; every measurement counts in the budget. On short budgets more, smaller
+    steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
+    the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
+    280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
+    Build the training blocks with the returned plan's ``seq_len``."""
     from .recipes import get_recipe, weight_format_of
 
     share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
