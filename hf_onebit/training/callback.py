@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from ..integration.quantizer import set_save_form
 from ..integration.tying import keep_input_scales_tied, ties_input_scales
 from .binarizers import Temperature, quantizer_for
+from .heap import RetainedHeap
 from .losses import DistillationLoss
 from .optim import GROUP_KEY, AdaptiveGradClipper
 from .recipes import (
@@ -38,7 +39,6 @@ from .recipes import (
     stage_of,
     start_main_stage_,
 )
-from .heap import RetainedHeap
 from .targets import TargetBlocks
 from .teacher_cast import TeacherWeightCast, teacher_precision
 
