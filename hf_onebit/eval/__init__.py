@@ -7,9 +7,10 @@
 """
 
 from .corpora import DOMAINS, SPLITS, heldout_text
-from .heldout import DomainResult, HeldoutReport, evaluate_heldout, evaluate_heldout_cached, heldout_windows
+from .heldout import (DomainResult, HeldoutReport, evaluate_heldout, evaluate_heldout_cached, heldout_seconds,
+                      heldout_windows)
 from .metrics import SizeReport, format_table, perplexity, perplexity_ids, size_on_disk, size_report, window_nll
 
 __all__ = ["SizeReport", "format_table", "perplexity", "perplexity_ids", "size_on_disk", "size_report", "window_nll",
            "DOMAINS", "SPLITS", "heldout_text", "DomainResult", "HeldoutReport", "evaluate_heldout", "evaluate_heldout_cached",
-           "heldout_windows"]
+           "heldout_seconds", "heldout_windows"]

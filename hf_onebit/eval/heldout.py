@@ -3,6 +3,7 @@
     report = evaluate_heldout(model, tokenizer, split="test")
     print(report.table())            # per-domain perplexity, tokens, windows, geometric mean
     report.geomean                   # the one number to compare models by
+    heldout_seconds(model, tokenizer, split="test")   # what that evaluation takes on this machine, from one window
 
 Each domain's split is tokenized as one stream and cut into non-overlapping windows of ``seq_len`` tokens (512 by
 default; the last partial window is dropped, at most ``max_windows`` windows are used: :data:`DEFAULT_WINDOWS`); the
@@ -13,6 +14,7 @@ on ``split="val"``; report ``split="test"``.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -108,6 +110,19 @@ def evaluate_heldout(model, tokenizer, split: str = "test", seq_len: int = 512, 
     if bar is not None:
         bar.close()
     return report
+
+
+def heldout_seconds(model, tokenizer, split: str = "test", seq_len: int = 512, max_windows: int | None = None,
+                    domains=DOMAINS) -> float:
+    """Seconds :func:`evaluate_heldout` would take for ``model`` on this machine, measured without scoring the split:
+    its first window runs once to warm up (kernel loading, the allocator) and once timed, and that time is scaled to
+    the split's window count (every window has the same length, so each costs the same)."""
+    windows = heldout_windows(tokenizer, split, seq_len, max_windows, domains)
+    first = next(iter(windows.values()))[:1]
+    window_nll(model, first)
+    start = time.perf_counter()
+    window_nll(model, first)
+    return (time.perf_counter() - start) * sum(w.shape[0] for w in windows.values())
 
 
 def evaluate_heldout_cached(model, tokenizer, split: str = "test", seq_len: int = 512,

@@ -28,3 +28,22 @@ def test_main_job_tiny(tmp_path, weight_format, kind, folder, stages, recipe):
     assert os.path.exists(tmp_path / folder / "model.safetensors")
     card = (tmp_path / folder / "README.md").read_text()  # the model card records the run
     assert f"end-to-end {recipe} |" in card and "3 steps" in card
+
+
+def test_main_job_fits_distillation_into_the_job_time(tmp_path):
+    """Without --time-budget / --max-steps the distillation gets what --job-time leaves after loading and the timed
+    evaluation; a job time that leaves too little is refused with the field, the value and what is allowed."""
+    script = os.path.join(ROOT, "examples", "main_job.py")
+    refused = subprocess.run([sys.executable, script, "--tiny", "--workdir", str(tmp_path), "--job-time", "20s"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "--job-time: got '20s'" in refused.stderr and "allowed: a job time leaving at least 60 s" in refused.stderr
+    assert not (tmp_path / "tiny-1bit").exists()  # refused before training
+
+    result = subprocess.run([sys.executable, script, "--tiny", "--workdir", str(tmp_path), "--job-time", "2m"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("job time 2.0 min:"))
+    minutes = float(line.split("-> ")[1].split(" min")[0])  # "... -> 1.1 min of distillation"
+    assert 1.0 <= minutes < 2.0
+    assert "end-to-end stage:" in result.stdout and (tmp_path / "tiny-1bit" / "model.safetensors").exists()
