@@ -82,7 +82,10 @@ class AdaptiveGradClipper:
         if not grads:
             return 0.0
         threshold = self.threshold
-        norm = float(torch.nn.utils.clip_grad_norm_(grads, threshold))
+        total = torch.nn.utils.get_total_norm([p.grad for p in grads])
+        norm = float(total)
+        if not norm <= threshold:  # scale only when needed (a pass over every gradient); NaN / inf as torch does
+            torch.nn.utils.clip_grads_with_norm_(grads, threshold, total)
         if not math.isfinite(norm):
             return norm
         if norm > threshold:

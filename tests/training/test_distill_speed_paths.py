@@ -398,3 +398,37 @@ def test_latent_ternary_layer_on_the_kernel_trains_like_the_reference(autocast):
     for got, want in zip(grads_k, grads_r):
         grad_tol = 3e-2 if autocast else 1e-4
         torch.testing.assert_close(got, want, rtol=grad_tol, atol=grad_tol * want.abs().max().item())
+
+
+def test_adaptive_clipper_scales_only_above_its_threshold_like_clip_grad_norm():
+    from hf_onebit.training.optim import AdaptiveGradClipper
+
+    def params(scale):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.zeros(n)) for n in (5, 7)]
+        for p in ps:
+            p.grad = torch.randn(p.shape) * scale
+        return ps
+
+    clipper = AdaptiveGradClipper(multiplier=2.0, initial=1.0)
+    below = params(0.01)
+    before = [p.grad.clone() for p in below]
+    norm = clipper.clip_(below)
+    assert norm == pytest.approx(float(torch.cat(before).norm())) and norm < 1.0
+    assert all(torch.equal(p.grad, b) for p, b in zip(below, before))  # untouched, not multiplied by 1
+    assert clipper.clipped_steps == 0 and clipper.ema == pytest.approx(norm)
+
+    above, reference = params(10.0), params(10.0)
+    threshold = clipper.threshold
+    norm = clipper.clip_(above)
+    expected = torch.nn.utils.clip_grad_norm_(reference, threshold)
+    assert norm == pytest.approx(float(expected)) and norm > threshold
+    for p, r in zip(above, reference):
+        torch.testing.assert_close(p.grad, r.grad)  # the same scaling as torch's clip_grad_norm_
+    assert float(torch.cat([p.grad for p in above]).norm()) == pytest.approx(threshold, rel=1e-4)
+    assert clipper.clipped_steps == 1
+
+    broken = params(1.0)
+    broken[0].grad[0] = float("nan")
+    assert math.isnan(clipper.clip_(broken))  # reported, and the gradients carry the NaN on as torch's clipping does
+    assert torch.isnan(broken[1].grad).all()
