@@ -339,7 +339,9 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`) - to the largest that buys that
     many, else the second smallest if it buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`).
     The two smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them),
-    and the chosen one again when it is neither; every measurement counts in the budget. On short budgets more, smaller
+    and the chosen one again when it is neither; when its own time does not buy :data:`MIN_E2E_STEPS`, the larger
+    steps are dropped and the rest priced again by the line through the smallest and that one (measured steps' noise
+    can make the first line underprice a large step). Every measurement counts in the budget. On short budgets more, smaller
     steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
     the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
     280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
@@ -368,11 +370,23 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
         measured = {small: measure(*small)}
         measured[large] = measure(*large, measured[small].measured_s)
         spent = measured[large].measured_s
-        fixed_s, per_token_s = step_cost((small[0] * small[1], measured[small].e2e_step_s),
-                                         (large[0] * large[1], measured[large].e2e_step_s))
-        shape = fit_step_shape(seconds - spent, shapes, fixed_s, per_token_s)
-        times = (dataclasses.replace(measured[shape], measured_s=spent) if shape in measured
-                 else measure(*shape, spent))
+        candidates = list(shapes)
+        while True:
+            # the line through the smallest step and the largest measured one (the widest span: the truest per-token
+            # part; a line through the two smallest alone can underprice a large step several times over)
+            top = max(measured, key=lambda bs: bs[0] * bs[1])
+            fixed_s, per_token_s = step_cost((small[0] * small[1], measured[small].e2e_step_s),
+                                             (top[0] * top[1], measured[top].e2e_step_s))
+            shape = fit_step_shape(seconds - spent, candidates, fixed_s, per_token_s)
+            if shape in measured:
+                break
+            measured[shape] = measure(*shape, spent)
+            spent = measured[shape].measured_s
+            # chosen (unmeasured) only for buying MIN_E2E_STEPS: kept if its own time does, else the smaller steps
+            if seconds - spent >= MIN_E2E_STEPS * measured[shape].e2e_step_s:
+                break
+            candidates = [bs for bs in candidates if bs[0] * bs[1] < shape[0] * shape[1]]
+        times = dataclasses.replace(measured[shape], measured_s=spent)
         plan = dataclasses.replace(plan, batch_size=shape[0], seq_len=shape[1])
     else:
         times = measure(plan.batch_size, plan.seq_len)

@@ -330,6 +330,38 @@ def test_time_budget_measures_the_two_smallest_steps_first_and_the_chosen_one(mo
     assert plan.e2e_steps == int((seconds - len(measured)) // (1.0 + 0.01 * shape[0] * shape[1]))
 
 
+def test_time_budget_steps_down_when_the_chosen_step_measures_dearer_than_its_price(monkeypatch, tmp_path):
+    """Noise in the two smallest steps (2 x 64 measured barely dearer than 1 x 64) prices 4 x 256 at ~1.3 s; measured at
+    5.7 s it buys 630 steps of the 1000 wanted, so the plan drops it and prices the rest by the line through 1 x 64 and
+    4 x 256: 2 x 256 (3.2 s) buys 1000 and is kept."""
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import budget
+    from hf_onebit.training.pipeline import DistillPlan
+
+    seconds_of = {(1, 64): 1.0, (2, 64): 1.02, (1, 256): 2.5, (2, 256): 3.2, (4, 256): 5.7}
+    measured = []
+
+    def measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
+        measured.append((e2e_batch_size, seq_len))
+        return budget.StepTimes(block_step_s=0.0, block_pass_s=0.0, n_blocks=2, measured_s=1.0,
+                                e2e_step_s=seconds_of[(e2e_batch_size, seq_len)])
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    monkeypatch.setattr(budget, "measure_step_times", measure)
+    plan, planned = budget.plan_for_budget(student, None, DistillPlan(), 3600, fit_batch=True, fit_seq_len=True)
+    assert measured == [(1, 64), (2, 64), (4, 256), (2, 256)]
+    assert (plan.batch_size, plan.seq_len) == (2, 256)
+    assert planned.times.measured_s == 4 and plan.e2e_steps == int((3600 - 4) // 3.2)
+    # the same when even the re-priced step fails: 2 x 256 at 3.7 s buys 971 -> 1 x 256 (2.5 s, 1438 steps)
+    seconds_of[(2, 256)] = 3.7
+    measured.clear()
+    plan, _ = budget.plan_for_budget(student, None, DistillPlan(), 3600, fit_batch=True, fit_seq_len=True)
+    assert measured == [(1, 64), (2, 64), (4, 256), (2, 256), (1, 256)] and (plan.batch_size, plan.seq_len) == (1, 256)
+
+
 def test_time_budget_shrinks_the_step_of_a_short_end_to_end_run(tmp_path, capsys, monkeypatch):
     from hf_onebit.training import budget
 
