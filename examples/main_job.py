@@ -140,8 +140,9 @@ def main(argv=None) -> None:
     t_report = evaluate_heldout_cached(teacher, tokenizer, "test", max_windows=windows, progress=not args.tiny)
     if not fixed and budget is None:
         after_s = after_training_seconds(args, teacher, teacher_dir, tokenizer)
-        budget = job_s - (time.perf_counter() - start) - after_s
-        print(f"job time {job_s / 60:.1f} min: {(time.perf_counter() - start) / 60:.1f} min spent loading and timing, "
+        spent_s = time.perf_counter() - start
+        budget = job_s - spent_s - after_s
+        print(f"job time {job_s / 60:.1f} min: {spent_s / 60:.1f} min spent loading and timing, "
               f"{after_s / 60:.1f} min kept for evaluating, generating and saving -> {budget / 60:.1f} min of "
               "distillation")
         if budget < MIN_DISTILL_S:

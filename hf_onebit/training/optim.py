@@ -78,14 +78,14 @@ class AdaptiveGradClipper:
     @torch.no_grad()
     def clip_(self, parameters) -> float:
         """Clip the gradients in place; returns the norm before clipping."""
-        grads = [p for p in parameters if p.grad is not None]
-        if not grads:
+        params = [p for p in parameters if p.grad is not None]
+        if not params:
             return 0.0
         threshold = self.threshold
-        total = torch.nn.utils.get_total_norm([p.grad for p in grads])
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
         norm = float(total)
         if not norm <= threshold:  # scale only when needed (a pass over every gradient); NaN / inf as torch does
-            torch.nn.utils.clip_grads_with_norm_(grads, threshold, total)
+            torch.nn.utils.clip_grads_with_norm_(params, threshold, total)
         if not math.isfinite(norm):
             return norm
         if norm > threshold:
