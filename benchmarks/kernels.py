@@ -46,6 +46,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama_cpp_ops  # noqa: E402
+
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536)]  # (in_features K, out_features N)
 M_VALUES = [1, 8, 512]
 ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the reference machine
@@ -162,6 +165,25 @@ def bitnet_layers(k: int, n: int, count: int):
     return layers
 
 
+def llama_cpp_columns(k: int, n: int, m: int) -> dict:
+    """"llama.cpp <type>" -> builder of (calls, bytes of weights one call reads): llama.cpp's own kernels on a
+    ``ggml_mul_mat`` per call (benchmarks/llama_cpp_ops.py), for every type of llama_cpp_ops.GGML_TYPES; empty when
+    llama-cpp-python is not installed."""
+    from importlib.util import find_spec
+
+    if find_spec("llama_cpp") is None:
+        return {}
+    threads = torch.get_num_threads()
+
+    def build(qtype):
+        probe_bytes = llama_cpp_ops.libraries()[0].ggml_row_size(llama_cpp_ops.GGML_TYPES[qtype], k) * n
+        count = copies_for(probe_bytes) if m <= T5_MAX_M else min(copies_for(probe_bytes), PACKED_COPIES_COMPUTE)
+        layer = llama_cpp_ops.GgmlLinear(qtype, k, n, m, count, threads)
+        return layer.calls(), layer.weight_bytes
+
+    return {f"llama.cpp {q}": (lambda q=q: build(q)) for q in llama_cpp_ops.GGML_TYPES}
+
+
 def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
     """name -> (calls rotating over copies, bytes of weights one call reads); built lazily to bound memory."""
     from hf_onebit.ops import packed_linear
@@ -271,7 +293,7 @@ def a8_row_bytes(k: int, m: int, weight_format: str) -> int:
     return packed_columns(k, weight_format)
 
 
-def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
+def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary", llama_cpp=True):
     from hf_onebit.ops import cpu
     from hf_onebit.formats.packing import packed_columns
 
@@ -284,11 +306,16 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
     out(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernel ISA: {cpu.active_isa_name()}, "
         f"read bandwidth (torch.sum over 1.5 GiB): {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
     out(f"weight format: {weight_format}")
-    names = list(cpu_columns(1, 4, 1, weight_format))
+    peers = llama_cpp_columns(1, 4, 1) if llama_cpp else {}
+    if llama_cpp and not peers:
+        out("(llama.cpp columns skipped: llama-cpp-python is not installed; `bash scripts/setup.sh` builds it)")
+    names = list(cpu_columns(1, 4, 1, weight_format)) + list(peers)
     header = ["K->N", "M", *names, "bound", "a0 fp32 kernel / a0 fp32", "bf16 / a0 bf16", "bf16 / a8", "dense / a8",
               "a8 / bound", "a0 bf16 / bound"]
     if weight_format == "ternary":
         header.append("a8 2-bit / a8")
+    if peers:
+        header += ["llama.cpp <= 2 bits: fastest", "llama.cpp / a8", "llama.cpp / a0 bf16"]
     out("")
     out("| " + " | ".join(header) + " |")
     out("|" + "---|" * len(header))
@@ -296,7 +323,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
         for m in ms:
             times: dict[str, float | None] = {}
             columns = {}
-            for name, build in cpu_columns(k, n, m, weight_format).items():
+            builders = {**cpu_columns(k, n, m, weight_format), **(llama_cpp_columns(k, n, m) if peers else {})}
+            for name, build in builders.items():
                 times[name] = None
                 try:
                     columns[name], _ = build()
@@ -324,6 +352,10 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
             ]
             if weight_format == "ternary":
                 row.append(fmt_ratio(times["ours a8 2-bit"], times["ours a8 bf16"]))
+            if peers:  # llama.cpp's fastest type of at most 2 bits per weight that holds this shape
+                low = [(times[f"llama.cpp {q}"], q) for q in llama_cpp_ops.LOW_BIT if times.get(f"llama.cpp {q}")]
+                best, qtype = min(low) if low else (None, "n/a")
+                row += [qtype, fmt_ratio(best, times["ours a8 bf16"]), fmt_ratio(best, times["ours a0 bf16"])]
             out("| " + " | ".join(row) + " |")
     out("")
     out(f"load average at end: {os.getloadavg()[0]:.1f}")
@@ -334,13 +366,18 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary"):
         "calls on our kernel where the default takes torch's GEMM on the expanded weight (from DENSE_MIN_ROWS rows "
         "without AVX-512); "
         f"'x / bound' is time over the memory-bandwidth bound of the {bits} call (1.0 = at the bound).")  # fmt: skip
+    if peers:
+        out("'llama.cpp <type>': llama.cpp's own kernel for that GGML type (ggml_mul_mat on float32 activations, one "
+            "node per call on a thread pool of the same thread count; benchmarks/llama_cpp_ops.py), n/a where K is not "
+            "a multiple of the type's block; 'llama.cpp / x' > 1 means ours is faster than llama.cpp's fastest type "
+            "of at most 2 bits per weight (Q1_0, TQ1_0, TQ2_0) on this shape.")
 
 
 def run_cpu(args) -> None:
     shapes, ms, rounds = ([(4096, 11008), (576, 1536)], [1, 512], 3) if args.quick else (SHAPES, M_VALUES, ROUNDS)
     if args.batch:
         ms = args.batch
-    cpu_table(shapes, ms, rounds=args.rounds or rounds, weight_format=args.format)
+    cpu_table(shapes, ms, rounds=args.rounds or rounds, weight_format=args.format, llama_cpp=not args.no_llama_cpp)
 
 
 # ---------------------------------------------------------------- CUDA
@@ -369,6 +406,8 @@ def main(argv=None):
                         help="activation rows M to time, comma-separated (CPU table; default 1,8,512, --quick 1,512)")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"timed rounds per column (CPU table; default {ROUNDS}, --quick 3); more: tighter medians")
+    parser.add_argument("--no-llama-cpp", action="store_true",
+                        help="leave out the llama.cpp columns (CPU table; they need llama-cpp-python)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every column (CPU table; default: torch's own choice)")
     args = parser.parse_args(argv)
