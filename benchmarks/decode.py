@@ -49,6 +49,8 @@ import statistics
 import subprocess
 import time
 
+from llama_cpp_ops import LOW_BIT  # llama.cpp's types of at most 2 bits per weight (the peers the targets name)
+
 LLAMA7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048)  # fmt: skip
 PROMPT_TOKENS = 16
@@ -271,7 +273,7 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dic
     """``bf16_huge``: the dense model with its weights advised to 2 MiB pages; "vs bf16" is against the faster one.
     ``onebit`` and each of ``more`` are ``(label, result)`` rows of packed models; ``peers`` ``(llama.cpp type,
     result)`` rows, the last column of a packed row its ratio to the fastest peer of at most 2 bits per weight."""
-    low_bit = [(t, r["tok_s"]) for t, r in peers if t in LOW_BIT_TYPES and "error" not in r]
+    low_bit = [(t, r["tok_s"]) for t, r in peers if t in LOW_BIT and "error" not in r]
     best = max(low_bit, key=lambda item: item[1], default=None)
     vs_peer = f"vs llama.cpp {best[0]}" if best else "vs llama.cpp"
     out(f"| model | layers | weights+buffers | peak RSS | decode tok/s | vs bf16 | {vs_peer} |")
@@ -304,8 +306,6 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dic
             f"{r['tok_s']:.2f} | {ratio} | {peer} |")
 
 
-#: llama.cpp types of at most 2 bits per weight (the peers the targets name)
-LOW_BIT_TYPES = ("Q1_0", "TQ1_0", "TQ2_0")
 
 
 def llama_cpp_rows(layers: int, tokens: int, out=print) -> tuple:

@@ -20,10 +20,12 @@ import time
 
 import numpy as np
 
+from llama_cpp_ops import GGML_TYPES
+
 LLAMA7B = dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000, context=2048, rope_theta=10000.0,
                eps=1e-5)
 #: the llama.cpp types compared: at most 2 bits per weight, plus Q4_0 and the F16 source
-TYPES = ("Q1_0", "TQ1_0", "TQ2_0", "Q4_0", "F16")
+TYPES = tuple(GGML_TYPES)
 
 
 def _vocab(size: int) -> tuple[list[str], list[float], list[int]]:

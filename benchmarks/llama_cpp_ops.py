@@ -20,8 +20,10 @@ from importlib.util import find_spec
 
 import numpy as np
 
-#: ggml type ids (ggml.h ``enum ggml_type``) of the types compared: at most 2 bits per weight, Q4_0 and F16
-GGML_TYPES = {"F16": 1, "Q4_0": 2, "TQ1_0": 34, "TQ2_0": 35, "Q1_0": 41}
+#: ggml type ids (ggml.h ``enum ggml_type``) of the llama.cpp types the CPU benchmarks compare (kernels.py, decode.py):
+#: those of at most 2 bits per weight, then Q4_0 and F16
+GGML_TYPES = {"Q1_0": 41, "TQ1_0": 34, "TQ2_0": 35, "Q4_0": 2, "F16": 1}
+#: the types of at most 2 bits per weight: the peers the targets name
 LOW_BIT = ("Q1_0", "TQ1_0", "TQ2_0")
 F32 = 0
 _MAX_THREADS = 512  # GGML_MAX_N_THREADS: the length of ggml_threadpool_params.cpumask
