@@ -71,7 +71,8 @@ def plan_for(row: str, args):
 
     cached = row in ("today-cached", "all", "all-progressive-blocks", "ternary-all")
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16,
-                  loss=DistillationLoss(hidden_weight=0.0 if cached else 1.0), cache_targets=64 if cached else 0)
+                  loss=DistillationLoss(hidden_weight=0.0) if cached else DistillationLoss(),
+                  cache_targets=64 if cached else 0)
     if row in ("today", "today-cached", "ternary-today"):
         return DistillPlan(stages=("e2e",), **common)
     init = "svid" if row == "blockwise-svid" else "data"

@@ -51,7 +51,8 @@ def main(argv=None) -> None:
                    help="end-to-end recipe (default: the weight format's, progressive for both)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--scale-lr", type=float, default=None)
-    p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--hidden-weight", type=float, default=None,
+                   help="weight of the hidden-state term (default: the library's, DEFAULT_HIDDEN_WEIGHT)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the run (spread between runs)")
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
     p.add_argument("--freeze-embeddings", action="store_true",
@@ -84,9 +85,11 @@ def main(argv=None) -> None:
     files = real_text_files()[:TEXTS[args.text]]
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
+    loss = DistillationLoss() if args.hidden_weight is None else DistillationLoss(hidden_weight=args.hidden_weight)
+    args.hidden_weight = loss.hidden_weight  # the value used, in the result's args
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,
-                       lr=args.lr, scale_lr=args.scale_lr, min_lr_rate=args.min_lr_rate, seed=args.seed, loss=DistillationLoss(hidden_weight=args.hidden_weight),
+                       lr=args.lr, scale_lr=args.scale_lr, min_lr_rate=args.min_lr_rate, seed=args.seed, loss=loss,
                        recipe_overrides=json.loads(args.override))
     with tempfile.TemporaryDirectory(prefix=f"tune-{args.name}-") as out:  # the checkpoint: scored, then removed
         start = time.perf_counter()

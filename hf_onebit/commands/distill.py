@@ -14,6 +14,7 @@ import os
 from ..training.blockwise import INPUTS, SCALE_INITS
 from ..training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS
 from ..training.data import STYLES
+from ..training.losses import DEFAULT_HIDDEN_WEIGHT
 from ..training.recipes import RECIPES
 
 DESCRIPTION = """\
@@ -107,7 +108,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-binary-aware-init", action="store_true",
                    help="progressive recipe: skip the first stage that learns the per-input scales")
     p.add_argument("--post-layernorm", action="store_true", help="onebit: LayerNorm after every 1-bit linear")
-    p.add_argument("--hidden-weight", type=float, default=1.0, help="alpha of the hidden-state MSE term")
+    p.add_argument("--hidden-weight", type=float, default=DEFAULT_HIDDEN_WEIGHT,
+                   help=f"alpha of the hidden-state MSE term (default {DEFAULT_HIDDEN_WEIGHT:g})")
     p.add_argument("--ce-weight", type=float, default=0.0, help="weight of the cross-entropy on the text itself")
     p.add_argument("--kd-temperature", type=float, default=1.0, help="softmax temperature of the KL term")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,

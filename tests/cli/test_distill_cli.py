@@ -151,6 +151,16 @@ def test_the_python_optimizer_and_the_cli_give_the_scales_the_same_default_learn
     assert [g["lr"] for g in groups] == pytest.approx(list(learning_rates("progressive", 1e-3, None)))
 
 
+def test_the_cli_and_the_python_loss_share_the_default_hidden_weight():
+    from hf_onebit.cli import build_parser
+    from hf_onebit.training.losses import DEFAULT_HIDDEN_WEIGHT, DistillationLoss
+    from hf_onebit.training.pipeline import DistillPlan
+
+    args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o"])
+    assert args.hidden_weight == DistillationLoss().hidden_weight == DistillPlan().loss.hidden_weight
+    assert DEFAULT_HIDDEN_WEIGHT == 10.0  # the weight chosen on the validation split (docs/benchmarks.md)
+
+
 def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):
     with pytest.raises(SystemExit, match="--lr: got 0.0; allowed: a number > 0"):
         main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--lr", "0"])
