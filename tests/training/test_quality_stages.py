@@ -270,24 +270,26 @@ def test_heldout_report_per_domain_and_geometric_mean(monkeypatch):
         heldout.evaluate_heldout(model, tok, "val", max_windows=0)
 
 
-def test_heldout_seconds_times_one_window_and_scales_to_the_split(monkeypatch):
+def test_heldout_seconds_times_the_fastest_window_and_scales_to_the_split(monkeypatch):
     from hf_onebit.eval import heldout
     from hf_onebit.fixtures.tiny_model import byte_tokenizer, tiny_llama
 
     monkeypatch.setattr(heldout, "heldout_text", lambda domain, split: "some held-out text. " * 200)
     model, tok = tiny_llama(), byte_tokenizer()
     clock = [100.0]
+    costs = iter([0.9, 0.4, 0.25, 7.0])  # fake seconds of successive windows: warm-up, then the timed ones
     forward = model.forward
 
-    def slow_forward(*args, **kwargs):  # every window "takes" 0.25 s on the fake clock
-        clock[0] += 0.25
+    def slow_forward(*args, **kwargs):
+        clock[0] += next(costs)
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", slow_forward)
     monkeypatch.setattr(heldout.time, "perf_counter", lambda: clock[0])
-    # 4 domains x 3 windows of 64 tokens; one warm-up and one timed window run, nothing is scored
+    assert heldout.TIMED_WINDOWS == 2
+    # 4 domains x 3 windows of 64 tokens; one warm-up and two timed windows run (the faster counts), nothing is scored
     assert heldout.heldout_seconds(model, tok, "val", seq_len=64, max_windows=3) == pytest.approx(12 * 0.25)
-    assert clock[0] == pytest.approx(100.5)
+    assert clock[0] == pytest.approx(101.55)
     with pytest.raises(ValueError, match="split: got"):
         heldout.heldout_seconds(model, tok, "train")
 
