@@ -1,7 +1,8 @@
 """llama.cpp's own matrix-vector kernels as a column of ``benchmarks/kernels.py``: one ``ggml_mul_mat`` per call.
 
 llama-cpp-python ships the ggml libraries its llama.cpp was built with (``llama_cpp/lib``: ``libggml-base``,
-``libggml-cpu``, compiled for this machine by ``scripts/setup.sh``). :class:`GgmlLinear` calls them through ctypes,
+``libggml-cpu``; ``scripts/setup.sh`` builds them for the AVX2 baseline, ``CMAKE_ARGS="-DGGML_NATIVE=ON"`` for this
+CPU's own instructions). :class:`GgmlLinear` calls them through ctypes,
 the way llama.cpp runs a linear layer while decoding: the weight is a ggml tensor of a quantized type (filled by
 ggml's own quantizer, ``ggml_quantize_chunk``, from random float weights), the activations are float32 (llama.cpp's
 activations; the kernel quantizes them to its dot-product type, e.g. Q8_0 / Q8_K, inside the call), and each call
