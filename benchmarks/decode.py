@@ -306,8 +306,6 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dic
             f"{r['tok_s']:.2f} | {ratio} | {peer} |")
 
 
-
-
 def llama_cpp_rows(layers: int, tokens: int, out=print) -> tuple:
     """``(type, result)`` for each llama.cpp type of :data:`llama_cpp_models.TYPES`, or () with a note when
     llama-cpp-python is missing or the files do not fit on the disk."""

@@ -176,8 +176,8 @@ def llama_cpp_columns(k: int, n: int, m: int) -> dict:
     threads = torch.get_num_threads()
 
     def build(qtype):
-        probe_bytes = llama_cpp_ops.libraries()[0].ggml_row_size(llama_cpp_ops.GGML_TYPES[qtype], k) * n
-        count = copies_for(probe_bytes) if m <= T5_MAX_M else min(copies_for(probe_bytes), PACKED_COPIES_COMPUTE)
+        nbytes = llama_cpp_ops.weight_bytes(qtype, k, n)
+        count = copies_for(nbytes) if m <= T5_MAX_M else min(copies_for(nbytes), PACKED_COPIES_COMPUTE)
         layer = llama_cpp_ops.GgmlLinear(qtype, k, n, m, count, threads)
         return layer.calls(), layer.weight_bytes
 

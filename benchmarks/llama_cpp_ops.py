@@ -79,6 +79,11 @@ def libraries():
     return _LIBS
 
 
+def weight_bytes(qtype: str, k: int, n: int) -> int:
+    """Bytes of an ``N x K`` weight of ggml type ``qtype`` (its blocks with their scales)."""
+    return libraries()[0].ggml_row_size(GGML_TYPES[qtype], k) * n
+
+
 class GgmlLinear:
     """``copies`` copies of one ``N x K`` weight of ggml type ``qtype`` and a random float32 activation of ``M`` rows;
     ``calls()`` returns one callable per copy computing ``W @ x`` with llama.cpp's CPU kernels on ``threads`` threads.
@@ -98,8 +103,7 @@ class GgmlLinear:
         block = base.ggml_blck_size(t)
         if k % block:
             raise ValueError(f"{qtype}: K={k} is not a multiple of its block of {block} values")
-        self.row_bytes = base.ggml_row_size(t, k)
-        self.weight_bytes = self.row_bytes * n
+        self.weight_bytes = weight_bytes(qtype, k, n)
         overhead = base.ggml_tensor_overhead()
         graph = base.ggml_graph_overhead_custom(4, False)
         size = copies * (self.weight_bytes + n * m * 4 + 2 * overhead + graph + 256) + k * m * 4 + overhead + (1 << 20)

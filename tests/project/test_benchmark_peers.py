@@ -17,7 +17,13 @@ K, N = 512, 24
 
 
 def _exact_weights(qtype: str, rng) -> np.ndarray:
-    """Weights the type stores without error: one magnitude per block (signs; or ternary codes with zeros)."""
+    """Weights the type stores without error: one magnitude per block (signs; or ternary codes with zeros); for Q4_0
+    (16 levels per block of 32) values on the grid of a block scale of 0.004, fixed by each block's largest
+    magnitude."""
+    if qtype == "Q4_0":
+        w = (rng.integers(-8, 8, size=(N, K)) * 0.004).astype(np.float32)
+        w[:, ::32] = -8 * 0.004
+        return w
     block = 256 if qtype.startswith("TQ") else 128
     scale = np.repeat(rng.uniform(0.01, 0.05, size=(N, K // block)), block, axis=1).astype(np.float16).astype(np.float32)
     if qtype.startswith("TQ"):
@@ -30,9 +36,6 @@ def _exact_weights(qtype: str, rng) -> np.ndarray:
 def test_ggml_linear_computes_x_times_w(qtype, m):
     rng = np.random.default_rng(1)
     w = _exact_weights(qtype, rng).astype(np.float32)
-    if qtype == "Q4_0":  # 16 levels per block of 32: a weight on the grid of its block's scale
-        w = (rng.integers(-8, 8, size=(N, K)) * 0.004).astype(np.float32)
-        w[:, ::32] = -8 * 0.004  # the block's largest magnitude fixes its scale at 0.004
     layer = llama_cpp_ops.GgmlLinear(qtype, K, N, m, copies=2, threads=2, weights=w)
     try:
         for call in layer.calls():
