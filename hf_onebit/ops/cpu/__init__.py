@@ -138,15 +138,16 @@ def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch
     return y
 
 
-#: From this many rows an exact (``act_bits=0``) float32 call on a CPU without AVX-512 multiplies with torch's GEMM on
-#: the weight expanded to float32: a register-blocked FMA loop beats the kernel's AND + add per weight there
+#: From this many rows an exact (``act_bits=0``) float32 call on a CPU without AVX-512 (x86 with AVX2 or less, ARM)
+#: multiplies with torch's GEMM on the weight expanded to float32: a register-blocked FMA loop beats the kernel's
+#: AND + add per weight there (measured on x86 AVX2; ARM unmeasured)
 #: (docs/kernels-cpu.md, "Prefill without AVX-512"). Below it, and with AVX-512 or AMX, the kernel is faster.
 DENSE_MIN_ROWS = 512
 #: Environment variable overriding :data:`DENSE_MIN_ROWS` (an integer; 0: never).
 DENSE_ENV = "HF_ONEBIT_CPU_DENSE_ROWS"
 #: Most bytes of expanded float32 weight at a time (the weight is expanded in blocks of output rows).
 DENSE_BLOCK_BYTES = 32 << 20
-_DENSE_ISAS = (ISA_NAMES.index("portable"), ISA_NAMES.index("avx2"))
+_DENSE_ISAS = tuple(ISA_NAMES.index(name) for name in ("portable", "avx2", "neon", "neon_dot"))
 
 
 def dense_min_rows() -> int | None:

@@ -15,7 +15,7 @@ from typing import Optional
 from .build import build_library
 
 #: ISA variants, in the order of the C enum (onebit.h).
-ISA_NAMES = ("portable", "avx2", "avx512", "amx")
+ISA_NAMES = ("portable", "avx2", "avx512", "amx", "neon", "neon_dot")
 #: What a negative return code of a library call means (onebit.h).
 ERRORS = {-1: "invalid argument", -2: "ISA variant not available", -3: "out of memory"}
 #: Environment variable forcing an ISA variant (one of ISA_NAMES); :func:`set_isa` takes precedence.

@@ -61,6 +61,13 @@ X86_UNITS = (
 )
 
 
+# The same for AArch64: NEON is baseline there; the dotprod unit needs ARMv8.2 (its CPU check is in the driver).
+ARM_UNITS = (
+    (("kernels_neon.c",), [], "ONEBIT_HAVE_NEON"),
+    (("kernels_neon_dot.c",), ["-march=armv8.2-a+dotprod"], "ONEBIT_HAVE_NEON_DOT"),
+)
+
+
 class BuildError(RuntimeError):
     """The kernel library could not be compiled (no compiler, or the compiler failed)."""
 
@@ -79,9 +86,14 @@ def cache_root() -> Path:
     return Path(registry_cache_root())
 
 
-def optional_units() -> tuple:
-    machine = platform.machine().lower()
-    return X86_UNITS if machine in ("x86_64", "amd64") else ()
+def optional_units(machine: str | None = None) -> tuple:
+    """The SIMD units for ``machine`` (``platform.machine()`` by default): x86-64, AArch64, or none."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64"):
+        return X86_UNITS
+    if machine in ("aarch64", "arm64"):
+        return ARM_UNITS
+    return ()
 
 
 def build_key() -> str:
@@ -111,14 +123,20 @@ def _run(args: list[str], cwd: Path) -> None:
         raise BuildError(f"{' '.join(args)} failed:\n{proc.stderr.strip()[-2000:]}")
 
 
-def _compile_all(workdir: Path) -> Path:
-    cc = compiler()
+def compile_library(workdir: Path, cc: str | None = None, machine: str | None = None,
+                    openmp: bool | None = None) -> Path:
+    """Compile the library into ``workdir`` and return its path: with ``cc`` (default :func:`compiler`) for
+    ``machine`` (default this one: its SIMD units, :func:`optional_units`), with OpenMP unless ``openmp`` is False
+    (default :func:`use_openmp`). A cross compiler and ``machine="aarch64"`` build the AArch64 library (the NEON
+    kernels' exactness test runs it under qemu-user)."""
+    cc = cc or compiler()
+    openmp = use_openmp() if openmp is None else openmp
     include = ["-I", str(CSRC)]
     objects, defines = [], []
     for source in PORTABLE_SOURCES:
         _run([cc, *BASE_FLAGS, *include, "-c", str(CSRC / source), "-o", source.replace(".c", ".o")], workdir)
         objects.append(source.replace(".c", ".o"))
-    for sources, flags, define in optional_units():
+    for sources, flags, define in optional_units(machine):
         unit = [source.replace(".c", ".o") for source in sources]
         try:
             for source, obj in zip(sources, unit):
@@ -131,8 +149,8 @@ def _compile_all(workdir: Path) -> Path:
     driver = ["pool.c", "onebit.c", "train.c"]
     link = ["-shared", "onebit.o", "pool.o", "train.o", *objects, "-o", LIBRARY_NAME, "-lm"]
     try:
-        if not use_openmp():
-            raise BuildError("OpenMP disabled by HF_ONEBIT_CPU_OPENMP=0")
+        if not openmp:
+            raise BuildError("OpenMP disabled (HF_ONEBIT_CPU_OPENMP=0 or openmp=False)")
         for source in driver:
             _run([cc, *BASE_FLAGS, *OPENMP_FLAGS, *defines, *include, "-c", str(CSRC / source), "-o", source[:-2] + ".o"], workdir)
         _run([cc, *OPENMP_FLAGS, *link], workdir)
@@ -183,7 +201,7 @@ def build_library() -> Path:
                   f"{target.parent}", file=sys.stderr)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=target.parent, prefix="build-") as tmp:
-            built = _compile_all(Path(tmp))
+            built = compile_library(Path(tmp))
             staged = target.with_suffix(".so.tmp")
             shutil.copy2(built, staged)
             manifest = target.with_name(target.name + ".sha256.tmp")

@@ -6,6 +6,14 @@
 #include "ternary.h"
 
 #include <stdatomic.h>
+#if defined(ONEBIT_HAVE_NEON_DOT) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#elif defined(ONEBIT_HAVE_NEON_DOT) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +85,21 @@ enum { SLOT_XS, SLOT_Q, SLOT_TILES, SLOT_ROW, SLOT_BYTES, SLOT_SCRATCH, SLOT_APA
 
 int onebit_isa_count(void) { return ONEBIT_ISA_COUNT; }
 
+#ifdef ONEBIT_HAVE_NEON_DOT
+/* 1 when the CPU executes the ARMv8.2 dot-product instructions (Linux: the kernel's hwcaps; macOS: sysctl). */
+static int cpu_has_dotprod(void) {
+#if defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+    int value = 0;
+    size_t size = sizeof(value);
+    return sysctlbyname("hw.optional.arm.FEAT_DotProd", &value, &size, NULL, 0) == 0 && value;
+#else
+    return 0;
+#endif
+}
+#endif
+
 int onebit_isa_supported(int isa) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -98,6 +121,14 @@ int onebit_isa_supported(int isa) {
         /* the OS must also grant the tile state to this process */
         return onebit_isa_supported(ONEBIT_ISA_AVX512) && __builtin_cpu_supports("amx-tile") &&
                __builtin_cpu_supports("amx-int8") && __builtin_cpu_supports("amx-bf16") && onebit_amx_enable();
+#endif
+#ifdef ONEBIT_HAVE_NEON
+    case ONEBIT_ISA_NEON:
+        return 1; /* Advanced SIMD is part of every AArch64 CPU */
+#endif
+#ifdef ONEBIT_HAVE_NEON_DOT
+    case ONEBIT_ISA_NEON_DOT:
+        return cpu_has_dotprod();
 #endif
     default:
         return 0;
@@ -122,6 +153,16 @@ int onebit_get_kernels(int isa, onebit_kernels *k) {
     case ONEBIT_ISA_AVX512:
     case ONEBIT_ISA_AMX:
         onebit_kernels_avx512(k);
+        return 0;
+#endif
+#ifdef ONEBIT_HAVE_NEON
+    case ONEBIT_ISA_NEON:
+        onebit_kernels_neon(k);
+        return 0;
+#endif
+#ifdef ONEBIT_HAVE_NEON_DOT
+    case ONEBIT_ISA_NEON_DOT:
+        onebit_kernels_neon_dot(k);
         return 0;
 #endif
     default:
@@ -154,6 +195,16 @@ static void get_ternary_kernels(int isa, onebit_ternary_kernels *t) {
     case ONEBIT_ISA_AVX512:
     case ONEBIT_ISA_AMX:
         onebit_ternary_kernels_avx512(t);
+        return;
+#endif
+#ifdef ONEBIT_HAVE_NEON
+    case ONEBIT_ISA_NEON:
+        onebit_ternary_kernels_neon(t);
+        return;
+#endif
+#ifdef ONEBIT_HAVE_NEON_DOT
+    case ONEBIT_ISA_NEON_DOT:
+        onebit_ternary_kernels_neon_dot(t);
         return;
 #endif
     default:

@@ -21,7 +21,9 @@ enum {
     ONEBIT_ISA_AVX2 = 1,   /* AVX2 + FMA */
     ONEBIT_ISA_AVX512 = 2, /* AVX-512 F/BW/VL + VNNI */
     ONEBIT_ISA_AMX = 3,    /* AVX-512 row kernels for few rows, AMX int8/bf16 tiles for many */
-    ONEBIT_ISA_COUNT = 4
+    ONEBIT_ISA_NEON = 4,   /* AArch64 Advanced SIMD (every AArch64 CPU) */
+    ONEBIT_ISA_NEON_DOT = 5, /* AArch64 Advanced SIMD with the ARMv8.2 dot product (SDOT) */
+    ONEBIT_ISA_COUNT = 6
 };
 
 /* What x is. The AMX float path also splits each value into as many bf16 parts as make it exact (1, 2 or 3). */
@@ -97,6 +99,8 @@ void onebit_order_planes(int8_t *q, int64_t blocks, int8_t *scratch);
 void onebit_kernels_portable(onebit_kernels *k);
 void onebit_kernels_avx2(onebit_kernels *k);
 void onebit_kernels_avx512(onebit_kernels *k);
+void onebit_kernels_neon(onebit_kernels *k);     /* kernels_neon.c */
+void onebit_kernels_neon_dot(onebit_kernels *k); /* kernels_neon_dot.c */
 
 /* AMX prefill kernels (kernels_amx.c). The driver relays activations into VNNI tiles:
  *   int8: qt[m_tile][chunk of 64 inputs][16 rows = groups of 4 inputs][16 activation rows][4]

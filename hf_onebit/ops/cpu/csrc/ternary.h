@@ -78,6 +78,8 @@ onebit_rows_i8_fn onebit_ternary_t5_rows_i8_avx512vbmi(void); /* ternary5_avx512
 void onebit_ternary_kernels_portable(onebit_ternary_kernels *t);
 void onebit_ternary_kernels_avx2(onebit_ternary_kernels *t);
 void onebit_ternary_kernels_avx512(onebit_ternary_kernels *t);
+void onebit_ternary_kernels_neon(onebit_ternary_kernels *t);     /* kernels_neon.c */
+void onebit_ternary_kernels_neon_dot(onebit_ternary_kernels *t); /* kernels_neon_dot.c */
 
 /* The scalar order_row, shared by the units (each compiles it with its own flags). */
 static inline void onebit_ternary_order_row(const float *x, int64_t kpad, float *out) {
