@@ -15,7 +15,7 @@ QUANT_METHOD = "onebit"
 INIT_METHODS = ("svid", "nmf")
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 BACKENDS = ("auto", "reference", "cpu", "triton")
-ACT_BITS = (0, 8)
+ACT_BITS = (0, 8, "auto")
 
 _FIELDS = (
     "modules_to_not_convert",
@@ -73,8 +73,10 @@ class OneBitConfig(QuantizationConfigMixin):
         scale_dtype: storage dtype of ``g`` and ``h``: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"``.
         backend: kernel choice: ``"auto"`` (fastest available for the device), ``"reference"`` (pure PyTorch),
             ``"cpu"`` or ``"triton"`` (force that kernel; an error where it cannot run).
-        act_bits: ``0`` computes with exact float activations; ``8`` quantises ``x * g`` per token to int8 first (the
-            fast CPU path).
+        act_bits: ``"auto"`` (default): the fast activation mode of the device each call runs on - int8 per token on
+            CPUs, exact float elsewhere (:data:`hf_onebit.ops.AUTO_ACT_BITS`); ``0`` always computes with exact float
+            activations; ``8`` always quantises ``x * g`` per token to int8 first (symmetric absmax, as llama.cpp's
+            and BitNet's kernels do).
         weight_format: ``"binary"`` (default: ``sign(W)`` in {-1, +1}, 1 bit per weight, SVID scales) or
             ``"ternary"`` (BitNet b1.58 values in {-1, 0, +1}, 2-bit codes, the same ``g`` / ``h`` vectors: about
             2 bits per weight, a clearly smaller reconstruction error; see ``docs/concepts/ternary.md``).
@@ -93,7 +95,7 @@ class OneBitConfig(QuantizationConfigMixin):
         post_layernorm: bool = False,
         scale_dtype: str = "float16",
         backend: str = "auto",
-        act_bits: int = 0,
+        act_bits: int | str = "auto",
         weight_format: str = "binary",
         format_version: int = FORMAT_VERSION,
         training: bool = False,
@@ -134,8 +136,9 @@ class OneBitConfig(QuantizationConfigMixin):
             _fail("scale_dtype", self.scale_dtype, f"one of {tuple(SCALE_DTYPES)}")
         if self.backend not in BACKENDS:
             _fail("backend", self.backend, f"one of {BACKENDS}")
-        if not _is_int(self.act_bits) or self.act_bits not in ACT_BITS:
-            _fail("act_bits", self.act_bits, f"one of the integers {ACT_BITS}")
+        if not (isinstance(self.act_bits, str) and self.act_bits == "auto") and not (
+                _is_int(self.act_bits) and self.act_bits in ACT_BITS):
+            _fail("act_bits", self.act_bits, f"one of {ACT_BITS}")
         if self.weight_format not in WEIGHT_FORMATS:
             _fail("weight_format", self.weight_format, f"one of {WEIGHT_FORMATS}")
         try:

@@ -5,7 +5,7 @@ transformers keeps the ``quantization_config`` saved with a checkpoint and ignor
 loading::
 
     model = AutoModelForCausalLM.from_pretrained(path)
-    hf_onebit.set_runtime(model, act_bits=8)          # int8 per-token activations (the fast CPU path)
+    hf_onebit.set_runtime(model, act_bits=0)          # exact float activations (the default "auto": int8 on CPUs)
 
 Neither setting touches the stored weights: they choose how a packed layer computes. The model's
 ``config.quantization_config`` is updated too, so that a later ``save_pretrained`` records what the model runs with.
@@ -26,8 +26,9 @@ def _check(name: str, value, allowed: tuple) -> None:
         raise ValueError(f"set_runtime: {name}: got {value!r}; allowed: one of {allowed} (or None to keep it)")
 
 
-def set_runtime(model: nn.Module, *, act_bits: int | None = None, backend: str | None = None) -> int:
-    """Set ``act_bits`` (0: exact float activations, 8: int8 per token) and/or ``backend`` (``"auto"``,
+def set_runtime(model: nn.Module, *, act_bits: int | str | None = None, backend: str | None = None) -> int:
+    """Set ``act_bits`` (0: exact float activations, 8: int8 per token, ``"auto"``: int8 on CPUs and exact elsewhere)
+    and/or ``backend`` (``"auto"``,
     ``"reference"``, ``"cpu"``, ``"triton"``) on every :class:`OneBitLinear` of ``model``; returns how many layers
     changed. A forced backend that cannot run a call raises at that call, naming the backend."""
     _check("act_bits", act_bits, ACT_BITS)

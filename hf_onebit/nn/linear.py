@@ -10,6 +10,9 @@ Packed form (what is saved and served)::
 
     y = ((x * g) @ sign(W).T) * h (+ bias)                   optionally LayerNorm(no affine) before the bias
 
+``act_bits`` says how a packed layer takes its activations: ``"auto"`` (default) int8 per token on CPUs and exact
+float elsewhere (:func:`hf_onebit.ops.resolve_act_bits`), ``0`` exact float always, ``8`` int8 per token always.
+
 Latent form (distillation / QAT): ``weight`` is a float32 ``(out_features, in_features)`` matrix of latent weights
 and ``g``/``h`` are float32. The forward binarises the latent weights with ``self.binarizer`` (hard sign with a
 tanh-derivative backward by default; training recipes install their own). :meth:`pack_` converts to the packed form
@@ -52,7 +55,7 @@ class OneBitLinear(nn.Module):
         post_layernorm: bool = False,
         scale_dtype: torch.dtype = torch.float16,
         backend: str = "auto",
-        act_bits: int = 0,
+        act_bits: int | str = "auto",
         weight_format: str = "binary",
         latent: bool = False,
         device=None,

@@ -49,7 +49,23 @@ __all__ = [
     "kernels_for",
     "select_kernel",
     "SUPPORTED_ACT_BITS",
+    "AUTO_ACT_BITS",
+    "resolve_act_bits",
 ]
+
+#: What ``act_bits="auto"`` (the default of :class:`~hf_onebit.OneBitConfig` and ``OneBitLinear``) means on each
+#: device type: int8 per-token activations on CPUs, where that path is the faster one on every CPU class measured
+#: (Intel AMX, AMD Zen 4 AVX-512, AVX2 on AMD Zen 1 and Zen 4: 1.3-3.8x the exact path; docs/benchmarks.md), and exact
+#: float activations on any other device (the int8 Triton paths have not been timed on a GPU).
+AUTO_ACT_BITS = {"cpu": 8}
+
+
+def resolve_act_bits(act_bits, device) -> int:
+    """``act_bits`` as a number for a call on ``device``: ``"auto"`` becomes :data:`AUTO_ACT_BITS` of its type (0 for
+    a type not listed); 0 and 8 stay (anything else is rejected by the calls that use it)."""
+    if isinstance(act_bits, str) and act_bits == "auto":
+        return AUTO_ACT_BITS.get(torch.device(device).type, 0)
+    return act_bits
 
 
 @dataclass
@@ -223,9 +239,11 @@ def _define_op(weight_format: str):
 _OPS = {weight_format: _define_op(weight_format) for weight_format in WEIGHT_FORMATS}
 
 
-def linear(x: torch.Tensor, packed: PackedWeight, act_bits: int = 0, backend: str = "auto") -> torch.Tensor:
+def linear(x: torch.Tensor, packed: PackedWeight, act_bits: int | str = 0, backend: str = "auto") -> torch.Tensor:
     """``y = ((x * scale_in) @ Q.T) * scale_out (+ bias)`` on the packed weight ``packed``: sign bits (``"binary"``,
-    see :func:`.reference.binary_linear`) or 2-bit ternary codes ``T`` in {-1, 0, +1} (``"ternary"``)."""
+    see :func:`.reference.binary_linear`) or 2-bit ternary codes ``T`` in {-1, 0, +1} (``"ternary"``).
+    ``act_bits``: 0 (exact float activations), 8 (int8 per token) or ``"auto"`` (:func:`resolve_act_bits`)."""
+    act_bits = resolve_act_bits(act_bits, x.device)
     # First the best kernel's eager shortcut, if it has one and covers the call (decode calls every layer per token).
     # It runs before the argument checks below: a shortcut only covers settings it has validated (an unknown format
     # finds no kernel, unsupported act_bits make it decline), and everything it declines meets those checks.
@@ -262,12 +280,13 @@ def packed_linear(
     return linear(x, PackedWeight(weight, scale_in, scale_out, bias, in_features, weight_format), act_bits, backend)
 
 
-def prepare(packed: PackedWeight, act_bits: int = 0, dtype: torch.dtype = torch.float32,
+def prepare(packed: PackedWeight, act_bits: int | str = 0, dtype: torch.dtype = torch.float32,
             backend: str = "auto") -> bool:
     """Build the runtime layout the kernel that would run ``dtype`` inputs on ``packed`` keeps for it (the CPU
     backend: its call plan, huge pages under a large weight, the t5 copy of ternary codes; Triton: the repacked
     words), so that the first call does not pay for it. Optional: every kernel builds what it lacks on its own.
     Returns True when a kernel prepared something."""
+    act_bits = resolve_act_bits(act_bits, packed.data.device)
     _check_settings(packed, act_bits)
     probe = torch.empty((0, packed.in_features), dtype=dtype, device=packed.data.device)
     kernel = select_kernel(probe, packed.data, act_bits, backend, packed.weight_format)

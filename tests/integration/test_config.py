@@ -16,6 +16,8 @@ from hf_onebit import OneBitConfig
         ("scale_dtype", "int8"),
         ("backend", "cuda"),
         ("act_bits", 4),
+        ("act_bits", "fast"),
+        ("act_bits", True),
         ("weight_format", "int4"),
         ("format_version", 99),
         ("training", 1),
@@ -36,6 +38,12 @@ def test_json_roundtrip_and_defaults():
     assert data["quant_method"] == "onebit" and data["init"] == "nmf" and data["act_bits"] == 8
     again = OneBitConfig.from_dict(data)
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_act_bits_defaults_to_auto_and_round_trips():
+    assert OneBitConfig().act_bits == "auto" and OneBitConfig().to_dict()["act_bits"] == "auto"
+    for value in (0, 8, "auto"):
+        assert OneBitConfig.from_dict(json.loads(OneBitConfig(act_bits=value).to_json_string())).act_bits == value
 
 
 def test_training_is_not_saved():
