@@ -27,7 +27,9 @@ def tiny_teacher_dir(root: str, seed: int = 0, hidden: int = 48, layers: int = 2
 
 
 def load_pair(path: str, **config_kwargs):
-    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True, **config_kwargs))
+    # exact activations unless asked: the tests compare the packed student with its latent form
+    config = OneBitConfig(training=True, **{"act_bits": 0, **config_kwargs})
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=config)
     teacher = AutoModelForCausalLM.from_pretrained(path)
     return student, teacher
 

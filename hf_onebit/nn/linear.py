@@ -10,8 +10,10 @@ Packed form (what is saved and served)::
 
     y = ((x * g) @ sign(W).T) * h (+ bias)                   optionally LayerNorm(no affine) before the bias
 
-``act_bits`` says how a packed layer takes its activations: ``"auto"`` (default) int8 per token on CPUs and exact
-float elsewhere (:func:`hf_onebit.ops.resolve_act_bits`), ``0`` exact float always, ``8`` int8 per token always.
+``act_bits`` says how a packed layer takes its activations: ``0`` (the default of a layer built directly, as of the
+ops) exact float, ``8`` int8 per token, ``"auto"`` int8 per token on CPUs and exact float elsewhere
+(:func:`hf_onebit.ops.resolve_act_bits`; the default of :class:`~hf_onebit.OneBitConfig`, so of every model that
+``from_pretrained`` quantizes).
 
 Latent form (distillation / QAT): ``weight`` is a float32 ``(out_features, in_features)`` matrix of latent weights
 and ``g``/``h`` are float32. The forward binarises the latent weights with ``self.binarizer`` (hard sign with a
@@ -55,7 +57,7 @@ class OneBitLinear(nn.Module):
         post_layernorm: bool = False,
         scale_dtype: torch.dtype = torch.float16,
         backend: str = "auto",
-        act_bits: int | str = "auto",
+        act_bits: int | str = 0,
         weight_format: str = "binary",
         latent: bool = False,
         device=None,

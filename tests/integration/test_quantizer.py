@@ -30,7 +30,7 @@ def onebit_layers(model):
 @pytest.mark.parametrize("family,kwargs", CASES)
 def test_quantize_save_reload_dequantize(tmp_path, tiny_checkpoint, input_ids, family, kwargs):
     src, float_model = tiny_checkpoint(family, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig())
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(act_bits=0))
     layers = onebit_layers(model)
     # every linear of the transformer blocks, nothing else
     assert {n.rsplit(".", 1)[1] for n in layers} == LINEAR_NAMES
@@ -38,7 +38,7 @@ def test_quantize_save_reload_dequantize(tmp_path, tiny_checkpoint, input_ids, f
     assert not isinstance(model.lm_head, OneBitLinear) and isinstance(model.lm_head, nn.Linear)
     # the on-the-fly op is SVID of each float weight: same as converting the float module directly
     for name, layer in layers.items():
-        expected = OneBitLinear.from_linear(float_model.get_submodule(name), OneBitConfig())
+        expected = OneBitLinear.from_linear(float_model.get_submodule(name), OneBitConfig(act_bits=0))
         assert torch.equal(layer.weight, expected.weight), name
         assert torch.equal(layer.scale_in, expected.scale_in) and torch.equal(layer.scale_out, expected.scale_out)
         if layer.bias is not None:  # qwen2 q/k/v have biases
@@ -109,7 +109,7 @@ def test_modules_to_not_convert_adds_to_default_skips(tiny_checkpoint):
 
 def test_training_flag_loads_latent_form_and_saves_packed(tmp_path, tiny_checkpoint, input_ids):
     src, float_model = tiny_checkpoint("llama")
-    latent = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(training=True))
+    latent = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(training=True, act_bits=0))
     layer = latent.model.layers[0].self_attn.q_proj
     assert layer.is_latent and layer.weight.dtype == torch.float32 and layer.scale_in.dtype == torch.float32
     torch.testing.assert_close(layer.weight, float_model.model.layers[0].self_attn.q_proj.weight)

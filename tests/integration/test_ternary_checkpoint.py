@@ -26,7 +26,9 @@ def ternary_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ternary")
     float_model = build_tiny("llama")
     float_model.save_pretrained(root / "float")
-    model = AutoModelForCausalLM.from_pretrained(root / "float", quantization_config=OneBitConfig(weight_format="ternary"))
+    # exact activations: the tests compare the packed model with its dequantized float form
+    config = OneBitConfig(weight_format="ternary", act_bits=0)
+    model = AutoModelForCausalLM.from_pretrained(root / "float", quantization_config=config)
     model.save_pretrained(root / "ternary")
     return str(root / "float"), str(root / "ternary"), float_model, model
 
@@ -71,7 +73,7 @@ def test_bits_per_weight_is_about_two(ternary_dirs):
 
 def test_latent_training_model_saves_packed_ternary(ternary_dirs, tmp_path, input_ids):
     src, out, _, packed_model = ternary_dirs
-    latent = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(weight_format="ternary",
+    latent = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(weight_format="ternary", act_bits=0,
                                                                                           training=True))
     assert all(m.is_latent for m in layers(latent).values())
     with torch.no_grad():

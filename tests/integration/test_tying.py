@@ -22,8 +22,8 @@ def _all_tied(model):
 
 def test_quantizing_with_tied_scales_ties_them_and_exports_exactly(tmp_path):
     path = tiny_teacher_dir(str(tmp_path))
-    untied = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig())
-    tied = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(tie_input_scales=True))
+    untied = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(act_bits=0))
+    tied = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(tie_input_scales=True, act_bits=0))
     assert _all_tied(tied) and not _all_tied(untied)
     ids = torch.randint(tied.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -71,7 +71,7 @@ def test_tied_model_folds_exactly_with_padding(weight_format, block, make):
     (Qwen2: with its q/k/v biases, v's scaled by o's g, and its rotary halves unpermuted)."""
     torch.manual_seed(0)
     model = make(seed=0)
-    hf_onebit.quantize_(model, OneBitConfig(weight_format=weight_format))
+    hf_onebit.quantize_(model, OneBitConfig(weight_format=weight_format, act_bits=0))
     with torch.no_grad():  # random non-trivial scales, some g negative
         for m in model.modules():
             if isinstance(m, hf_onebit.OneBitLinear):

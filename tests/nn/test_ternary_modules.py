@@ -9,7 +9,7 @@ from hf_onebit.formats.init import absmean_ternary, svid_rank1, ternary_init
 from hf_onebit.nn.linear import hard_ternary, quantize_weight
 from hf_onebit.formats.packing import pack_ternary, packed_columns, unpack_ternary
 
-TERNARY = dict(weight_format="ternary", scale_dtype="float32")
+TERNARY = dict(weight_format="ternary", scale_dtype="float32", act_bits=0)  # exact activations: compared with floats
 
 
 def make_layer(inp=100, out=72, bias=True, **cfg):

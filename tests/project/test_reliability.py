@@ -27,8 +27,9 @@ def src(tiny_checkpoint):
 
 @pytest.fixture
 def saved(tmp_path, src):
-    """A packed onebit checkpoint of the tiny model (safetensors)."""
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig())
+    """A packed onebit checkpoint of the tiny model (safetensors), with exact activations (its dequantized form
+    computes the same function)."""
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=OneBitConfig(act_bits=0))
     out = tmp_path / "q"
     model.save_pretrained(out)
     return out

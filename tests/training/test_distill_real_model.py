@@ -17,7 +17,7 @@ def test_progressive_steps_on_smollm2_pack_and_reload(tmp_path):
     path = smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForCausalLM.from_pretrained(path)
-    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True, act_bits=0))
     data = TokenBlocks(generate_self_data(teacher, tok, 4, 24, batch_size=4, progress=False))
     cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=1, phases=2)
     trainer = Trainer(model=student, args=train_args(str(tmp_path / "out"), 3, per_device_train_batch_size=2),

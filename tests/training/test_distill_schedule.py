@@ -55,7 +55,7 @@ def test_progressive_sign_exact_derivative_and_limits():
 def _layer(seed=0, out=13, inp=21, scale_dtype="float32"):
     torch.manual_seed(seed)
     linear = nn.Linear(inp, out, bias=True)
-    return OneBitLinear.from_linear(linear, OneBitConfig(training=True, scale_dtype=scale_dtype))
+    return OneBitLinear.from_linear(linear, OneBitConfig(training=True, scale_dtype=scale_dtype, act_bits=0))
 
 
 class _Wrap(nn.Module):
@@ -121,7 +121,7 @@ def test_progressive_start_is_near_identity():
     """At small t the dual-scaled progressive layer is close to the dense layer it came from."""
     torch.manual_seed(0)
     linear = nn.Linear(64, 32, bias=False)
-    model = _Wrap(OneBitLinear.from_linear(linear, OneBitConfig(training=True)))
+    model = _Wrap(OneBitLinear.from_linear(linear, OneBitConfig(training=True, act_bits=0)))
     temp = apply_recipe_(model, get_recipe("progressive", init_steps=0))
     temp.t = 0.05
     x = torch.randn(8, 64)

@@ -79,7 +79,7 @@ def test_gptq_codes_lower_the_output_error_and_the_latent_form_reproduces_them(w
 @pytest.fixture
 def teacher_and_student(tiny_checkpoint):
     path, teacher = tiny_checkpoint("llama", layers=3)
-    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True))
+    student = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(training=True, act_bits=0))
     return path, AutoModelForCausalLM.from_pretrained(path), student
 
 
