@@ -136,8 +136,7 @@ class OneBitConfig(QuantizationConfigMixin):
             _fail("scale_dtype", self.scale_dtype, f"one of {tuple(SCALE_DTYPES)}")
         if self.backend not in BACKENDS:
             _fail("backend", self.backend, f"one of {BACKENDS}")
-        if not (isinstance(self.act_bits, str) and self.act_bits == "auto") and not (
-                _is_int(self.act_bits) and self.act_bits in ACT_BITS):
+        if self.act_bits != "auto" and not (_is_int(self.act_bits) and self.act_bits in ACT_BITS):
             _fail("act_bits", self.act_bits, f"one of {ACT_BITS}")
         if self.weight_format not in WEIGHT_FORMATS:
             _fail("weight_format", self.weight_format, f"one of {WEIGHT_FORMATS}")

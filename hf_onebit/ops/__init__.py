@@ -53,9 +53,9 @@ __all__ = [
     "resolve_act_bits",
 ]
 
-#: What ``act_bits="auto"`` (the default of :class:`~hf_onebit.OneBitConfig` and ``OneBitLinear``) means on each
-#: device type: int8 per-token activations on CPUs, where that path is the faster one on every CPU class measured
-#: (Intel AMX, AMD Zen 4 AVX-512, AVX2 on AMD Zen 1 and Zen 4: 1.3-3.8x the exact path; docs/benchmarks.md), and exact
+#: What ``act_bits="auto"`` (the default of :class:`~hf_onebit.OneBitConfig`) means on each device type: int8
+#: per-token activations on CPUs, where that path is the faster one on every CPU class measured (Intel AMX, AMD Zen 4
+#: AVX-512, AVX2 on AMD Zen 1 and Zen 4: 1.6-3.8x the exact path at M = 1; docs/benchmarks.md), and exact
 #: float activations on any other device (the int8 Triton paths have not been timed on a GPU).
 AUTO_ACT_BITS = {"cpu": 8}
 
@@ -64,7 +64,9 @@ def resolve_act_bits(act_bits, device) -> int:
     """``act_bits`` as a number for a call on ``device``: ``"auto"`` becomes :data:`AUTO_ACT_BITS` of its type (0 for
     a type not listed); 0 and 8 stay (anything else is rejected by the calls that use it)."""
     if isinstance(act_bits, str) and act_bits == "auto":
-        return AUTO_ACT_BITS.get(torch.device(device).type, 0)
+        # a tensor's .device is already a torch.device: no constructor on the per-call path
+        kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+        return AUTO_ACT_BITS.get(kind, 0)
     return act_bits
 
 
