@@ -3,7 +3,6 @@ comes from the heap (not from a fresh mapping) and a freed one is reused without
 afterwards glibc maps large blocks afresh again and the heap's free memory goes back to the system."""
 
 import ctypes
-import itertools
 import resource
 
 import pytest
@@ -17,8 +16,6 @@ from hf_onebit.training.heap import RetainedHeap
 
 BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB)
 PAGES = BLOCK // 4096
-HUGE = 3 << 29  # 1.5 GB, never touched: larger than any free hole the other tests leave in the heap
-_calls = itertools.count()
 
 LIBC = heap_module._glibc()
 glibc = pytest.mark.skipif(LIBC is None or not hasattr(LIBC, "mallinfo2"),
@@ -31,12 +28,13 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _mapped_afresh() -> bool:
-    """Whether glibc serves a large block from a fresh mapping (its mmapped bytes grow by the block). Each call asks
-    for a larger block than the call before: a block freed inside the heap leaves a hole that glibc reuses for any
-    request that fits, whatever its settings."""
-    size = HUGE + next(_calls) * BLOCK
+    """Whether glibc serves a large block from a fresh mapping (its mmapped bytes grow by the block). The block is
+    larger than all the free memory the heap holds: a hole freed inside the heap (by this probe or by whatever ran
+    before) would serve any request that fits, whatever glibc's settings."""
     LIBC.mallinfo2.restype = _MallInfo2
-    before = LIBC.mallinfo2().hblkhd
+    info = LIBC.mallinfo2()
+    size = max(2 * BLOCK, info.fordblks + BLOCK)  # never touched: address space only
+    before = info.hblkhd
     block = torch.empty(size // 4)  # allocated, not touched: no memory is used
     grew = LIBC.mallinfo2().hblkhd - before >= size
     del block
