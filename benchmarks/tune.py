@@ -11,7 +11,8 @@
 Each run distils SmolLM2-135M-Instruct into a 1-bit student for exactly ``--steps`` end-to-end steps (no time
 budget: the runs compare settings at equal steps, or at equal minutes by choosing the steps), packs and reloads it,
 and scores the **validation** split only (8 windows of 512 tokens per domain); the test split is for reporting
-(``benchmarks/quality.py``, the main job) and is never read here. Trains in bf16 autocast where bf16 is fast. Writes
+(``benchmarks/quality.py``, the main job) and is never read here. The packed student is scored with exact float activations unless
+``--act-bits`` says otherwise, so that rows compare with each other whatever the library's default. Trains in bf16 autocast where bf16 is fast. Writes
 ``--json`` (default ``benchmarks/results/tune/<name>.json``).
 """
 
@@ -57,6 +58,9 @@ def main(argv=None) -> None:
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the (tied) embedding / output matrix at the teacher's values instead of training it")
+    p.add_argument("--act-bits", choices=("0", "8", "auto"), default="0",
+                   help="activations of the packed student when scored: exact float (default, as every tune row so far), "
+                        "int8 per token, or the library default 'auto'")
     p.add_argument("--override", default="{}", help="recipe fields as JSON, e.g. '{\"phases\": 10}'")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -64,7 +68,7 @@ def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import hf_onebit  # noqa: F401
-    from hf_onebit import OneBitConfig
+    from hf_onebit import OneBitConfig, set_runtime
     from hf_onebit.eval import evaluate_heldout, evaluate_heldout_cached
     from hf_onebit.fixtures.real_model import smollm2_checkpoint
     from hf_onebit.fixtures.real_text import real_text_files
@@ -97,6 +101,7 @@ def main(argv=None) -> None:
         train_s = time.perf_counter() - start
         student.save_pretrained(os.path.join(out, "packed"))
         packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
+        set_runtime(packed, act_bits=args.act_bits if args.act_bits == "auto" else int(args.act_bits))
         report = evaluate_heldout(packed, tok, "val", progress=False)
     teacher_report = evaluate_heldout_cached(teacher, tok, "val", progress=False)
     result = {"name": args.name, "args": vars(args), "machine": machine(),
