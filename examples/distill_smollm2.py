@@ -18,6 +18,7 @@ import hf_onebit  # noqa: F401  (registers the "onebit" quantization method)
 from hf_onebit import OneBitConfig
 from hf_onebit.eval import evaluate_heldout
 from hf_onebit.training import OneBitDistillationCallback, TokenBlocks, onebit_optimizer, self_generated_dataset
+from hf_onebit.training.optim import DEFAULT_LR
 from hf_onebit.training.precision import bf16_is_fast
 
 
@@ -63,8 +64,9 @@ def main():
     callback = OneBitDistillationCallback(teacher, recipe="progressive",
                                           init_steps=1 if args.max_steps > 1 else 0)
     trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
-                      # lr 1e-3 / 3.3e-3: the best of 3e-4 / 6e-4 / 1e-3 / 2e-3 in docs/benchmarks.md's ablations
-                      optimizers=(onebit_optimizer(student, lr=1e-3, scale_lr=3.3e-3), None))
+                      # the library's rates (2e-3 for the latent weights, 3.3x that for the scales), chosen on the
+                      # validation split in docs/benchmarks.md
+                      optimizers=(onebit_optimizer(student, lr=DEFAULT_LR["progressive"]), None))
     trainer.train()
 
     windows = dict(seq_len=128, max_windows=1) if args.tiny else {}
