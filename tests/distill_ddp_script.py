@@ -35,6 +35,12 @@ def main():
                   "logits": logits.flatten()[:200].tolist()}
         with open(out_json, "w") as fh:
             json.dump(result, fh)
+    if torch.distributed.is_initialized():
+        # every rank waits for rank 0's result, then leaves the process group before the interpreter exits: a rank
+        # that exits with the gloo group still up can abort in its teardown ("terminate called without an active
+        # exception", seen once in CI)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
