@@ -11,9 +11,9 @@
 Each run distils SmolLM2-135M-Instruct into a 1-bit student for exactly ``--steps`` end-to-end steps (no time
 budget: the runs compare settings at equal steps, or at equal minutes by choosing the steps), packs and reloads it,
 and scores the **validation** split only (8 windows of 512 tokens per domain); the test split is for reporting
-(``benchmarks/quality.py``, the main job) and is never read here. The packed student is scored with exact float activations unless
-``--act-bits`` says otherwise, so that rows compare with each other whatever the library's default. Trains in bf16 autocast where bf16 is fast. Writes
-``--json`` (default ``benchmarks/results/tune/<name>.json``).
+(``benchmarks/quality.py``, the main job) and is never read here. The packed student is scored with exact float
+activations unless ``--act-bits`` says otherwise, so that rows compare with each other whatever the library's default.
+Trains in bf16 autocast where bf16 is fast. Writes ``--json`` (default ``benchmarks/results/tune/<name>.json``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from quality import machine  # noqa: E402
 
+from hf_onebit.commands.evaluate import act_bits_arg  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
 
 
@@ -58,9 +59,9 @@ def main(argv=None) -> None:
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the (tied) embedding / output matrix at the teacher's values instead of training it")
-    p.add_argument("--act-bits", choices=("0", "8", "auto"), default="0",
-                   help="activations of the packed student when scored: exact float (default, as every tune row so far), "
-                        "int8 per token, or the library default 'auto'")
+    p.add_argument("--act-bits", type=act_bits_arg, choices=(0, 8, "auto"), default=0,
+                   help="activations of the packed student when scored: exact float (default, as every tune row so "
+                        "far), int8 per token, or the library default 'auto'")
     p.add_argument("--override", default="{}", help="recipe fields as JSON, e.g. '{\"phases\": 10}'")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
         train_s = time.perf_counter() - start
         student.save_pretrained(os.path.join(out, "packed"))
         packed = AutoModelForCausalLM.from_pretrained(os.path.join(out, "packed"))
-        set_runtime(packed, act_bits=args.act_bits if args.act_bits == "auto" else int(args.act_bits))
+        set_runtime(packed, act_bits=args.act_bits)
         report = evaluate_heldout(packed, tok, "val", progress=False)
     teacher_report = evaluate_heldout_cached(teacher, tok, "val", progress=False)
     result = {"name": args.name, "args": vars(args), "machine": machine(),

@@ -18,14 +18,15 @@ def add_parser(sub) -> None:
     p.add_argument("--text", default=None, help="a UTF-8 text file to evaluate on instead of the held-out sets")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--max-tokens", type=int, default=None, help="with --text: evaluate only the first N tokens")
-    p.add_argument("--act-bits", type=_act_bits, choices=(0, 8, "auto"), default=None,
+    p.add_argument("--act-bits", type=act_bits_arg, choices=(0, 8, "auto"), default=None,
                    help="run the 1-bit layers with exact float (0), int8 per-token (8) or the device's fast mode "
                         "('auto': int8 on CPUs) activations instead of the saved setting (hf_onebit.set_runtime)")
     p.set_defaults(run=run)
 
 
-def _act_bits(value: str):
-    """``--act-bits``: the integers 0 and 8, or ``auto``; anything else is left for argparse's choices to reject."""
+def act_bits_arg(value: str):
+    """``--act-bits`` (``hf-onebit eval``, ``benchmarks/tune.py``): the integers 0 and 8, or ``auto``; anything else
+    is left for argparse's choices to reject."""
     return int(value) if value in ("0", "8") else value
 
 
