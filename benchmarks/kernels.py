@@ -18,9 +18,11 @@ allocates and advised the same way, and the ratios use the faster of the two.
 
 ``--format ternary`` times our ternary kernels against the same dense torch columns, with "ours binary a8" kept as a
 column for comparison. Every packed layer is called twice before the timing, so the CPU backend's work for a weight
-that stays (huge pages; for ternary weights the t5 copy, hf_onebit/ops/cpu/t5.py) is done: "ours a8 bf16" then reads
-the t5 layout (5 codes per byte) where it applies (M <= 8, AVX-512 VBMI), "ours a8 2-bit" the 2-bit codes (t5 copies
-off), side by side; the bound is that of the bytes the a8 call reads. At M > 8 (compute-bound calls, each weight byte
+that stays (huge pages; the runtime copy of its codes) is done. Ternary: "ours a8 bf16" then reads the t5 layout (5
+codes per byte, hf_onebit/ops/cpu/t5.py) where it applies (M <= 8, AVX-512 VBMI), "ours a8 2-bit" the 2-bit codes (t5
+copies off), side by side. Binary: "ours a8 bf16" reads the lut copy (hf_onebit/ops/cpu/lut.py) where it applies
+(M <= 8, the avx2 kernel variant), "ours a8 planes" the packed bits with the bit-plane kernel (lut copies off). The
+bound is that of the bytes the a8 call reads. At M > 8 (compute-bound calls, each weight byte
 used by every row) a packed column rotates through at most PACKED_COPIES_COMPUTE copies: two warm-up calls of each of
 the ~6,000 copies a small layer needs to exceed the cache would take minutes per shape there.
 """
@@ -55,6 +57,7 @@ ROTATE_BYTES = 640 * 2**20  # > the 480 MiB L3 of the reference machine
 ROUND_S = 0.25
 ROUNDS = 5
 T5_MAX_M = 8  # ONEBIT_T5_MAX_M (csrc/ternary.h): activation rows up to which a ternary int8 call reads the t5 copy
+LUT_MAX_M = 8  # ONEBIT_LUT_MAX_M (csrc/lut.h): the same for a binary int8 call and the lut copy
 PACKED_COPIES_COMPUTE = 16  # copies of a packed column at M > 8
 
 
@@ -202,7 +205,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
                 advise_huge_pages(w)
         return [lambda w=w: F.linear(x, w) for w in ws], n * k * x.element_size()
 
-    def packed(x, act_bits, backend, max_copies=None, fmt=weight_format, t5=True):
+    def packed(x, act_bits, backend, max_copies=None, fmt=weight_format, copies=True):
         nbytes = n * packed_columns(k, fmt)
         count = copies_for(nbytes) if m <= T5_MAX_M else min(copies_for(nbytes), PACKED_COPIES_COMPUTE)
         layers = random_packed_layers(k, n, count if max_copies is None else min(count, max_copies), fmt)
@@ -212,7 +215,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
         for lay, call in zip(layers, calls):  # what the CPU backend does on a weight's second call, done before timing
             advise_once(lay[0])
             if backend == "cpu":
-                with t5_copies(t5), torch.no_grad():
+                with runtime_copies(copies), torch.no_grad():
                     call(), call()
         return calls, nbytes
 
@@ -243,7 +246,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
             "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
             "ours a0 fp32 kernel": lambda: kernel_only(packed(x32, 0, "cpu")),
             "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
-            "ours a8 2-bit": lambda: packed(xbf, 8, "cpu", t5=False),
+            "ours a8 2-bit": lambda: packed(xbf, 8, "cpu", copies=False),
             "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
         }
     return {
@@ -256,6 +259,7 @@ def cpu_columns(k: int, n: int, m: int, weight_format: str = "binary"):
         "ours a0 fp32": lambda: packed(x32, 0, "cpu"),
         "ours a0 fp32 kernel": lambda: kernel_only(packed(x32, 0, "cpu")),
         "ours a0 bf16": lambda: packed(xbf, 0, "cpu"),
+        "ours a8 planes": lambda: packed(xbf, 8, "cpu", copies=False),
         "ours a8 bf16": lambda: packed(xbf, 8, "cpu"),
     }
 
@@ -274,22 +278,29 @@ def environment(name: str, value: str):
             os.environ[name] = old
 
 
-def t5_copies(on: bool):
-    """The CPU backend's t5 copies of ternary weights on or off while plans are made (hf_onebit/ops/cpu/t5.py)."""
+@contextlib.contextmanager
+def runtime_copies(on: bool):
+    """The CPU backend's runtime copies (t5 of ternary, lut of binary weights) on or off while plans are made."""
+    from hf_onebit.ops.cpu.lut import LUT_ENV
     from hf_onebit.ops.cpu.t5 import T5_ENV
 
-    return environment(T5_ENV, "1" if on else "0")
+    value = "1" if on else "0"
+    with environment(T5_ENV, value), environment(LUT_ENV, value):
+        yield
 
 
 def a8_row_bytes(k: int, m: int, weight_format: str) -> int:
-    """Weight bytes per output row that the "ours a8" column reads (the t5 copy's for ternary decode, where used)."""
+    """Weight bytes per output row that the "ours a8" column reads (the runtime copy's for decode, where used)."""
     from hf_onebit.ops import cpu
-    from hf_onebit.ops.cpu import t5
+    from hf_onebit.ops.cpu import lut, t5
     from hf_onebit.formats.packing import packed_columns
 
     lib = cpu.binding.library()
-    if weight_format == "ternary" and m <= T5_MAX_M and t5.supported(lib, cpu.binding.active_isa()):
+    isa = cpu.binding.active_isa()
+    if weight_format == "ternary" and m <= T5_MAX_M and t5.supported(lib, isa):
         return lib.onebit_ternary_t5_row_bytes(k)
+    if weight_format == "binary" and m <= LUT_MAX_M and lut.supported(lib, isa):
+        return 2 * -(-packed_columns(k, weight_format) // 2)  # lut.h: two bytes per chunk of 16 inputs
     return packed_columns(k, weight_format)
 
 
@@ -312,8 +323,7 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary", llam
     names = list(cpu_columns(1, 4, 1, weight_format)) + list(peers)
     header = ["K->N", "M", *names, "bound", "a0 fp32 kernel / a0 fp32", "bf16 / a0 bf16", "bf16 / a8", "dense / a8",
               "a8 / bound", "a0 bf16 / bound"]
-    if weight_format == "ternary":
-        header.append("a8 2-bit / a8")
+    header.append("a8 2-bit / a8" if weight_format == "ternary" else "a8 planes / a8")
     if peers:
         header += ["llama.cpp <= 2 bits: fastest", "llama.cpp / a8", "llama.cpp / a0 bf16"]
     out("")
@@ -350,8 +360,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary", llam
                 fmt_ratio(times["ours a8 bf16"], bound),
                 fmt_ratio(times["ours a0 bf16"], bound),
             ]
-            if weight_format == "ternary":
-                row.append(fmt_ratio(times["ours a8 2-bit"], times["ours a8 bf16"]))
+            row.append(fmt_ratio(times["ours a8 2-bit" if weight_format == "ternary" else "ours a8 planes"],
+                                 times["ours a8 bf16"]))
             if peers:  # llama.cpp's fastest type of at most 2 bits per weight that holds this shape
                 low = [(times[f"llama.cpp {q}"], q) for q in llama_cpp_ops.LOW_BIT if times.get(f"llama.cpp {q}")]
                 best, qtype = min(low) if low else (None, "n/a")
@@ -359,7 +369,8 @@ def cpu_table(shapes, ms, out=print, rounds=ROUNDS, weight_format="binary", llam
             out("| " + " | ".join(row) + " |")
     out("")
     out(f"load average at end: {os.getloadavg()[0]:.1f}")
-    bits = "a8 (t5 layout at M <= 8, else 2-bit)" if weight_format == "ternary" else "1-bit"
+    bits = ("a8 (t5 layout at M <= 8, else 2-bit)" if weight_format == "ternary"
+            else "a8 (lut layout at M <= 8 with the avx2 variant, else 1-bit)")
     out("Times in ms per call (median). 'bf16 / x' > 1 means ours is faster than torch dense bf16 (the faster of "
         "its two columns: 'dense bf16' in the pages torch allocates, 'dense bf16 2M' advised to 2 MiB pages); "
         "'dense / a8' against the fastest of torch's fp32 and bf16 columns; 'a0 fp32 kernel' keeps exact float32 "

@@ -194,3 +194,51 @@ def check_dense_prefill(weight_format: str, monkeypatch) -> None:
         cpu.dense_min_rows()
     monkeypatch.delenv(cpu.DENSE_ENV)
     assert cpu.dense_min_rows() == cpu.DENSE_MIN_ROWS
+
+
+def decode_twice(op, x, layer, K):
+    """Two eager no-grad int8 calls of ``op`` (``binary_linear`` or ``ternary_linear``) on the CPU backend: the first
+    makes the layer's call plan, the second is the weight's second call (when a runtime copy is built); returns the
+    second result."""
+    with torch.no_grad():
+        op(x, *layer, K, 8, backend="cpu")
+        return op(x, *layer, K, 8, backend="cpu")
+
+
+def portable_int8(op, x, layer, K):
+    """The int8 call of ``op`` on the portable kernel variant."""
+    with isa("portable"):
+        return op(x, *layer, K, 8, backend="cpu")
+
+
+def check_copy_is_read(op, copy: torch.Tensor, layer, K: int, max_m: int) -> None:
+    """Zeroing a weight's runtime ``copy`` (its plan's t5 or lut tensor) changes the int8 calls of ``op`` of up to
+    ``max_m`` rows and no other call (more rows, the float path): exactly those read it. The copy is restored."""
+    xs = {m: torch.randn(m, K) for m in sorted({1, 3, max_m, max_m + 1})}
+    good = {m: op(x, *layer, K, 8, backend="cpu") for m, x in xs.items()}
+    saved = copy.clone()
+    copy.zero_()
+    try:
+        for m in xs:
+            if m <= max_m:
+                assert not torch.equal(op(xs[m], *layer, K, 8, backend="cpu"), good[m]), m
+        more = op(xs[max_m + 1], *layer, K, 8, backend="cpu")
+        torch.testing.assert_close(more, good[max_m + 1], rtol=0, atol=0)
+        with torch.no_grad():  # the float path never reads it
+            exact = op(xs[1], *layer, K, 0, backend="cpu")
+        torch.testing.assert_close(exact, op(xs[1], *layer, K, 0, backend="reference"))
+    finally:
+        copy.copy_(saved)
+    torch.testing.assert_close(op(xs[1], *layer, K, 8, backend="cpu"), good[1], rtol=0, atol=0)
+
+
+def fail_byte_allocations(monkeypatch, module) -> None:
+    """``module.torch.empty`` of uint8 raises torch's CPU out-of-memory error (other dtypes allocate as usual)."""
+    real_empty = torch.empty
+
+    def failing_empty(*args, **kwargs):
+        if kwargs.get("dtype") == torch.uint8:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(module.torch, "empty", failing_empty)

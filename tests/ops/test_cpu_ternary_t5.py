@@ -85,16 +85,11 @@ def test_conversion_ignores_padding_codes():
 
 
 def decode_twice(x, layer, K):
-    """Two eager no-grad calls: the first makes the layer's call plan, the second is the weight's second call (when
-    the copy is built); returns the second result."""
-    with torch.no_grad():
-        ternary_linear(x, *layer, K, 8, backend="cpu")
-        return ternary_linear(x, *layer, K, 8, backend="cpu")
+    return cases.decode_twice(ternary_linear, x, layer, K)
 
 
 def portable(x, layer, K):
-    with isa("portable"):
-        return ternary_linear(x, *layer, K, 8, backend="cpu")
+    return cases.portable_int8(ternary_linear, x, layer, K)
 
 
 @needs_t5_kernel
@@ -119,24 +114,8 @@ def test_copy_is_read_up_to_eight_rows_only():
     """Spoiling the copy changes decode calls of up to ONEBIT_T5_MAX_M rows and no other call: they read it."""
     K, N = 1000, 64
     layer = cases.make_layer(K, N, False, 7, weight_format="ternary")
-    weight = layer[0]
-    xs = {m: torch.randn(m, K) for m in (1, 3, T5_MAX_M, T5_MAX_M + 1)}
-    decode_twice(xs[1], layer, K)
-    plan = plan_of(weight)
-    good = {m: ternary_linear(x, *layer, K, 8, backend="cpu") for m, x in xs.items()}
-    saved = plan.t5.clone()
-    plan.t5.zero_()  # every byte 0: all codes 0 (-1)
-    try:
-        for m in (1, 3, T5_MAX_M):
-            assert not torch.equal(ternary_linear(xs[m], *layer, K, 8, backend="cpu"), good[m])
-        last = ternary_linear(xs[T5_MAX_M + 1], *layer, K, 8, backend="cpu")
-        torch.testing.assert_close(last, good[T5_MAX_M + 1], rtol=0, atol=0)
-        with torch.no_grad():  # the float path never reads it
-            exact = ternary_linear(xs[1], *layer, K, 0, backend="cpu")
-        torch.testing.assert_close(exact, ternary_linear(xs[1], *layer, K, 0, backend="reference"))
-    finally:
-        plan.t5.copy_(saved)
-    torch.testing.assert_close(ternary_linear(xs[1], *layer, K, 8, backend="cpu"), good[1], rtol=0, atol=0)
+    decode_twice(torch.randn(1, K), layer, K)
+    cases.check_copy_is_read(ternary_linear, plan_of(layer[0]).t5, layer, K, T5_MAX_M)
 
 
 @needs_t5_kernel
@@ -215,14 +194,7 @@ def test_no_memory_for_the_copy_warns_and_keeps_the_codes(monkeypatch):
     K, N = 640, 16
     layer = cases.make_layer(K, N, False, 13, weight_format="ternary")
     x = torch.randn(1, K)
-    real_empty = torch.empty
-
-    def failing_empty(*args, **kwargs):
-        if kwargs.get("dtype") == torch.uint8:
-            raise RuntimeError("DefaultCPUAllocator: not enough memory")
-        return real_empty(*args, **kwargs)
-
-    monkeypatch.setattr(t5.torch, "empty", failing_empty)
+    cases.fail_byte_allocations(monkeypatch, t5)
     with pytest.warns(RuntimeWarning, match="no memory for the t5 copy"):
         got = decode_twice(x, layer, K)
     monkeypatch.undo()

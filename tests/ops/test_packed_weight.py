@@ -90,7 +90,7 @@ def test_prepare_does_the_second_call_work_of_a_weight_that_stays():
     p = _packed("ternary", N=N, K=K)
     assert ops.prepare(p, act_bits=8) is True
     plan = plan_of(p.data)
-    assert not plan.pending and not plan.pages_pending and not plan.t5_pending
+    assert not plan.pending and not plan.pages_pending and not plan.copy_pending
     assert (plan.t5 is not None) == (t5.enabled() and t5.supported(library(), active_isa()))
     x = torch.randn(1, K)
     with torch.no_grad():

@@ -16,7 +16,7 @@ from .. import register_kernel, state
 from ..packed import PackedWeight
 from ...formats import get_format
 from ...formats.packing import unpack_weight
-from . import t5
+from . import lut, t5
 from .pages import HUGE_PAGE, advise_resident
 from .plan import CallPlan, cached_plan, plan_key, store_plan
 from .binding import (ERRORS, ISA_ENV, ISA_NAMES, active_isa, active_isa_name, library, load_error, set_isa,
@@ -86,7 +86,7 @@ def _make_plan(dtype: torch.dtype, packed: PackedWeight, act_bits: int, key=None
     lib = library()
     weight = packed.data
     ternary = get_format(packed.weight_format).is_ternary
-    entry = lib.onebit_ternary_linear_t5 if ternary else lib.onebit_linear  # ternary: t5 copy last (None: none yet)
+    entry = lib.onebit_ternary_linear_t5 if ternary else lib.onebit_linear_lut  # the runtime copy last (None: none yet)
     if dtype == torch.float16:
         x_kind, g, y_dtype = _X_F16, None, torch.float32
     else:
@@ -100,27 +100,33 @@ def _make_plan(dtype: torch.dtype, packed: PackedWeight, act_bits: int, key=None
     b = _float32(packed.bias) if packed.bias is not None else None
     plan = CallPlan(key=key, entry=entry, packed=packed, w=w, x_kind=x_kind, g=g, h=h, b=b, y_dtype=y_dtype,
                     act_bits=act_bits, keep_sources=key is not None)
-    if ternary:
-        plan.extra = (None,)
+    plan.extra = (None,)
     # a cached plan on the weight itself: its second call does the work for weights that stay
     stays = key is not None and w is weight
     plan.pages_pending = stays and large
-    plan.t5_pending = stays and ternary and act_bits == 8 and t5.supported(lib, active_isa())
-    plan.pending = plan.pages_pending or plan.t5_pending
+    copies = t5 if ternary else lut
+    plan.copy_pending = stays and act_bits == 8 and copies.supported(lib, active_isa())
+    plan.pending = plan.pages_pending or plan.copy_pending
     return plan
 
 
 def _second_call(plan: CallPlan, weight: torch.Tensor) -> None:
-    """The weight came by again at the same address: it stays. Huge pages under it, and a t5 copy of ternary codes."""
+    """The weight came by again at the same address: it stays. Huge pages under it, and the runtime copy of its codes
+    (t5 for ternary, lut for binary weights)."""
     plan.pending = False
     if plan.pages_pending:
         plan.pages_pending = False
         advise_resident(weight)
-    if plan.t5_pending:
-        plan.t5_pending = False
-        plan.t5 = t5.build_t5(library(), weight, plan.K)
-        if plan.t5 is not None:
-            plan.extra = (plan.t5.data_ptr(),)
+    if plan.copy_pending:
+        plan.copy_pending = False
+        if get_format(plan.weight_format).is_ternary:
+            plan.t5 = t5.build_t5(library(), weight, plan.K)
+            copy = plan.t5
+        else:
+            plan.lut = lut.build_lut(library(), weight)
+            copy = plan.lut
+        if copy is not None:
+            plan.extra = (copy.data_ptr(),)
 
 
 def _execute(plan: CallPlan, x: torch.Tensor, M: int, lead: tuple = ()) -> torch.Tensor:
@@ -246,7 +252,7 @@ def _eager(x, packed: PackedWeight, act_bits: int):
 
 def _prepare(packed: PackedWeight, act_bits: int, dtype: torch.dtype) -> bool:
     """:func:`hf_onebit.ops.prepare`: the call plan of ``dtype`` inputs, and the work a plan otherwise leaves for the
-    weight's second call (huge pages, the t5 copy): the caller says the weight stays."""
+    weight's second call (huge pages, the runtime copy): the caller says the weight stays."""
     if dtype not in _X_KIND or not is_available():
         return False
     key = plan_key(packed, act_bits, dtype)

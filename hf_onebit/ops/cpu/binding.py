@@ -40,6 +40,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.onebit_ternary_to_t5.restype = c_int
     lib.onebit_ternary_t5_row_bytes.argtypes = [i64]
     lib.onebit_ternary_t5_row_bytes.restype = i64
+    # binary weights with a lut copy (lut.h) last
+    lib.onebit_linear_lut.argtypes = [*linear_args, vp]
+    lib.onebit_linear_lut.restype = c_int
+    lib.onebit_binary_to_lut.argtypes = [vp, i64, i64, vp, c_int]  # w, N, kbytes, lut, nthreads
+    lib.onebit_binary_to_lut.restype = c_int
+    lib.onebit_binary_lut_bytes.argtypes = [i64, i64]
+    lib.onebit_binary_lut_bytes.restype = i64
     f32 = ctypes.c_float
     # isa, N, K, w, t, tanh_t, g, h, out, out_bf16, row_scale, nthreads
     lib.onebit_progressive_sign_forward.argtypes = [c_int, i64, i64, vp, f32, f32, vp, vp, vp, c_int, vp, c_int]
@@ -55,7 +62,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.onebit_progressive_ternary_backward.argtypes = [c_int, i64, i64, vp, vp, f32, f32, vp, vp, vp, c_int, vp, vp,
                                                         vp, c_int]
     lib.onebit_progressive_ternary_backward.restype = c_int
-    for name in ("onebit_isa_supported", "onebit_ternary_t5_supported"):
+    for name in ("onebit_isa_supported", "onebit_ternary_t5_supported", "onebit_binary_lut_supported"):
         getattr(lib, name).argtypes = [ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
     for name in ("onebit_best_isa", "onebit_isa_count"):

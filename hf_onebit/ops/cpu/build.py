@@ -39,10 +39,10 @@ BUILD_TIMEOUT_S = 300
 STALE_DAYS = 30
 
 # Sources of the baseline unit (binary and ternary kernels), compiled with no ISA flags.
-PORTABLE_SOURCES = ("kernels_portable.c", "ternary_portable.c", "ternary5.c")
+PORTABLE_SOURCES = ("kernels_portable.c", "ternary_portable.c", "ternary5.c", "lut.c")
 # (sources, flags, define) of the optional SIMD units, x86-64 only; a unit is left out unless all its sources compile.
 X86_UNITS = (
-    (("kernels_avx2.c", "ternary_avx2.c"), ["-mavx2", "-mfma"], "ONEBIT_HAVE_AVX2"),
+    (("kernels_avx2.c", "ternary_avx2.c", "lut_avx2.c"), ["-mavx2", "-mfma"], "ONEBIT_HAVE_AVX2"),
     (
         ("kernels_avx512.c", "ternary_avx512.c"),
         ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],

@@ -44,7 +44,7 @@ class CallPlan:
 
     __slots__ = ("key", "entry", "K", "N", "kbytes", "x_kind", "g", "h", "b", "copy", "sources", "g_ptr", "w_ptr",
                  "h_ptr", "b_ptr", "y_dtype", "y_bf16", "act_bits", "weight_format", "pending", "pages_pending",
-                 "t5_pending", "t5", "extra")
+                 "copy_pending", "t5", "lut", "extra")
 
     def __init__(self, *, key, entry, packed, w, x_kind, g, h, b, y_dtype, act_bits, keep_sources):
         """``packed``: the :class:`hf_onebit.ops.PackedWeight` of the call (sizes, format; the plan keeps none of its
@@ -57,11 +57,11 @@ class CallPlan:
         self.g, self.h, self.b = g, h, b  # the float32 scale copies stay alive with the plan
         self.copy = w if w is not packed.data else None
         self.sources = (packed.scale_in, packed.scale_out, packed.bias) if keep_sources else ()
-        #: work for the weight's second call (when it is seen to stay): huge pages (pages.advise_resident), a t5 copy
-        #: of ternary codes (t5.py); ``pending`` is set while either is still to come
-        self.pending = self.pages_pending = self.t5_pending = False
-        self.t5 = None  # the t5 copy, once built
-        self.extra = ()  # arguments after the common ones: the t5 copy's address for the ternary entry
+        #: work for the weight's second call (when it is seen to stay): huge pages (pages.advise_resident), a runtime
+        #: copy of the codes (t5.py for ternary, lut.py for binary weights); ``pending`` is set while either is to come
+        self.pending = self.pages_pending = self.copy_pending = False
+        self.t5 = self.lut = None  # the runtime copy, once built
+        self.extra = ()  # arguments after the common ones: the runtime copy's address (None: none)
         self.g_ptr = g.data_ptr() if g is not None else None
         self.w_ptr, self.h_ptr = w.data_ptr(), h.data_ptr()
         self.b_ptr = b.data_ptr() if b is not None else None

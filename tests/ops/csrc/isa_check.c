@@ -1,6 +1,7 @@
 /* Compares every ISA variant of the CPU kernel library that this build and CPU support against the portable one, on
  * random shapes: binary and ternary weights, float32 and bfloat16 activations (strided), act_bits 0 and 8, with and
- * without bias, one and three threads, and the progressive sign of training. Linked against the library; used by
+ * without bias, one and three threads (binary int8 also from a lut copy of the weights, lut.h, where the ISA reads
+ * one), and the progressive sign of training. Linked against the library; used by
  * tests/ops/test_cpu_isa_cross.py to check the AArch64 (NEON) kernels under qemu-user, where torch does not run.
  *
  *   isa_check ISA...   ISA ids to check (onebit.h), each must be supported; prints one line per failure and a summary,
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lut.h"
 #include "onebit.h"
 #include "ternary.h"
 
@@ -37,6 +39,27 @@ static void fail(const char *what, int isa, int ternary, int64_t M, int64_t K, i
 }
 
 /* One linear call of `isa` against the portable variant on the same random inputs. */
+/* y against ref (the portable variant's result): int8 bit for bit, float within the rounding of the row's terms. */
+static void compare(const char *what, int isa, int ternary, int64_t M, int64_t K, int64_t N, int kind, int64_t ldx,
+                    const float *xf, const uint16_t *xb, const float *g, const float *h, int act_bits, int threads,
+                    const float *y, const float *ref, int64_t ldy, int rc, int rc_ref) {
+    ++cases;
+    if (rc_ref != 0 || rc != 0) {
+        fail(what, isa, ternary, M, K, N, kind, act_bits, threads, -1, -1, rc, rc_ref, 0);
+        return;
+    }
+    for (int64_t m = 0; m < M; ++m) {
+        double mass = 0; /* sum of |x g| over the row: the scale of the float rounding */
+        for (int64_t k = 0; k < K; ++k)
+            mass += fabs((double)(kind == ONEBIT_X_BF16 ? onebit_bf16_value(xb[m * ldx + k]) : xf[m * ldx + k]) * g[k]);
+        for (int64_t n = 0; n < N; ++n) {
+            const double got = y[m * ldy + n], want = ref[m * ldy + n];
+            const double tol = act_bits == 8 ? 0.0 : 2e-5 * mass * fabs(h[n]) + 1e-6;
+            if (!(fabs(got - want) <= tol)) fail(what, isa, ternary, M, K, N, kind, act_bits, threads, m, n, got, want, tol);
+        }
+    }
+}
+
 static void check_linear(int isa, int ternary, int64_t M, int64_t K, int64_t N, int kind, int act_bits, int bias_on,
                          int threads, int extreme) {
     const int64_t kbytes = ternary ? (K + 3) / 4 : (K + 7) / 8, ldx = K + 5, ldy = N + 3;
@@ -74,20 +97,15 @@ static void check_linear(int isa, int ternary, int64_t M, int64_t K, int64_t N, 
         rc_ref = onebit_linear(ONEBIT_ISA_PORTABLE, M, K, N, x, kind, ldx, g, w, kbytes, h, b, ref, 0, ldy, act_bits, 1);
         rc = onebit_linear(isa, M, K, N, x, kind, ldx, g, w, kbytes, h, b, y, 0, ldy, act_bits, threads);
     }
-    ++cases;
-    if (rc_ref != 0 || rc != 0) {
-        fail("return code", isa, ternary, M, K, N, kind, act_bits, threads, -1, -1, rc, rc_ref, 0);
-    } else {
-        for (int64_t m = 0; m < M; ++m) {
-            double mass = 0; /* sum of |x g| over the row: the scale of the float rounding */
-            for (int64_t k = 0; k < K; ++k)
-                mass += fabs((double)(kind == ONEBIT_X_BF16 ? onebit_bf16_value(xb[m * ldx + k]) : xf[m * ldx + k]) * g[k]);
-            for (int64_t n = 0; n < N; ++n) {
-                const double got = y[m * ldy + n], want = ref[m * ldy + n];
-                const double tol = act_bits == 8 ? 0.0 : 2e-5 * mass * fabs(h[n]) + 1e-6;
-                if (!(fabs(got - want) <= tol)) fail("linear", isa, ternary, M, K, N, kind, act_bits, threads, m, n, got, want, tol);
-            }
-        }
+    compare("linear", isa, ternary, M, K, N, kind, ldx, xf, xb, g, h, act_bits, threads, y, ref, ldy, rc, rc_ref);
+    if (!ternary && act_bits == 8 && onebit_binary_lut_supported(isa)) {
+        uint8_t *lut = malloc((size_t)onebit_binary_lut_bytes(N, kbytes));
+        rc = onebit_binary_to_lut(w, N, kbytes, lut, threads);
+        if (rc == 0)
+            rc = onebit_linear_lut(isa, M, K, N, x, kind, ldx, g, w, kbytes, h, b, y, 0, ldy, act_bits, threads, lut);
+        compare("linear lut", isa, ternary, M, K, N, kind, ldx, xf, xb, g, h, act_bits, threads, y, ref, ldy, rc,
+                rc_ref);
+        free(lut);
     }
     free(w), free(xf), free(xb), free(g), free(h), free(bias), free(y), free(ref);
 }

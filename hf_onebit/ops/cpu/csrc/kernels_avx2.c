@@ -1,6 +1,7 @@
 /* AVX2 + FMA row kernels (compiled with -mavx2 -mfma; called only when the CPU reports both).
  * float: a 256-entry table turns a weight byte into an 8-lane mask that selects x (B x by and + add).
- * int8: by bit planes (rows_i8_planes below) for every call; a row's inputs after its last whole 512-block: 32 weight
+ * int8: by bit planes (rows_i8_planes below) for every call without a lut copy of the weights (decode calls with one:
+ * the lookup kernel of lut_avx2.c); a row's inputs after its last whole 512-block: 32 weight
  * bits become 32 bytes in {0,1}, maddubs(u8 bits, s8 q) + madd(., 1) gives 8 int32 partial sums. */
 #include <immintrin.h>
 
@@ -74,7 +75,7 @@ ONEBIT_INLINE void word_i8(const int mr, const int8_t *q, int64_t ldq, const uin
     }
 }
 
-/* ---- int8 path by bit planes (every int8 call with binary weights) ----
+/* ---- int8 path by bit planes (every int8 call with binary weights but decode calls on a lut copy, lut.h) ----
  * Each 64-byte block of a row (512 inputs) is used as it is: the two 32-byte halves, shifted right by s and ANDed
  * with 1, hold bit s of each byte in {0, 1}; the driver stores such activation rows in plane order
  * (onebit_order_planes: position 64 s + i of a block holds input 8 i + s), so each result meets its 32 activations in
@@ -122,7 +123,7 @@ ONEBIT_DEFINE_ROWS(rows_f32, row_f32, float, float)
 void onebit_kernels_avx2(onebit_kernels *k) {
     init_byte_masks();
     k->rows_f32 = rows_f32;
-    k->rows_i8 = NULL; /* every binary int8 call takes the bit planes */
+    k->rows_i8 = NULL; /* every binary int8 call on the packed bits takes the bit planes */
     k->rows_i8_planes = rows_i8_planes;
     k->planes_max_m = INT64_MAX;
     ONEBIT_SET_PREPARE(k);
