@@ -13,18 +13,19 @@
 /* Activation rows per pass over a block. */
 #define LUT_PASS_M 4
 
+/* Entry i of a group's table (4 bytes): bit j of i in byte j, for i = 0..15. */
+#define LUT_ENTRY(i) ((i) & 1), ((i) >> 1 & 1), ((i) >> 2 & 1), ((i) >> 3 & 1)
+static const uint8_t entry_bits[64] = {LUT_ENTRY(0),  LUT_ENTRY(1),  LUT_ENTRY(2),  LUT_ENTRY(3),  LUT_ENTRY(4),
+                                       LUT_ENTRY(5),  LUT_ENTRY(6),  LUT_ENTRY(7),  LUT_ENTRY(8),  LUT_ENTRY(9),
+                                       LUT_ENTRY(10), LUT_ENTRY(11), LUT_ENTRY(12), LUT_ENTRY(13), LUT_ENTRY(14),
+                                       LUT_ENTRY(15)};
+
 /* The tables of one int8 row (lut.h): per group of 4 inputs, vpmaddubsw of the 16 entries' bit patterns with the 4
  * activations and vpmaddwd with ones give the 16 sums as int32; vpackssdw, an in-lane byte shuffle and a dword
  * permutation put their low bytes in the lower 16 bytes and their high bytes in the upper 16. */
 static void lut_tables(const int8_t *q, int64_t chunks, uint8_t *t) {
-    /* entry i (4 bytes): bit j of i in byte j; entries 0..7 and 8..15 */
-    __m256i bits[2];
-    for (int half = 0; half < 2; ++half) {
-        uint8_t pattern[32];
-        for (int i = 0; i < 8; ++i)
-            for (int j = 0; j < 4; ++j) pattern[4 * i + j] = (uint8_t)(((8 * half + i) >> j) & 1);
-        bits[half] = _mm256_loadu_si256((const __m256i *)pattern);
-    }
+    const __m256i bits[2] = {_mm256_loadu_si256((const __m256i *)entry_bits),
+                             _mm256_loadu_si256((const __m256i *)(entry_bits + 32))};
     const __m256i ones16 = _mm256_set1_epi16(1);
     /* after vpackssdw, lane 0 holds entries 0-3, 8-11 and lane 1 entries 4-7, 12-15 as int16: low bytes to dwords
      * 0, 1 and high bytes to dwords 2, 3 of each lane, then dwords in the order 0 4 1 5 | 2 6 3 7 */
