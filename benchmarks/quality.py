@@ -126,6 +126,7 @@ def run_row(row: str, args) -> dict:
     result["plan"] = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("loss", "blockwise", "deadline")}
     result["plan"]["blockwise"] = dataclasses.asdict(plan.blockwise)
     result["plan"]["hidden_weight"] = plan.loss.hidden_weight
+    result["plan"]["hidden_metric"] = plan.loss.hidden_metric
     with tempfile.TemporaryDirectory(prefix=f"quality-{row}-") as out:  # the checkpoint: scored, then removed
         summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"))
         for stage in ("blockwise", "e2e"):

@@ -14,7 +14,7 @@ import os
 from ..training.blockwise import INPUTS, SCALE_INITS
 from ..training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS
 from ..training.data import STYLES
-from ..training.losses import DEFAULT_HIDDEN_WEIGHT
+from ..training.losses import DEFAULT_HIDDEN_METRIC, DEFAULT_HIDDEN_WEIGHT, HIDDEN_METRICS
 from ..training.recipes import RECIPES
 
 DESCRIPTION = """\
@@ -97,6 +97,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                         "hf_onebit.training.optim.DEFAULT_LR)")
     p.add_argument("--scale-lr", type=float, default=None,
                    help="learning rate of the scale vectors (default: 3.3 x --lr)")
+    p.add_argument("--embedding-lr", type=float, default=None,
+                   help="learning rate of the embedding matrices (default: that of the latent weights, --lr)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="of the latent weights (0 in the last phase)")
     p.add_argument("--warmup-ratio", type=float, default=0.05, help="fraction of the steps spent warming up the "
                    "learning rate (default 0.05)")
@@ -110,6 +112,10 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--post-layernorm", action="store_true", help="onebit: LayerNorm after every 1-bit linear")
     p.add_argument("--hidden-weight", type=float, default=DEFAULT_HIDDEN_WEIGHT,
                    help=f"alpha of the hidden-state MSE term (default {DEFAULT_HIDDEN_WEIGHT:g})")
+    p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
+                   help="distance of the hidden-state term: of the L2-normalised states ('cosine'), or of the states "
+                        "with every dimension divided by the teacher's median |value| first ('dim-scaled'); default "
+                        f"{DEFAULT_HIDDEN_METRIC}")
     p.add_argument("--ce-weight", type=float, default=0.0, help="weight of the cross-entropy on the text itself")
     p.add_argument("--kd-temperature", type=float, default=1.0, help="softmax temperature of the KL term")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -195,9 +201,11 @@ def plan_from_args(args):
         blockwise=BlockwiseConfig(lr=args.blockwise_lr, inputs=args.blockwise_inputs, scale_init=args.blockwise_init),
         e2e_steps=args.max_steps, batch_size=DistillPlan.batch_size if args.batch_size is None else args.batch_size,
         seq_len=DistillPlan.seq_len if args.seq_len is None else args.seq_len, grad_accum=args.grad_accum,
-        recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, weight_decay=args.weight_decay,
+        recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr,
+        weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,
-        loss=DistillationLoss(hidden_weight=hidden, ce_weight=args.ce_weight, temperature=args.kd_temperature),
+        loss=DistillationLoss(hidden_weight=hidden, hidden_metric=args.hidden_metric, ce_weight=args.ce_weight,
+                              temperature=args.kd_temperature),
         bf16=bool(args.bf16), seed=args.seed)
 
 

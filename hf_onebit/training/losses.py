@@ -19,6 +19,9 @@ IGNORE_INDEX = -100
 #: EPYC Zen 4, bf16) weights 1 / 3 / 10 / 30 ended at 277.0 / 269.6 / 254.8 / 252.7 perplexity with latent lr 1e-3,
 #: and 30 with lr 2e-3 1.04x / 1.08x closer than 10 with 1e-3 on two seeds (docs/benchmarks.md)
 DEFAULT_HIDDEN_WEIGHT = 30.0
+#: ``DistillationLoss.hidden_metric`` choices, and the default.
+HIDDEN_METRICS = ("cosine", "dim-scaled")
+DEFAULT_HIDDEN_METRIC = "cosine"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class DistillationLoss:
             :data:`DEFAULT_HIDDEN_WEIGHT` by default.
         ce_weight: weight of the cross-entropy on the labels (the ordinary LM loss).
         hidden_layers: ``"all"`` (every layer output, the embedding output excluded) or ``"last"``.
+        hidden_metric: ``"cosine"``: the distance of the L2-normalised states as above; ``"dim-scaled"``: the same
+            distance after dividing every hidden dimension by its median ``|h_t|`` over the counted tokens of the
+            batch (per layer, from the teacher, no gradient), so that the few dimensions that carry most of a
+            state's norm (a pretrained model's outlier dimensions) no longer make up most of the term.
         chunked_kl: compute the KL term with :func:`kl_token_sum` (chunked, gradient formed in the forward pass);
             False uses :func:`kl_token_sum_reference`, the plain ``F.kl_div`` it is tested against (slower).
     """
@@ -42,6 +49,7 @@ class DistillationLoss:
     hidden_weight: float = DEFAULT_HIDDEN_WEIGHT
     ce_weight: float = 0.0
     hidden_layers: str = "all"
+    hidden_metric: str = DEFAULT_HIDDEN_METRIC
     chunked_kl: bool = True
 
     def __post_init__(self):
@@ -57,6 +65,9 @@ class DistillationLoss:
             raise ValueError(f"DistillationLoss.chunked_kl: got {self.chunked_kl!r}; allowed: True or False")
         if self.hidden_layers not in ("all", "last"):
             raise ValueError(f"DistillationLoss.hidden_layers: got {self.hidden_layers!r}; allowed: 'all' or 'last'")
+        if self.hidden_metric not in HIDDEN_METRICS:
+            raise ValueError(f"DistillationLoss.hidden_metric: got {self.hidden_metric!r}; allowed: one of "
+                             f"{HIDDEN_METRICS}")
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -91,9 +102,11 @@ class DistillationLoss:
             layers = range(1, len(student_hidden)) if self.hidden_layers == "all" else [len(student_hidden) - 1]
             total = 0.0
             for i in layers:
-                hs = F.normalize(student_hidden[i][:, :-1].float(), dim=-1)
-                ht = F.normalize(teacher_hidden[i][:, :-1].float(), dim=-1)
-                total = total + (hs - ht).pow(2).sum(dim=-1)[mask].sum()
+                hs, ht = student_hidden[i][:, :-1][mask].float(), teacher_hidden[i][:, :-1][mask].float()
+                if self.hidden_metric == "dim-scaled":
+                    scale = dimension_scale(ht)
+                    hs, ht = hs / scale, ht / scale
+                total = total + (F.normalize(hs, dim=-1) - F.normalize(ht, dim=-1)).pow(2).sum()
             out["hidden"] = total / len(layers)
         if self.ce_weight > 0:
             if labels is None:
@@ -104,6 +117,15 @@ class DistillationLoss:
     def combine(self, terms: dict) -> torch.Tensor:
         weights = {"kl": self.kl_weight, "hidden": self.hidden_weight, "ce": self.ce_weight}
         return sum(weights[name] * value for name, value in terms.items())
+
+
+def dimension_scale(teacher_states: torch.Tensor) -> torch.Tensor:
+    """Per hidden dimension, the median ``|h|`` over the rows of ``teacher_states`` (``(tokens, hidden)``), never 0
+    and without gradient: a scale the few tokens with massive activations (a model's attention sinks) cannot move."""
+    h = teacher_states.detach().abs()
+    if h.shape[0] == 0:
+        return torch.ones(h.shape[-1], dtype=h.dtype, device=h.device)
+    return h.median(dim=0).values.clamp_min(1e-6)
 
 
 def kl_token_sum_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,

@@ -46,6 +46,7 @@ class DistillPlan:
     recipe: str | None = None  # end-to-end recipe; default: RECIPE_AFTER_BLOCKWISE, or the format's default
     lr: float | None = None
     scale_lr: float | None = None
+    embedding_lr: float | None = None  # None: the embedding matrices train at the latent weights' lr
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     min_lr_rate: float = 0.05  # the cosine ends at this fraction of the learning rates
@@ -70,6 +71,8 @@ class DistillPlan:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name.endswith("steps") else 1):
                 raise ValueError(f"{name}: got {value!r}; allowed: an integer >= "
                                  f"{0 if name.endswith('steps') else 1}")
+        if self.embedding_lr is not None and not (isinstance(self.embedding_lr, (int, float)) and self.embedding_lr > 0):
+            raise ValueError(f"embedding_lr: got {self.embedding_lr!r}; allowed: None or a number > 0")
         if not (isinstance(self.min_lr_rate, (int, float)) and 0 <= self.min_lr_rate <= 1):
             raise ValueError(f"min_lr_rate: got {self.min_lr_rate!r}; allowed: a number from 0 to 1")
         if not self.cache_epochs >= 1:
@@ -165,7 +168,8 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
             overrides["init_steps"] = min(overrides.get("init_steps", get_recipe(recipe).init_steps),
                                           plan.e2e_steps - 1)
         callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
-        optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay)
+        optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay,
+                                     embedding_lr=plan.embedding_lr)
         count = StepCount(plan.e2e_steps)
         scheduler = cosine_schedule(optimizer, max(1, round(plan.warmup_ratio * plan.e2e_steps)), count,
                                     min_lr_rate=plan.min_lr_rate)

@@ -112,9 +112,10 @@ def test_learning_rates_default_per_recipe():
 
 
 @pytest.mark.parametrize("extra, expected", [
-    ([], (2e-3, 6.6e-3)),  # progressive (the binary default)
-    (["--recipe", "onebit"], (3e-4, 9.9e-4)),
-    (["--lr", "4e-4", "--scale-lr", "2e-3"], (4e-4, 2e-3)),
+    ([], (2e-3, 6.6e-3, 2e-3)),  # progressive (the binary default)
+    (["--recipe", "onebit"], (3e-4, 9.9e-4, 3e-4)),
+    (["--lr", "4e-4", "--scale-lr", "2e-3"], (4e-4, 2e-3, 4e-4)),
+    (["--embedding-lr", "1e-4"], (2e-3, 6.6e-3, 1e-4)),
 ])
 def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, capsys, extra, expected):
     from hf_onebit.training import optim
@@ -134,7 +135,7 @@ def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, ca
     main(["distill", "--teacher", teacher, "--out", str(tmp_path / "out"), "--max-steps", "1", "--data",
           str(tmp_path / "train.txt"), "--seq-len", "16", "--batch-size", "2", "--stages", "e2e", "--phases", "1",
           "--no-bf16", "--eval-split", "none", *extra])
-    assert seen["lrs"] == pytest.approx(list(expected))  # [latent weights, scale vectors]
+    assert seen["lrs"] == pytest.approx(list(expected))  # [latent weights, scale vectors, embeddings]
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| learning rates"))
     assert f"{expected[0]:g} / {expected[1]:g}" in row, row
 
@@ -148,7 +149,8 @@ def test_the_python_optimizer_and_the_cli_give_the_scales_the_same_default_learn
     student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
                                                    quantization_config=hf_onebit.OneBitConfig(training=True))
     groups = onebit_optimizer(student, lr=1e-3).param_groups
-    assert [g["lr"] for g in groups] == pytest.approx(list(learning_rates("progressive", 1e-3, None)))
+    latent, scales = learning_rates("progressive", 1e-3, None)
+    assert [g["lr"] for g in groups] == pytest.approx([latent, scales, latent])  # embeddings at the latent lr
 
 
 def test_the_cli_and_the_python_loss_share_the_default_hidden_weight():

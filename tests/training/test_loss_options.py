@@ -1,0 +1,91 @@
+"""Options of the distillation loss and the optimizer's parameter groups (tiny tensors and models, milliseconds)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill_utils import load_pair, tiny_teacher_dir
+from hf_onebit.training import DistillationLoss, onebit_optimizer, onebit_param_groups
+from hf_onebit.training.losses import dimension_scale
+from hf_onebit.training.optim import GROUP_KEY
+
+
+def _states(seed: int, layers: int = 3, batch: int = 2, seq: int = 9, hidden: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, seq, hidden, generator=g) for _ in range(layers))
+
+
+def test_dim_scaled_hidden_term_is_the_cosine_distance_of_states_divided_by_the_teachers_median():
+    hs, ht = _states(1), _states(2)
+    mask = torch.rand(2, 8, generator=torch.Generator().manual_seed(3)) > 0.3
+    got = DistillationLoss(hidden_metric="dim-scaled").terms(torch.zeros(2, 9, 5), torch.zeros(2, 9, 5), mask, hs, ht)
+    want = 0.0
+    for a, b in zip(hs[1:], ht[1:]):
+        a, b = a[:, :-1][mask], b[:, :-1][mask]
+        scale = b.abs().median(dim=0).values
+        want += (F.normalize(a / scale, dim=-1) - F.normalize(b / scale, dim=-1)).pow(2).sum()
+    torch.testing.assert_close(got["hidden"], want / 2)
+
+
+def test_dim_scaled_hidden_term_ignores_a_rescaled_dimension_where_the_cosine_term_does_not():
+    hs, ht = _states(4), _states(5)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    factor = torch.ones(6)
+    factor[2] = 50.0  # one dimension 50 times larger in both models, as a pretrained model's outlier dimension
+    big_s, big_t = tuple(h * factor for h in hs), tuple(h * factor for h in ht)
+    zeros = torch.zeros(2, 9, 5)
+    for metric, same in (("dim-scaled", True), ("cosine", False)):
+        loss = DistillationLoss(hidden_metric=metric)
+        before = loss.terms(zeros, zeros, mask, hs, ht)["hidden"]
+        after = loss.terms(zeros, zeros, mask, big_s, big_t)["hidden"]
+        assert torch.isclose(before, after, rtol=1e-4).item() is same, metric
+
+
+def test_dimension_scale_is_not_moved_by_one_massive_token_and_is_never_zero():
+    states = torch.randn(33, 4, generator=torch.Generator().manual_seed(6))
+    base = dimension_scale(states)
+    states[0] = 1e4  # an attention-sink token
+    assert torch.allclose(dimension_scale(states), base, rtol=0.2)
+    assert (dimension_scale(torch.zeros(5, 4)) > 0).all()
+    assert dimension_scale(torch.zeros(0, 4)).shape == (4,)
+
+
+def test_hidden_metric_is_checked():
+    with pytest.raises(ValueError, match=r"hidden_metric: got 'l2'; allowed: one of \('cosine', 'dim-scaled'\)"):
+        DistillationLoss(hidden_metric="l2")
+
+
+def test_the_tied_embedding_matrix_has_its_own_group_at_the_latent_lr_unless_embedding_lr_says(tmp_path):
+    student, _ = load_pair(tiny_teacher_dir(str(tmp_path)))
+    embedding = student.get_input_embeddings().weight
+    default = {g[GROUP_KEY]: g for g in onebit_param_groups(student, lr=1e-3)}
+    assert set(default) == {"latent_weights", "scales", "embeddings"}
+    assert default["embeddings"]["lr"] == 1e-3 and default["scales"]["lr"] == pytest.approx(3.3e-3)
+    assert [p is embedding for p in default["embeddings"]["params"]] == [True]
+
+    groups = {g[GROUP_KEY]: g for g in onebit_param_groups(student, lr=1e-3, embedding_lr=5e-4)}
+    assert set(groups) == {"latent_weights", "scales", "embeddings"}
+    assert groups["embeddings"]["lr"] == 5e-4 and groups["embeddings"]["weight_decay"] == 0.0
+    assert all(p is not embedding for p in groups["scales"]["params"])
+    # a tied output matrix is the same parameter: listed once
+    assert sum(p is embedding for p in groups["embeddings"]["params"]) == 1
+    every = [p for g in groups.values() for p in g["params"]]
+    assert len(every) == len({id(p) for p in every}) == len([p for p in student.parameters() if p.requires_grad])
+    optimizer = onebit_optimizer(student, lr=1e-3, embedding_lr=5e-4)
+    assert [g["lr"] for g in optimizer.param_groups][-1] == 5e-4
+    with pytest.raises(ValueError, match=r"embedding_lr: got 0; allowed: None or a number > 0"):
+        onebit_param_groups(student, lr=1e-3, embedding_lr=0)
+
+
+def test_the_cli_passes_hidden_metric_and_embedding_lr_to_the_plan_and_checks_them():
+    from hf_onebit.cli import build_parser, main
+    from hf_onebit.commands.distill import plan_from_args
+
+    args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o", "--hidden-metric", "dim-scaled",
+                                      "--embedding-lr", "4e-4"])
+    plan = plan_from_args(args)
+    assert plan.loss.hidden_metric == "dim-scaled" and plan.embedding_lr == 4e-4
+    default = plan_from_args(build_parser().parse_args(["distill", "--teacher", "t", "--out", "o"]))
+    assert default.loss.hidden_metric == DistillationLoss().hidden_metric and default.embedding_lr is None
+    with pytest.raises(SystemExit, match=r"embedding_lr: got -1.0; allowed: None or a number > 0"):
+        main(["distill", "--teacher", "missing", "--out", "o", "--embedding-lr", "-1"])
