@@ -308,7 +308,8 @@ def run_stages_and_report(student, teacher, data, plan, output_dir, resume, save
         e = summary["e2e"]
         rows += [["end-to-end stage", f"{e['steps']} steps, recipe {e['recipe']}, {e['tokens']:,} tokens, "
                                       f"{e['seconds'] / 60:.1f} min"],
-                 ["learning rates (latent / scales)", f"{e['lr']:g} / {e['scale_lr']:g}"]]
+                 ["learning rates (latent / scales / embeddings)",
+                  f"{e['lr']:g} / {e['scale_lr']:g} / {e['embedding_lr']:g}"]]
         if e["log"]:
             rows.append(["first / last loss", f"{e['log'][0]['loss']:.4g} / {e['log'][-1]['loss']:.4g}"])
             for key in ("distill_kl", "distill_hidden", "distill_ce"):

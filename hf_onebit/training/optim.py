@@ -2,9 +2,8 @@
 
 * Three parameter groups: the latent weight matrices, the float scale vectors (``scale_in``, ``scale_out``, norms,
   biases) and the embedding matrices, each with its own learning rate and weight decay. Pass the result to the
-  Trainer with ``optimizers=(opt, None)`` (the Trainer then builds its warm-up + cosine schedule over every group) or
-  use
-  :class:`~hf_onebit.training.trainer.OneBitDistillationTrainer`, whose ``create_optimizer`` calls it.
+  Trainer with ``optimizers=(opt, None)`` (the Trainer then builds its warm-up + cosine schedule over every group)
+  or use :class:`~hf_onebit.training.trainer.OneBitDistillationTrainer`, whose ``create_optimizer`` calls it.
 * :class:`AdaptiveGradClipper`: clip at ``multiplier`` times a running EMA of the gradient norm, starting at
   ``initial`` (small) before any norm has been seen; spikes are clipped and do not inflate the EMA.
 """

@@ -184,14 +184,17 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
         if plan.deadline is not None:  # the progress bar shows the re-sized step count
             callbacks[-1].progress = next((c for c in trainer.callback_handler.callbacks
                                            if isinstance(c, ProgressCallback)), None)
+        embedding_lr = lr if plan.embedding_lr is None else plan.embedding_lr
         log(f"== end-to-end distillation: {plan.e2e_steps} steps of {plan.batch_size * plan.grad_accum} x "
-            f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g}")
+            f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g} / {embedding_lr:g} "
+            "(latent weights / scales / embeddings)")
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=resume)
         steps = trainer.state.global_step
         summary["e2e"] = {"seconds": time.perf_counter() - start, "target_cache_seconds": cache_s,
                           "steps": steps, "planned_steps": plan.e2e_steps,
                           "replans": callbacks[-1].replans if plan.deadline is not None else [], "recipe": recipe, "lr": lr, "scale_lr": scale_lr,
+                          "embedding_lr": embedding_lr,
                           "tokens": steps * plan.batch_size * plan.grad_accum * plan.seq_len * world,
                           "log": [h for h in trainer.state.log_history if "loss" in h],
                           "tail_mass": targets.tail_mass() if targets is not None else None}

@@ -137,7 +137,7 @@ def test_cli_distill_optimizer_gets_the_learning_rates(tmp_path, monkeypatch, ca
           "--no-bf16", "--eval-split", "none", *extra])
     assert seen["lrs"] == pytest.approx(list(expected))  # [latent weights, scale vectors, embeddings]
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| learning rates"))
-    assert f"{expected[0]:g} / {expected[1]:g}" in row, row
+    assert f"{expected[0]:g} / {expected[1]:g} / {expected[2]:g}" in row, row
 
 
 def test_the_python_optimizer_and_the_cli_give_the_scales_the_same_default_learning_rate(tmp_path):
