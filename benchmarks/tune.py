@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality import machine  # noqa: E402
 
 from hf_onebit.commands.evaluate import act_bits_arg  # noqa: E402
-from hf_onebit.training.losses import HIDDEN_METRICS  # noqa: E402
+from hf_onebit.training.losses import DEFAULT_HIDDEN_METRIC, HIDDEN_METRICS  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
                    help="weight of the hidden-state term (default: the library's, DEFAULT_HIDDEN_WEIGHT)")
     p.add_argument("--embedding-lr", type=float, default=None,
                    help="learning rate of the embedding matrices (default: the latent weights')")
-    p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default="cosine",
+    p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
                    help="distance of the hidden-state term (DistillationLoss.hidden_metric)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the run (spread between runs)")
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
@@ -95,8 +95,8 @@ def main(argv=None) -> None:
     files = real_text_files()[:TEXTS[args.text]]
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
-    loss = DistillationLoss(hidden_metric=args.hidden_metric) if args.hidden_weight is None else \
-        DistillationLoss(hidden_weight=args.hidden_weight, hidden_metric=args.hidden_metric)
+    weight = {} if args.hidden_weight is None else {"hidden_weight": args.hidden_weight}
+    loss = DistillationLoss(hidden_metric=args.hidden_metric, **weight)
     args.hidden_weight = loss.hidden_weight  # the value used, in the result's args
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,

@@ -35,11 +35,9 @@ def onebit_param_groups(model, lr: float = 2e-4, scale_lr: float | None = None, 
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("scale_weight_decay", scale_weight_decay)):
         if not isinstance(value, (int, float)) or value < 0 or (name == "lr" and value == 0):
             raise ValueError(f"{name}: got {value!r}; allowed: a number {'> 0' if name == 'lr' else '>= 0'}")
-    if embedding_lr is not None and not (isinstance(embedding_lr, (int, float)) and embedding_lr > 0):
-        raise ValueError(f"embedding_lr: got {embedding_lr!r}; allowed: None or a number > 0")
+    embedding_lr = embedding_learning_rate(lr, embedding_lr)
     scale_lr = SCALE_LR_RATIO * lr if scale_lr is None else scale_lr
     latent_ids = {id(m.weight) for m in model.modules() if isinstance(m, OneBitLinear) and m.is_latent}
-    embedding_lr = lr if embedding_lr is None else embedding_lr
     embedding_ids = set()
     for get in ("get_input_embeddings", "get_output_embeddings"):
         module = getattr(model, get, lambda: None)()
@@ -59,6 +57,15 @@ def onebit_param_groups(model, lr: float = 2e-4, scale_lr: float | None = None, 
         groups.append({"params": embeddings, "lr": embedding_lr, "weight_decay": scale_weight_decay,
                        GROUP_KEY: "embeddings"})
     return groups
+
+
+def embedding_learning_rate(lr: float, embedding_lr: float | None = None) -> float:
+    """The embedding group's learning rate: ``embedding_lr``, or the latent weights' ``lr`` when it is None."""
+    if embedding_lr is None:
+        return lr
+    if isinstance(embedding_lr, bool) or not isinstance(embedding_lr, (int, float)) or not embedding_lr > 0:
+        raise ValueError(f"embedding_lr: got {embedding_lr!r}; allowed: None or a number > 0")
+    return embedding_lr
 
 
 def onebit_optimizer(model, lr: float = 2e-4, scale_lr: float | None = None, weight_decay: float = 0.01,

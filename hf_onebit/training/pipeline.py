@@ -22,6 +22,7 @@ from ..formats import get_format
 from .blockwise import BlockwiseConfig, blockwise_reconstruct_, decoder_layers
 from .data import TokenBlocks
 from .losses import DistillationLoss
+from .optim import embedding_learning_rate
 
 STAGES = ("blockwise", "e2e")
 #: Fewest calibration sequences of the block-wise stage (the scale fit estimates ``X^T X`` from them).
@@ -71,8 +72,7 @@ class DistillPlan:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name.endswith("steps") else 1):
                 raise ValueError(f"{name}: got {value!r}; allowed: an integer >= "
                                  f"{0 if name.endswith('steps') else 1}")
-        if self.embedding_lr is not None and not (isinstance(self.embedding_lr, (int, float)) and self.embedding_lr > 0):
-            raise ValueError(f"embedding_lr: got {self.embedding_lr!r}; allowed: None or a number > 0")
+        embedding_learning_rate(1.0, self.embedding_lr)  # refuses a bad value here, before any model work
         if not (isinstance(self.min_lr_rate, (int, float)) and 0 <= self.min_lr_rate <= 1):
             raise ValueError(f"min_lr_rate: got {self.min_lr_rate!r}; allowed: a number from 0 to 1")
         if not self.cache_epochs >= 1:
@@ -168,8 +168,9 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
             overrides["init_steps"] = min(overrides.get("init_steps", get_recipe(recipe).init_steps),
                                           plan.e2e_steps - 1)
         callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
+        embedding_lr = embedding_learning_rate(lr, plan.embedding_lr)
         optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay,
-                                     embedding_lr=plan.embedding_lr)
+                                     embedding_lr=embedding_lr)
         count = StepCount(plan.e2e_steps)
         scheduler = cosine_schedule(optimizer, max(1, round(plan.warmup_ratio * plan.e2e_steps)), count,
                                     min_lr_rate=plan.min_lr_rate)
@@ -184,7 +185,6 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
         if plan.deadline is not None:  # the progress bar shows the re-sized step count
             callbacks[-1].progress = next((c for c in trainer.callback_handler.callbacks
                                            if isinstance(c, ProgressCallback)), None)
-        embedding_lr = lr if plan.embedding_lr is None else plan.embedding_lr
         log(f"== end-to-end distillation: {plan.e2e_steps} steps of {plan.batch_size * plan.grad_accum} x "
             f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g} / {embedding_lr:g} "
             "(latent weights / scales / embeddings)")
