@@ -1,0 +1,42 @@
+"""benchmarks/decode_split.py: its hooks attribute a forward's time to the packed linears and the output head, and
+leave the model as it was once removed."""
+
+import os
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+import hf_onebit  # noqa: F401
+from hf_onebit import OneBitConfig, OneBitLinear
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+_POLICY = os.environ.get("OMP_WAIT_POLICY")
+import decode_split  # noqa: E402
+
+if _POLICY is None:  # decode.py sets a wait policy for its workers: keep it out of this test session's subprocesses
+    os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def test_timers_attribute_time_to_packed_linears_and_head(tiny_checkpoint):
+    path, _ = tiny_checkpoint("llama")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig()).eval()
+    n_packed = sum(isinstance(m, OneBitLinear) for m in model.modules())
+    assert n_packed == 2 * 7
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.inference_mode():
+        before = model(ids).logits
+    totals = {"packed linears": 0.0, "output head": 0.0}
+    handles = decode_split.add_timers(model, totals)
+    assert len(handles) == 2 * (n_packed + 1)  # a pre and a post hook per timed module
+    with torch.inference_mode():
+        during = model(ids).logits
+    assert totals["packed linears"] > 0 and totals["output head"] > 0
+    for handle in handles:
+        handle.remove()
+    seen = dict(totals)
+    with torch.inference_mode():
+        after = model(ids).logits
+    assert totals == seen  # removed: nothing timed any more
+    torch.testing.assert_close(during, before)
+    torch.testing.assert_close(after, before)
