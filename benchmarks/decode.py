@@ -32,24 +32,19 @@ median of repeats. The CPU is shared with other work: compare ratios from one ru
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This machine is shared: with libgomp's default spin-waiting, short parallel calls (ours and torch's) lose most of
-# their time to threads spinning while the cores are taken by other processes. Passive waiting is set for every
-# column alike (torch and our kernel share the same libgomp); --omp-active measures the default instead.
-OMP_ACTIVE = "--omp-active" in sys.argv
-if not OMP_ACTIVE:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
 
 from llama_cpp_ops import LOW_BIT  # llama.cpp's types of at most 2 bits per weight (the peers the targets name)
+
+#: libgomp's default (spinning) wait policy kept: the driver passes it on to its workers (see the end of the file).
+OMP_ACTIVE = "--omp-active" in sys.argv
 
 LLAMA7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048)  # fmt: skip
@@ -68,8 +63,13 @@ def model_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool = False) -> float:
+def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool = False,
+                parts: dict | None = None) -> float:
     """Tokens per second of greedy decoding after a PROMPT_TOKENS prompt (prefill excluded).
+
+    ``parts``: seconds that timers of the caller add up during a ``generate`` (e.g. module hooks), by name; every
+    entry is set to 0 before each ``generate`` and, at the end, to its median per decode token, measured the same way
+    as the rate.
 
     ``compiled``: decode steps run ``torch.compile`` (inductor, fullgraph) of the forward on a static KV cache, the way
     ``generate`` compiles on GPUs (``CompileConfig``); one cache of fixed length is reused so that every call of
@@ -90,7 +90,10 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
         cache = StaticCache(config=model.config, max_cache_len=PROMPT_TOKENS + new_tokens + 1)
         extra = {"compile_config": config}
 
+    parts = {} if parts is None else parts
+
     def generate(n):
+        parts.update(dict.fromkeys(parts, 0.0))
         with torch.inference_mode():
             if cache is not None:
                 cache.reset()  # its tensors are inference tensors: reset them in inference mode
@@ -102,11 +105,15 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
         return elapsed
 
     generate(3)  # warm-up: kernel library, allocator, caches (and the compilation of the decode step)
-    rates = []
+    rates, samples = [], {key: [] for key in parts}
     for _ in range(repeats):
         first = generate(1)
+        first_parts = dict(parts)
         full = generate(new_tokens + 1)
         rates.append(new_tokens / max(full - first, 1e-9))
+        for key in samples:
+            samples[key].append((parts[key] - first_parts[key]) / new_tokens)
+    parts.update({key: statistics.median(values) for key, values in samples.items()})
     return statistics.median(rates)
 
 
@@ -441,4 +448,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # This machine is shared: with libgomp's default spin-waiting, short parallel calls (ours and torch's) lose most
+    # of their time to threads spinning while the cores are taken by other processes. Passive waiting is set for
+    # every column alike (torch and our kernel share the same libgomp; set before torch loads, in the driver and in
+    # every worker); --omp-active measures the default instead. Importing this file changes nothing.
+    if not OMP_ACTIVE:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()

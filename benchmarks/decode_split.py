@@ -6,48 +6,22 @@
 
 Builds the model of ``benchmarks/decode.py`` (random packed sign bits, bf16 embeddings / output head / attention),
 decodes greedily after a 16-token prompt, and times every packed linear's forward and the output head's forward with
-module hooks (per decode token: time of generate(n + 1) minus generate(1), divided by n; median of repeats). The hooks
-cost time of their own, so the token time with hooks is printed beside the one without. Also times the output head's
-GEMV alone (torch ``F.linear`` at M = 1, its weight's bytes / time = the bandwidth it reaches) beside the machine's
-read bandwidth (``torch.sum`` over 1.5 GiB). One process; compare ratios from one run (the machines are noisy).
+module hooks, per decode token as ``decode.decode_rate`` measures the rate (generate(n + 1) minus generate(1),
+divided by n; median of repeats). The hooks cost time of their own, so the token time with hooks is printed beside
+the one without. Also times the output head's GEMV alone (torch ``F.linear`` at M = 1; its weight's bytes / time =
+the bandwidth it reaches) beside the machine's read bandwidth (``kernels.cpu_read_bandwidth``: ``torch.sum`` over
+1.5 GiB). One process; compare ratios from one run (the machines are noisy).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
-#: libgomp reads its wait policy when torch loads it (below); importing decode.py afterwards sets the variable for
-#: its own workers only, so the policy in force is the one found here.
-OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "default (spinning)")
+import torch
 
-import torch  # noqa: E402
-
-from decode import LLAMA7B, PROMPT_TOKENS, build_llama  # noqa: E402
-
-
-def _timed_generate(model, prompt, n: int, totals: dict) -> tuple[float, dict]:
-    for key in totals:
-        totals[key] = 0.0
-    with torch.inference_mode():
-        start = time.perf_counter()
-        model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-        return time.perf_counter() - start, dict(totals)
-
-
-def per_token(model, tokens: int, repeats: int, totals: dict) -> tuple[float, dict]:
-    """Median per-decode-token seconds, in all and per hooked part (prefill and the first token excluded)."""
-    prompt = torch.randint(0, LLAMA7B["vocab_size"], (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
-    _timed_generate(model, prompt, 3, totals)  # warm-up
-    rows = []
-    for _ in range(repeats):
-        t1, a1 = _timed_generate(model, prompt, 1, totals)
-        t2, a2 = _timed_generate(model, prompt, tokens + 1, totals)
-        rows.append(((t2 - t1) / tokens, {k: (a2[k] - a1[k]) / tokens for k in totals}))
-    return (statistics.median(r[0] for r in rows),
-            {k: statistics.median(r[1][k] for r in rows) for k in totals})
+from decode import LLAMA7B, build_llama, decode_rate
 
 
 def add_timers(model, totals: dict) -> list:
@@ -65,7 +39,8 @@ def add_timers(model, totals: dict) -> list:
     module_starts: dict = {}
     handles = []
     for module in model.modules():
-        key = "packed linears" if isinstance(module, OneBitLinear) else "output head" if module is model.lm_head else None
+        key = ("packed linears" if isinstance(module, OneBitLinear)
+               else "output head" if module is model.lm_head else None)
         if key:
             pre, post = timer(key)
             handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
@@ -84,14 +59,6 @@ def head_gemv(model, repeats: int = 20) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def read_bandwidth() -> float:
-    t = torch.ones(int(1.5 * 2**30) // 4)
-    t.sum()
-    start = time.perf_counter()
-    t.sum()
-    return t.numel() * 4 / (time.perf_counter() - start)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=8)
@@ -102,30 +69,34 @@ def main(argv=None):
     if args.layers < 1 or args.tokens < 1 or args.repeats < 1:
         p.error(f"--layers, --tokens, --repeats: got {args.layers}, {args.tokens}, {args.repeats}; allowed: >= 1")
 
+    policy = os.environ.get("OMP_WAIT_POLICY", "default (spinning)")  # the one libgomp read when torch loaded
     from hf_onebit import OneBitLinear
     from hf_onebit.ops import cpu
+    from kernels import cpu_read_bandwidth  # the kernel benchmark's measurement (same folder)
 
     model = build_llama(args.layers, True)
     for module in model.modules():
         if isinstance(module, OneBitLinear):
             module.act_bits = args.act_bits
-    plain, _ = per_token(model, args.tokens, args.repeats, {})
-    totals = {"packed linears": 0.0, "output head": 0.0}
-    handles = add_timers(model, totals)
-    hooked, parts = per_token(model, args.tokens, args.repeats, totals)
+    vocab = LLAMA7B["vocab_size"]
+    plain = 1 / decode_rate(model, args.tokens, args.repeats, vocab)
+    parts = {"packed linears": 0.0, "output head": 0.0}
+    handles = add_timers(model, parts)
+    hooked = 1 / decode_rate(model, args.tokens, args.repeats, vocab, parts=parts)
     for handle in handles:
         handle.remove()
     head_s = head_gemv(model)
     head_bytes = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    bandwidth = read_bandwidth()
+    bandwidth = cpu_read_bandwidth()
     print(f"{args.layers} layers, act_bits={args.act_bits}, kernels {cpu.active_isa_name()}, "
-          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY {OMP_WAIT_POLICY}\n")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}\n")
     print("| part of a decode token | ms | share |")
     print("|---|---|---|")
     for key, value in parts.items():
         print(f"| {key} | {value * 1e3:.2f} | {value / hooked:.0%} |")
     rest = hooked - sum(parts.values())
-    print(f"| everything else (attention, norms, rotary, cache, sampling, hooks) | {rest * 1e3:.2f} | {rest / hooked:.0%} |")
+    print(f"| everything else (attention, norms, rotary, cache, sampling, hooks) | {rest * 1e3:.2f} "
+          f"| {rest / hooked:.0%} |")
     print(f"| token, with the hooks | {hooked * 1e3:.2f} | 100% |")
     print(f"| token, without the hooks | {plain * 1e3:.2f} | |")
     print(f"\noutput head GEMV alone ({tuple(model.lm_head.weight.shape)}, {model.lm_head.weight.dtype}): "

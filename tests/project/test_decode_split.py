@@ -11,11 +11,7 @@ import hf_onebit  # noqa: F401
 from hf_onebit import OneBitConfig, OneBitLinear
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-_POLICY = os.environ.get("OMP_WAIT_POLICY")
 import decode_split  # noqa: E402
-
-if _POLICY is None:  # decode.py sets a wait policy for its workers: keep it out of this test session's subprocesses
-    os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 def test_timers_attribute_time_to_packed_linears_and_head(tiny_checkpoint):
