@@ -10,7 +10,8 @@
 (a) A model with LLaMA-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab 32000) and random
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
 ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model is built the same way with random
-bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both. The 1-bit model's packed weights get
+bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both (the 1-bit model's lm_head is a FloatHead,
+as hf_onebit's quantizer makes it: ``--torch-head`` adds a row with torch's nn.Linear). The packed weights get
 the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
 allocates and with every parameter advised the same way, and "vs bf16" is against the faster of the two.
 With ``--format ternary`` the packed model of (a) holds random ternary codes (2 bits per weight on disk) and is run
@@ -117,14 +118,16 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     return statistics.median(rates)
 
 
-def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
-    """LLaMA-2-7B-shaped model with random weights, bf16; packed linears built packed (never as floats)."""
+def build_llama(layers: int, onebit: bool, weight_format: str = "binary", torch_head: bool = False):
+    """LLaMA-2-7B-shaped model with random weights, bf16; packed linears built packed (never as floats). A packed
+    model's output head is a FloatHead, as hf_onebit's quantizer makes it (``torch_head``: torch's nn.Linear)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     from hf_onebit import OneBitConfig, OneBitLinear
     from hf_onebit.integration.convert import replace_with_empty_onebit_linear
+    from hf_onebit.integration.head import use_float_head
     from hf_onebit.formats.packing import pack_ternary
 
     config = LlamaConfig(**{**LLAMA7B, "num_hidden_layers": layers})
@@ -132,6 +135,8 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     if onebit:
         replace_with_empty_onebit_linear(model, OneBitConfig(weight_format=weight_format))
+        if not torch_head:
+            use_float_head(model)
     model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -162,7 +167,7 @@ def worker_llama(spec: dict) -> dict:
 
     if spec.get("t5") is False:  # before the first kernel call: the CPU backend reads it when it makes plans
         os.environ["HF_ONEBIT_TERNARY_T5"] = "0"
-    model = build_llama(spec["layers"], spec["onebit"], spec.get("format", "binary"))
+    model = build_llama(spec["layers"], spec["onebit"], spec.get("format", "binary"), spec.get("torch_head", False))
     if spec.get("huge_pages"):  # the 2 MiB-page advice our CPU backend gives packed weights, here for torch's weights
         from hf_onebit.ops.cpu.pages import advise_huge_pages
 
@@ -360,6 +365,8 @@ def llama_section(args, out=print) -> None:
     more = ()
     if args.format == "ternary":  # the same model reading its 2-bit codes only
         more = ((f"{label}, 2-bit codes only", run_worker({**mode, **packed, "layers": layers, "t5": False})),)
+    if args.torch_head:  # the same model with torch's nn.Linear as its bf16 output head
+        more += ((f"{label}, torch head", run_worker({**mode, **packed, "layers": layers, "torch_head": True})),)
     if fit >= layers:
         bf16 = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2})
         huge = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2,
@@ -420,6 +427,8 @@ def main(argv=None):
     parser.add_argument("--format", choices=("binary", "ternary"), default="binary",
                         help="weight format of the packed 7B-shaped model (a)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's rows in (a)")
+    parser.add_argument("--torch-head", action="store_true",
+                        help="(a) also runs the packed model with torch's nn.Linear as its output head, not FloatHead")
     parser.add_argument("--layers", type=int, default=None, help="layers of the 7B-shaped model (a) (default 32; "
                         "--quick: 4)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -8,15 +8,18 @@ Builds the model of ``benchmarks/decode.py`` (random packed sign bits, bf16 embe
 decodes greedily after a 16-token prompt, and times every packed linear's forward and the output head's forward with
 module hooks, per decode token as ``decode.decode_rate`` measures the rate (generate(n + 1) minus generate(1),
 divided by n; median of repeats). The hooks cost time of their own, so the token time with hooks is printed beside
-the one without. Also times the output head's GEMV alone (torch ``F.linear`` at M = 1; its weight's bytes / time =
-the bandwidth it reaches) beside the machine's read bandwidth (``kernels.cpu_read_bandwidth``: ``torch.sum`` over
-1.5 GiB). One process; compare ratios from one run (the machines are noisy).
+the one without. The output head is a FloatHead, as hf_onebit's quantizer makes it (``--torch-head``: torch's
+nn.Linear). Also times the output head's GEMV alone at M = 1, torch's ``F.linear`` and FloatHead's kernel alternated
+(its weight's bytes / time = the bandwidth each reaches), beside the machine's read bandwidth
+(``kernels.cpu_read_bandwidth``: ``torch.sum`` over 1.5 GiB). One process; compare ratios from one run (the machines
+are noisy).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -47,16 +50,26 @@ def add_timers(model, totals: dict) -> list:
     return handles
 
 
-def head_gemv(model, repeats: int = 20) -> float:
-    w = model.lm_head.weight
-    x = torch.randn(1, 1, w.shape[1], dtype=w.dtype)
+def head_gemv(model, rounds: int = 5, calls: int = 4) -> dict:
+    """Seconds per M = 1 call of the output head's weight: torch's ``F.linear`` and hf_onebit's FloatHead, in
+    alternating rounds of ``calls`` calls each (median round per path)."""
+    from hf_onebit.nn import FloatHead
+
+    weight = model.lm_head.weight
+    x = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
+    head = model.lm_head if isinstance(model.lm_head, FloatHead) else FloatHead.from_linear(model.lm_head)
+    paths = {"torch F.linear": lambda: torch.nn.functional.linear(x, weight), "hf_onebit FloatHead": lambda: head(x)}
+    times = {name: [] for name in paths}
     with torch.inference_mode():
-        for _ in range(3):
-            torch.nn.functional.linear(x, w)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch.nn.functional.linear(x, w)
-    return (time.perf_counter() - start) / repeats
+        for fn in paths.values():
+            fn()
+        for _ in range(rounds):
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None):
@@ -65,6 +78,8 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=32, help="decode tokens per timed generate")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--act-bits", type=int, choices=(0, 8), default=8)
+    p.add_argument("--torch-head", action="store_true",
+                   help="the output head is torch's nn.Linear (default: FloatHead, as hf_onebit's quantizer makes it)")
     args = p.parse_args(argv)
     if args.layers < 1 or args.tokens < 1 or args.repeats < 1:
         p.error(f"--layers, --tokens, --repeats: got {args.layers}, {args.tokens}, {args.repeats}; allowed: >= 1")
@@ -74,7 +89,7 @@ def main(argv=None):
     from hf_onebit.ops import cpu
     from kernels import cpu_read_bandwidth  # the kernel benchmark's measurement (same folder)
 
-    model = build_llama(args.layers, True)
+    model = build_llama(args.layers, True, torch_head=args.torch_head)
     for module in model.modules():
         if isinstance(module, OneBitLinear):
             module.act_bits = args.act_bits
@@ -85,11 +100,12 @@ def main(argv=None):
     hooked = 1 / decode_rate(model, args.tokens, args.repeats, vocab, parts=parts)
     for handle in handles:
         handle.remove()
-    head_s = head_gemv(model)
+    heads = head_gemv(model)
     head_bytes = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     bandwidth = cpu_read_bandwidth()
     print(f"{args.layers} layers, act_bits={args.act_bits}, kernels {cpu.active_isa_name()}, "
-          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}\n")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}, output head "
+          f"{type(model.lm_head).__name__}\n")
     print("| part of a decode token | ms | share |")
     print("|---|---|---|")
     for key, value in parts.items():
@@ -99,8 +115,13 @@ def main(argv=None):
           f"| {rest / hooked:.0%} |")
     print(f"| token, with the hooks | {hooked * 1e3:.2f} | 100% |")
     print(f"| token, without the hooks | {plain * 1e3:.2f} | |")
-    print(f"\noutput head GEMV alone ({tuple(model.lm_head.weight.shape)}, {model.lm_head.weight.dtype}): "
-          f"{head_s * 1e3:.2f} ms = {head_bytes / head_s / 1e9:.1f} GB/s; read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"\noutput head GEMV alone ({tuple(model.lm_head.weight.shape)}, {model.lm_head.weight.dtype}, M = 1); "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+    print("| path | ms | GB/s | vs torch |")
+    print("|---|---|---|---|")
+    for name, seconds in heads.items():
+        print(f"| {name} | {seconds * 1e3:.2f} | {head_bytes / seconds / 1e9:.1f} | "
+              f"{heads['torch F.linear'] / seconds:.2f}x |")
 
 
 if __name__ == "__main__":

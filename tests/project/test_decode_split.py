@@ -36,3 +36,11 @@ def test_timers_attribute_time_to_packed_linears_and_head(tiny_checkpoint):
     assert totals == seen  # removed: nothing timed any more
     torch.testing.assert_close(during, before)
     torch.testing.assert_close(after, before)
+
+
+def test_head_gemv_times_torch_and_float_head(tiny_checkpoint):
+    path, _ = tiny_checkpoint("llama")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(), dtype=torch.bfloat16)
+    times = decode_split.head_gemv(model, rounds=2, calls=1)
+    assert set(times) == {"torch F.linear", "hf_onebit FloatHead"}
+    assert all(seconds > 0 for seconds in times.values())

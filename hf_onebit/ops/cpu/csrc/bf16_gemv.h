@@ -1,0 +1,57 @@
+/* Float linear layers with bfloat16 weights at decode sizes: y = x W^T (+ bias) for up to ONEBIT_GEMV_MAX_M
+ * activation rows, e.g. a model's output head, which stays float in a 1-bit model and at 32000 x 4096 bf16 (262 MB)
+ * is the largest single read of a 7B-shaped decode step.
+ *
+ * Why. At one activation row a linear layer is a read of its weights; torch's bf16 matrix-vector product reached
+ * ~19 GB/s on a 2-core Zen 4 whose plain reads run at ~35 GB/s. These kernels stream each weight row once, with
+ * every activation row beside it in L1, and need no bf16 arithmetic: a 32-bit lane holding two bf16 weights gives
+ * the even one as a float by a 16-bit left shift and the odd one by masking the low half, so a multiply-add per half
+ * lane-width of weights does the work on any AVX2 or AVX-512F CPU.
+ *
+ * Numbers: products and sums in float32 with fused multiply-adds, bias added in float32, one rounding to bf16 at the
+ * end when the output is bf16 - what torch's bf16 linear computes, up to the order of the float32 sums.
+ *
+ * The activations are first written as float32 (x_bf16: from bf16) in the "pair" order of the kernels: each whole
+ * block of ONEBIT_GEMV_BLOCK = 32 inputs becomes its 16 even inputs then its 16 odd ones; the inputs after the last
+ * whole block stay in order. */
+#ifndef HF_ONEBIT_GEMV_H
+#define HF_ONEBIT_GEMV_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ONEBIT_GEMV_BLOCK 32
+#define ONEBIT_GEMV_MAX_M 8
+
+/* Rows [n0, n1) of out[m * ldo + n - n0] = sum_k W[n][k] x[m][k] for m < mr <= ONEBIT_GEMV_MAX_M: xp the activation
+ * rows in pair order (ldx floats apart), w bf16 rows ldw elements apart, K inputs. */
+typedef void (*onebit_bf16_gemv_rows_fn)(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
+                                     int64_t n0, int64_t n1, float *out, int64_t ldo);
+
+#ifdef ONEBIT_HAVE_AVX2
+void onebit_bf16_gemv_rows_avx2(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
+                            int64_t n0, int64_t n1, float *out, int64_t ldo); /* bf16_gemv_avx2.c */
+#endif
+#ifdef ONEBIT_HAVE_AVX512
+void onebit_bf16_gemv_rows_avx512(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
+                              int64_t n0, int64_t n1, float *out, int64_t ldo); /* bf16_gemv_avx512.c */
+#endif
+
+/* ---- exported API ---- */
+
+/* y[m, n] = sum_k x[m, k] W[n, k] (+ bias[n]) for m < M <= ONEBIT_GEMV_MAX_M: x float32 or (x_bf16) bfloat16 with
+ * rows ldx elements apart, W (N, K) bfloat16 with rows ldw elements apart, bias float32 or NULL, y float32 or
+ * (y_bf16) bfloat16 with rows ldy elements apart; on up to nthreads threads (bf16_gemv.c). Returns 0, -1 for a bad
+ * argument, -2 for an ISA this CPU or build lacks, -3 when out of memory. */
+int onebit_bf16_gemv(int isa, int64_t M, int64_t K, int64_t N, const void *x, int x_bf16, int64_t ldx,
+                        const uint16_t *w, int64_t ldw, const float *bias, void *y, int y_bf16, int64_t ldy,
+                        int nthreads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
