@@ -97,7 +97,7 @@ def main(argv=None) -> None:
                         help="end-to-end distillation (default), or block-wise reconstruction first: blockwise e2e")
     parser.add_argument("--seq-len", type=int, default=None,
                         help="training sequence length in tokens (default 256, or 64 when the time budget buys "
-                             f"fewer than {MIN_E2E_STEPS} steps of one sequence: 2 x 64 where it buys "
+                             f"fewer than {MIN_E2E_STEPS} steps of one sequence: 4 or 2 x 64 where it buys "
                              f"{FALLBACK_E2E_STEPS} of those, else 1 x 64)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sequences per end-to-end step (default 4, or fewer when the time budget buys fewer than "

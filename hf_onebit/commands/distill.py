@@ -86,8 +86,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                         "from a random first token")
     p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per training sequence (default 256; with --time-budget and the end-to-end stage alone, "
-                        "the step shrinks along 4, 2, 1 x 256, 2 x 64, 1 x 64 tokens to the largest of which the budget "
-                        f"buys {MIN_E2E_STEPS} steps, else to 2 x 64 if it buys {FALLBACK_E2E_STEPS}, else to 1 x 64)")
+                        "the step shrinks along 4, 2, 1 x 256, 4, 2, 1 x 64 tokens to the largest of which the budget "
+                        f"buys {MIN_E2E_STEPS} steps, else to 4 or 2 x 64 if it buys {FALLBACK_E2E_STEPS}, else to "
+                        "1 x 64)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per micro-batch (default 4; with --time-budget and the end-to-end stage alone, "
                         f"smaller when the budget buys fewer than {MIN_E2E_STEPS} steps of 4)")

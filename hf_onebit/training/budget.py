@@ -32,11 +32,14 @@ DEFAULT_BLOCKWISE_SHARE = 0.5
 #: 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
 #: stays above the threshold.
 MIN_E2E_STEPS = 1000
-#: When no step buys :data:`MIN_E2E_STEPS`, the second smallest step (2 x 64 tokens) is taken if it buys this many,
-#: before the smallest: past a few hundred steps, more tokens a step pay. On an AVX-512 CPU in bf16 (validation
-#: split, docs/benchmarks.md) 560 steps of 2 x 64 tokens ended 1.22x closer to the teacher than 690 of 1 x 64 in the
-#: same ~11.5 minutes; on the AVX2 CPU the smaller step won at 220-300 steps (above), which this floor keeps.
-FALLBACK_E2E_STEPS = 400
+#: When no step buys :data:`MIN_E2E_STEPS`, the largest step of sequences of :data:`MIN_FIT_SEQ_LEN` tokens with more
+#: than one sequence (4 x 64, then 2 x 64: :func:`fallback_shapes`) is taken if it buys this many, before the
+#: smallest: past a few hundred steps, more sequences a step pay. On an AVX-512 CPU in bf16 (validation split,
+#: docs/benchmarks.md) 380 steps of 4 x 64 tokens ended 1.07x closer to the teacher than 560 of 2 x 64, and those
+#: 1.22x closer than 690 of 1 x 64, in the same ~10.5-11.5 minutes (350 keeps that 380 within reach); on the AVX2 CPU
+#: the smaller step won at 220-300 steps (above), which this floor keeps. At 60 minutes on the AVX-512 CPU 1307 steps
+#: of 2 x 256 ended 1.06x closer than 712 of 4 x 256: :data:`MIN_E2E_STEPS` stays.
+FALLBACK_E2E_STEPS = 350
 #: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
 MIN_FIT_SEQ_LEN = 64
 #: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the
@@ -282,11 +285,13 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
 
 def step_shapes(batch_size: int, seq_len: int, fit_batch: bool = True, fit_seq_len: bool = True,
                 min_seq_len: int = MIN_FIT_SEQ_LEN) -> list[tuple[int, int]]:
-    """The ``(sequences, tokens per sequence)`` an end-to-end step may take, largest first: ``(batch_size, seq_len)``,
-    then (``fit_batch``) the batch halved down to 1, then (``fit_seq_len``) the sequences halved while they keep at
-    least ``min_seq_len`` tokens. With both, the step of twice ``min_seq_len`` tokens holds two sequences of
-    ``min_seq_len`` instead of one (2 x 64 rather than 1 x 128: on the validation split two sequences ended closer to
-    the teacher, at a step no dearer; docs/benchmarks.md)."""
+    """The ``(sequences, tokens per sequence)`` an end-to-end step may take, largest first (by tokens; the order of
+    the ladder among equals): ``(batch_size, seq_len)``, then (``fit_batch``) the batch halved down to 1, then
+    (``fit_seq_len``) the sequences halved while they keep at least ``min_seq_len`` tokens. With both, the step of
+    twice ``min_seq_len`` tokens holds two sequences of ``min_seq_len`` instead of one (2 x 64 rather than 1 x 128: on
+    the validation split two sequences ended closer to the teacher, at a step no dearer; docs/benchmarks.md), and the
+    batch's larger halvings above 2 get steps of ``min_seq_len`` tokens too (4 x 64 from a batch of 4: the
+    :func:`fallback_shapes`)."""
     shapes = [(batch_size, seq_len)]
     b, s = batch_size, seq_len
     while True:
@@ -299,7 +304,24 @@ def step_shapes(batch_size: int, seq_len: int, fit_batch: bool = True, fit_seq_l
         shapes.append((b, s))
     if fit_batch and fit_seq_len and len(shapes) > 2 and shapes[-2] == (1, 2 * min_seq_len):
         shapes[-2] = (2, min_seq_len)  # (a step the ladder made, never the one asked for)
+        b = batch_size
+        while b > 2:
+            if (b, min_seq_len) not in shapes:
+                shapes.append((b, min_seq_len))
+            b //= 2
+        shapes.sort(key=lambda bs: -bs[0] * bs[1])  # stable: equal sizes keep the ladder's order
     return shapes
+
+
+def fallback_shapes(shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The steps of ``shapes`` (:func:`step_shapes`, largest first) a budget that buys :data:`MIN_E2E_STEPS` of none
+    falls back to: those with the smallest step's sequence length and more than one sequence; when the smallest step
+    itself has more than one sequence (a ladder without the batch halved), the second smallest."""
+    if len(shapes) < 2:
+        return []
+    seq_len = shapes[-1][1]
+    found = [bs for bs in shapes[:-1] if bs[1] == seq_len and bs[0] > 1]
+    return found if shapes[-1][0] == 1 and found else [shapes[-2]]
 
 
 def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float, float]:
@@ -316,14 +338,12 @@ def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float
 def fit_step_shape(seconds: float, shapes: list[tuple[int, int]], fixed_s: float, per_token_s: float,
                    min_steps: int = MIN_E2E_STEPS, fallback_steps: int = FALLBACK_E2E_STEPS) -> tuple[int, int]:
     """The largest of ``shapes`` (largest first) of which ``seconds`` buy at least ``min_steps`` steps at
-    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); else the second smallest when they buy
-    ``fallback_steps`` of it (at most ``min_steps``; the two smallest are the ones :func:`plan_for_budget` measures,
-    and only their comparison was measured on the validation split); else the smallest."""
+    ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); else the largest of :func:`fallback_shapes` of
+    which they buy ``fallback_steps`` (at most ``min_steps``); else the smallest."""
     for b, s in shapes:
         if seconds >= min_steps * (fixed_s + per_token_s * b * s):
             return b, s
-    if len(shapes) > 1:
-        b, s = shapes[-2]
+    for b, s in fallback_shapes(shapes):
         if seconds >= min(fallback_steps, min_steps) * (fixed_s + per_token_s * b * s):
             return b, s
     return shapes[-1]
@@ -337,10 +357,11 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     ``fit_batch`` / ``fit_seq_len`` (an end-to-end-only plan): when the budget buys fewer than :data:`MIN_E2E_STEPS`
     steps of ``plan.batch_size`` x ``plan.seq_len`` tokens, the step shrinks - the batch first, down to one sequence,
     then the sequence, down to :data:`MIN_FIT_SEQ_LEN` tokens (:func:`step_shapes`) - to the largest that buys that
-    many, else the second smallest if it buys :data:`FALLBACK_E2E_STEPS`, else the smallest (:func:`fit_step_shape`).
+    many, else the largest fallback step (4 x 64, 2 x 64) that buys :data:`FALLBACK_E2E_STEPS`, else the smallest
+    (:func:`fit_step_shape`).
     The two smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them),
-    and the chosen one again when it is neither; when its own time does not buy :data:`MIN_E2E_STEPS`, the larger
-    steps are dropped and the rest priced again by the line through the smallest and that one (measured steps' noise
+    and the chosen one again when it is neither; when its own time does not buy :data:`MIN_E2E_STEPS` (a fallback
+    step: :data:`FALLBACK_E2E_STEPS`), the larger steps are dropped and the rest priced again by the line through the smallest and that one (measured steps' noise
     can make the first line underprice a large step). Every measurement counts in the budget. On short budgets more, smaller
     steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
     the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
@@ -380,10 +401,14 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
             shape = fit_step_shape(seconds - spent, candidates, fixed_s, per_token_s)
             if shape in measured:
                 break
+            before = spent
             measured[shape] = measure(*shape, spent)
             spent = measured[shape].measured_s
-            # chosen (unmeasured) only for buying MIN_E2E_STEPS: kept if its own time does, else the smaller steps
-            if seconds - spent >= MIN_E2E_STEPS * measured[shape].e2e_step_s:
+            # chosen (unmeasured) for the MIN_E2E_STEPS its price buys, else as a fallback step for
+            # FALLBACK_E2E_STEPS: kept if its own time buys that many, else the smaller steps are priced again
+            price = fixed_s + per_token_s * shape[0] * shape[1]
+            wanted = MIN_E2E_STEPS if seconds - before >= MIN_E2E_STEPS * price else FALLBACK_E2E_STEPS
+            if seconds - spent >= min(wanted, MIN_E2E_STEPS) * measured[shape].e2e_step_s:
                 break
             candidates = [bs for bs in candidates if bs[0] * bs[1] < shape[0] * shape[1]]
         times = dataclasses.replace(measured[shape], measured_s=spent)

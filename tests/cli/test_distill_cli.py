@@ -241,7 +241,8 @@ def test_cli_distill_time_budget_sizes_the_stages(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("fit_batch, fit_seq_len, expected", [
-    (True, True, [(4, 256), (2, 256), (1, 256), (2, 64), (1, 64)]),  # 128 tokens as two sequences of 64
+    # 128 tokens as two sequences of 64; the batch's 4 sequences of 64 as well (as large as 1 x 256)
+    (True, True, [(4, 256), (2, 256), (1, 256), (4, 64), (2, 64), (1, 64)]),
     (True, False, [(4, 256), (2, 256), (1, 256)]),
     (False, True, [(4, 256), (4, 128), (4, 64)]),
     (False, False, [(4, 256)]),
@@ -253,6 +254,17 @@ def test_the_step_shapes_a_budget_may_choose_halve_the_batch_then_the_sequence(f
     assert step_shapes(3, 100) == [(3, 100), (1, 100)]  # 100 // 2 < 64: the sequence stays
     assert step_shapes(1, 128) == [(1, 128), (1, 64)]  # two sequences only in place of a step the ladder made
     assert step_shapes(2, 128) == [(2, 128), (2, 64), (1, 64)]
+    assert step_shapes(8, 256) == [(8, 256), (4, 256), (2, 256), (8, 64), (1, 256), (4, 64), (2, 64), (1, 64)]
+
+
+def test_the_fallback_steps_are_the_shortest_sequences_with_more_than_one_a_step():
+    from hf_onebit.training.budget import fallback_shapes, step_shapes
+
+    assert fallback_shapes(step_shapes(4, 256)) == [(4, 64), (2, 64)]
+    assert fallback_shapes(step_shapes(4, 256, True, False)) == [(4, 256), (2, 256)]
+    assert fallback_shapes(step_shapes(4, 256, False, True)) == [(4, 128)]  # the batch stays: the second smallest
+    assert fallback_shapes(step_shapes(1, 128)) == [(1, 128)]
+    assert fallback_shapes([(4, 256)]) == []
 
 
 def test_a_step_is_timed_after_its_warm_ups_as_the_faster_of_the_timed_calls(monkeypatch):
@@ -289,12 +301,13 @@ def test_a_step_costs_a_fixed_part_and_a_part_per_token():
                                                (37, (2, 64)), (20, (2, 64)), (19, (1, 64)), (9, (1, 64))])
 def test_a_short_budget_gets_a_smaller_step(seconds, expected):
     """The largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed part), else the
-    second smallest if it buys ``fallback_steps`` of it (here 40), else the smallest."""
+    largest fallback step (4 x 64, 2 x 64) of which it buys ``fallback_steps`` (here 40), else the smallest."""
     from hf_onebit.training.budget import fit_step_shape, step_shapes
 
     assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=40) == expected
     assert fit_step_shape(37, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=150) == (1, 64)
-    assert fit_step_shape(30, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=20) == (2, 64)
+    assert fit_step_shape(30, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=20) == (4, 64)
+    assert fit_step_shape(24, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=25) == (2, 64)
     # a fixed part of 1 s a step: 4 x 256 costs 5 s, 2 x 256 3 s
     assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (4, 256)
     assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (2, 256)
@@ -311,14 +324,14 @@ def _fake_measure(measured, fixed_s, per_token_s):
 
 
 # a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 2 x 64 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s;
-# the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 400 of 2 x 64
+# 4 x 64 3.56 s; the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 350 of 4 x 64 or 2 x 64
 @pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
     (4670, True, [(1, 64), (2, 64), (1, 256)], (1, 256)),   # 1000 steps of 1 x 256 fit: measured at that size too
     (2667, True, [(1, 64), (2, 64)], (2, 64)),              # the chosen step is one of the two measured
     (2000, True, [(1, 64), (2, 64)], (1, 64)),              # 1000 of 1 x 64 fit, not of 2 x 64
-    (1500, True, [(1, 64), (2, 64)], (2, 64)),              # not even 1000 of 1 x 64: 2 x 64 (400 fit)
+    (1500, True, [(1, 64), (2, 64), (4, 64)], (4, 64)),     # not even 1000 of 1 x 64: 4 x 64 (420 fit)
     (1000, True, [(1, 64), (2, 64)], (2, 64)),
-    (600, True, [(1, 64), (2, 64)], (1, 64)),               # not even 400 of 2 x 64: the smallest
+    (600, True, [(1, 64), (2, 64)], (1, 64)),               # not even 350 of 2 x 64: the smallest
     (2000, False, [(1, 256), (2, 256)], (1, 256)),          # the sequence length was given: it stays
     (20000, True, [(1, 64), (2, 64), (4, 256)], (4, 256)),  # a long budget keeps the default step
 ])
@@ -372,6 +385,31 @@ def test_time_budget_steps_down_when_the_chosen_step_measures_dearer_than_its_pr
     measured.clear()
     plan, _ = budget.plan_for_budget(student, None, DistillPlan(), 3600, fit_batch=True, fit_seq_len=True)
     assert measured == [(1, 64), (2, 64), (4, 256), (2, 256), (1, 256)] and (plan.batch_size, plan.seq_len) == (1, 256)
+
+
+def test_time_budget_drops_a_fallback_step_that_measures_too_dear(monkeypatch, tmp_path):
+    """Priced at 1.6 s by the two smallest steps (1.0 and 1.2 s), 4 x 64 would buy 435 of the 350 fallback steps in
+    700 s; measured at 2.0 s it buys 348, so the plan prices the smaller steps again and takes 2 x 64."""
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import budget
+    from hf_onebit.training.pipeline import DistillPlan
+
+    seconds_of = {(1, 64): 1.0, (2, 64): 1.2, (4, 64): 2.0}
+    measured = []
+
+    def measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
+        measured.append((e2e_batch_size, seq_len))
+        return budget.StepTimes(block_step_s=0.0, block_pass_s=0.0, n_blocks=2, measured_s=1.0,
+                                e2e_step_s=seconds_of[(e2e_batch_size, seq_len)])
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    monkeypatch.setattr(budget, "measure_step_times", measure)
+    plan, _ = budget.plan_for_budget(student, None, DistillPlan(), 700, fit_batch=True, fit_seq_len=True)
+    assert measured == [(1, 64), (2, 64), (4, 64)]
+    assert (plan.batch_size, plan.seq_len) == (2, 64) and plan.e2e_steps == int((700 - 3) // 1.2)
 
 
 def test_time_budget_shrinks_the_step_of_a_short_end_to_end_run(tmp_path, capsys, monkeypatch):
