@@ -323,6 +323,17 @@ def _fake_measure(measured, fixed_s, per_token_s):
     return measure
 
 
+def _table_measure(measured, seconds_of):
+    """A measure_step_times whose end-to-end step takes ``seconds_of[(sequences, tokens)]``; 1 s of measuring each."""
+    from hf_onebit.training import budget
+
+    def measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
+        measured.append((e2e_batch_size, seq_len))
+        return budget.StepTimes(block_step_s=0.0, block_pass_s=0.0, n_blocks=2, measured_s=1.0,
+                                e2e_step_s=seconds_of[(e2e_batch_size, seq_len)])
+    return measure
+
+
 # a step costs 1 s + 10 ms a token: 1 x 64 1.64 s, 2 x 64 2.28 s, 1 x 256 3.56 s, 2 x 256 6.12 s, 4 x 256 11.24 s;
 # 4 x 64 3.56 s; the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 350 of 4 x 64 or 2 x 64
 @pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
@@ -367,12 +378,7 @@ def test_time_budget_steps_down_when_the_chosen_step_measures_dearer_than_its_pr
 
     seconds_of = {(1, 64): 1.0, (2, 64): 1.02, (1, 256): 2.5, (2, 256): 3.2, (4, 256): 5.7}
     measured = []
-
-    def measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
-        measured.append((e2e_batch_size, seq_len))
-        return budget.StepTimes(block_step_s=0.0, block_pass_s=0.0, n_blocks=2, measured_s=1.0,
-                                e2e_step_s=seconds_of[(e2e_batch_size, seq_len)])
-
+    measure = _table_measure(measured, seconds_of)
     student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
                                                    quantization_config=hf_onebit.OneBitConfig(training=True))
     monkeypatch.setattr(budget, "measure_step_times", measure)
@@ -396,14 +402,8 @@ def test_time_budget_drops_a_fallback_step_that_measures_too_dear(monkeypatch, t
     from hf_onebit.training import budget
     from hf_onebit.training.pipeline import DistillPlan
 
-    seconds_of = {(1, 64): 1.0, (2, 64): 1.2, (4, 64): 2.0}
     measured = []
-
-    def measure(student, teacher, seq_len, batch_size, e2e_batch_size=None, **kwargs):
-        measured.append((e2e_batch_size, seq_len))
-        return budget.StepTimes(block_step_s=0.0, block_pass_s=0.0, n_blocks=2, measured_s=1.0,
-                                e2e_step_s=seconds_of[(e2e_batch_size, seq_len)])
-
+    measure = _table_measure(measured, {(1, 64): 1.0, (2, 64): 1.2, (4, 64): 2.0})
     student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
                                                    quantization_config=hf_onebit.OneBitConfig(training=True))
     monkeypatch.setattr(budget, "measure_step_times", measure)

@@ -31,6 +31,24 @@ extern "C" {
 typedef void (*onebit_bf16_gemv_rows_fn)(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
                                      int64_t n0, int64_t n1, float *out, int64_t ldo);
 
+/* Defines the onebit_bf16_gemv_rows_fn NAME from ROW(mr, xp, ldx, row, K, out, ldo), an always-inline function that
+ * computes one weight row for mr activation rows; the switch makes mr a compile-time constant (the accumulators stay
+ * in registers). For the kernel units. */
+#define ONEBIT_GEMV_DEFINE_ROWS(NAME, ROW)                                                                          \
+    void NAME(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K, int64_t n0,          \
+              int64_t n1, float *out, int64_t ldo) {                                                                \
+        switch (mr) {                                                                                               \
+        case 1: for (int64_t n = n0; n < n1; ++n) ROW(1, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        case 2: for (int64_t n = n0; n < n1; ++n) ROW(2, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        case 3: for (int64_t n = n0; n < n1; ++n) ROW(3, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        case 4: for (int64_t n = n0; n < n1; ++n) ROW(4, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        case 5: for (int64_t n = n0; n < n1; ++n) ROW(5, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        case 6: for (int64_t n = n0; n < n1; ++n) ROW(6, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        case 7: for (int64_t n = n0; n < n1; ++n) ROW(7, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;     \
+        default: for (int64_t n = n0; n < n1; ++n) ROW(8, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;    \
+        }                                                                                                           \
+    }
+
 #ifdef ONEBIT_HAVE_AVX2
 void onebit_bf16_gemv_rows_avx2(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
                             int64_t n0, int64_t n1, float *out, int64_t ldo); /* bf16_gemv_avx2.c */

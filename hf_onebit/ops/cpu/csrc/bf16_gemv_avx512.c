@@ -30,14 +30,4 @@ ONEBIT_INLINE void gemv_row(const int mr, const float *xp, int64_t ldx, const ui
     }
 }
 
-void onebit_bf16_gemv_rows_avx512(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
-                              int64_t n0, int64_t n1, float *out, int64_t ldo) {
-#define GEMV_CASE(R) \
-    case R: for (int64_t n = n0; n < n1; ++n) gemv_row(R, xp, ldx, w + n * ldw, K, out + (n - n0), ldo); break;
-    switch (mr) {
-        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7)
-    default:
-        for (int64_t n = n0; n < n1; ++n) gemv_row(8, xp, ldx, w + n * ldw, K, out + (n - n0), ldo);
-    }
-#undef GEMV_CASE
-}
+ONEBIT_GEMV_DEFINE_ROWS(onebit_bf16_gemv_rows_avx512, gemv_row)
