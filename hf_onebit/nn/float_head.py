@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..ops.cpu import gemv
+
 
 class FloatHead(nn.Linear):
     """``nn.Linear`` with the CPU bf16 decode kernel (see the module docstring)."""
@@ -28,10 +30,5 @@ class FloatHead(nn.Linear):
         return head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cpu and not torch.compiler.is_compiling():
-            from ..ops.cpu.gemv import bf16_linear
-
-            y = bf16_linear(x, self.weight, self.bias)
-            if y is not None:
-                return y
-        return super().forward(x)
+        y = None if torch.compiler.is_compiling() else gemv.bf16_linear(x, self.weight, self.bias)
+        return super().forward(x) if y is None else y

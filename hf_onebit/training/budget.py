@@ -361,9 +361,9 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     (:func:`fit_step_shape`).
     The two smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them),
     and the chosen one again when it is neither; when its own time does not buy :data:`MIN_E2E_STEPS` (a fallback
-    step: :data:`FALLBACK_E2E_STEPS`), the larger steps are dropped and the rest priced again by the line through the smallest and that one (measured steps' noise
-    can make the first line underprice a large step). Every measurement counts in the budget. On short budgets more, smaller
-    steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
+    step: :data:`FALLBACK_E2E_STEPS`), the larger steps are dropped and the rest priced again by the line through the
+    smallest and that one (measured steps' noise can make the first line underprice a large step). Every measurement
+    counts in the budget. On short budgets more, smaller steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
     the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
     280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
     Build the training blocks with the returned plan's ``seq_len``."""
@@ -408,7 +408,7 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
             # FALLBACK_E2E_STEPS: kept if its own time buys that many, else the smaller steps are priced again
             price = fixed_s + per_token_s * shape[0] * shape[1]
             wanted = MIN_E2E_STEPS if seconds - before >= MIN_E2E_STEPS * price else FALLBACK_E2E_STEPS
-            if seconds - spent >= min(wanted, MIN_E2E_STEPS) * measured[shape].e2e_step_s:
+            if seconds - spent >= wanted * measured[shape].e2e_step_s:
                 break
             candidates = [bs for bs in candidates if bs[0] * bs[1] < shape[0] * shape[1]]
         times = dataclasses.replace(measured[shape], measured_s=spent)

@@ -28,8 +28,8 @@ extern "C" {
 
 /* Rows [n0, n1) of out[m * ldo + n - n0] = sum_k W[n][k] x[m][k] for m < mr <= ONEBIT_GEMV_MAX_M: xp the activation
  * rows in pair order (ldx floats apart), w bf16 rows ldw elements apart, K inputs. */
-typedef void (*onebit_bf16_gemv_rows_fn)(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw, int64_t K,
-                                     int64_t n0, int64_t n1, float *out, int64_t ldo);
+typedef void (*onebit_bf16_gemv_rows_fn)(const float *xp, int64_t ldx, int mr, const uint16_t *w, int64_t ldw,
+                                         int64_t K, int64_t n0, int64_t n1, float *out, int64_t ldo);
 
 /* Defines the onebit_bf16_gemv_rows_fn NAME from ROW(mr, xp, ldx, row, K, out, ldo), an always-inline function that
  * computes one weight row for mr activation rows; the switch makes mr a compile-time constant (the accumulators stay
