@@ -189,12 +189,20 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
             f"{plan.seq_len} tokens, recipe {recipe}, learning rates {lr:g} / {scale_lr:g} / {embedding_lr:g} "
             "(latent weights / scales / embeddings)")
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except ValueError as err:
+            if resume is None or "parameter group" not in str(err):
+                raise
+            raise ValueError(
+                f"resume: the checkpoint {resume!r} holds an optimizer state for other parameter groups than this "
+                f"version's {len(optimizer.param_groups)} (latent weights, scale vectors, embedding matrices; an "
+                f"older hf_onebit wrote two) - torch: {err}. That run cannot be continued; start a new one") from err
         steps = trainer.state.global_step
         summary["e2e"] = {"seconds": time.perf_counter() - start, "target_cache_seconds": cache_s,
                           "steps": steps, "planned_steps": plan.e2e_steps,
-                          "replans": callbacks[-1].replans if plan.deadline is not None else [], "recipe": recipe, "lr": lr, "scale_lr": scale_lr,
-                          "embedding_lr": embedding_lr,
+                          "replans": callbacks[-1].replans if plan.deadline is not None else [], "recipe": recipe,
+                          "lr": lr, "scale_lr": scale_lr, "embedding_lr": embedding_lr,
                           "tokens": steps * plan.batch_size * plan.grad_accum * plan.seq_len * world,
                           "log": [h for h in trainer.state.log_history if "loss" in h],
                           "tail_mass": targets.tail_mass() if targets is not None else None}

@@ -1,4 +1,4 @@
-"""OneBitDistillationTrainer: a convenience ``Trainer`` whose optimizer has hf_onebit's two parameter groups.
+"""OneBitDistillationTrainer: a convenience ``Trainer`` whose optimizer has hf_onebit's three parameter groups.
 
 Nothing here is required: the stock ``Trainer`` with :class:`OneBitDistillationCallback` (and optionally
 ``optimizers=(onebit_optimizer(model, ...), None)``) does the same.
@@ -12,11 +12,16 @@ from .optim import onebit_param_groups
 
 
 class OneBitDistillationTrainer(Trainer):
-    """``Trainer`` + AdamW over [latent weights, scale vectors] with ``scale_lr`` / ``weight_decay`` per group."""
+    """``Trainer`` + AdamW over [latent weights, scale vectors, embeddings] (:func:`onebit_param_groups`): the latent
+    weights at ``args.learning_rate`` and ``args.weight_decay``, the scale vectors at ``scale_lr`` (default 3.3x the
+    learning rate), the embedding matrices at ``embedding_lr`` (default the learning rate), both with
+    ``scale_weight_decay``; Adam's betas and epsilon from ``args``."""
 
-    def __init__(self, *args, scale_lr: float | None = None, scale_weight_decay: float = 0.0, **kwargs):
+    def __init__(self, *args, scale_lr: float | None = None, scale_weight_decay: float = 0.0,
+                 embedding_lr: float | None = None, **kwargs):
         self.scale_lr = scale_lr
         self.scale_weight_decay = scale_weight_decay
+        self.embedding_lr = embedding_lr
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model=None):
@@ -25,6 +30,7 @@ class OneBitDistillationTrainer(Trainer):
 
             args = self.args
             groups = onebit_param_groups(model or self.model, lr=args.learning_rate, scale_lr=self.scale_lr,
-                                         weight_decay=args.weight_decay, scale_weight_decay=self.scale_weight_decay)
+                                         weight_decay=args.weight_decay, scale_weight_decay=self.scale_weight_decay,
+                                         embedding_lr=self.embedding_lr)
             self.optimizer = torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
         return self.optimizer

@@ -1,5 +1,6 @@
 """`hf-onebit distill` (run_distill) end to end on a tiny model with a word-level tokenizer and a text file."""
 
+import dataclasses
 import random
 import re
 
@@ -547,3 +548,36 @@ def test_the_end_to_end_learning_rate_ends_at_min_lr_rate(tmp_path):
     for bad in (-0.1, 1.5, "0.3"):
         with pytest.raises(ValueError, match="min_lr_rate"):
             pipeline.DistillPlan(min_lr_rate=bad)
+
+
+def test_resuming_a_checkpoint_with_another_optimizer_layout_says_so(tmp_path):
+    """A checkpoint whose optimizer state has two parameter groups (an older hf_onebit: latent weights, then scale
+    vectors and embeddings together) cannot continue under three: the error names the checkpoint and the groups."""
+    import hf_onebit
+    from hf_onebit.training import pipeline
+    from hf_onebit.training.data import TokenBlocks
+    from hf_onebit.training.losses import DistillationLoss
+
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+
+    def student():
+        return AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                    quantization_config=hf_onebit.OneBitConfig(training=True))
+
+    data = TokenBlocks(torch.randint(0, 96, (40, 16)))
+    plan = pipeline.DistillPlan(stages=("e2e",), e2e_steps=2, batch_size=2, seq_len=16,
+                                loss=DistillationLoss(hidden_weight=0.0), recipe="onebit")
+    quiet = {"progress": False, "log": lambda *a: None}
+    pipeline.run_stages(student(), teacher, data, plan, str(tmp_path / "run"), save_steps=1, **quiet)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert len(state["param_groups"]) == 3
+    scales, embeddings = state["param_groups"][1:]
+    merged = dict(scales, params=scales["params"] + embeddings["params"])
+    state["param_groups"] = [state["param_groups"][0], merged]
+    torch.save(state, checkpoint / "optimizer.pt")
+    longer = dataclasses.replace(plan, e2e_steps=3)
+    with pytest.raises(ValueError, match=r"resume: the checkpoint .*checkpoint-1' holds an optimizer state for other "
+                                         r"parameter groups than this version's 3 .*start a new one"):
+        pipeline.run_stages(student(), teacher, data, longer, str(tmp_path / "run"), resume=str(checkpoint), **quiet)

@@ -89,3 +89,23 @@ def test_the_cli_passes_hidden_metric_and_embedding_lr_to_the_plan_and_checks_th
     assert default.loss.hidden_metric == DistillationLoss().hidden_metric and default.embedding_lr is None
     with pytest.raises(SystemExit, match=r"embedding_lr: got -1.0; allowed: None or a number > 0"):
         main(["distill", "--teacher", "missing", "--out", "o", "--embedding-lr", "-1"])
+
+
+def test_the_convenience_trainer_builds_the_three_groups_from_its_arguments(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_onebit.training.trainer import OneBitDistillationTrainer
+
+    student, _ = load_pair(tiny_teacher_dir(str(tmp_path)))
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), learning_rate=1e-3, weight_decay=0.02,
+                             adam_beta2=0.95, report_to=[], use_cpu=True)
+    trainer = OneBitDistillationTrainer(model=student, args=args, scale_lr=2e-3, scale_weight_decay=0.001,
+                                        embedding_lr=5e-4)
+    optimizer = trainer.create_optimizer()
+    groups = {g[GROUP_KEY]: g for g in optimizer.param_groups}
+    assert {k: (g["lr"], g["weight_decay"]) for k, g in groups.items()} == {
+        "latent_weights": (1e-3, 0.02), "scales": (2e-3, 0.001), "embeddings": (5e-4, 0.001)}
+    assert all(g["betas"] == (0.9, 0.95) for g in groups.values())
+    assert trainer.create_optimizer() is optimizer  # built once
+    default = OneBitDistillationTrainer(model=student, args=args).create_optimizer()
+    assert [g["lr"] for g in default.param_groups] == [1e-3, pytest.approx(3.3e-3), 1e-3]
