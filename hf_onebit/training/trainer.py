@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .optim import onebit_param_groups
+from .optim import onebit_optimizer
 
 
 class OneBitDistillationTrainer(Trainer):
-    """``Trainer`` + AdamW over [latent weights, scale vectors, embeddings] (:func:`onebit_param_groups`): the latent
+    """``Trainer`` + AdamW over [latent weights, scale vectors, embeddings] (:func:`onebit_optimizer`): the latent
     weights at ``args.learning_rate`` and ``args.weight_decay``, the scale vectors at ``scale_lr`` (default 3.3x the
     learning rate), the embedding matrices at ``embedding_lr`` (default the learning rate), both with
     ``scale_weight_decay``; Adam's betas and epsilon from ``args``."""
@@ -26,11 +26,10 @@ class OneBitDistillationTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            import torch
-
             args = self.args
-            groups = onebit_param_groups(model or self.model, lr=args.learning_rate, scale_lr=self.scale_lr,
-                                         weight_decay=args.weight_decay, scale_weight_decay=self.scale_weight_decay,
-                                         embedding_lr=self.embedding_lr)
-            self.optimizer = torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+            self.optimizer = onebit_optimizer(model or self.model, lr=args.learning_rate, scale_lr=self.scale_lr,
+                                              weight_decay=args.weight_decay,
+                                              scale_weight_decay=self.scale_weight_decay,
+                                              betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                                              embedding_lr=self.embedding_lr)
         return self.optimizer
