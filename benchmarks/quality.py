@@ -68,10 +68,18 @@ def plan_for(row: str, args):
     from hf_onebit.training.blockwise import BlockwiseConfig
     from hf_onebit.training.losses import DistillationLoss
     from hf_onebit.training.pipeline import DistillPlan
+    from hf_onebit.training.relations import parse_attention_layers
 
     cached = row in ("today-cached", "all", "all-progressive-blocks", "ternary-all")
+    attention = {} if args.attention_weight is None else {"attention_weight": args.attention_weight}
+    if args.attention_layers is not None:
+        attention["attention_layers"] = parse_attention_layers(args.attention_layers)
+    if args.attention_stride is not None:
+        attention["attention_stride"] = args.attention_stride
+    if cached:  # cached targets hold neither hidden states nor attention projections
+        attention["attention_weight"] = 0.0
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16,
-                  loss=DistillationLoss(hidden_weight=0.0) if cached else DistillationLoss(),
+                  loss=DistillationLoss(hidden_weight=0.0, **attention) if cached else DistillationLoss(**attention),
                   cache_targets=64 if cached else 0)
     if row in ("today", "today-cached", "ternary-today"):
         return DistillPlan(stages=("e2e",), **common)
@@ -127,6 +135,9 @@ def run_row(row: str, args) -> dict:
     result["plan"]["blockwise"] = dataclasses.asdict(plan.blockwise)
     result["plan"]["hidden_weight"] = plan.loss.hidden_weight
     result["plan"]["hidden_metric"] = plan.loss.hidden_metric
+    result["plan"]["attention_weight"] = plan.loss.attention_weight
+    result["plan"]["attention_layers"] = plan.loss.attention_layers
+    result["plan"]["attention_stride"] = plan.loss.attention_stride
     with tempfile.TemporaryDirectory(prefix=f"quality-{row}-") as out:  # the checkpoint: scored, then removed
         summary = run_stages(student, teacher, data, plan, os.path.join(out, "trainer"))
         for stage in ("blockwise", "e2e"):
@@ -234,6 +245,12 @@ def main(argv=None):
                    help="an end-to-end-only row shrinks its step (batch, then sequence) when the budget buys fewer "
                         "than MIN_E2E_STEPS steps of --batch-size x --seq-len, as hf-onebit distill --time-budget does")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-weight", type=float, default=None,
+                   help="weight of the attention-relation term of the end-to-end loss (default: the library's)")
+    p.add_argument("--attention-layers", default=None,
+                   help="blocks of that term: all, last or comma-separated indices (default: the library's)")
+    p.add_argument("--attention-stride", type=int, default=None,
+                   help="that term's rows: every n-th position (default: the library's)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for the trained rows (default: where bf16 is fast - AMX / AVX512-BF16 - as in "
                         "the main job)")

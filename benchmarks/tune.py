@@ -60,6 +60,12 @@ def main(argv=None) -> None:
                    help="learning rate of the embedding matrices (default: the latent weights')")
     p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
                    help="distance of the hidden-state term (DistillationLoss.hidden_metric)")
+    p.add_argument("--attention-weight", type=float, default=0.0,
+                   help="weight of the attention-relation term (DistillationLoss.attention_weight; 0: off)")
+    p.add_argument("--attention-layers", default="all",
+                   help="blocks of the attention-relation term: all, last or comma-separated indices")
+    p.add_argument("--attention-stride", type=int, default=1,
+                   help="rows of the attention-relation term: every n-th position (DistillationLoss.attention_stride)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the run (spread between runs)")
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
     p.add_argument("--freeze-embeddings", action="store_true",
@@ -82,6 +88,7 @@ def main(argv=None) -> None:
     from hf_onebit.training.losses import DistillationLoss
     from hf_onebit.training.pipeline import DistillPlan, run_stages
     from hf_onebit.training.precision import bf16_is_fast
+    from hf_onebit.training.relations import parse_attention_layers
 
     torch.manual_seed(args.seed)
     path = smollm2_checkpoint()
@@ -96,7 +103,9 @@ def main(argv=None) -> None:
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
     weight = {} if args.hidden_weight is None else {"hidden_weight": args.hidden_weight}
-    loss = DistillationLoss(hidden_metric=args.hidden_metric, **weight)
+    loss = DistillationLoss(hidden_metric=args.hidden_metric, attention_weight=args.attention_weight,
+                            attention_layers=parse_attention_layers(args.attention_layers),
+                            attention_stride=args.attention_stride, **weight)
     args.hidden_weight = loss.hidden_weight  # the value used, in the result's args
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,

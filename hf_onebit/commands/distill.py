@@ -16,6 +16,7 @@ from ..training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS
 from ..training.data import STYLES
 from ..training.losses import DEFAULT_HIDDEN_METRIC, DEFAULT_HIDDEN_WEIGHT, HIDDEN_METRICS
 from ..training.recipes import RECIPES
+from ..training.relations import parse_attention_layers
 
 DESCRIPTION = """\
 Distil a float checkpoint (--teacher) into a packed 1-bit (or ternary) checkpoint (--out).
@@ -39,6 +40,13 @@ examples:
   hf-onebit distill --teacher DIR --out DIR --max-steps 300 --data self real-text
   hf-onebit distill --teacher DIR --out DIR --stages blockwise e2e --blockwise-steps 64 --max-steps 100
 """
+
+
+def attention_layers_arg(text: str):
+    try:
+        return parse_attention_layers(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_distill_parser(subparsers) -> argparse.ArgumentParser:
@@ -117,6 +125,15 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help="distance of the hidden-state term: of the L2-normalised states ('cosine'), or of the states "
                         "with every dimension divided by the teacher's median |value| first ('dim-scaled'); default "
                         f"{DEFAULT_HIDDEN_METRIC}")
+    p.add_argument("--attention-weight", type=float, default=0.0,
+                   help="weight of the attention-relation term: the KL between the teacher's and the student's Q-Q, "
+                        "K-K and V-V relations per position (MiniLMv2 / BitDistill); default 0 (off)")
+    p.add_argument("--attention-layers", type=attention_layers_arg, default="all",
+                   help="blocks of the attention-relation term: all (default), last, or comma-separated 0-based "
+                        "block indices")
+    p.add_argument("--attention-stride", type=int, default=1,
+                   help="rows of the attention-relation term: every n-th position, the sum estimated at ~1/n of the "
+                        "cost (default 1: every position)")
     p.add_argument("--ce-weight", type=float, default=0.0, help="weight of the cross-entropy on the text itself")
     p.add_argument("--kd-temperature", type=float, default=1.0, help="softmax temperature of the KL term")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -196,6 +213,9 @@ def plan_from_args(args):
         elif args.init_steps is not None:
             overrides["init_steps"] = args.init_steps
     hidden = 0.0 if args.cache_targets else args.hidden_weight
+    if args.cache_targets and args.attention_weight:
+        raise ValueError(f"--attention-weight: got {args.attention_weight:g} with --cache-targets "
+                         f"{args.cache_targets}; cached targets hold no attention projections: allowed 0 with them")
     return DistillPlan(
         stages=tuple(args.stages), blockwise_steps=args.blockwise_steps,
         calibration_sequences=args.calibration_sequences,
@@ -206,7 +226,8 @@ def plan_from_args(args):
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,
         loss=DistillationLoss(hidden_weight=hidden, hidden_metric=args.hidden_metric, ce_weight=args.ce_weight,
-                              temperature=args.kd_temperature),
+                              temperature=args.kd_temperature, attention_weight=args.attention_weight,
+                              attention_layers=args.attention_layers, attention_stride=args.attention_stride),
         bf16=bool(args.bf16), seed=args.seed)
 
 
@@ -313,7 +334,7 @@ def run_stages_and_report(student, teacher, data, plan, output_dir, resume, save
                   f"{e['lr']:g} / {e['scale_lr']:g} / {e['embedding_lr']:g}"]]
         if e["log"]:
             rows.append(["first / last loss", f"{e['log'][0]['loss']:.4g} / {e['log'][-1]['loss']:.4g}"])
-            for key in ("distill_kl", "distill_hidden", "distill_ce"):
+            for key in ("distill_kl", "distill_hidden", "distill_attention", "distill_ce"):
                 if key in e["log"][-1]:
                     rows.append([f"last {key}", e["log"][-1][key]])
         if e["tail_mass"] is not None:

@@ -221,6 +221,7 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
     from .heap import RetainedHeap
     from .losses import DistillationLoss
     from .recipes import latent_layers
+    from .relations import ProjectionCapture
     from .teacher_cast import TeacherWeightCast, teacher_precision
 
     start = time.perf_counter()
@@ -247,16 +248,24 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
 
     teacher_s = []
     cast = TeacherWeightCast(teacher, torch.bfloat16) if bf16 else None
+    # the attention-relation term's projections, recorded as the callback records them
+    captures = [ProjectionCapture(m, loss.attention_layers) for m in (student, teacher)] if loss.needs_relations else []
+
+    def recording(i):
+        return captures[i].recording() if captures else contextlib.nullcontext()
 
     def e2e_step():
         tick = time.perf_counter()
-        with torch.no_grad(), teacher_precision(cast, device.type):
+        with torch.no_grad(), teacher_precision(cast, device.type), recording(1):
             t = teacher(input_ids=e2e_ids, output_hidden_states=loss.needs_hidden_states, use_cache=False)
         teacher_s.append(time.perf_counter() - tick)
         with student_precision():
-            s = student(input_ids=e2e_ids, output_hidden_states=loss.needs_hidden_states, use_cache=False)
+            with recording(0):
+                s = student(input_ids=e2e_ids, output_hidden_states=loss.needs_hidden_states, use_cache=False)
             mask = loss.token_mask(e2e_ids)
-            terms = loss.terms(s.logits, t.logits, mask, s.get("hidden_states"), t.get("hidden_states"))
+            relations = (captures[0].take(), captures[1].take(), captures[0].head_dim) if captures else None
+            terms = loss.terms(s.logits, t.logits, mask, s.get("hidden_states"), t.get("hidden_states"),
+                               relations=relations)
         loss.combine(terms).backward()
         frozen_optimizer.step()
         frozen_optimizer.zero_grad(set_to_none=True)
@@ -275,6 +284,8 @@ def measure_step_times(student, teacher, seq_len: int, batch_size: int, e2e_batc
     finally:
         for m, binarizer in saved:
             m.binarizer = binarizer
+        for capture in captures:
+            capture.remove()
         student.train(was_training)
         del frozen_optimizer
         if heap is not None:

@@ -3,9 +3,11 @@
 A TrainerCallback sees the model and the optimizer but neither the inputs nor the loss, so the callback hooks the
 student itself: a forward pre-hook captures ``input_ids`` / ``attention_mask`` / ``labels`` / ``num_items_in_batch``
 (and asks the student for its hidden states), a forward hook runs the frozen teacher on the same inputs and returns
-the student's outputs with ``loss`` replaced by the distillation loss. The Trainer back-propagates that loss as it
-would the model's own; gradient accumulation and multi-process runs follow the Trainer's ``num_items_in_batch``
-convention (see :mod:`hf_onebit.training.losses`). The hooks act only while the student is in training mode.
+the student's outputs with ``loss`` replaced by the distillation loss (with an attention-relation term, hooks on
+both models' Q / K / V projections record their outputs for it: :mod:`hf_onebit.training.relations`). The Trainer
+back-propagates that loss as it would the model's own; gradient accumulation and multi-process runs follow the
+Trainer's ``num_items_in_batch`` convention (see :mod:`hf_onebit.training.losses`). The hooks act only while the
+student is in training mode.
 
 The callback also owns the recipe's schedule (stage, phase and ``t`` per optimizer step), weight decay 0 in the last
 phase, adaptive gradient clipping, the extra log entries (``t``, each loss term, sign flips) and a plot of them, the
@@ -15,6 +17,7 @@ latent-form Trainer checkpoints, and at the end of training the fold of every ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -39,6 +42,7 @@ from .recipes import (
     stage_of,
     start_main_stage_,
 )
+from .relations import ProjectionCapture
 from .targets import TargetBlocks
 from .teacher_cast import TeacherWeightCast, teacher_precision
 
@@ -97,9 +101,10 @@ class OneBitDistillationCallback(TrainerCallback):
         if not isinstance(self.loss, DistillationLoss):
             raise ValueError(f"loss: got {type(self.loss).__name__}; allowed: a DistillationLoss")
         self.targets = targets
-        if targets is not None and self.loss.needs_hidden_states:
-            raise ValueError("targets: cached teacher targets carry no hidden states; pass "
-                             "loss=DistillationLoss(hidden_weight=0) (or distil without cached targets)")
+        if targets is not None and self.loss.needs_live_teacher:
+            raise ValueError("targets: cached teacher targets carry no hidden states or attention projections; pass "
+                             "loss=DistillationLoss(hidden_weight=0, attention_weight=0) (or distil without cached "
+                             "targets)")
         if targets is not None and targets.temperature != self.loss.temperature:
             raise ValueError(f"targets: computed at temperature {targets.temperature}, the loss uses "
                              f"{self.loss.temperature}; compute them with teacher_targets(..., temperature=...)")
@@ -121,6 +126,7 @@ class OneBitDistillationCallback(TrainerCallback):
         self.history: list[dict] = []
         self._model = None
         self._handles = []
+        self._captures: tuple[ProjectionCapture, ProjectionCapture] | None = None  # student's, teacher's
         self._ctx = None
         self._active = False
         self._sums: dict[str, float] = {}
@@ -282,11 +288,17 @@ class OneBitDistillationCallback(TrainerCallback):
             model.register_forward_pre_hook(self._pre_forward, with_kwargs=True),
             model.register_forward_hook(self._post_forward, with_kwargs=True),
         ]
+        if self.loss.needs_relations:
+            layers = self.loss.attention_layers
+            self._captures = (ProjectionCapture(model, layers), ProjectionCapture(self.teacher, layers))
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for capture in self._captures or ():
+            capture.remove()
+        self._captures = None
 
     def _pre_forward(self, module, args, kwargs):
         if not (self._active and module.training):
@@ -311,21 +323,31 @@ class OneBitDistillationCallback(TrainerCallback):
         }
         kwargs["output_hidden_states"] = self.loss.needs_hidden_states
         kwargs["use_cache"] = False
+        if self._captures is not None:  # records the student's projections until _post_forward
+            self._captures[0].start()
         return args, kwargs
 
     def _post_forward(self, module, args, kwargs, output):
         ctx, self._ctx = self._ctx, None
         if ctx is None:
             return None
+        relations = None
+        if self._captures is not None:
+            self._captures[0].stop()
         if ctx["teacher_topk"] is None:
-            with torch.no_grad(), teacher_precision(self._teacher_cast, ctx["input_ids"].device.type):
+            recording = self._captures[1].recording() if self._captures else contextlib.nullcontext()
+            with torch.no_grad(), teacher_precision(self._teacher_cast, ctx["input_ids"].device.type), recording:
                 teacher_out = self.teacher(input_ids=ctx["input_ids"], attention_mask=ctx["attention_mask"],
                                            output_hidden_states=self.loss.needs_hidden_states, use_cache=False)
+            if self._captures is not None:
+                student_capture, teacher_capture = self._captures
+                relations = (student_capture.take(), teacher_capture.take(), student_capture.head_dim)
         else:
             teacher_out = {}  # the batch carries the teacher's cached top-k targets: the teacher does not run
         mask = self.loss.token_mask(ctx["input_ids"], ctx["attention_mask"], ctx["labels"])
         terms = self.loss.terms(output.logits, teacher_out.get("logits"), mask, output.get("hidden_states"),
-                                teacher_out.get("hidden_states"), ctx["labels"], teacher_topk=ctx["teacher_topk"])
+                                teacher_out.get("hidden_states"), ctx["labels"], teacher_topk=ctx["teacher_topk"],
+                                relations=relations, attention_mask=ctx["attention_mask"])
         total = self.loss.combine(terms)
         count = float(mask.sum())
         n = ctx["num_items_in_batch"]

@@ -1,4 +1,4 @@
-"""The distillation loss: KL on logits (with temperature) + hidden-state MSE + optional CE on labels.
+"""The distillation loss: KL on logits (with temperature) + hidden-state MSE + optional attention relations and CE.
 
 Every term is a per-token quantity over the positions that predict a next token (position ``p`` predicts token
 ``p + 1``; a position counts when label ``p + 1`` is not ``-100``, or, without labels, when both tokens are attended).
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .relations import relation_kl_token_sum
 
 IGNORE_INDEX = -100
 #: weight of the hidden-state term by default: on SmolLM2-135M at 560 steps of 2 x 64 tokens (validation split, AMD
@@ -42,6 +44,12 @@ class DistillationLoss:
             state's norm (a pretrained model's outlier dimensions) no longer make up most of the term.
         chunked_kl: compute the KL term with :func:`kl_token_sum` (chunked, gradient formed in the forward pass);
             False uses :func:`kl_token_sum_reference`, the plain ``F.kl_div`` it is tested against (slower).
+        attention_weight: weight of the attention-relation term (:mod:`hf_onebit.training.relations`: the KL between
+            the teacher's and the student's Q-Q, K-K and V-V relations per position, averaged over relations, heads
+            and blocks); 0 (default) leaves it out.
+        attention_layers: the blocks of that term: ``"all"``, ``"last"`` or a tuple of 0-based block indices.
+        attention_stride: the term uses every ``attention_stride``-th position's relation row (ending at the last
+            one) and multiplies by the stride: an estimate of the full sum at about ``1 / stride`` of its cost.
     """
 
     kl_weight: float = 1.0
@@ -51,20 +59,34 @@ class DistillationLoss:
     hidden_layers: str = "all"
     hidden_metric: str = DEFAULT_HIDDEN_METRIC
     chunked_kl: bool = True
+    attention_weight: float = 0.0
+    attention_layers: "str | tuple" = "all"
+    attention_stride: int = 1
 
     def __post_init__(self):
-        for name in ("kl_weight", "hidden_weight", "ce_weight"):
+        for name in ("kl_weight", "hidden_weight", "ce_weight", "attention_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"DistillationLoss.{name}: got {value!r}; allowed: a number >= 0")
-        if not self.kl_weight + self.hidden_weight + self.ce_weight > 0:
-            raise ValueError("DistillationLoss: kl_weight, hidden_weight and ce_weight are all 0; allowed: one > 0")
+        if not self.kl_weight + self.hidden_weight + self.ce_weight + self.attention_weight > 0:
+            raise ValueError("DistillationLoss: kl_weight, hidden_weight, ce_weight and attention_weight are all 0; "
+                             "allowed: one > 0")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"DistillationLoss.temperature: got {self.temperature!r}; allowed: a number > 0")
         if not isinstance(self.chunked_kl, bool):
             raise ValueError(f"DistillationLoss.chunked_kl: got {self.chunked_kl!r}; allowed: True or False")
         if self.hidden_layers not in ("all", "last"):
             raise ValueError(f"DistillationLoss.hidden_layers: got {self.hidden_layers!r}; allowed: 'all' or 'last'")
+        layers = self.attention_layers
+        if isinstance(layers, list):
+            object.__setattr__(self, "attention_layers", layers := tuple(layers))
+        if not (layers in ("all", "last") or (isinstance(layers, tuple) and layers and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in layers))):
+            raise ValueError(f"DistillationLoss.attention_layers: got {layers!r}; allowed: 'all', 'last' or a "
+                             "non-empty tuple of block indices")
+        stride = self.attention_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"DistillationLoss.attention_stride: got {stride!r}; allowed: an integer >= 1")
         if self.hidden_metric not in HIDDEN_METRICS:
             raise ValueError(f"DistillationLoss.hidden_metric: got {self.hidden_metric!r}; allowed: one of "
                              f"{HIDDEN_METRICS}")
@@ -72,6 +94,15 @@ class DistillationLoss:
     @property
     def needs_hidden_states(self) -> bool:
         return self.hidden_weight > 0
+
+    @property
+    def needs_relations(self) -> bool:
+        return self.attention_weight > 0
+
+    @property
+    def needs_live_teacher(self) -> bool:
+        """Whether a term needs more of the teacher than cached top-k targets hold (its hidden states or relations)."""
+        return self.needs_hidden_states or self.needs_relations
 
     def token_mask(self, input_ids: torch.Tensor, attention_mask=None, labels=None) -> torch.Tensor:
         """Bool ``(batch, seq - 1)``: which positions predict a counted next token."""
@@ -83,11 +114,14 @@ class DistillationLoss:
         return torch.ones(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool, device=input_ids.device)
 
     def terms(self, student_logits, teacher_logits, mask, student_hidden=None, teacher_hidden=None, labels=None,
-              teacher_topk=None):
-        """Per-term token sums ``{"kl", "hidden", "ce"}`` (only the enabled ones) over the ``mask`` positions.
+              teacher_topk=None, relations=None, attention_mask=None):
+        """Per-term token sums ``{"kl", "hidden", "attention", "ce"}`` (only the enabled ones) over the ``mask``
+        positions.
 
         ``teacher_topk`` (``(index, logp)``, cached targets) replaces ``teacher_logits`` for the KL term
-        (:func:`sparse_kl_token_sum`)."""
+        (:func:`sparse_kl_token_sum`). ``relations``: ``(student projections, teacher projections, head_dim)`` as
+        :class:`~hf_onebit.training.relations.ProjectionCapture` records them (needed when ``attention_weight > 0``).
+        """
         out = {}
         if self.kl_weight > 0:
             if teacher_topk is not None:
@@ -108,6 +142,10 @@ class DistillationLoss:
                     hs, ht = hs / scale, ht / scale
                 total = total + (F.normalize(hs, dim=-1) - F.normalize(ht, dim=-1)).pow(2).sum()
             out["hidden"] = total / len(layers)
+        if self.attention_weight > 0:
+            if relations is None:
+                raise ValueError("attention_weight > 0 needs the attention projections of student and teacher")
+            out["attention"] = relation_kl_token_sum(*relations, mask, attention_mask, stride=self.attention_stride)
         if self.ce_weight > 0:
             if labels is None:
                 raise ValueError("ce_weight > 0 needs labels in the batch")
@@ -115,7 +153,8 @@ class DistillationLoss:
         return out
 
     def combine(self, terms: dict) -> torch.Tensor:
-        weights = {"kl": self.kl_weight, "hidden": self.hidden_weight, "ce": self.ce_weight}
+        weights = {"kl": self.kl_weight, "hidden": self.hidden_weight, "ce": self.ce_weight,
+                   "attention": self.attention_weight}
         return sum(weights[name] * value for name, value in terms.items())
 
 

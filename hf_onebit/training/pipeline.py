@@ -79,9 +79,9 @@ class DistillPlan:
             raise ValueError(f"cache_epochs: got {self.cache_epochs!r}; allowed: a number >= 1")
         if self.cache_targets < 0:
             raise ValueError(f"cache_targets: got {self.cache_targets!r}; allowed: 0 (off) or k >= 1")
-        if self.cache_targets and self.loss.needs_hidden_states:
-            raise ValueError("cache_targets: cached teacher targets carry no hidden states; use a loss with "
-                             "hidden_weight=0")
+        if self.cache_targets and self.loss.needs_live_teacher:
+            raise ValueError("cache_targets: cached teacher targets carry no hidden states or attention projections; "
+                             "use a loss with hidden_weight=0 and attention_weight=0")
         if self.recipe == "progressive" and "blockwise" in self.stages:
             raise ValueError("recipe: 'progressive' restarts from the float weights and would discard the block-wise "
                              "stage; allowed after it: 'onebit' (binary) or 'bitnet'")
