@@ -342,6 +342,12 @@ class OneBitDistillationCallback(TrainerCallback):
             if self._captures is not None:
                 student_capture, teacher_capture = self._captures
                 relations = (student_capture.take(), teacher_capture.take(), student_capture.head_dim)
+                if torch.is_grad_enabled() and not all(a.requires_grad for a in relations[0]):
+                    raise ValueError(
+                        "attention_weight > 0: the student's Q / K / V projections carry no gradient, so the "
+                        "attention-relation term would train nothing (reentrant activation checkpointing recomputes "
+                        "them outside autograd); allowed: activation checkpointing with use_reentrant=False "
+                        "(transformers' default) or none, or attention_weight=0")
         else:
             teacher_out = {}  # the batch carries the teacher's cached top-k targets: the teacher does not run
         mask = self.loss.token_mask(ctx["input_ids"], ctx["attention_mask"], ctx["labels"])

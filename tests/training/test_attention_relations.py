@@ -239,3 +239,17 @@ def test_a_model_without_llama_style_projections_is_refused_without_leaving_hook
     with pytest.raises(ValueError, match=r"block 1 has no self_attn.q_proj; attention-relation distillation supports"):
         ProjectionCapture(teacher, "all")
     assert _capture_hooks(teacher) == 0
+
+
+def test_reentrant_activation_checkpointing_is_refused_instead_of_training_nothing(tmp_path):
+    student, teacher = load_pair(tiny_teacher_dir(str(tmp_path)))
+    enable = getattr(student, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    else:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    cb = OneBitDistillationCallback(teacher, recipe="onebit", loss=DistillationLoss(attention_weight=1.0), plot=False)
+    trainer = Trainer(model=student, args=train_args(str(tmp_path / "out"), 2), train_dataset=token_data(16, 8),
+                      callbacks=[cb])
+    with pytest.raises(ValueError, match="Q / K / V projections carry no gradient.*use_reentrant=False"):
+        trainer.train()
