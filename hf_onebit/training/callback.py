@@ -241,7 +241,11 @@ class OneBitDistillationCallback(TrainerCallback):
             with open(os.path.join(folder, STATE_FILE), "w") as fh:
                 json.dump(self.state_dict(), fh, indent=1)
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
+    def release(self) -> None:
+        """Undo what ``on_train_begin`` changed outside the student's weights: the hooks, the heap setting, denormal
+        flushing (idempotent). ``on_train_end`` calls it; the Trainer has no event for a run that raised, so
+        :func:`~hf_onebit.training.pipeline.run_stages` calls it then (call it yourself after a failed
+        ``trainer.train()``)."""
         self._active = False
         if self.flush_denormals:
             torch.set_flush_denormal(False)
@@ -252,6 +256,9 @@ class OneBitDistillationCallback(TrainerCallback):
         if self._tie_handle is not None:
             self._tie_handle.remove()
             self._tie_handle = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.release()
         if model is not None:
             finalize_(model)
             set_save_form(model, "packed")
@@ -343,6 +350,7 @@ class OneBitDistillationCallback(TrainerCallback):
                 student_capture, teacher_capture = self._captures
                 relations = (student_capture.take(), teacher_capture.take(), student_capture.head_dim)
                 if torch.is_grad_enabled() and not all(a.requires_grad for a in relations[0]):
+                    self.release()
                     raise ValueError(
                         "attention_weight > 0: the student's Q / K / V projections carry no gradient, so the "
                         "attention-relation term would train nothing (reentrant activation checkpointing recomputes "

@@ -191,8 +191,9 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
         start = time.perf_counter()
         try:
             trainer.train(resume_from_checkpoint=resume)
-        except ValueError as err:
-            if resume is None or "parameter group" not in str(err):
+        except BaseException as err:
+            callback.release()  # the Trainer has no event for a run that raised
+            if not isinstance(err, ValueError) or resume is None or "parameter group" not in str(err):
                 raise
             raise ValueError(
                 f"resume: the checkpoint {resume!r} holds an optimizer state for other parameter groups than this "

@@ -253,3 +253,6 @@ def test_reentrant_activation_checkpointing_is_refused_instead_of_training_nothi
                       callbacks=[cb])
     with pytest.raises(ValueError, match="Q / K / V projections carry no gradient.*use_reentrant=False"):
         trainer.train()
+    # refused before the callback's process-wide settings could outlive the run
+    assert cb._heap is None and _capture_hooks(student, teacher) == 0
+    assert not any(m._forward_pre_hooks for m in student.modules())
