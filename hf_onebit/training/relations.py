@@ -129,13 +129,20 @@ def relation_kl_token_sum(student: list, teacher: list, head_dim: int, mask: tor
     if len(student) != len(teacher) or not student:
         raise ValueError(f"attention relations: {len(student)} student and {len(teacher)} teacher projections "
                          "recorded; allowed: the same number, at least one")
-    total = torch.zeros((), dtype=torch.float32, device=student[0].device)
+    device, n = student[0].device, student[0].shape[1]
+    # what every projection shares, built once: the rows, their weights, the masked keys as an additive score
+    rows = query_rows(n, stride, device)
+    allowed = _allowed(n, attention_mask, device)[..., rows, :]
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill_(~allowed, MASKED_SCORE)
+    counted = mask[:, rows].to(torch.float32).mul_(stride)[:, None, :, None]  # (batch, 1, rows, 1)
+    total = torch.zeros((), dtype=torch.float32, device=device)
     heads = 0
     for s, t in zip(student, teacher):
-        if s.shape != t.shape or s.shape[-1] % head_dim:
+        if s.shape != t.shape or s.shape[-1] % head_dim or s.shape[1] != n:
             raise ValueError(f"attention relations: student {tuple(s.shape)} / teacher {tuple(t.shape)} projections; "
-                             f"allowed: equal shapes whose width is a multiple of head_dim={head_dim}")
-        total = total + _RelationKL.apply(s, t.detach(), head_dim, mask, attention_mask, stride)
+                             f"allowed: equal shapes of {n} positions whose width is a multiple of "
+                             f"head_dim={head_dim}")
+        total = total + _RelationKL.apply(s, t.detach(), head_dim, rows, bias, counted)
         heads += s.shape[-1] // head_dim
     return total / heads
 
@@ -174,18 +181,14 @@ class _RelationKL(torch.autograd.Function):
     kept."""
 
     @staticmethod
-    def forward(ctx, s, t, head_dim, mask, attention_mask, stride):
+    def forward(ctx, s, t, head_dim, rows, bias, counted):
         with torch.autocast(s.device.type, enabled=False):  # float32 inside an autocast region too
-            return _RelationKL._forward(ctx, s, t, head_dim, mask, attention_mask, stride)
+            return _RelationKL._forward(ctx, s, t, head_dim, rows, bias, counted)
 
     @staticmethod
-    def _forward(ctx, s, t, head_dim, mask, attention_mask, stride):
+    def _forward(ctx, s, t, head_dim, rows, bias, counted):
         b, n, width = s.shape
-        heads, scale = width // head_dim, head_dim ** -0.5
-        rows = query_rows(n, stride, s.device)
-        r = rows.numel()
-        allowed = _allowed(n, attention_mask, s.device)[..., rows, :]
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=s.device).masked_fill_(~allowed, MASKED_SCORE)
+        heads, scale, r = width // head_dim, head_dim ** -0.5, rows.numel()
         bias = bias.expand(b, heads, r, n).reshape(b * heads, r, n)  # a view unless padding makes it per sequence
         a_s = s.detach().float().view(b, n, heads, head_dim).transpose(1, 2).reshape(b * heads, n, head_dim)
         a_t = t.float().view(b, n, heads, head_dim).transpose(1, 2).reshape(b * heads, n, head_dim)
@@ -194,7 +197,6 @@ class _RelationKL(torch.autograd.Function):
         # several times slower, most of all on the masked scores)
         scores_s = torch.baddbmm(bias, a_s_rows, a_s.transpose(1, 2), alpha=scale).view(b, heads, r, n)
         scores_t = torch.baddbmm(bias, a_t[:, rows], a_t.transpose(1, 2), alpha=scale).view(b, heads, r, n)
-        counted = mask[:, rows].to(torch.float32).mul_(stride)[:, None, :, None]  # (b, 1, r, 1): row weights
         p_t = scores_t.softmax(dim=-1).mul_(counted)  # 0 on masked keys (their score underflows) and uncounted rows
         log_t = scores_t.log_softmax(dim=-1)
         total = torch.dot(p_t.view(-1), log_t.sub_(scores_s.log_softmax(dim=-1)).view(-1))
