@@ -15,6 +15,12 @@ reference path. ``--weight-format ternary`` times a ternary student (the smooth 
     python benchmarks/distill_overhead.py --reps 5 --batch-size 1 --seq-len 64 --reference-binarizer \
         --weight-format ternary
     python benchmarks/distill_overhead.py --reps 10 --batch-size 1 --seq-len 64 --bf16 --heap
+
+``--frozen-codes`` adds the distillation step of a run whose codes are frozen (``Recipe.freeze_codes_at``: the hard
+codes cached in the matmul's dtype, no gradient to the latent weights), and ``--optimizer`` counts the optimizer
+update (adaptive clipping and AdamW) in every timed step, where frozen codes save most:
+
+    python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 --bf16 --frozen-codes --optimizer
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ def main(argv=None):
     p.add_argument("--reference", action="store_true", help="also time the step without the fast paths")
     p.add_argument("--reference-binarizer", action="store_true",
                    help="also time the fast step with the binarizer on its reference path")
+    p.add_argument("--frozen-codes", action="store_true",
+                   help="also time the distillation step with the codes frozen (Recipe.freeze_codes_at)")
+    p.add_argument("--optimizer", action="store_true",
+                   help="count the optimizer update (clipping, AdamW) in every timed step")
     p.add_argument("--heap", action="store_true",
                    help="also time the distillation step with glibc's default heap (freed memory returned)")
     args = p.parse_args(argv)
@@ -67,7 +77,7 @@ def main(argv=None):
 
     from hf_onebit.eval import format_table
     from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
-    from hf_onebit.training.binarizers import ProgressiveBinarizer
+    from hf_onebit.training.binarizers import FrozenCodes, ProgressiveBinarizer
     from hf_onebit.training.heap import RetainedHeap
     from hf_onebit.training.recipes import latent_layers
     from hf_onebit.training.teacher_cast import TeacherWeightCast
@@ -95,10 +105,21 @@ def main(argv=None):
     fast_loss, reference_loss = cb.loss, DistillationLoss(chunked_kl=False)
     binarizers = [m.binarizer for _, m in latent_layers(student) if isinstance(m.binarizer, ProgressiveBinarizer)]
     assert binarizers, "the student has no progressive binarizer installed"
+    frozen = {}  # layer -> its FrozenCodes (made once; the timing swaps them in and out instead of folding scales)
+    if args.frozen_codes:
+        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        with torch.no_grad():
+            frozen = {m: FrozenCodes(m.format.hard(m.weight).to(dtype)) for _, m in latent_layers(student)}
+
+    def freeze(on: bool) -> None:
+        for (m, codes), progressive in zip(frozen.items(), binarizers):
+            m.binarizer = codes if on else progressive
+            m.weight.requires_grad_(not on)
 
     def step(distill: bool, reference: bool = False, reference_binarizer: bool = False,
-             default_heap: bool = False) -> float:
+             default_heap: bool = False, frozen_codes: bool = False) -> float:
         nonlocal heap
+        freeze(frozen_codes)
         if default_heap:
             heap.release()
         for b in binarizers:
@@ -111,6 +132,9 @@ def main(argv=None):
             cb._teacher_cast = TeacherWeightCast(teacher)
         t0 = time.perf_counter()
         trainer.training_step(student, dict(batch), n_items)
+        if args.optimizer:
+            cb.on_pre_optimizer_step(targs, state, trainer.control, model=student, optimizer=trainer.optimizer)
+            trainer.optimizer.step()
         elapsed = time.perf_counter() - t0
         student.zero_grad(set_to_none=True)
         if default_heap:
@@ -124,7 +148,9 @@ def main(argv=None):
         step(True, reference_binarizer=True)
     if args.heap:
         step(True, default_heap=True)
-    plain, distill, old, old_binarizer, default = [], [], [], [], []
+    if args.frozen_codes:
+        step(True, frozen_codes=True)
+    plain, distill, old, old_binarizer, default, cold = [], [], [], [], [], []
     for _ in range(args.reps):
         plain.append(step(False))
         distill.append(step(True))
@@ -134,6 +160,8 @@ def main(argv=None):
             old_binarizer.append(step(True, reference_binarizer=True))
         if args.heap:
             default.append(step(True, default_heap=True))
+        if args.frozen_codes:
+            cold.append(step(True, frozen_codes=True))
     heap.release()
     mp, md = statistics.median(plain), statistics.median(distill)
     tokens = args.batch_size * args.seq_len
@@ -148,16 +176,22 @@ def main(argv=None):
     if args.heap:
         mh = statistics.median(default)
         rows.append(["distillation, glibc's default heap", mh, tokens / mh, mh / mp])
+    if args.frozen_codes:
+        mf = statistics.median(cold)
+        rows.append(["distillation, codes frozen", mf, tokens / mf, mf / mp])
     print(format_table(["step", "median s", "tokens / s", "x plain"], rows))
     print(f"\ndistillation / plain = {md / mp:.2f}x  ({args.weight_format}, batch {args.batch_size} x {args.seq_len} "
           "tokens, "
-          f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating rounds, forward+backward only)")
+          f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.reps} alternating rounds, "
+          f"{'forward+backward+optimizer' if args.optimizer else 'forward+backward only'})")
     if args.reference:
         print(f"reference path / fast path = {mo / md:.2f}x")
     if args.reference_binarizer:
         print(f"reference binarizer / fast path = {mb / md:.2f}x")
     if args.heap:
         print(f"default heap / retained heap = {mh / md:.2f}x")
+    if args.frozen_codes:
+        print(f"codes frozen / distillation = {mf / md:.2f}x")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def plan_for(row: str, args):
         attention["attention_weight"] = 0.0
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16,
                   loss=DistillationLoss(hidden_weight=0.0, **attention) if cached else DistillationLoss(**attention),
-                  cache_targets=64 if cached else 0)
+                  cache_targets=64 if cached else 0,
+                  recipe_overrides={} if args.freeze_codes_at is None else {"freeze_codes_at": args.freeze_codes_at})
     if row in ("today", "today-cached", "ternary-today"):
         return DistillPlan(stages=("e2e",), **common)
     init = "svid" if row == "blockwise-svid" else "data"
@@ -245,6 +246,8 @@ def main(argv=None):
                    help="an end-to-end-only row shrinks its step (batch, then sequence) when the budget buys fewer "
                         "than MIN_E2E_STEPS steps of --batch-size x --seq-len, as hf-onebit distill --time-budget does")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--freeze-codes-at", type=float, default=None,
+                   help="fraction of the end-to-end steps after which only scales, norms and embeddings train")
     p.add_argument("--attention-weight", type=float, default=None,
                    help="weight of the attention-relation term of the end-to-end loss (default: the library's)")
     p.add_argument("--attention-layers", default=None,

@@ -118,6 +118,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help="progressive recipe: no learnable row scale on top of the row absmean")
     p.add_argument("--no-binary-aware-init", action="store_true",
                    help="progressive recipe: skip the first stage that learns the per-input scales")
+    p.add_argument("--freeze-codes-at", type=float, default=None,
+                   help="fraction of the end-to-end steps after which the codes are frozen and only the scale "
+                        "vectors, norms and embeddings train (cheaper steps; default: never)")
     p.add_argument("--post-layernorm", action="store_true", help="onebit: LayerNorm after every 1-bit linear")
     p.add_argument("--hidden-weight", type=float, default=DEFAULT_HIDDEN_WEIGHT,
                    help=f"alpha of the hidden-state MSE term (default {DEFAULT_HIDDEN_WEIGHT:g})")
@@ -212,6 +215,11 @@ def plan_from_args(args):
             overrides["init_steps"] = 0
         elif args.init_steps is not None:
             overrides["init_steps"] = args.init_steps
+    if args.freeze_codes_at is not None:
+        if not 0 < args.freeze_codes_at < 1:
+            raise ValueError(f"--freeze-codes-at: got {args.freeze_codes_at:g}; allowed: a fraction in (0, 1) of the "
+                             "end-to-end steps")
+        overrides["freeze_codes_at"] = args.freeze_codes_at
     hidden = 0.0 if args.cache_targets else args.hidden_weight
     if args.cache_targets and args.attention_weight:
         raise ValueError(f"--attention-weight: got {args.attention_weight:g} with --cache-targets "

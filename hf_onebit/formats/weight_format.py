@@ -102,6 +102,17 @@ class WeightFormat:
     def is_ternary(self) -> bool:
         return self is TERNARY
 
+    # The two formats are singletons (``is_ternary`` compares identity): a copied or unpickled layer, binarizer or
+    # model keeps the same object, not a look-alike that would pass for binary.
+    def __copy__(self) -> "WeightFormat":
+        return self
+
+    def __deepcopy__(self, memo) -> "WeightFormat":
+        return self
+
+    def __reduce__(self):
+        return get_format, (self.name,)
+
     def packed_columns(self, in_features: int) -> int:
         """Bytes per packed row for ``in_features`` inputs."""
         return (in_features + self.weights_per_byte - 1) // self.weights_per_byte

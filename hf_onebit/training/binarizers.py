@@ -292,6 +292,44 @@ class BinaryAwareInitBinarizer:
         return "BinaryAwareInitBinarizer()"
 
 
+class FrozenCodes:
+    """The last stage of a run that freezes the codes: the layer's hard codes (``sign(W)``, or the ternary values),
+    computed once in the matmul's dtype and returned on every call, with no gradient to the latent weight.
+
+    Late in a progressive run the codes hardly change (a fraction of ~1e-4 of them per log interval flips in its last
+    quarter on SmolLM2), so the rest can train the scale vectors, norms and embeddings alone: no binarizer pass, no
+    weight-gradient matmul and no optimizer update of the latent weights per step. :func:`freeze_codes_` installs it
+    after :func:`finalize_module_` (row scale folded into ``scale_out``), so the layer computes exactly what its
+    packed form will. ``row_scale`` is absent on purpose: :func:`finalize_module_` then folds nothing more.
+    """
+
+    kind = "frozen"
+
+    def __init__(self, codes: torch.Tensor):
+        self.codes = codes.detach()
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.shape != self.codes.shape:
+            raise ValueError(f"FrozenCodes: the weight has shape {tuple(weight.shape)}, the frozen codes "
+                             f"{tuple(self.codes.shape)}; allowed: the layer the codes were frozen from")
+        return self.codes
+
+    def __repr__(self) -> str:
+        return f"FrozenCodes({tuple(self.codes.shape)}, dtype={self.codes.dtype})"
+
+
+@torch.no_grad()
+def freeze_codes_(module, dtype: torch.dtype, fold: bool = True) -> None:
+    """Freeze a latent layer's codes for the rest of a run: fold the row scale into ``scale_out`` (``fold``; False
+    when resuming from a checkpoint saved after the fold), stop the latent weight's gradient and install
+    :class:`FrozenCodes` in ``dtype`` (the dtype the layer's matmul runs in: bf16 under bf16 autocast)."""
+    if fold:
+        finalize_module_(module)
+    module.weight.requires_grad_(False)
+    module.weight.grad = None
+    module.binarizer = FrozenCodes(module.format.hard(module.weight).to(dtype))
+
+
 @torch.no_grad()
 def finalize_module_(module) -> None:
     """Fold the binarizer's row scale into ``scale_out`` and switch to the hard sign (the packed layer's function)."""

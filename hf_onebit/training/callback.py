@@ -37,10 +37,12 @@ from .recipes import (
     apply_recipe_,
     default_recipe_for,
     finalize_,
+    freeze_codes_all_,
     get_recipe,
     latent_layers,
     stage_of,
     start_main_stage_,
+    unfreeze_codes_,
 )
 from .relations import ProjectionCapture
 from .targets import TargetBlocks
@@ -132,6 +134,7 @@ class OneBitDistillationCallback(TrainerCallback):
         self._sums: dict[str, float] = {}
         self._count = 0.0
         self._signs = None
+        self._frozen_step: int | None = None  # the step whose start froze the codes (Recipe.freeze_codes_at)
 
     # ----------------------------------------------------------------------------------------------- setup
     def prepare(self, model) -> None:
@@ -159,11 +162,14 @@ class OneBitDistillationCallback(TrainerCallback):
         self.teacher.to(device)
         # fresh copies per run: a run that raised leaves its copies behind, possibly for another device or precision
         self._teacher_cast = TeacherWeightCast(self.teacher, torch.bfloat16) if self.cast_teacher and args.bf16 else None
+        self._frozen_step = None
         if state.global_step > 0:
             self._restore(args, state)
             if self.recipe.progressive and state.global_step > self.recipe.init_steps and stage_of(model) == "init":
                 # The checkpoint's latent weights were saved after the fold: install the main stage as it is.
                 start_main_stage_(model, self.recipe, self.temperature, transform_weights=False)
+            if self._frozen_step is not None:  # saved after the codes froze: their row scales are in scale_out
+                freeze_codes_all_(model, _matmul_dtype(args, model), fold=False)
         if self.clipper is not None and args.max_grad_norm and args.max_grad_norm > 0:
             logger.info("hf_onebit: adaptive gradient clipping replaces max_grad_norm=%s", args.max_grad_norm)
             args.max_grad_norm = 0.0
@@ -179,9 +185,14 @@ class OneBitDistillationCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         step = state.global_step
+        if self._frozen_step is None and self.recipe.codes_frozen_at(step, state.max_steps):
+            freeze_codes_all_(model, _matmul_dtype(args, model))
+            self._frozen_step = step
+            logger.info("hf_onebit: codes frozen at step %d of %d; the scale vectors, norms and embeddings train on",
+                        step, state.max_steps)
         if self.recipe.progressive:
             sched = self.recipe.schedule
-            if sched.stage(step) == "main" and stage_of(model) == "init":
+            if sched.stage(step) == "main" and stage_of(model) == "init" and self._frozen_step is None:
                 start_main_stage_(model, self.recipe, self.temperature, transform_weights=True)
                 self._snapshot_signs(model)
             self.temperature.t = sched.t_at(step, state.max_steps)
@@ -222,8 +233,10 @@ class OneBitDistillationCallback(TrainerCallback):
             for name, value in self._sums.items():
                 extra[f"distill_{name}"] = value / self._count
         self._sums, self._count = {}, 0.0
+        if self.recipe.freeze_codes_at is not None:
+            extra["codes_frozen"] = float(self._frozen_step is not None)
         if self.track_sign_flips and model is not None:
-            extra["sign_flips"] = self._sign_flip_fraction(model)
+            extra["sign_flips"] = 0.0 if self._frozen_step is not None else self._sign_flip_fraction(model)
         if self.clipper is not None:
             extra["clip_threshold"] = self.clipper.threshold
         extra = {k: round(v, 6) for k, v in extra.items()}
@@ -260,6 +273,7 @@ class OneBitDistillationCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.release()
         if model is not None:
+            unfreeze_codes_(model)
             finalize_(model)
             set_save_form(model, "packed")
         self._teacher_cast = None  # frees the bf16 copies; the teacher never stopped holding its own weights
@@ -272,7 +286,7 @@ class OneBitDistillationCallback(TrainerCallback):
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "clipper": self.clipper.state_dict() if self.clipper else None,
-                "history": self.history}
+                "history": self.history, "codes_frozen_step": self._frozen_step}
 
     def _restore(self, args, state) -> None:
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
@@ -287,6 +301,8 @@ class OneBitDistillationCallback(TrainerCallback):
         if self.clipper is not None and saved.get("clipper"):
             self.clipper.load_state_dict(saved["clipper"])
         self.history = [h for h in saved.get("history", []) if h["step"] <= state.global_step]
+        frozen = saved.get("codes_frozen_step")
+        self._frozen_step = frozen if frozen is not None and frozen < state.global_step else None
 
     # ----------------------------------------------------------------------------------------------- hooks
     def _install_hooks(self, model) -> None:
@@ -392,6 +408,15 @@ class OneBitDistillationCallback(TrainerCallback):
             new.append(cur)
         self._signs = new
         return flipped / max(total, 1)
+
+
+def _matmul_dtype(args, model) -> torch.dtype:
+    """The dtype the student's matmuls run in under ``args``: the autocast dtype with bf16 / fp16, else its own."""
+    if args.bf16:
+        return torch.bfloat16
+    if args.fp16:
+        return torch.float16
+    return next(model.parameters()).dtype
 
 
 def _codes(module) -> torch.Tensor:

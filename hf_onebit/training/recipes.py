@@ -35,10 +35,12 @@ from ..formats import FORMATS, get_format
 from ..nn.linear import OneBitLinear
 from .binarizers import (
     BinaryAwareInitBinarizer,
+    FrozenCodes,
     ProgressiveBinarizer,
     Temperature,
     finalize_module_,
     fold_binary_aware_init_,
+    freeze_codes_,
     quantizer_for,
     row_absmean,
 )
@@ -61,12 +63,20 @@ class Recipe:
     cooldown_at: float | None = None
     #: ``bitnet`` only: the learning-rate multiplier of the cool-down stage.
     cooldown_factor: float = 0.25
+    #: Fraction of the run from which the codes are frozen (hard, row scale folded) and only the scale vectors,
+    #: norms and embeddings train (:func:`freeze_codes_`); None: the latent weights train to the end.
+    freeze_codes_at: float | None = None
 
     def __post_init__(self):
         if self.name not in RECIPES:
             raise ValueError(f"Recipe.name: got {self.name!r}; allowed: one of {RECIPES}")
         if self.cooldown_at is not None and not (isinstance(self.cooldown_at, (int, float)) and 0 < self.cooldown_at < 1):
             raise ValueError(f"Recipe.cooldown_at: got {self.cooldown_at!r}; allowed: None or a fraction in (0, 1)")
+        if self.freeze_codes_at is not None and not (
+                isinstance(self.freeze_codes_at, (int, float)) and not isinstance(self.freeze_codes_at, bool)
+                and 0 < self.freeze_codes_at < 1):
+            raise ValueError(f"Recipe.freeze_codes_at: got {self.freeze_codes_at!r}; allowed: None or a fraction in "
+                             "(0, 1) of the run")
         if not (isinstance(self.cooldown_factor, (int, float)) and 0 < self.cooldown_factor <= 1):
             raise ValueError(f"Recipe.cooldown_factor: got {self.cooldown_factor!r}; allowed: a number in (0, 1]")
         for flag in ("dual_scaling", "binary_aware_init"):
@@ -82,6 +92,10 @@ class Recipe:
     def in_cooldown(self, step: int, total_steps: int) -> bool:
         """True from ``cooldown_at * total_steps`` on (never without a cool-down)."""
         return self.cooldown_at is not None and step >= self.cooldown_at * total_steps
+
+    def codes_frozen_at(self, step: int, total_steps: int) -> bool:
+        """True from ``freeze_codes_at * total_steps`` on (never without ``freeze_codes_at``)."""
+        return self.freeze_codes_at is not None and step >= self.freeze_codes_at * total_steps
 
     @property
     def init_steps(self) -> int:
@@ -192,3 +206,25 @@ def finalize_(model) -> None:
     """
     for _, module in latent_layers(model):
         finalize_module_(module)
+
+
+@torch.no_grad()
+def freeze_codes_all_(model, dtype: torch.dtype, fold: bool = True) -> None:
+    """:func:`~hf_onebit.training.binarizers.freeze_codes_` on every latent layer (see :attr:`Recipe.freeze_codes_at`)."""
+    for _, module in latent_layers(model):
+        freeze_codes_(module, dtype, fold=fold)
+
+
+def codes_frozen(model) -> bool:
+    """True when the latent layers run on frozen codes (:func:`freeze_codes_all_`)."""
+    return all(isinstance(m.binarizer, FrozenCodes) for _, m in latent_layers(model))
+
+
+@torch.no_grad()
+def unfreeze_codes_(model) -> None:
+    """After a run that froze its codes: the frozen layers' latent weights take gradients again, with the hard
+    quantizer (the same function; their row scale is already in ``scale_out``)."""
+    for _, module in latent_layers(model):
+        if isinstance(module.binarizer, FrozenCodes):
+            module.binarizer = quantizer_for(module)
+            module.weight.requires_grad_(True)
