@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainingArguments
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
 import hf_onebit  # noqa: F401  (registers the quantizer)
 from hf_onebit import OneBitConfig
@@ -45,3 +46,24 @@ def train_args(out: str, max_steps: int, **kwargs) -> TrainingArguments:
                 seed=0, data_seed=0, use_cpu=True, dataloader_num_workers=0)
     base.update(kwargs)
     return TrainingArguments(**base)
+
+
+class StopAt(TrainerCallback):
+    """Stops a Trainer run after optimizer step ``step`` (an interrupted run, to resume from its checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def assert_resumed_like_uninterrupted(full, full_student, resumed, resumed_student, last_losses: int) -> None:
+    """The resumed run logged the uninterrupted run's last ``last_losses`` losses and ends with the same model."""
+    loss_full = [h["loss"] for h in full.state.log_history if "loss" in h]
+    loss_res = [h["loss"] for h in resumed.state.log_history if "loss" in h]
+    assert loss_res[-last_losses:] == pytest.approx(loss_full[-last_losses:], rel=1e-3)
+    x = token_data(4, 16, seed=9).blocks
+    with torch.no_grad():
+        torch.testing.assert_close(resumed_student(x).logits, full_student(x).logits, rtol=1e-3, atol=1e-3)

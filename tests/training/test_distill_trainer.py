@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
-from distill_utils import load_pair, tiny_teacher_dir, token_data, train_args
+from distill_utils import (StopAt, assert_resumed_like_uninterrupted, load_pair, tiny_teacher_dir, token_data,
+                           train_args)
 from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
 from hf_onebit.training.callback import STATE_FILE
 
@@ -99,20 +100,12 @@ def test_gradient_accumulation_matches_one_big_batch(teacher_dir, tmp_path, with
     torch.testing.assert_close(w_a, w_b, rtol=1e-4, atol=1e-6)
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
 
 def _run(teacher_dir, out, steps, stop=None, resume=None):
     student, teacher = load_pair(teacher_dir)
     cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=3, phases=3)
     args = train_args(out, steps, save_strategy="steps", save_steps=5, lr_scheduler_type="cosine", warmup_steps=2)
-    callbacks = [cb] + ([_StopAt(stop)] if stop else [])
+    callbacks = [cb] + ([StopAt(stop)] if stop else [])
     trainer = Trainer(model=student, args=args, train_dataset=token_data(48, 16), callbacks=callbacks,
                       optimizers=(onebit_optimizer(student, lr=2e-3), None))
     trainer.train(resume_from_checkpoint=resume)
@@ -128,12 +121,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(teacher_dir, tmp_path
     assert all(t.dtype == torch.float32 and t.dim() == 2 and t.shape[1] == 48 for t in weights.values())
     assert json.load(open(ckpt / STATE_FILE))["recipe"]["name"] == "progressive"
     resumed, resumed_student = _run(teacher_dir, str(tmp_path / "cut"), 12, resume=str(ckpt))
-    loss_full = [h["loss"] for h in full.state.log_history if "loss" in h]
-    loss_res = [h["loss"] for h in resumed.state.log_history if "loss" in h]
-    assert loss_res[-7:] == pytest.approx(loss_full[-7:], rel=1e-3)
-    x = token_data(4, 16, seed=9).blocks
-    with torch.no_grad():
-        torch.testing.assert_close(resumed_student(x).logits, full_student(x).logits, rtol=1e-3, atol=1e-3)
+    assert_resumed_like_uninterrupted(full, full_student, resumed, resumed_student, last_losses=7)
 
 
 def test_loss_terms_and_weights():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
-from distill_utils import load_pair, tiny_teacher_dir, token_data, train_args
+from distill_utils import (StopAt, assert_resumed_like_uninterrupted, load_pair, tiny_teacher_dir, token_data,
+                           train_args)
 from hf_onebit.training import OneBitDistillationCallback, get_recipe, onebit_optimizer
 from hf_onebit.training.binarizers import FrozenCodes, finalize_module_, freeze_codes_
 from hf_onebit.training.callback import STATE_FILE
@@ -101,21 +102,13 @@ def test_a_run_freezes_its_codes_half_way_and_its_packed_form_computes_the_train
         torch.testing.assert_close(reloaded(x).logits, expected, rtol=1e-4, atol=1e-4)
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
 
 def test_a_run_resumed_after_the_freeze_matches_the_uninterrupted_one(teacher_dir, tmp_path):
     def run(out, stop=None, resume=None):
         student, teacher = load_pair(teacher_dir)
         trainer, cb, _ = _trainer(student, teacher, out, 12, save_strategy="steps", save_steps=8)
         if stop:
-            trainer.add_callback(_StopAt(stop))
+            trainer.add_callback(StopAt(stop))
         trainer.train(resume_from_checkpoint=resume)
         return trainer, student
 
@@ -124,12 +117,7 @@ def test_a_run_resumed_after_the_freeze_matches_the_uninterrupted_one(teacher_di
     ckpt = tmp_path / "cut" / "checkpoint-8"
     assert json.load(open(ckpt / STATE_FILE))["codes_frozen_step"] == 6
     resumed, resumed_student = run(str(tmp_path / "cut"), resume=str(ckpt))
-    loss_full = [h["loss"] for h in full.state.log_history if "loss" in h]
-    loss_res = [h["loss"] for h in resumed.state.log_history if "loss" in h]
-    assert loss_res[-4:] == pytest.approx(loss_full[-4:], rel=1e-3)
-    x = token_data(4, 16, seed=9).blocks
-    with torch.no_grad():
-        torch.testing.assert_close(resumed_student(x).logits, full_student(x).logits, rtol=1e-3, atol=1e-3)
+    assert_resumed_like_uninterrupted(full, full_student, resumed, resumed_student, last_losses=4)
 
 
 def test_the_cli_passes_the_freeze_point_to_the_recipe_and_checks_it():
