@@ -40,6 +40,11 @@ MIN_E2E_STEPS = 1000
 #: the smaller step won at 220-300 steps (above), which this floor keeps. At 60 minutes on the AVX-512 CPU 1307 steps
 #: of 2 x 256 ended 1.06x closer than 712 of 4 x 256: :data:`MIN_E2E_STEPS` stays.
 FALLBACK_E2E_STEPS = 350
+#: ``plan_for_budget`` also times the next larger step than the one it chose when the line through the measured steps
+#: prices it within this factor of what buys :data:`MIN_E2E_STEPS`: on an AMD EPYC Zen 5 in bf16 the line through the
+#: two smallest steps priced 4 x 256 above the 60-minute threshold, and the plan took 2 x 256; measured, 4 x 256 buys
+#: 1227 steps.
+RECHECK_MARGIN = 1.2
 #: The shortest training sequence ``plan_for_budget(fit_seq_len=True)`` cuts the sequences to.
 MIN_FIT_SEQ_LEN = 64
 #: Block passes over the calibration set per block besides its training steps: the teacher block's targets, the
@@ -373,8 +378,10 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     The two smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them),
     and the chosen one again when it is neither; when its own time does not buy :data:`MIN_E2E_STEPS` (a fallback
     step: :data:`FALLBACK_E2E_STEPS`), the larger steps are dropped and the rest priced again by the line through the
-    smallest and that one (measured steps' noise can make the first line underprice a large step). Every measurement
-    counts in the budget. On short budgets more, smaller steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
+    smallest and that one (measured steps' noise can make the first line underprice a large step). After every
+    measurement the steps are priced again by the line through the smallest and the largest measured step, and the
+    step above the chosen one is timed as well when that line prices it within :data:`RECHECK_MARGIN` of what buys
+    :data:`MIN_E2E_STEPS` (kept when its own time buys them). Every measurement counts in the budget. On short budgets more, smaller steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
     the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
     280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
     Build the training blocks with the returned plan's ``seq_len``."""
@@ -403,6 +410,10 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
         measured[large] = measure(*large, measured[small].measured_s)
         spent = measured[large].measured_s
         candidates = list(shapes)
+
+        def price(bs):
+            return fixed_s + per_token_s * bs[0] * bs[1]
+
         while True:
             # the line through the smallest step and the largest measured one (the widest span: the truest per-token
             # part; a line through the two smallest alone can underprice a large step several times over)
@@ -411,17 +422,26 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
                                              (top[0] * top[1], measured[top].e2e_step_s))
             shape = fit_step_shape(seconds - spent, candidates, fixed_s, per_token_s)
             if shape in measured:
-                break
-            before = spent
-            measured[shape] = measure(*shape, spent)
-            spent = measured[shape].measured_s
-            # chosen (unmeasured) for the MIN_E2E_STEPS its price buys, else as a fallback step for
-            # FALLBACK_E2E_STEPS: kept if its own time buys that many, else the smaller steps are priced again
-            price = fixed_s + per_token_s * shape[0] * shape[1]
-            wanted = MIN_E2E_STEPS if seconds - before >= MIN_E2E_STEPS * price else FALLBACK_E2E_STEPS
-            if seconds - spent >= wanted * measured[shape].e2e_step_s:
-                break
-            candidates = [bs for bs in candidates if bs[0] * bs[1] < shape[0] * shape[1]]
+                # the line's choice is timed; the next larger step is timed too when the line prices it near what
+                # buys MIN_E2E_STEPS (the line can overprice it as well as underprice it)
+                at = candidates.index(shape)
+                upper = candidates[at - 1] if at > 0 else None
+                if (upper is None or upper in measured
+                        or seconds - spent < MIN_E2E_STEPS * measured[shape].e2e_step_s
+                        or RECHECK_MARGIN * (seconds - spent) < MIN_E2E_STEPS * price(upper)):
+                    break
+                trial, wanted = upper, MIN_E2E_STEPS
+            else:
+                # chosen (unmeasured) for the MIN_E2E_STEPS its price buys, else as a fallback step for
+                # FALLBACK_E2E_STEPS
+                trial = shape
+                wanted = MIN_E2E_STEPS if seconds - spent >= MIN_E2E_STEPS * price(shape) else FALLBACK_E2E_STEPS
+            measured[trial] = measure(*trial, spent)
+            spent = measured[trial].measured_s
+            if seconds - spent < wanted * measured[trial].e2e_step_s:
+                # its own time does not buy that many: it and the steps before it on the ladder are dropped
+                candidates = candidates[candidates.index(trial) + 1:]
+            # priced again by the line through the widest span measured, until the choice is a timed step
         times = dataclasses.replace(measured[shape], measured_s=spent)
         plan = dataclasses.replace(plan, batch_size=shape[0], seq_len=shape[1])
     else:

@@ -394,6 +394,53 @@ def test_time_budget_steps_down_when_the_chosen_step_measures_dearer_than_its_pr
     assert measured == [(1, 64), (2, 64), (4, 256), (2, 256), (1, 256)] and (plan.batch_size, plan.seq_len) == (1, 256)
 
 
+@pytest.mark.parametrize("four_by_256_s, shape", [(2.95, (4, 256)), (3.7, (2, 256))])
+def test_time_budget_times_the_next_larger_step_when_the_line_overprices_it(monkeypatch, tmp_path, four_by_256_s,
+                                                                            shape):
+    """The two smallest steps (1.0 and 1.3 s) price 4 x 256 at 5.5 s (654 steps in an hour) and 2 x 256 at 3.1 s, which
+    the plan times: 2.0 s. The line through 1 x 64 and 2 x 256 prices 4 x 256 at 3.14 s, which buys 1000: it is timed
+    and kept when its own time buys 1000 too (2.95 s), else the plan stays at 2 x 256 (3.7 s buys 972)."""
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import budget
+    from hf_onebit.training.pipeline import DistillPlan
+
+    measured = []
+    measure = _table_measure(measured, {(1, 64): 1.0, (2, 64): 1.3, (2, 256): 2.0, (4, 256): four_by_256_s})
+    student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    monkeypatch.setattr(budget, "measure_step_times", measure)
+    plan, planned = budget.plan_for_budget(student, None, DistillPlan(), 3600, fit_batch=True, fit_seq_len=True)
+    assert measured == [(1, 64), (2, 64), (2, 256), (4, 256)]
+    assert (plan.batch_size, plan.seq_len) == shape and planned.times.measured_s == 4
+
+
+@pytest.mark.parametrize("four_by_256_s, shape", [(3.5, (4, 256)), (3.7, (2, 256))])
+def test_time_budget_times_the_next_larger_step_when_its_price_is_near_the_threshold(monkeypatch, tmp_path,
+                                                                                     four_by_256_s, shape):
+    """2 x 256 timed at 2.3 s: the line through 1 x 64 (1.0 s) and it prices 4 x 256 at 3.79 s, 950 steps of the 1000
+    wanted - within RECHECK_MARGIN, so it is timed; 3.5 s buys 1027 (kept), 3.7 s 971 (not). A price further off is
+    not timed: with 2 x 256 at 2.6 s the line says 4.43 s (812 steps)."""
+    import hf_onebit
+    from transformers import AutoModelForCausalLM
+
+    from hf_onebit.training import budget
+    from hf_onebit.training.pipeline import DistillPlan
+
+    seconds_of = {(1, 64): 1.0, (2, 64): 1.3, (2, 256): 2.3, (4, 256): four_by_256_s}
+    measured = []
+    student = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir(str(tmp_path)),
+                                                   quantization_config=hf_onebit.OneBitConfig(training=True))
+    monkeypatch.setattr(budget, "measure_step_times", _table_measure(measured, seconds_of))
+    plan, _ = budget.plan_for_budget(student, None, DistillPlan(), 3600, fit_batch=True, fit_seq_len=True)
+    assert measured == [(1, 64), (2, 64), (2, 256), (4, 256)] and (plan.batch_size, plan.seq_len) == shape
+    seconds_of[(2, 256)] = 2.6
+    measured.clear()
+    plan, _ = budget.plan_for_budget(student, None, DistillPlan(), 3600, fit_batch=True, fit_seq_len=True)
+    assert measured == [(1, 64), (2, 64), (2, 256)] and (plan.batch_size, plan.seq_len) == (2, 256)
+
+
 def test_time_budget_drops_a_fallback_step_that_measures_too_dear(monkeypatch, tmp_path):
     """Priced at 1.6 s by the two smallest steps (1.0 and 1.2 s), 4 x 64 would buy 435 of the 350 fallback steps in
     700 s; measured at 2.0 s it buys 348, so the plan prices the smaller steps again and takes 2 x 64."""
