@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-import torch
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
 import hf_onebit  # noqa: F401  (registers the quantizer)

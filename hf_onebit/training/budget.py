@@ -351,17 +351,22 @@ def step_cost(small: tuple[int, float], large: tuple[int, float]) -> tuple[float
     return max(0.0, s_small - per_token * n_small), per_token
 
 
+def step_price(shape: tuple[int, int], fixed_s: float, per_token_s: float) -> float:
+    """Seconds a step of ``shape`` = ``(sequences, tokens per sequence)`` costs on the line of :func:`step_cost`."""
+    return fixed_s + per_token_s * shape[0] * shape[1]
+
+
 def fit_step_shape(seconds: float, shapes: list[tuple[int, int]], fixed_s: float, per_token_s: float,
                    min_steps: int = MIN_E2E_STEPS, fallback_steps: int = FALLBACK_E2E_STEPS) -> tuple[int, int]:
     """The largest of ``shapes`` (largest first) of which ``seconds`` buy at least ``min_steps`` steps at
     ``fixed_s + per_token_s * tokens`` a step (:func:`step_cost`); else the largest of :func:`fallback_shapes` of
     which they buy ``fallback_steps`` (at most ``min_steps``); else the smallest."""
-    for b, s in shapes:
-        if seconds >= min_steps * (fixed_s + per_token_s * b * s):
-            return b, s
-    for b, s in fallback_shapes(shapes):
-        if seconds >= min(fallback_steps, min_steps) * (fixed_s + per_token_s * b * s):
-            return b, s
+    for shape in shapes:
+        if seconds >= min_steps * step_price(shape, fixed_s, per_token_s):
+            return shape
+    for shape in fallback_shapes(shapes):
+        if seconds >= min(fallback_steps, min_steps) * step_price(shape, fixed_s, per_token_s):
+            return shape
     return shapes[-1]
 
 
@@ -377,13 +382,14 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     (:func:`fit_step_shape`).
     The two smallest steps are measured first (the cheapest to time; :func:`step_cost` prices the others from them),
     and the chosen one again when it is neither; when its own time does not buy :data:`MIN_E2E_STEPS` (a fallback
-    step: :data:`FALLBACK_E2E_STEPS`), the larger steps are dropped and the rest priced again by the line through the
-    smallest and that one (measured steps' noise can make the first line underprice a large step). After every
-    measurement the steps are priced again by the line through the smallest and the largest measured step, and the
-    step above the chosen one is timed as well when that line prices it within :data:`RECHECK_MARGIN` of what buys
-    :data:`MIN_E2E_STEPS` (kept when its own time buys them). Every measurement counts in the budget. On short budgets more, smaller steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x the teacher,
-    the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of 1 x 64 44x,
-    280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
+    step: :data:`FALLBACK_E2E_STEPS`), it and the steps before it are dropped and the rest priced again by the line
+    through the smallest and that one (measured steps' noise can make the first line underprice a large step). After
+    every measurement the steps are priced again by the line through the smallest and the largest measured step, and
+    the step above the chosen one is timed as well when that line prices it within :data:`RECHECK_MARGIN` of what buys
+    :data:`MIN_E2E_STEPS` (kept when its own time buys them). Every measurement counts in the budget. On short budgets
+    more, smaller steps learn more (docs/benchmarks.md, validation split, an AVX2 CPU: 24 steps of 4 x 256 tokens 236x
+    the teacher, the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of
+    1 x 64 44x, 280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
     Build the training blocks with the returned plan's ``seq_len``."""
     from .recipes import get_recipe, weight_format_of
 
@@ -410,17 +416,13 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
         measured[large] = measure(*large, measured[small].measured_s)
         spent = measured[large].measured_s
         candidates = list(shapes)
-
-        def price(bs):
-            return fixed_s + per_token_s * bs[0] * bs[1]
-
         while True:
             # the line through the smallest step and the largest measured one (the widest span: the truest per-token
             # part; a line through the two smallest alone can underprice a large step several times over)
             top = max(measured, key=lambda bs: bs[0] * bs[1])
-            fixed_s, per_token_s = step_cost((small[0] * small[1], measured[small].e2e_step_s),
-                                             (top[0] * top[1], measured[top].e2e_step_s))
-            shape = fit_step_shape(seconds - spent, candidates, fixed_s, per_token_s)
+            line = step_cost((small[0] * small[1], measured[small].e2e_step_s),
+                             (top[0] * top[1], measured[top].e2e_step_s))
+            shape = fit_step_shape(seconds - spent, candidates, *line)
             if shape in measured:
                 # the line's choice is timed; the next larger step is timed too when the line prices it near what
                 # buys MIN_E2E_STEPS (the line can overprice it as well as underprice it)
@@ -428,14 +430,15 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
                 upper = candidates[at - 1] if at > 0 else None
                 if (upper is None or upper in measured
                         or seconds - spent < MIN_E2E_STEPS * measured[shape].e2e_step_s
-                        or RECHECK_MARGIN * (seconds - spent) < MIN_E2E_STEPS * price(upper)):
+                        or RECHECK_MARGIN * (seconds - spent) < MIN_E2E_STEPS * step_price(upper, *line)):
                     break
                 trial, wanted = upper, MIN_E2E_STEPS
             else:
                 # chosen (unmeasured) for the MIN_E2E_STEPS its price buys, else as a fallback step for
                 # FALLBACK_E2E_STEPS
                 trial = shape
-                wanted = MIN_E2E_STEPS if seconds - spent >= MIN_E2E_STEPS * price(shape) else FALLBACK_E2E_STEPS
+                buys_min = seconds - spent >= MIN_E2E_STEPS * step_price(shape, *line)
+                wanted = MIN_E2E_STEPS if buys_min else FALLBACK_E2E_STEPS
             measured[trial] = measure(*trial, spent)
             spent = measured[trial].measured_s
             if seconds - spent < wanted * measured[trial].e2e_step_s:

@@ -100,7 +100,6 @@ def test_gradient_accumulation_matches_one_big_batch(teacher_dir, tmp_path, with
     torch.testing.assert_close(w_a, w_b, rtol=1e-4, atol=1e-6)
 
 
-
 def _run(teacher_dir, out, steps, stop=None, resume=None):
     student, teacher = load_pair(teacher_dir)
     cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=3, phases=3)

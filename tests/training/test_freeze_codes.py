@@ -102,7 +102,6 @@ def test_a_run_freezes_its_codes_half_way_and_its_packed_form_computes_the_train
         torch.testing.assert_close(reloaded(x).logits, expected, rtol=1e-4, atol=1e-4)
 
 
-
 def test_a_run_resumed_after_the_freeze_matches_the_uninterrupted_one(teacher_dir, tmp_path):
     def run(out, stop=None, resume=None):
         student, teacher = load_pair(teacher_dir)
