@@ -19,6 +19,8 @@ import contextlib
 
 import torch
 
+from ..integration.model_shape import attention_head_dim
+
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 #: What a masked (future or padded) position's score is set to before the softmax: its probability is exactly 0,
 #: and unlike ``-inf`` it leaves no ``nan`` in the KL of those positions.
@@ -53,13 +55,6 @@ def parse_attention_layers(text: str) -> "str | tuple[int, ...]":
                          "such as 0,15,-1") from None
 
 
-def head_dim_of(model) -> int:
-    """Width of one attention head of ``model`` (``config.head_dim``, else hidden size / attention heads)."""
-    config = model.config
-    head_dim = getattr(config, "head_dim", None)
-    return int(head_dim) if head_dim else config.hidden_size // config.num_attention_heads
-
-
 class ProjectionCapture:
     """Forward hooks on the Q / K / V projections of ``layers`` (``attention_layer_indices``) of ``model``."""
 
@@ -67,7 +62,7 @@ class ProjectionCapture:
         from .blockwise import decoder_layers
 
         blocks = decoder_layers(model)
-        self.head_dim = head_dim_of(model)
+        self.head_dim = attention_head_dim(model.config)
         self._on = False
         self._outputs: list[torch.Tensor] = []
         projections = []

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...nn.linear import OneBitLinear
+from ...integration.model_shape import attention_head_dim
 from ...integration.tying import layer_values, refit_rows, shared_scale
 
 #: HF model type -> llama.cpp architecture whose graph computes it
@@ -155,13 +156,12 @@ def check_llama(model) -> dict:
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     heads = cfg.num_attention_heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     if cfg.hidden_act != "silu":
         raise ExportError(f"hidden_act: got {cfg.hidden_act!r}; llama.cpp's llama graph uses 'silu'")
     return {"arch": arch, "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size, "heads": heads,
-            "kv_heads": kv, "head_dim": head_dim, "layers": cfg.num_hidden_layers, "eps": float(cfg.rms_norm_eps),
-            "rope_theta": float(theta), "context": int(cfg.max_position_embeddings), "vocab": cfg.vocab_size,
-            "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
+            "kv_heads": kv, "head_dim": attention_head_dim(cfg), "layers": cfg.num_hidden_layers,
+            "eps": float(cfg.rms_norm_eps), "rope_theta": float(theta), "context": int(cfg.max_position_embeddings),
+            "vocab": cfg.vocab_size, "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
 
 
 def fold_llama(model, block: int, approximate: bool = False) -> LlamaTensors:
