@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 
 from ..integration.quantizer import set_save_form
 from ..integration.tying import keep_input_scales_tied, ties_input_scales
+from ..ops.cpu.fpenv import set_flush_denormal
 from .binarizers import Temperature, quantizer_for
 from .heap import RetainedHeap
 from .losses import DistillationLoss
@@ -74,7 +75,8 @@ class OneBitDistillationCallback(TrainerCallback):
             teacher keeps its float32 weights between steps and after an error). False runs
             the teacher in its own dtype (the forward hook runs outside the Trainer's autocast).
         flush_denormals: flush denormal floats to zero on the CPU from the start of training to its end
-            (``torch.set_flush_denormal``; off again afterwards). Late in a progressive run the tanh of many latent
+            (:func:`~hf_onebit.ops.cpu.fpenv.set_flush_denormal`: on every thread of torch's pool, not only the
+            calling one; off again afterwards). Late in a progressive run the tanh of many latent
             weights saturates, their gradients underflow, and arithmetic on denormal values (the optimizer's second
             moments first: AdamW is ~10x slower on them) slows every step.
         keep_heap: when the student trains on the CPU, keep freed memory in the process heap from the start of
@@ -118,6 +120,7 @@ class OneBitDistillationCallback(TrainerCallback):
         if not isinstance(flush_denormals, bool):
             raise ValueError(f"flush_denormals: got {flush_denormals!r}; allowed: True or False")
         self.flush_denormals = flush_denormals
+        self._flush_every_thread = False
         if not isinstance(keep_heap, bool):
             raise ValueError(f"keep_heap: got {keep_heap!r}; allowed: True or False")
         self.keep_heap = keep_heap
@@ -154,9 +157,10 @@ class OneBitDistillationCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.prepare(model)
         self.recipe.schedule.check_total(state.max_steps) if self.recipe.progressive else None
-        if self.flush_denormals:
-            torch.set_flush_denormal(True)  # (False where the CPU cannot: then nothing changes)
         device = next(model.parameters()).device
+        if self.flush_denormals:  # every thread of torch's pool where the student trains on the CPU
+            self._flush_every_thread = device.type == "cpu"
+            set_flush_denormal(True, every_thread=self._flush_every_thread)
         if self.keep_heap and self._heap is None and device.type == "cpu":
             self._heap = RetainedHeap()
         self.teacher.to(device)
@@ -261,7 +265,7 @@ class OneBitDistillationCallback(TrainerCallback):
         ``trainer.train()``)."""
         self._active = False
         if self.flush_denormals:
-            torch.set_flush_denormal(False)
+            set_flush_denormal(False, every_thread=self._flush_every_thread)
         if self._heap is not None:
             self._heap.release()
             self._heap = None

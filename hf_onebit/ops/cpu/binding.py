@@ -50,6 +50,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     # isa, M, K, N, x, x_bf16, ldx, w, ldw, bias, y, y_bf16, ldy, nthreads: bf16-weight float layers (bf16_gemv.h)
     lib.onebit_bf16_gemv.argtypes = [c_int, i64, i64, i64, vp, c_int, i64, vp, i64, vp, vp, c_int, i64, c_int]
     lib.onebit_bf16_gemv.restype = c_int
+    lib.onebit_set_flush_denormal.argtypes = [c_int, c_int]  # on, nthreads
+    lib.onebit_set_flush_denormal.restype = c_int
     f32 = ctypes.c_float
     # isa, N, K, w, t, tanh_t, g, h, out, out_bf16, row_scale, nthreads
     lib.onebit_progressive_sign_forward.argtypes = [c_int, i64, i64, vp, f32, f32, vp, vp, vp, c_int, vp, c_int]

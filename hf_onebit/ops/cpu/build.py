@@ -146,8 +146,8 @@ def compile_library(workdir: Path, cc: str | None = None, machine: str | None = 
         objects.extend(unit)
         defines.append(f"-D{define}")
     out = workdir / LIBRARY_NAME
-    driver = ["pool.c", "onebit.c", "train.c", "bf16_gemv.c"]
-    link = ["-shared", "onebit.o", "pool.o", "train.o", "bf16_gemv.o", *objects, "-o", LIBRARY_NAME, "-lm"]
+    driver = ["pool.c", "onebit.c", "train.c", "bf16_gemv.c", "fpenv.c"]
+    link = ["-shared", *(source[:-2] + ".o" for source in driver), *objects, "-o", LIBRARY_NAME, "-lm"]
     try:
         if not openmp:
             raise BuildError("OpenMP disabled (HF_ONEBIT_CPU_OPENMP=0 or openmp=False)")

@@ -139,6 +139,22 @@ static void check_progressive(int isa, int64_t N, int64_t K, float t) {
     free(w), free(grad), free(g), free(h);
 }
 
+/* onebit_set_flush_denormal on this architecture: it reports both threads, and the calling thread's product of two
+ * normal floats whose result is denormal comes out zero while flushing, nonzero after. */
+static void check_flush_denormal(void) {
+    volatile float a = 1e-30f, b = 1e-10f; /* a * b = 1e-40, a float32 denormal */
+    ++cases;
+    const int set_on = onebit_set_flush_denormal(1, 2);
+    const float flushed = a * b;
+    const int set_off = onebit_set_flush_denormal(0, 2);
+    const float kept = a * b;
+    if (set_on != 2 || set_off != 2 || flushed != 0.0f || kept == 0.0f) {
+        ++failures;
+        printf("FAIL flush_denormal: set %d / %d threads, product %g while flushing, %g after\n", set_on, set_off,
+               (double)flushed, (double)kept);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: isa_check ISA...\n");
@@ -167,6 +183,7 @@ int main(int argc, char **argv) {
         check_progressive(isa, 5, 300, 0.7f);
         check_progressive(isa, 3, 1030, 40.0f);
     }
+    check_flush_denormal();
     printf("isa_check: %d cases, %d failures\n", cases, failures);
     return failures ? 1 : 0;
 }

@@ -167,6 +167,11 @@ int onebit_progressive_ternary_backward(int isa, int64_t N, int64_t K, const flo
                                         float t, float inv_norm, const float *g, const float *h, const void *grad,
                                         int grad_bf16, float *grad_w, float *grad_g, float *grad_h, int nthreads);
 
+/* Denormal floats flushed to zero (on = 1) or computed (on = 0) on the calling thread and every thread of the
+ * kernels' pool, nthreads of them (fpenv.c). Returns how many threads it set: 0 where the architecture has no such
+ * switch (neither x86 nor AArch64). */
+int onebit_set_flush_denormal(int on, int nthreads);
+
 /* The row kernels of a supported ISA (0), or -2 (onebit.c; for the other driver files). */
 int onebit_get_kernels(int isa, onebit_kernels *k);
 
