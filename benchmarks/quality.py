@@ -78,7 +78,7 @@ def plan_for(row: str, args):
         attention["attention_stride"] = args.attention_stride
     if cached:  # cached targets hold neither hidden states nor attention projections
         attention["attention_weight"] = 0.0
-    common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16,
+    common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16, lr=args.lr,
                   loss=DistillationLoss(hidden_weight=0.0, **attention) if cached else DistillationLoss(**attention),
                   cache_targets=64 if cached else 0,
                   recipe_overrides={} if args.freeze_codes_at is None else {"freeze_codes_at": args.freeze_codes_at})
@@ -87,7 +87,8 @@ def plan_for(row: str, args):
     init = "svid" if row == "blockwise-svid" else "data"
     schedule = "progressive" if row == "all-progressive-blocks" else "hard"
     return DistillPlan(stages=("blockwise",) if row == "data-fit" else ("blockwise", "e2e"),
-                       blockwise=BlockwiseConfig(scale_init=init, schedule=schedule), blockwise_steps=0 if row == "data-fit" else 64,
+                       blockwise=BlockwiseConfig(scale_init=init, schedule=schedule),
+                       blockwise_steps=0 if row == "data-fit" else 64,
                        **common)
 
 
@@ -246,6 +247,9 @@ def main(argv=None):
                    help="an end-to-end-only row shrinks its step (batch, then sequence) when the budget buys fewer "
                         "than MIN_E2E_STEPS steps of --batch-size x --seq-len, as hf-onebit distill --time-budget does")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the latent weights (default: the recipe's, DEFAULT_LR; the scale vectors "
+                        "train at 3.3x it)")
     p.add_argument("--freeze-codes-at", type=float, default=None,
                    help="fraction of the end-to-end steps after which only scales, norms and embeddings train")
     p.add_argument("--attention-weight", type=float, default=None,
