@@ -33,20 +33,23 @@ DENORMAL = 1e-40  # a float32 denormal (the smallest normal float32 is ~1.18e-38
 
 
 def build(values: int, share: float):
-    """One parameter of ``values`` floats with AdamW state, a ``share`` of it with denormal gradients and moments."""
+    """One parameter of ``values`` floats with AdamW state; a random ``share`` of its entries (spread over the array,
+    so over every thread's part of it) get denormal gradients and moments."""
     param = torch.nn.Parameter(torch.randn(values))
     optimizer = torch.optim.AdamW([param], lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
     param.grad = torch.randn(values) * 1e-3
     optimizer.step()  # creates the moments
-    cut = int(values * share)
+    return param, optimizer, torch.rand(values, generator=torch.Generator().manual_seed(0)) < share
+
+
+def set_denormal_state(param, optimizer, mask: torch.Tensor) -> None:
+    """The masked entries of the gradient and both moments set to a denormal value (a flushed step zeroes them)."""
     state = optimizer.state[param]
-    for moment in (state["exp_avg"], state["exp_avg_sq"]):
-        moment[:cut] = DENORMAL
-    return param, optimizer, cut
+    for tensor in (param.grad, state["exp_avg"], state["exp_avg_sq"]):
+        tensor.masked_fill_(mask, DENORMAL)
 
 
-def time_step(param, optimizer, cut: int) -> float:
-    param.grad[:cut] = DENORMAL  # the step's arithmetic on the denormal part stays in that range
+def time_step(optimizer) -> float:
     start = time.perf_counter()
     optimizer.step()
     return time.perf_counter() - start
@@ -66,15 +69,14 @@ def main(argv=None) -> None:
         "calling thread (torch.set_flush_denormal)": lambda: set_flush_denormal(True, every_thread=False),
         "every thread (hf_onebit)": lambda: set_flush_denormal(True),
     }
-    param, optimizer, cut = build(args.values, args.denormal_share)
+    param, optimizer, mask = build(args.values, args.denormal_share)
     times = {name: [] for name in settings}
     for _ in range(args.rounds):
         for name, apply in settings.items():
+            set_flush_denormal(False)  # (written while flushing, the denormal constant would become 0)
+            set_denormal_state(param, optimizer, mask)  # the same state before every timed step
             apply()
-            build_state = optimizer.state[param]
-            for moment in (build_state["exp_avg"], build_state["exp_avg_sq"]):
-                moment[:cut] = DENORMAL  # a flushed step zeroed them: the same state for every setting
-            times[name].append(time_step(param, optimizer, cut))
+            times[name].append(time_step(optimizer))
     set_flush_denormal(False)
 
     info = machine()
