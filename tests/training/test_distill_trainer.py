@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
 from distill_utils import (StopAt, assert_resumed_like_uninterrupted, load_pair, tiny_teacher_dir, token_data,
                            train_args)
+from hf_onebit.ops.cpu.fpenv import set_flush_denormal
 from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
 from hf_onebit.training.callback import STATE_FILE
 
@@ -168,8 +169,9 @@ def test_denormals_flush_to_zero_during_training_only(teacher_dir, tmp_path, flu
         def on_step_end(self, args, state, control, **kwargs):
             seen.append(_flushes_denormals())
 
-    supported = torch.set_flush_denormal(True)  # (x86 with SSE3; elsewhere the call returns False and does nothing)
-    torch.set_flush_denormal(False)
+    # every thread of the pool flushes (x86 and AArch64 with the kernel library; torch's call alone: one thread)
+    supported = set_flush_denormal(True) == torch.get_num_threads()
+    set_flush_denormal(False)
     assert not _flushes_denormals()
     cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=1, plot=False, flush_denormals=flush)
     Trainer(model=student, args=train_args(str(tmp_path), 3), train_dataset=token_data(),

@@ -15,15 +15,14 @@ from .binding import library
 
 def set_flush_denormal(on: bool, every_thread: bool = True) -> int:
     """Flush denormal floats to zero (``on``) or compute them again, on the calling thread (``torch.set_flush_denormal``)
-    and, with ``every_thread``, on the ``torch.get_num_threads()`` threads of the pool through the kernel library.
+    and, with ``every_thread``, on the ``torch.get_num_threads()`` threads of the pool through the kernel library
+    (which also covers AArch64, where torch's call does nothing).
 
-    Returns how many threads were set: 0 where the CPU has no such switch, 1 where only the calling thread could be
-    (``every_thread`` False, or the kernel library unavailable), else the pool's thread count."""
+    Returns how many threads were set: 0 where neither has such a switch for this CPU, 1 where only torch's call on
+    the calling thread did (``every_thread`` False, or the kernel library unavailable), else the pool's thread count."""
     if not isinstance(on, bool):
         raise ValueError(f"on: got {on!r}; allowed: True or False")
-    if not torch.set_flush_denormal(on):
-        return 0
+    calling_thread = torch.set_flush_denormal(on)
     lib = library() if every_thread else None
-    if lib is None:
-        return 1
-    return max(1, lib.onebit_set_flush_denormal(int(on), torch.get_num_threads()))
+    threads = lib.onebit_set_flush_denormal(int(on), torch.get_num_threads()) if lib is not None else 0
+    return threads or int(calling_thread)
