@@ -223,8 +223,11 @@ class OneBitLinear(nn.Module):
         """``((x * scale_in) @ binarizer(weight).T) * scale_out + bias``. A binarizer that offers
         ``scaled_weight(weight, scale_in, scale_out, dtype)`` may return the weight with both scales folded in (one pass
         over the weight instead of two over the activations and their gradients); None means it cannot. The folded
-        product comes out in the matmul's dtype (under autocast: autocast's, as from ``nn.Linear``), the unfolded one
-        in ``x``'s dtype or wider (the float32 ``scale_out``)."""
+        product and the unfolded one both come out in the matmul's dtype (under autocast: autocast's, as from
+        ``nn.Linear``): the unfolded layer multiplies by ``scale_out`` in that dtype. Promoting the output to the
+        float32 scale's dtype instead made every projection output float32 under bf16 autocast, and the MLP's
+        activation and product and every cast after it ran on float32 copies: a SmolLM2-135M distillation step of 4 x
+        256 tokens took 1.08x as long (``benchmarks/distill_overhead.py``)."""
         dtype = x.dtype
         autocast = torch.is_autocast_enabled(x.device.type)
         fold = getattr(self.binarizer, "scaled_weight", None)
@@ -236,8 +239,9 @@ class OneBitLinear(nn.Module):
         w = self.binarizer(self.weight)
         if not autocast:  # (under autocast the matmul casts w itself)
             w = w.to(dtype)
-        y = F.linear(x * self.scale_in.to(dtype), w) * self.scale_out.to(dtype)
-        return y if bias is None else y + bias.to(dtype)
+        y = F.linear(x * self.scale_in.to(dtype), w)
+        y = y * self.scale_out.to(y.dtype)
+        return y if bias is None else y + bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         form = "latent" if self.is_latent else "packed"
