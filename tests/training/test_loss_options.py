@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from distill_utils import load_pair, tiny_teacher_dir
 from hf_onebit.training import DistillationLoss, onebit_optimizer, onebit_param_groups
-from hf_onebit.training.losses import dimension_scale
+from hf_onebit.training.losses import dimension_scale, scored_rows
 from hf_onebit.training.optim import GROUP_KEY
 
 
@@ -25,6 +25,32 @@ def test_dim_scaled_hidden_term_is_the_cosine_distance_of_states_divided_by_the_
         scale = b.abs().median(dim=0).values
         want += (F.normalize(a / scale, dim=-1) - F.normalize(b / scale, dim=-1)).pow(2).sum()
     torch.testing.assert_close(got["hidden"], want / 2)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_hidden_and_ce_terms_score_the_masked_positions_with_their_gradients(masked):
+    """Every position scored (the view path) or some left out (the boolean gather): the hidden-state and CE terms and
+    the student states' gradients equal those of the masked rows taken one by one."""
+    hs = tuple(h.requires_grad_() for h in _states(6))
+    ht = _states(7)
+    logits = torch.randn(2, 9, 5, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    labels = torch.randint(5, (2, 9), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    if masked:
+        mask[0, 5:] = False
+        mask[1, 0] = False
+    terms = DistillationLoss(ce_weight=1.0).terms(logits, logits.detach(), mask, hs, ht, labels=labels)
+    (terms["hidden"] + terms["ce"]).backward()
+    pos = [(b, p) for b in range(2) for p in range(8) if mask[b, p]]
+    want_hidden = sum(sum((F.normalize(s[b, p], dim=-1) - F.normalize(t[b, p], dim=-1)).pow(2).sum() for b, p in pos)
+                      for s, t in zip(hs[1:], ht[1:])) / 2
+    want_ce = sum(F.cross_entropy(logits[b, p][None], labels[b, p + 1][None]) for b, p in pos)
+    torch.testing.assert_close(terms["hidden"], want_hidden)
+    torch.testing.assert_close(terms["ce"], want_ce)
+    for s in hs[1:]:
+        assert (s.grad[:, -1] == 0).all()  # the last position predicts nothing
+        assert (s.grad[:, :-1][~mask] == 0).all() and (s.grad[:, :-1][mask].abs().sum(-1) > 0).all()
+    assert scored_rows(hs[1], mask).shape == (len(pos), 6) and scored_rows(hs[1], mask).dtype == torch.float32
 
 
 def test_dim_scaled_hidden_term_ignores_a_rescaled_dimension_where_the_cosine_term_does_not():
