@@ -227,7 +227,7 @@ class OneBitLinear(nn.Module):
         ``nn.Linear``): the unfolded layer multiplies by ``scale_out`` in that dtype. Promoting the output to the
         float32 scale's dtype instead made every projection output float32 under bf16 autocast, and the MLP's
         activation and product and every cast after it ran on float32 copies: a SmolLM2-135M distillation step of 4 x
-        256 tokens took 1.08x as long (``benchmarks/distill_overhead.py``)."""
+        256 tokens took ~1.08x as long (separate runs of ``benchmarks/distill_overhead.py``, AMD EPYC Zen 5)."""
         dtype = x.dtype
         autocast = torch.is_autocast_enabled(x.device.type)
         fold = getattr(self.binarizer, "scaled_weight", None)

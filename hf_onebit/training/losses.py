@@ -179,8 +179,8 @@ def kl_token_sum_reference(student_logits: torch.Tensor, teacher_logits: torch.T
 
 def scored_rows(states: torch.Tensor, mask: torch.Tensor, every: bool | None = None) -> torch.Tensor:
     """The float32 rows of ``states`` (``(batch, seq, dim)``) at the positions ``mask`` (``(batch, seq - 1)``)
-    scores, ``(positions, dim)``. ``every`` (``mask.all()``, when the caller has it) takes them as a view of the
-    first ``seq - 1`` positions instead of a boolean gather: the gather's backward scatters into a zeroed tensor, and
+    scores, ``(positions, dim)``. ``every`` (``mask.all()``, when the caller has it) takes them by slicing off the
+    last position instead of by a boolean gather: the gather's backward scatters into a zeroed tensor, and
     for the 30 hidden-state terms of a SmolLM2 step of 4 x 256 tokens the two together took ~55 ms."""
     if every is None:
         every = bool(mask.all())
