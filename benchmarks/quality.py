@@ -79,6 +79,7 @@ def plan_for(row: str, args):
     if cached:  # cached targets hold neither hidden states nor attention projections
         attention["attention_weight"] = 0.0
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16, lr=args.lr,
+                  attn_implementation=args.attn_implementation,
                   loss=DistillationLoss(hidden_weight=0.0, **attention) if cached else DistillationLoss(**attention),
                   cache_targets=64 if cached else 0,
                   recipe_overrides={} if args.freeze_codes_at is None else {"freeze_codes_at": args.freeze_codes_at})
@@ -112,6 +113,11 @@ def run_row(row: str, args) -> dict:
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     result = {"row": row, "machine": machine(), "budget_s": args.budget_s, "seconds": {}, "tokens": {},
               "precision": "bf16 autocast" if args.bf16 and row in TRAINED else "float32"}
+    if row in TRAINED:
+        from hf_onebit.training.attention import resolve
+
+        result["attn_implementation"] = resolve(args.attn_implementation, "cpu" if not torch.cuda.is_available()
+                                                else "cuda", args.bf16) or "model's own"
     if row == "teacher":
         for split in ("val", "test"):
             result[split] = evaluate_heldout_cached(teacher, tok, split, progress=True).to_dict()
@@ -258,6 +264,9 @@ def main(argv=None):
                    help="blocks of that term: all, last or comma-separated indices (default: the library's)")
     p.add_argument("--attention-stride", type=int, default=None,
                    help="that term's rows: every n-th position (default: the library's)")
+    p.add_argument("--attn-implementation", choices=("auto", "sdpa", "eager", "model"), default="auto",
+                   help="attention the models train on (DistillPlan.attn_implementation; default auto: eager for bf16 "
+                        "on a CPU)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for the trained rows (default: where bf16 is fast - AMX / AVX512-BF16 - as in "
                         "the main job)")

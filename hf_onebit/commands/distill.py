@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..training.attention import CHOICES as ATTENTION_CHOICES
 from ..training.blockwise import INPUTS, SCALE_INITS
 from ..training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS
 from ..training.data import STYLES
@@ -142,6 +143,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for training and self-generation (default: on where bf16 is fast - CPUs with "
                         "AMX / AVX512-BF16, GPUs with bf16 - off elsewhere)")
+    p.add_argument("--attn-implementation", choices=ATTENTION_CHOICES, default="auto",
+                   help="attention the models train on: auto (default: eager for bf16 on a CPU, where it is faster "
+                        "than the fused kernel; the models' own elsewhere), sdpa, eager, or model (their own)")
     p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoints (latent, resumable) every N steps")
     p.add_argument("--resume", default=None, help="resume the end-to-end stage from a Trainer checkpoint folder")
     p.add_argument("--eval-split", choices=("test", "val", "none"), default="test",
@@ -236,7 +240,7 @@ def plan_from_args(args):
         loss=DistillationLoss(hidden_weight=hidden, hidden_metric=args.hidden_metric, ce_weight=args.ce_weight,
                               temperature=args.kd_temperature, attention_weight=args.attention_weight,
                               attention_layers=args.attention_layers, attention_stride=args.attention_stride),
-        bf16=bool(args.bf16), seed=args.seed)
+        bf16=bool(args.bf16), attn_implementation=args.attn_implementation, seed=args.seed)
 
 
 def run_distill(args) -> dict:

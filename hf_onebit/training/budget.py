@@ -391,6 +391,7 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     the teacher, the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of 1 x 128 52x, 220 of
     1 x 64 44x, 280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64 12.9x).
     Build the training blocks with the returned plan's ``seq_len``."""
+    from .attention import training_attention
     from .recipes import get_recipe, weight_format_of
 
     share = DEFAULT_BLOCKWISE_SHARE if blockwise_share is None else blockwise_share
@@ -404,8 +405,9 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     progressive = get_recipe(plan.e2e_recipe(weight_format_of(student))).progressive
 
     def measure(batch_size, seq_len, before_s=0.0):
-        times = measure_step_times(student, teacher, seq_len, batch_size, batch_size * plan.grad_accum,
-                                   loss=plan.loss, bf16=plan.bf16, blockwise=share > 0, progressive=progressive)
+        with training_attention((student, teacher), plan.attn_implementation, plan.bf16):  # as run_stages trains
+            times = measure_step_times(student, teacher, seq_len, batch_size, batch_size * plan.grad_accum,
+                                       loss=plan.loss, bf16=plan.bf16, blockwise=share > 0, progressive=progressive)
         return dataclasses.replace(times, measured_s=before_s + times.measured_s)  # every measurement counts
 
     shapes = step_shapes(plan.batch_size, plan.seq_len, fit_batch, fit_seq_len) if share == 0.0 else []

@@ -21,6 +21,8 @@ import torch
 from ..formats import get_format
 from .blockwise import BlockwiseConfig, blockwise_reconstruct_, decoder_layers
 from .data import TokenBlocks
+from .attention import check_choice as check_attention
+from .attention import training_attention
 from .losses import DistillationLoss
 from .optim import embedding_learning_rate
 
@@ -56,6 +58,9 @@ class DistillPlan:
     cache_epochs: float = 2.0  # with cache_targets: times each cached sequence is seen (sets how many are cached)
     recipe_overrides: dict = field(default_factory=dict)
     bf16: bool = False
+    #: the attention implementation both models train on (:mod:`hf_onebit.training.attention`): ``auto`` is eager
+    #: for bf16 on a CPU (faster there than the fused kernel) and each model's own elsewhere
+    attn_implementation: str = "auto"
     seed: int = 0
     #: ``time.monotonic()`` by which the end-to-end stage should end: the stage re-sizes its step count to it from
     #: its own step times (:mod:`hf_onebit.training.deadline`); :func:`~hf_onebit.training.budget.plan_for_budget`
@@ -77,6 +82,7 @@ class DistillPlan:
             raise ValueError(f"min_lr_rate: got {self.min_lr_rate!r}; allowed: a number from 0 to 1")
         if not self.cache_epochs >= 1:
             raise ValueError(f"cache_epochs: got {self.cache_epochs!r}; allowed: a number >= 1")
+        check_attention(self.attn_implementation)
         if self.cache_targets < 0:
             raise ValueError(f"cache_targets: got {self.cache_targets!r}; allowed: 0 (off) or k >= 1")
         if self.cache_targets and self.loss.needs_live_teacher:
@@ -117,7 +123,13 @@ def calibration_blocks(data: TokenBlocks, n: int, seed: int = 0) -> torch.Tensor
 def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_dir: str, resume: str | None = None,
                save_steps: int = 0, progress: bool = True, log=print) -> dict:
     """Run ``plan`` on a latent student (``OneBitConfig(training=True)``); returns a summary (per-stage seconds,
-    tokens, records, the Trainer's log). The student ends in its hard (packed) function."""
+    tokens, records, the Trainer's log). The student ends in its hard (packed) function. Both models run on
+    ``plan.attn_implementation`` while the stages train and on their own implementation afterwards."""
+    with training_attention((student, teacher), plan.attn_implementation, plan.bf16):
+        return _run_stages(student, teacher, data, plan, output_dir, resume, save_steps, progress, log)
+
+
+def _run_stages(student, teacher, data, plan, output_dir, resume, save_steps, progress, log) -> dict:
     from transformers import ProgressCallback, Trainer, TrainingArguments
 
     from .callback import OneBitDistillationCallback
