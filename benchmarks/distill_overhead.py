@@ -21,6 +21,12 @@ codes cached in the matmul's dtype, no gradient to the latent weights), and ``--
 update (adaptive clipping and AdamW) in every timed step, where frozen codes save most:
 
     python benchmarks/distill_overhead.py --reps 5 --batch-size 4 --seq-len 256 --bf16 --frozen-codes --optimizer
+
+Every step runs both models on the attention ``DistillPlan.attn_implementation="auto"`` trains on (transformers'
+eager attention under ``--bf16`` on a CPU, the models' own otherwise); ``--sdpa`` adds the distillation step with
+both models on transformers' ``"sdpa"`` (torch's fused attention kernel) to the rotation:
+
+    python benchmarks/distill_overhead.py --reps 6 --batch-size 4 --seq-len 256 --bf16 --optimizer --sdpa
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ def main(argv=None):
                    help="also time the fast step with the binarizer on its reference path")
     p.add_argument("--frozen-codes", action="store_true",
                    help="also time the distillation step with the codes frozen (Recipe.freeze_codes_at)")
+    p.add_argument("--sdpa", action="store_true",
+                   help="also time the distillation step with both models on transformers' sdpa attention")
     p.add_argument("--optimizer", action="store_true",
                    help="count the optimizer update (clipping, AdamW) in every timed step")
     p.add_argument("--heap", action="store_true",
@@ -76,6 +84,7 @@ def main(argv=None):
     from transformers import Trainer, TrainingArguments
 
     from hf_onebit.eval import format_table
+    from hf_onebit.training.attention import training_attention
     from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, TokenBlocks, onebit_optimizer
     from hf_onebit.training.binarizers import FrozenCodes, ProgressiveBinarizer
     from hf_onebit.training.heap import RetainedHeap
@@ -117,7 +126,11 @@ def main(argv=None):
             m.weight.requires_grad_(not on)
 
     def step(distill: bool, reference: bool = False, reference_binarizer: bool = False,
-             default_heap: bool = False, frozen_codes: bool = False) -> float:
+             default_heap: bool = False, frozen_codes: bool = False, attention: str = "auto") -> float:
+        with training_attention((student, teacher), attention, args.bf16):
+            return timed_step(distill, reference, reference_binarizer, default_heap, frozen_codes)
+
+    def timed_step(distill, reference, reference_binarizer, default_heap, frozen_codes) -> float:
         nonlocal heap
         freeze(frozen_codes)
         if default_heap:
@@ -150,7 +163,9 @@ def main(argv=None):
         step(True, default_heap=True)
     if args.frozen_codes:
         step(True, frozen_codes=True)
-    plain, distill, old, old_binarizer, default, cold = [], [], [], [], [], []
+    if args.sdpa:
+        step(True, attention="sdpa")
+    plain, distill, old, old_binarizer, default, cold, fused = [], [], [], [], [], [], []
     for _ in range(args.reps):
         plain.append(step(False))
         distill.append(step(True))
@@ -162,6 +177,8 @@ def main(argv=None):
             default.append(step(True, default_heap=True))
         if args.frozen_codes:
             cold.append(step(True, frozen_codes=True))
+        if args.sdpa:
+            fused.append(step(True, attention="sdpa"))
     heap.release()
     mp, md = statistics.median(plain), statistics.median(distill)
     tokens = args.batch_size * args.seq_len
@@ -179,6 +196,9 @@ def main(argv=None):
     if args.frozen_codes:
         mf = statistics.median(cold)
         rows.append(["distillation, codes frozen", mf, tokens / mf, mf / mp])
+    if args.sdpa:
+        ms = statistics.median(fused)
+        rows.append(["distillation, sdpa attention", ms, tokens / ms, ms / mp])
     print(format_table(["step", "median s", "tokens / s", "x plain"], rows))
     print(f"\ndistillation / plain = {md / mp:.2f}x  ({args.weight_format}, batch {args.batch_size} x {args.seq_len} "
           "tokens, "
@@ -192,6 +212,8 @@ def main(argv=None):
         print(f"default heap / retained heap = {mh / md:.2f}x")
     if args.frozen_codes:
         print(f"codes frozen / distillation = {mf / md:.2f}x")
+    if args.sdpa:
+        print(f"distillation / distillation on sdpa attention = {md / ms:.3f}x")
 
 
 if __name__ == "__main__":

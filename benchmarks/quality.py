@@ -113,11 +113,6 @@ def run_row(row: str, args) -> dict:
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     result = {"row": row, "machine": machine(), "budget_s": args.budget_s, "seconds": {}, "tokens": {},
               "precision": "bf16 autocast" if args.bf16 and row in TRAINED else "float32"}
-    if row in TRAINED:
-        from hf_onebit.training.attention import resolve
-
-        result["attn_implementation"] = resolve(args.attn_implementation, "cpu" if not torch.cuda.is_available()
-                                                else "cuda", args.bf16) or "model's own"
     if row == "teacher":
         for split in ("val", "test"):
             result[split] = evaluate_heldout_cached(teacher, tok, split, progress=True).to_dict()
@@ -151,6 +146,7 @@ def run_row(row: str, args) -> dict:
         for stage in ("blockwise", "e2e"):
             if stage in summary:
                 result["seconds"][stage] = summary[stage]["seconds"]
+        result["attn_implementation"] = summary["attn_implementation"]
         if "e2e" in summary:
             result["seconds"]["target_cache"] = summary["e2e"]["target_cache_seconds"]
             result["tokens"]["e2e"] = summary["e2e"]["tokens"]

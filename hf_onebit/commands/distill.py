@@ -289,7 +289,8 @@ def run_distill(args) -> dict:
         hub.set_card_info(student, **card_facts(summary))  # recorded in the model card
         hub.save_pretrained(student, staging)  # packed, with its model card
         tokenizer.save_pretrained(staging)
-    rows += [["weight format", args.weight_format], ["precision", "bf16 autocast" if args.bf16 else "float32"]]
+    rows += [["weight format", args.weight_format], ["precision", "bf16 autocast" if args.bf16 else "float32"],
+             ["attention while training", summary["attn_implementation"]]]
     if text is not None:
         summary["teacher_ppl"] = perplexity(teacher, tokenizer, text)
         summary["student_ppl"] = perplexity(student, tokenizer, text)

@@ -125,8 +125,10 @@ def run_stages(student, teacher, data: TokenBlocks, plan: DistillPlan, output_di
     """Run ``plan`` on a latent student (``OneBitConfig(training=True)``); returns a summary (per-stage seconds,
     tokens, records, the Trainer's log). The student ends in its hard (packed) function. Both models run on
     ``plan.attn_implementation`` while the stages train and on their own implementation afterwards."""
-    with training_attention((student, teacher), plan.attn_implementation, plan.bf16):
-        return _run_stages(student, teacher, data, plan, output_dir, resume, save_steps, progress, log)
+    with training_attention((student, teacher), plan.attn_implementation, plan.bf16) as attention:
+        summary = _run_stages(student, teacher, data, plan, output_dir, resume, save_steps, progress, log)
+    summary["attn_implementation"] = attention or "model"  # "model": each model's own
+    return summary
 
 
 def _run_stages(student, teacher, data, plan, output_dir, resume, save_steps, progress, log) -> dict:
