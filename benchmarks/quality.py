@@ -260,7 +260,9 @@ def main(argv=None):
                    help="blocks of that term: all, last or comma-separated indices (default: the library's)")
     p.add_argument("--attention-stride", type=int, default=None,
                    help="that term's rows: every n-th position (default: the library's)")
-    p.add_argument("--attn-implementation", choices=("auto", "sdpa", "eager", "model"), default="auto",
+    from hf_onebit.training.attention import CHOICES as ATTENTION_CHOICES
+
+    p.add_argument("--attn-implementation", choices=ATTENTION_CHOICES, default="auto",
                    help="attention the models train on (DistillPlan.attn_implementation; default auto: eager for bf16 "
                         "on a CPU)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,

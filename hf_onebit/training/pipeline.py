@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..formats import get_format
-from .blockwise import BlockwiseConfig, blockwise_reconstruct_, decoder_layers
-from .data import TokenBlocks
 from .attention import check_choice as check_attention
 from .attention import training_attention
+from .blockwise import BlockwiseConfig, blockwise_reconstruct_, decoder_layers
+from .data import TokenBlocks
 from .losses import DistillationLoss
 from .optim import embedding_learning_rate
 
