@@ -71,16 +71,17 @@ def plan_for(row: str, args):
     from hf_onebit.training.relations import parse_attention_layers
 
     cached = row in ("today-cached", "all", "all-progressive-blocks", "ternary-all")
-    attention = {} if args.attention_weight is None else {"attention_weight": args.attention_weight}
+    terms = {} if args.attention_weight is None else {"attention_weight": args.attention_weight}
     if args.attention_layers is not None:
-        attention["attention_layers"] = parse_attention_layers(args.attention_layers)
+        terms["attention_layers"] = parse_attention_layers(args.attention_layers)
     if args.attention_stride is not None:
-        attention["attention_stride"] = args.attention_stride
+        terms["attention_stride"] = args.attention_stride
+    if args.hidden_weight is not None:
+        terms["hidden_weight"] = args.hidden_weight
     if cached:  # cached targets hold neither hidden states nor attention projections
-        attention["attention_weight"] = 0.0
+        terms.update(attention_weight=0.0, hidden_weight=0.0)
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16, lr=args.lr,
-                  attn_implementation=args.attn_implementation,
-                  loss=DistillationLoss(hidden_weight=0.0, **attention) if cached else DistillationLoss(**attention),
+                  attn_implementation=args.attn_implementation, loss=DistillationLoss(**terms),
                   cache_targets=64 if cached else 0,
                   recipe_overrides={} if args.freeze_codes_at is None else {"freeze_codes_at": args.freeze_codes_at})
     if row in ("today", "today-cached", "ternary-today"):
@@ -254,6 +255,9 @@ def main(argv=None):
                         "train at 3.3x it)")
     p.add_argument("--freeze-codes-at", type=float, default=None,
                    help="fraction of the end-to-end steps after which only scales, norms and embeddings train")
+    p.add_argument("--hidden-weight", type=float, default=None,
+                   help="weight of the hidden-state term of the end-to-end loss (default: the library's, "
+                        "DEFAULT_HIDDEN_WEIGHT; rows on cached targets have none)")
     p.add_argument("--attention-weight", type=float, default=None,
                    help="weight of the attention-relation term of the end-to-end loss (default: the library's)")
     p.add_argument("--attention-layers", default=None,
