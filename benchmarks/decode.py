@@ -6,6 +6,7 @@
     python benchmarks/decode.py --compile       # every column decodes with torch.compile on a static KV cache
     python benchmarks/decode.py --only llama7b --format ternary  # (a) with ternary (b1.58) weights instead
     python benchmarks/decode.py --only llama7b --layers 16       # (a) at 16 layers (llama.cpp's files fit the disk)
+    python benchmarks/decode.py --only llama7b --rounds 3        # (a) every row 3 times, in rotation: the median
 
 (a) A model with LLaMA-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab 32000) and random
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
@@ -28,12 +29,16 @@ the same model in fp32 and bf16.
 
 Every configuration runs in its own subprocess so that peak resident memory (ru_maxrss) is that model's alone.
 Decode speed = new tokens / (time of generate(n + 1 tokens) - time of generate(1 token)), i.e. prefill excluded,
-median of repeats. The CPU is shared with other work: compare ratios from one run only.
+median of repeats. The CPU is shared with other work: compare ratios from one run only. The host's speed can also
+drift between one row's process and the next (on a shared 2-core KVM guest, two processes running the same code
+decoded 1.15x apart); ``--rounds N`` runs every row of (a) N times with the rows in rotation and reports each row's
+median, listing the rates of every round below the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -318,9 +323,11 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dic
             f"{r['tok_s']:.2f} | {ratio} | {peer} |")
 
 
-def llama_cpp_rows(layers: int, tokens: int, out=print) -> tuple:
-    """``(type, result)`` for each llama.cpp type of :data:`llama_cpp_models.TYPES`, or () with a note when
-    llama-cpp-python is missing or the files do not fit on the disk."""
+@contextlib.contextmanager
+def llama_cpp_files(layers: int, out=print):
+    """The llama.cpp rows' GGUF files, written for the duration of the block: yields ``[(type, path or
+    {"error": ...})]`` for each type of :data:`llama_cpp_models.TYPES`, or ``[]`` with a note when llama-cpp-python
+    is missing or the files do not fit on the disk."""
     import shutil
     import tempfile
     from importlib.util import find_spec
@@ -329,27 +336,64 @@ def llama_cpp_rows(layers: int, tokens: int, out=print) -> tuple:
 
     if find_spec("llama_cpp") is None:
         out("(llama.cpp rows skipped: llama-cpp-python is not installed; `bash scripts/setup.sh` builds it)")
-        return ()
+        yield []
+        return
     folder = tempfile.mkdtemp(prefix="decode-llama-cpp-")
     try:
         need = 2.7 * (layers * 0.41e9 + 0.55e9)  # the F16 source and the four quantized files
         if shutil.disk_usage(folder).free < need:
             out(f"(llama.cpp rows skipped: {need / 1e9:.1f} GB of free disk needed for {layers} layers)")
-            return ()
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        built = run_worker({"kind": "llama_cpp_files", "folder": folder, "layers": layers, "threads": threads})
+            yield []
+            return
+        built = run_worker({"kind": "llama_cpp_files", "folder": folder, "layers": layers, "threads": cpu_threads()})
         errors = built.get("errors", {q: built.get("error", "?") for q in llama_cpp_models.TYPES})
-        rows = []
-        for qtype in llama_cpp_models.TYPES:
-            if qtype in errors:
-                rows.append((qtype, {"error": errors[qtype]}))
-                continue
-            path = os.path.join(folder, f"{qtype}.gguf")
-            rows.append((qtype, run_worker({"kind": "llama_cpp", "path": path, "tokens": tokens, "repeats": 3,
-                                            "threads": threads})))
-        return tuple(rows)
+        yield [(qtype, {"error": errors[qtype]} if qtype in errors else os.path.join(folder, f"{qtype}.gguf"))
+               for qtype in llama_cpp_models.TYPES]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def run_rounds(specs: list, rounds: int, run=None) -> list:
+    """Each spec's worker ``rounds`` times, every spec once per round in the order given, so that a change of the
+    host's speed during the run reaches every row alike; per spec the merged result: the median of each rate
+    (``tok_s*``) over the rounds that succeeded, the largest peak RSS, and under ``"rates"`` each rate's values in
+    round order. A spec that failed in every round gives its first round's error. ``run``: the worker runner
+    (:func:`run_worker`)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: got {rounds!r}; allowed: an integer >= 1")
+    run = run_worker if run is None else run
+    results = [[] for _ in specs]
+    for _ in range(rounds):
+        for i, spec in enumerate(specs):
+            results[i].append(run(spec))
+    merged = []
+    for per_round in results:
+        ok = [r for r in per_round if "error" not in r]
+        if not ok:
+            merged.append(per_round[0])
+            continue
+        result = dict(ok[0])
+        rates = {key: [r[key] for r in ok] for key in ok[0] if key.startswith("tok_s")}
+        result.update({key: statistics.median(values) for key, values in rates.items()})
+        result["rates"] = rates
+        if "peak_rss" in result:
+            result["peak_rss"] = max(r["peak_rss"] for r in ok)
+        merged.append(result)
+    return merged
+
+
+def rounds_note(rows: list, out=print) -> None:
+    """Each row's rates round by round (``rows``: ``(label, merged result)`` from :func:`run_rounds`)."""
+    out("")
+    out("decode tok/s in each round (the table holds their median):")
+    for label, result in rows:
+        for key, values in result.get("rates", {}).items():
+            suffix = f" act_bits={key[len('tok_s_a'):]}" if key.startswith("tok_s_a") else ""
+            out(f"- {label}{suffix}: " + " / ".join(f"{v:.2f}" for v in values))
 
 
 def llama_section(args, out=print) -> None:
@@ -358,33 +402,43 @@ def llama_section(args, out=print) -> None:
     tokens = 8 if args.quick else 16
     # a bf16 7B needs ~13.5 GB of weights plus ~1 GB of process; if that does not fit, compare at fewer layers
     fit = int((mem_available() - 1.5e9) // (BF16_7B_BYTES / 32))
-    packed = {"kind": "llama", "onebit": True, "format": args.format, "tokens": 4 * tokens, "repeats": 3}
+    packed = {**mode, "kind": "llama", "onebit": True, "format": args.format, "tokens": 4 * tokens, "repeats": 3}
     label = "1-bit" if args.format == "binary" else "ternary"
-    onebit = (label, run_worker({**mode, **packed, "layers": layers}))
-    peers = () if args.no_llama_cpp else llama_cpp_rows(layers, 4 * tokens, out)
-    more = ()
+    dense = {**mode, "kind": "llama", "onebit": False, "tokens": tokens, "repeats": 2}
+    small = layers if fit >= layers else max(fit, 1)
+    specs = [(label, {**packed, "layers": layers})]
     if args.format == "ternary":  # the same model reading its 2-bit codes only
-        more = ((f"{label}, 2-bit codes only", run_worker({**mode, **packed, "layers": layers, "t5": False})),)
+        specs.append((f"{label}, 2-bit codes only", {**packed, "layers": layers, "t5": False}))
     if args.torch_head:  # the same model with torch's nn.Linear as its bf16 output head
-        more += ((f"{label}, torch head", run_worker({**mode, **packed, "layers": layers, "torch_head": True})),)
-    if fit >= layers:
-        bf16 = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2})
-        huge = run_worker({**mode, "kind": "llama", "layers": layers, "onebit": False, "tokens": tokens, "repeats": 2,
-                           "huge_pages": True})
+        specs.append((f"{label}, torch head", {**packed, "layers": layers, "torch_head": True}))
+    specs += [("dense bf16", {**dense, "layers": small}), ("dense bf16, 2 MiB pages", {**dense, "layers": small,
+                                                                                     "huge_pages": True})]
+    if small < layers:
+        specs.append((f"{label} ({small} layers)", {**packed, "layers": small}))
+    with llama_cpp_files(layers, out) if not args.no_llama_cpp else contextlib.nullcontext([]) as files:
+        for qtype, path in files:
+            if isinstance(path, str):
+                specs.append((f"llama.cpp {qtype}", {"kind": "llama_cpp", "path": path, "tokens": 4 * tokens,
+                                                     "repeats": 3, "threads": cpu_threads()}))
+        results = dict(zip([name for name, _ in specs], run_rounds([spec for _, spec in specs], args.rounds)))
+    peers = tuple((qtype, path if isinstance(path, dict) else results[f"llama.cpp {qtype}"]) for qtype, path in files)
+    onebit = (label, results[label])
+    more = tuple((name, results[name]) for name, _ in specs[1:] if name.startswith(f"{label},"))
+    bf16, huge = results["dense bf16"], results["dense bf16, 2 MiB pages"]
+    if small == layers:
         out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
         out("")
         llama_table(layers, bf16, onebit, out, bf16_huge=huge, more=more, peers=peers)
     else:
-        small = max(fit, 1)
         out(f"### (a) LLaMA-2-7B-shaped model, random weights, bf16 activations")
         out("")
         out(f"Only {mem_available() / 1e9:.1f} GB of memory was available, too little for the {layers}-layer bf16 "
             f"model: the comparison uses {small} layers for both; the {layers}-layer 1-bit model is measured alone.")
         out("")
-        bf16 = run_worker({**mode, "kind": "llama", "layers": small, "onebit": False, "tokens": tokens, "repeats": 2})
-        onebit_small = (label, run_worker({**mode, **packed, "layers": small}))
-        llama_table(small, bf16, onebit_small, out)
+        llama_table(small, bf16, (label, results[f"{label} ({small} layers)"]), out, bf16_huge=huge)
         llama_table(layers, None, onebit, out, more=more, peers=peers)
+    if args.rounds > 1:
+        rounds_note([(name, results[name]) for name, _ in specs], out)
     out("")
 
 
@@ -429,12 +483,17 @@ def main(argv=None):
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's rows in (a)")
     parser.add_argument("--torch-head", action="store_true",
                         help="(a) also runs the packed model with torch's nn.Linear as its output head, not FloatHead")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="(a): run every row's worker this many times, the rows in rotation, and report the "
+                             "median (default 1)")
     parser.add_argument("--layers", type=int, default=None, help="layers of the 7B-shaped model (a) (default 32; "
                         "--quick: 4)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.layers is not None and args.layers < 1:
         parser.error(f"--layers: got {args.layers}; allowed: an integer >= 1")
+    if args.rounds < 1:
+        parser.error(f"--rounds: got {args.rounds}; allowed: an integer >= 1")
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(WORKERS[spec["kind"]](spec)))
