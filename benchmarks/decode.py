@@ -406,13 +406,13 @@ def llama_section(args, out=print) -> None:
     label = "1-bit" if args.format == "binary" else "ternary"
     dense = {**mode, "kind": "llama", "onebit": False, "tokens": tokens, "repeats": 2}
     small = layers if fit >= layers else max(fit, 1)
-    specs = [(label, {**packed, "layers": layers})]
+    packed_rows = [(label, {**packed, "layers": layers})]
     if args.format == "ternary":  # the same model reading its 2-bit codes only
-        specs.append((f"{label}, 2-bit codes only", {**packed, "layers": layers, "t5": False}))
+        packed_rows.append((f"{label}, 2-bit codes only", {**packed, "layers": layers, "t5": False}))
     if args.torch_head:  # the same model with torch's nn.Linear as its bf16 output head
-        specs.append((f"{label}, torch head", {**packed, "layers": layers, "torch_head": True}))
-    specs += [("dense bf16", {**dense, "layers": small}), ("dense bf16, 2 MiB pages", {**dense, "layers": small,
-                                                                                     "huge_pages": True})]
+        packed_rows.append((f"{label}, torch head", {**packed, "layers": layers, "torch_head": True}))
+    specs = packed_rows + [("dense bf16", {**dense, "layers": small}),
+                           ("dense bf16, 2 MiB pages", {**dense, "layers": small, "huge_pages": True})]
     if small < layers:
         specs.append((f"{label} ({small} layers)", {**packed, "layers": small}))
     with llama_cpp_files(layers, out) if not args.no_llama_cpp else contextlib.nullcontext([]) as files:
@@ -423,7 +423,7 @@ def llama_section(args, out=print) -> None:
         results = dict(zip([name for name, _ in specs], run_rounds([spec for _, spec in specs], args.rounds)))
     peers = tuple((qtype, path if isinstance(path, dict) else results[f"llama.cpp {qtype}"]) for qtype, path in files)
     onebit = (label, results[label])
-    more = tuple((name, results[name]) for name, _ in specs[1:] if name.startswith(f"{label},"))
+    more = tuple((name, results[name]) for name, _ in packed_rows[1:])
     bf16, huge = results["dense bf16"], results["dense bf16, 2 MiB pages"]
     if small == layers:
         out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
