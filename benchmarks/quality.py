@@ -61,7 +61,27 @@ def machine() -> dict:
         pass
     isa = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512"
            if "avx512f" in flags else "AVX2" if "avx2" in flags else "other")
-    return {"cpu": model, "isa": isa, "threads": torch.get_num_threads()}
+    info = {"cpu": model, "isa": isa, "threads": torch.get_num_threads()}
+    info["code"] = code_paths()
+    if info["code"]["capped"]:  # the CPU's flags say more than the code ran: name what ran
+        info["isa"] = f"{isa} CPU running {info['code']['capped']} code"
+    return info
+
+
+def code_paths() -> dict:
+    """The code paths this process runs, which the environment can cap below what ``/proc/cpuinfo`` offers:
+    torch's kernels (``ATEN_CPU_CAPABILITY``), oneDNN's (``ONEDNN_MAX_CPU_ISA``), hf_onebit's (``HF_ONEBIT_CPU_ISA``).
+    ``capped`` names the ISA they were capped to (``"AVX2"`` when all three are), or is empty when none is capped."""
+    from hf_onebit.ops.cpu.binding import active_isa_name, library
+
+    paths = {"torch": torch.backends.cpu.get_cpu_capability(),
+             "onednn_max": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+             "hf_onebit": active_isa_name() if library() is not None else "none"}
+    caps = [paths["torch"].upper() if "ATEN_CPU_CAPABILITY" in os.environ else "", paths["onednn_max"].upper(),
+            paths["hf_onebit"].upper() if "HF_ONEBIT_CPU_ISA" in os.environ else ""]
+    caps = sorted({c for c in caps if c})
+    paths["capped"] = "/".join(caps)
+    return paths
 
 
 def plan_for(row: str, args):

@@ -1,7 +1,10 @@
 """benchmarks/quality.py turns its command line into the plan a row trains with: the loss terms it was asked for,
-and none that a row's teacher targets cannot give (cached rows keep no hidden states or attention projections)."""
+and none that a row's teacher targets cannot give (cached rows keep no hidden states or attention projections); and
+it records the code paths that ran, not only the CPU's class."""
 
+import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -47,3 +50,29 @@ def test_cached_target_rows_drop_the_terms_their_targets_lack(parse, row):
     loss = quality.plan_for(row, args).loss
     assert (loss.hidden_weight, loss.attention_weight) == (0.0, 0.0)
     assert quality.plan_for(row, args).cache_targets == 64
+
+
+def test_machine_names_the_cpu_class_when_no_code_path_is_capped(monkeypatch):
+    for name in ("ONEDNN_MAX_CPU_ISA", "HF_ONEBIT_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    if "ATEN_CPU_CAPABILITY" in os.environ:
+        pytest.skip("this process runs with ATEN_CPU_CAPABILITY set")
+    info = quality.machine()
+    assert info["code"]["capped"] == ""
+    assert "running" not in info["isa"]
+
+
+def test_machine_names_the_code_that_ran_when_the_environment_caps_it():
+    """A figure measured with every code path capped at AVX2 must not be recorded as the CPU's own class."""
+    from hf_onebit.ops.cpu.binding import supported_isas
+
+    if "avx2" not in supported_isas():
+        pytest.skip("the CPU kernels have no AVX2 variant on this CPU")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", HF_ONEBIT_CPU_ISA="avx2")
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import quality; "
+            "print(json.dumps(quality.machine()))")
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["code"] == {"torch": "AVX2", "onednn_max": "AVX2", "hf_onebit": "avx2", "capped": "AVX2"}
+    assert info["isa"].endswith("CPU running AVX2 code")
