@@ -8,7 +8,7 @@
 Distillation (hf_onebit.training.pipeline) is end-to-end progressive distillation in the stock transformers Trainer,
 sized on this machine to what is left of --job-time once the model is loaded, the teacher scored and the evaluation of
 the packed student and the generated sample timed (or to --time-budget when given): at a 15-minute budget it tied with
-a block-wise reconstruction stage before it, in less wall time (docs/benchmarks.md, "Distillation quality"); --stages
+a block-wise reconstruction stage before it, in less wall time (docs/benchmarks-quality.md); --stages
 blockwise e2e runs both. Everything works offline: the model and the training text come from pinned PyPI files
 (fetched once and cached), and the held-out test text (four domains, never trained on) too.
 """

@@ -26,7 +26,7 @@ Stages (--stages): 'e2e' (the default) distils the whole model in the stock tran
 plus hidden states); 'blockwise' first trains each transformer block of the 1-bit student to reproduce its teacher
 block on a few calibration sequences (scale vectors first fitted to the block's activations). On SmolLM2-135M at a
 15-minute CPU budget the two tied on held-out perplexity, the end-to-end stage alone in less time
-(docs/benchmarks.md). --time-budget
+(docs/benchmarks-quality.md). --time-budget
 sizes the stages to the given time on this machine (measured at the start); otherwise --blockwise-steps and
 --max-steps do.
 

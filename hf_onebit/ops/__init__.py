@@ -55,7 +55,7 @@ __all__ = [
 
 #: What ``act_bits="auto"`` (the default of :class:`~hf_onebit.OneBitConfig`) means on each device type: int8
 #: per-token activations on CPUs, where that path is the faster one on every CPU class measured (Intel AMX, AMD Zen 4
-#: AVX-512, AVX2 on AMD Zen 1 and Zen 4: 1.6-3.8x the exact path at M = 1; docs/benchmarks.md), and exact
+#: AVX-512, AVX2 on AMD Zen 1 and Zen 4: 1.6-3.8x the exact path at M = 1; docs/benchmarks-cpu.md), and exact
 #: float activations on any other device (the int8 Triton paths have not been timed on a GPU).
 AUTO_ACT_BITS = {"cpu": 8}
 

@@ -38,7 +38,8 @@ RECIPE_AFTER_BLOCKWISE = {"binary": "onebit", "ternary": "bitnet"}
 class DistillPlan:
     """What :func:`run_stages` does (every field has the default of ``hf-onebit distill``)."""
 
-    stages: tuple = ("e2e",)  # ("blockwise", "e2e") for both (tied at a 15-minute CPU budget, docs/benchmarks.md)
+    # ("blockwise", "e2e") for both (tied at a 15-minute CPU budget, docs/benchmarks-quality.md)
+    stages: tuple = ("e2e",)
     blockwise_steps: int = 64  # per block
     calibration_sequences: int | None = None  # default: each seen twice, at least MIN_CALIBRATION
     blockwise: BlockwiseConfig = field(default_factory=BlockwiseConfig)

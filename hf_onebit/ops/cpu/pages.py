@@ -3,7 +3,7 @@
 A decode call (M = 1) reads each packed weight byte once, from memory. With 4 KiB pages every 4 KiB of weights is a
 TLB miss (a page walk) and a point where the hardware prefetchers stop; a 1-bit layer goes through its pages 16 times
 faster than a bf16 layer of the same shape, so it feels this more. Backed by 2 MiB transparent huge pages the same
-kernel is 6-10 % faster on a 4096->11008 layer (docs/benchmarks.md); torch's dense bf16 matmul is not consistently
+kernel is 6-10 % faster on a 4096->11008 layer (docs/benchmarks-cpu.md); torch's dense bf16 matmul is not consistently
 helped by it.
 
 The CPU backend calls :func:`advise_huge_pages` the second time it sees the same weight tensor at the same address

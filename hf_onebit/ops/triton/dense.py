@@ -4,7 +4,7 @@ The expansion (:mod:`.dequant`) is memory-bound and the matmul compute-bound, so
 expanded and multiplied in slices of ``N``: slice ``i + 1`` is expanded on a side stream while slice ``i`` is being
 multiplied on the caller's stream, and each matmul writes its columns of ``y`` in place (cuBLAS takes the row stride,
 no copy). Works inside CUDA-graph capture (the side stream forks from and joins back into the capturing stream).
-On the H100 this did not pay off reliably (docs/benchmarks.md, run D), so the dispatcher uses ``chunks=1``.
+On the H100 this did not pay off reliably (docs/benchmarks-gpu.md, run D), so the dispatcher uses ``chunks=1``.
 Ternary code words (``weight_format="ternary"``) go through the same functions.
 """
 

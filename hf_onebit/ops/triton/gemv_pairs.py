@@ -4,7 +4,7 @@ Same word layout, grid and split-K as :mod:`.gemv`, but a program always owns a 
 with output ``j + half`` (``half`` = 16 sign bits or 8 ternary codes): one ``int32`` holds ``-q`` twice as fp16,
 one shift moves both weights' bits to the two fp16 sign positions, one ``LOP3`` applies them, and one ``add.f16x2``
 adds the two terms. That is about half the instructions per weight of the fp32 kernel, which is instruction-bound at
-M=1 on the H100 (docs/benchmarks.md).
+M=1 on the H100 (docs/benchmarks-gpu.md).
 
 Exact: ``q`` is an integer in ``[-127, 127]``, a step adds ``KPT <= 16`` of them per pair, so every fp16 partial sum
 is an integer of magnitude ``<= 2032 < 2048`` (fp16 holds those exactly); each step's pair sums then go into fp32

@@ -35,7 +35,7 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 #: largest M served by the GEMV kernel (rows beyond 4 are cheaper on the tensor cores)
 GEMV_MAX_M = 4
 #: M from which the weight is expanded once and multiplied by cuBLAS (H100 crossover between M=128 and M=256 at
-#: 4096->11008, docs/benchmarks.md)
+#: 4096->11008, docs/benchmarks-gpu.md)
 DENSE_MIN_M = 256
 #: the same crossover for int8 activations (expand to int8 once, then the int8 matmul)
 A8_DENSE_MIN_M = 256
@@ -75,7 +75,7 @@ def _cuda_sm_count(index: int) -> int:
 
 
 def gemv_config(m: int, n: int, k: int, device: torch.device, weight_format: str = "binary") -> GemvConfig:
-    """Launch config of the GEMV, from the H100 sweep in docs/benchmarks.md (``kernels_cuda.py --sweep``).
+    """Launch config of the GEMV, from the H100 sweep in docs/benchmarks-gpu.md (``kernels_cuda.py --sweep``).
 
     Ternary words hold 16 outputs: the same configs with at most 16 outputs per program (not tuned on a GPU).
     """
@@ -97,7 +97,7 @@ def _binary_gemv_config(m: int, programs: int, device: torch.device) -> GemvConf
 
 
 def dot_config(m: int, n: int, k: int, device: torch.device) -> DotConfig:
-    """Tile sizes of the tensor-core path: the best of the H100 path sweep (docs/benchmarks.md) per range of M."""
+    """Tile sizes of the tensor-core path: the best of the H100 path sweep (docs/benchmarks-gpu.md) per range of M."""
     if interpreting():
         return DotConfig(block_m=16, block_n=32, block_k=32, num_warps=1, num_stages=1)
     if m <= 16:
@@ -108,7 +108,7 @@ def dot_config(m: int, n: int, k: int, device: torch.device) -> DotConfig:
 
 
 def dense_config(m: int, n: int, k: int) -> DenseConfig:
-    """Slicing of the prefill path: from the H100 sweep in docs/benchmarks.md (``kernels_cuda.py --dense``)."""
+    """Slicing of the prefill path: from the H100 sweep in docs/benchmarks-gpu.md (``kernels_cuda.py --dense``)."""
     return DenseConfig(chunks=1)
 
 

@@ -3,7 +3,7 @@
 :func:`.launch.packed_linear_triton` routes ``act_bits=8`` calls here by path: ``gemv`` quantises and runs the
 GEMV on the int8 activations (exact integer sums, scaled at the end), ``dot`` multiplies the quantised activations
 with weights expanded from the packed bytes tile by tile, and ``dense`` expands the whole weight to int8 once per call
-and then multiplies. The matmul configs come from the H100 sweep in docs/benchmarks.md.
+and then multiplies. The matmul configs come from the H100 sweep in docs/benchmarks-gpu.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Int8Config:
 
 
 def int8_config(m: int, n: int, k: int, packed: bool) -> Int8Config:
-    """Tile sizes of the int8 matmul by M (H100 sweep, docs/benchmarks.md)."""
+    """Tile sizes of the int8 matmul by M (H100 sweep, docs/benchmarks-gpu.md)."""
     if interpreting():
         return Int8Config(block_m=16, block_n=32, block_k=32, num_warps=1, num_stages=1)
     if m <= 64:
