@@ -61,11 +61,10 @@ def machine() -> dict:
         pass
     isa = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512"
            if "avx512f" in flags else "AVX2" if "avx2" in flags else "other")
-    info = {"cpu": model, "isa": isa, "threads": torch.get_num_threads()}
-    info["code"] = code_paths()
-    if info["code"]["capped"]:  # the CPU's flags say more than the code ran: name what ran
-        info["isa"] = f"{isa} CPU running {info['code']['capped']} code"
-    return info
+    code = code_paths()
+    if code["capped"]:  # the CPU's flags say more than the code ran: name what ran
+        isa = f"{isa} CPU running {code['capped']} code"
+    return {"cpu": model, "isa": isa, "threads": torch.get_num_threads(), "code": code}
 
 
 def code_paths() -> dict:
