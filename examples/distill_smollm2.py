@@ -65,7 +65,7 @@ def main():
                                           init_steps=1 if args.max_steps > 1 else 0)
     trainer = Trainer(model=student, args=training_args, train_dataset=data, callbacks=[callback],
                       # the library's rates (2e-3 for the latent weights, 3.3x that for the scales), chosen on the
-                      # validation split in docs/benchmarks-quality.md
+                      # validation split in docs/benchmarks-quality-zen4.md
                       optimizers=(onebit_optimizer(student, lr=DEFAULT_LR["progressive"]), None))
     trainer.train()
 

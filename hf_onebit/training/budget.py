@@ -26,7 +26,7 @@ import torch
 #: Share of a time budget the block-wise stage gets by default (the rest goes to end-to-end distillation).
 DEFAULT_BLOCKWISE_SHARE = 0.5
 #: Fewest end-to-end steps a time budget should buy before ``plan_for_budget`` shrinks the step (``fit_batch``,
-#: ``fit_seq_len``). On an AVX2 CPU (validation split, docs/benchmarks-quality.md) the smallest step won at every budget
+#: ``fit_seq_len``). On an AVX2 CPU (validation split, docs/benchmarks-quality-zen1.md) the smallest step won at every budget
 #: measured: 220 steps of 1 x 64 tokens against 160 of 1 x 128 in ~11 minutes, 300 of 1 x 64 against 224 of 1 x 128
 #: in ~18 minutes (1.23x closer to the teacher, in less time); on an AVX-512 CPU in bf16 (test split) 313 steps of
 #: 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
@@ -35,7 +35,7 @@ MIN_E2E_STEPS = 1000
 #: When no step buys :data:`MIN_E2E_STEPS`, the largest step of sequences of :data:`MIN_FIT_SEQ_LEN` tokens with more
 #: than one sequence (4 x 64, then 2 x 64: :func:`fallback_shapes`) is taken if it buys this many, before the
 #: smallest: past a few hundred steps, more sequences a step pay. On an AVX-512 CPU in bf16 (validation split,
-#: docs/benchmarks-quality.md) 380 steps of 4 x 64 tokens ended 1.07x closer to the teacher than 560 of 2 x 64, and
+#: docs/benchmarks-quality-zen4.md) 380 steps of 4 x 64 tokens ended 1.07x closer to the teacher than 560 of 2 x 64, and
 #: those 1.22x closer than 690 of 1 x 64, in the same ~10.5-11.5 minutes (350 keeps that 380 within reach); on the
 #: AVX2 CPU the smaller step won at 220-300 steps (above), which this floor keeps. At 60 minutes on the AVX-512 CPU
 #: 1307 steps of 2 x 256 ended 1.06x closer than 712 of 4 x 256: :data:`MIN_E2E_STEPS` stays.
@@ -387,7 +387,7 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     every measurement the steps are priced again by the line through the smallest and the largest measured step, and
     the step above the chosen one is timed as well when that line prices it within :data:`RECHECK_MARGIN` of what buys
     :data:`MIN_E2E_STEPS` (kept when its own time buys them). Every measurement counts in the budget. On short budgets
-    more, smaller steps learn more (docs/benchmarks-quality.md, validation split, an AVX2 CPU: 24 steps of 4 x 256
+    more, smaller steps learn more (docs/benchmarks-quality-zen1.md and -zen4.md, validation split, an AVX2 CPU: 24 steps of 4 x 256
     tokens 236x the teacher, the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of
     1 x 128 52x, 220 of 1 x 64 44x, 280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64
     12.9x).

@@ -20,7 +20,7 @@ IGNORE_INDEX = -100
 #: weight of the hidden-state term by default: on SmolLM2-135M at 560 steps of 2 x 64 tokens (validation split, AMD
 #: EPYC Zen 4, bf16) weights 1 / 3 / 10 / 30 ended at 277.0 / 269.6 / 254.8 / 252.7 perplexity with latent lr 1e-3,
 #: and 30 with lr 2e-3 1.04x / 1.08x closer than 10 with 1e-3 on two seeds; at 60 minutes of 4 x 256 tokens a step
-#: (AMD EPYC Zen 5) 10 and 100 ended 1.02x and 1.05x further than 30 (docs/benchmarks-quality.md)
+#: (AMD EPYC Zen 5) 10 and 100 ended 1.02x and 1.05x further than 30 (docs/benchmarks-quality-zen5.md)
 DEFAULT_HIDDEN_WEIGHT = 30.0
 #: ``DistillationLoss.hidden_metric`` choices, and the default.
 HIDDEN_METRICS = ("cosine", "dim-scaled")

@@ -18,7 +18,7 @@ from ..nn.linear import OneBitLinear
 
 GROUP_KEY = "hf_onebit_group"
 #: Default learning rate of the latent weights per recipe (``--lr``); the scale vectors get ``SCALE_LR_RATIO`` times it.
-#: progressive: 2e-3 with the hidden-state weight 30 (validation split, docs/benchmarks-quality.md; 5e-4 was 1.30x
+#: progressive: 2e-3 with the hidden-state weight 30 (validation split, docs/benchmarks-quality-zen4.md; 5e-4 was 1.30x
 #: worse).
 DEFAULT_LR = {"progressive": 2e-3, "onebit": 3e-4, "bitnet": 3e-4}
 SCALE_LR_RATIO = 3.3
@@ -31,7 +31,7 @@ def onebit_param_groups(model, lr: float = 2e-4, scale_lr: float | None = None, 
     ``scale_lr`` defaults to ``SCALE_LR_RATIO * lr``. Frozen parameters (``requires_grad=False``) are left out. The
     input and output embedding matrices (one matrix when tied) form a third group ``embeddings`` with
     ``embedding_lr``, by default the latent weights' ``lr`` (progressive recipe, validation split: 1.10x closer to the
-    teacher than training them at ``scale_lr``, docs/benchmarks-quality.md), and ``scale_weight_decay``.
+    teacher than training them at ``scale_lr``, docs/benchmarks-quality-zen4.md), and ``scale_weight_decay``.
     """
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("scale_weight_decay", scale_weight_decay)):
         if not isinstance(value, (int, float)) or value < 0 or (name == "lr" and value == 0):
@@ -130,9 +130,8 @@ class AdaptiveGradClipper:
 def learning_rates(recipe: str, lr: float | None, scale_lr: float | None) -> tuple[float, float]:
     """``(lr, scale_lr)``: the given values, else the recipe's default and ``SCALE_LR_RATIO`` times the latent lr.
 
-    Progressive distillation of SmolLM2-135M on 98k tokens (docs/benchmarks-quality.md, short ablations): held-out
-    perplexity 1804 / 1237 / 911 / 1383 at lr 3e-4 / 6e-4 / 1e-3 / 2e-3 (scales 3.3x). The other recipes keep 3e-4
-    (not re-tuned).
+    The progressive default was chosen on the validation split (:data:`DEFAULT_LR`; docs/benchmarks-quality-zen4.md:
+    5e-4, 1e-3, 2e-3 and 3e-3 at 560 steps of 2 x 64 tokens, scales 3.3x). The other recipes keep 3e-4 (not re-tuned).
     """
     for name, value in (("--lr", lr), ("--scale-lr", scale_lr)):
         if value is not None and not value > 0:

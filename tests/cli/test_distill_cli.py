@@ -161,7 +161,7 @@ def test_the_cli_and_the_python_loss_share_the_default_hidden_weight():
 
     args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o"])
     assert args.hidden_weight == DistillationLoss().hidden_weight == DistillPlan().loss.hidden_weight
-    assert DEFAULT_HIDDEN_WEIGHT == 30.0  # the weight chosen on the validation split (docs/benchmarks-quality.md)
+    assert DEFAULT_HIDDEN_WEIGHT == 30.0  # the weight chosen on the validation split (docs/benchmarks-quality-zen4.md)
 
 
 def test_cli_distill_rejects_a_bad_learning_rate_before_loading(tmp_path):

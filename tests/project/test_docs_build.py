@@ -1,4 +1,4 @@
-"""The documentation site builds with `mkdocs build --strict` (every nav page exists, every link resolves, the API
+"""The documentation site builds with `mkdocs build --strict` (every nav page exists, every link and anchor resolves, the API
 reference renders from the docstrings)."""
 
 import os
