@@ -33,6 +33,7 @@ from quality import machine  # noqa: E402
 
 from hf_onebit.commands.evaluate import act_bits_arg  # noqa: E402
 from hf_onebit.training.losses import DEFAULT_HIDDEN_METRIC, HIDDEN_METRICS  # noqa: E402
+from hf_onebit.training.optim import DEFAULT_BETAS  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
 
 
@@ -68,6 +69,8 @@ def main(argv=None) -> None:
                    help="rows of the attention-relation term: every n-th position (DistillationLoss.attention_stride)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the run (spread between runs)")
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
+    p.add_argument("--adam-beta2", type=float, default=DEFAULT_BETAS[1],
+                   help="Adam's second-moment decay (default: the library's, DEFAULT_BETAS)")
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the (tied) embedding / output matrix at the teacher's values instead of training it")
     p.add_argument("--act-bits", type=act_bits_arg, choices=(0, 8, "auto"), default=0,
@@ -110,6 +113,7 @@ def main(argv=None) -> None:
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr, min_lr_rate=args.min_lr_rate,
+                       adam_beta2=args.adam_beta2,
                        seed=args.seed, loss=loss,
                        recipe_overrides=json.loads(args.override))
     with tempfile.TemporaryDirectory(prefix=f"tune-{args.name}-") as out:  # the checkpoint: scored, then removed

@@ -597,6 +597,37 @@ def test_the_end_to_end_learning_rate_ends_at_min_lr_rate(tmp_path):
             pipeline.DistillPlan(min_lr_rate=bad)
 
 
+def test_the_plan_sets_adams_second_moment_decay(tmp_path, monkeypatch):
+    import hf_onebit
+    from hf_onebit.training import optim, pipeline
+    from hf_onebit.training.data import TokenBlocks
+    from hf_onebit.training.losses import DistillationLoss
+
+    built = []
+    real = optim.onebit_optimizer
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(optim, "onebit_optimizer", spy)
+    teacher_dir = tiny_teacher_dir(str(tmp_path))
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    for beta2, expected in ((None, optim.DEFAULT_BETAS), (0.5, (optim.DEFAULT_BETAS[0], 0.5))):
+        student = AutoModelForCausalLM.from_pretrained(teacher_dir,
+                                                       quantization_config=hf_onebit.OneBitConfig(training=True))
+        plan = pipeline.DistillPlan(stages=("e2e",), e2e_steps=2, batch_size=2, seq_len=16, recipe="onebit",
+                                    loss=DistillationLoss(hidden_weight=0.0),
+                                    **({} if beta2 is None else {"adam_beta2": beta2}))
+        pipeline.run_stages(student, teacher, TokenBlocks(torch.randint(0, 96, (8, 16))), plan,
+                            str(tmp_path / f"run-{beta2}"), progress=False, log=lambda *a: None)
+        assert {g["betas"] for g in built[-1].param_groups} == {expected}
+    assert optim.DEFAULT_BETAS == (0.9, 0.95)  # the pair chosen on the validation split (docs/benchmarks-quality-zen4.md)
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match="adam_beta2"):
+            pipeline.DistillPlan(adam_beta2=bad)
+
+
 def test_resuming_a_checkpoint_with_another_optimizer_layout_says_so(tmp_path):
     """A checkpoint whose optimizer state has two parameter groups (an older hf_onebit: latent weights, then scale
     vectors and embeddings together) cannot continue under three: the error names the checkpoint and the groups."""
