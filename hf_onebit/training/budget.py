@@ -26,10 +26,10 @@ import torch
 #: Share of a time budget the block-wise stage gets by default (the rest goes to end-to-end distillation).
 DEFAULT_BLOCKWISE_SHARE = 0.5
 #: Fewest end-to-end steps a time budget should buy before ``plan_for_budget`` shrinks the step (``fit_batch``,
-#: ``fit_seq_len``). On an AVX2 CPU (validation split, docs/benchmarks-quality-zen1.md) the smallest step won at every budget
-#: measured: 220 steps of 1 x 64 tokens against 160 of 1 x 128 in ~11 minutes, 300 of 1 x 64 against 224 of 1 x 128
-#: in ~18 minutes (1.23x closer to the teacher, in less time); on an AVX-512 CPU in bf16 (test split) 313 steps of
-#: 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
+#: ``fit_seq_len``). On an AVX2 CPU (validation split, docs/benchmarks-quality-zen1.md) the smallest step won at every
+#: budget measured: 220 steps of 1 x 64 tokens against 160 of 1 x 128 in ~11 minutes, 300 of 1 x 64 against 224 of
+#: 1 x 128 in ~18 minutes (1.23x closer to the teacher, in less time); on an AVX-512 CPU in bf16 (test split) 313 steps
+#: of 1 x 64 against 68 of 4 x 256 in 10 minutes (2.5x closer); the AMX CPU's 60-minute run (1141 steps of 4 x 256)
 #: stays above the threshold.
 MIN_E2E_STEPS = 1000
 #: When no step buys :data:`MIN_E2E_STEPS`, the largest step of sequences of :data:`MIN_FIT_SEQ_LEN` tokens with more
@@ -387,10 +387,10 @@ def plan_for_budget(student, teacher, plan, seconds: float, blockwise_share: flo
     every measurement the steps are priced again by the line through the smallest and the largest measured step, and
     the step above the chosen one is timed as well when that line prices it within :data:`RECHECK_MARGIN` of what buys
     :data:`MIN_E2E_STEPS` (kept when its own time buys them). Every measurement counts in the budget. On short budgets
-    more, smaller steps learn more (docs/benchmarks-quality-zen1.md and -zen4.md, validation split, an AVX2 CPU: 24 steps of 4 x 256
-    tokens 236x the teacher, the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those take, 160 of
-    1 x 128 52x, 220 of 1 x 64 44x, 280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of 1 x 64
-    12.9x).
+    more, smaller steps learn more (docs/benchmarks-quality-zen1.md and -zen4.md, validation split, an AVX2 CPU: 24
+    steps of 4 x 256 tokens 236x the teacher, the same tokens in 96 steps of 1 x 256 70x; in the ~11 minutes those
+    take, 160 of 1 x 128 52x, 220 of 1 x 64 44x, 280 of 1 x 32 47x; an AVX-512 CPU: 560 steps of 2 x 64 10.6x, 690 of
+    1 x 64 12.9x).
     Build the training blocks with the returned plan's ``seq_len``."""
     from .attention import training_attention
     from .recipes import get_recipe, weight_format_of

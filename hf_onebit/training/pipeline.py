@@ -82,7 +82,8 @@ class DistillPlan:
         embedding_learning_rate(1.0, self.embedding_lr)  # refuses a bad value here, before any model work
         if not (isinstance(self.min_lr_rate, (int, float)) and 0 <= self.min_lr_rate <= 1):
             raise ValueError(f"min_lr_rate: got {self.min_lr_rate!r}; allowed: a number from 0 to 1")
-        if isinstance(self.adam_beta2, bool) or not (isinstance(self.adam_beta2, (int, float)) and 0 <= self.adam_beta2 < 1):
+        beta2 = self.adam_beta2
+        if isinstance(beta2, bool) or not (isinstance(beta2, (int, float)) and 0 <= beta2 < 1):
             raise ValueError(f"adam_beta2: got {self.adam_beta2!r}; allowed: a number in [0, 1)")
         if not self.cache_epochs >= 1:
             raise ValueError(f"cache_epochs: got {self.cache_epochs!r}; allowed: a number >= 1")

@@ -622,7 +622,7 @@ def test_the_plan_sets_adams_second_moment_decay(tmp_path, monkeypatch):
         pipeline.run_stages(student, teacher, TokenBlocks(torch.randint(0, 96, (8, 16))), plan,
                             str(tmp_path / f"run-{beta2}"), progress=False, log=lambda *a: None)
         assert {g["betas"] for g in built[-1].param_groups} == {expected}
-    assert optim.DEFAULT_BETAS == (0.9, 0.95)  # the pair chosen on the validation split (docs/benchmarks-quality-zen4.md)
+    assert optim.DEFAULT_BETAS == (0.9, 0.95)  # chosen on the validation split (docs/benchmarks-quality-zen4.md)
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(ValueError, match="adam_beta2"):
             pipeline.DistillPlan(adam_beta2=bad)

@@ -1,5 +1,5 @@
-"""The documentation site builds with `mkdocs build --strict` (every nav page exists, every link and anchor resolves, the API
-reference renders from the docstrings)."""
+"""The documentation site builds with `mkdocs build --strict` (every nav page exists, every link and anchor resolves,
+the API reference renders from the docstrings)."""
 
 import os
 import subprocess
