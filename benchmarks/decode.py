@@ -12,7 +12,9 @@
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
 ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model is built the same way with random
 bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both (the 1-bit model's lm_head is a FloatHead,
-as hf_onebit's quantizer makes it: ``--torch-head`` adds a row with torch's nn.Linear). The packed weights get
+as hf_onebit's quantizer makes it: ``--torch-head`` adds a row with torch's nn.Linear; its attention is hf_onebit's
+``onebit_sdpa``, as the quantizer sets it: ``--torch-attention`` adds a row with transformers' ``sdpa``, which the
+dense model runs). The packed weights get
 the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
 allocates and with every parameter advised the same way, and "vs bf16" is against the faster of the two.
 With ``--format ternary`` the packed model of (a) holds random ternary codes (2 bits per weight on disk) and is run
@@ -123,15 +125,18 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     return statistics.median(rates)
 
 
-def build_llama(layers: int, onebit: bool, weight_format: str = "binary", torch_head: bool = False):
+def build_llama(layers: int, onebit: bool, weight_format: str = "binary", torch_head: bool = False,
+                torch_attention: bool = False):
     """LLaMA-2-7B-shaped model with random weights, bf16; packed linears built packed (never as floats). A packed
-    model's output head is a FloatHead, as hf_onebit's quantizer makes it (``torch_head``: torch's nn.Linear)."""
+    model's output head is a FloatHead and its attention ``onebit_sdpa``, as hf_onebit's quantizer makes them
+    (``torch_head``: torch's nn.Linear; ``torch_attention``: transformers' ``sdpa``)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     from hf_onebit import OneBitConfig, OneBitLinear
     from hf_onebit.integration.convert import replace_with_empty_onebit_linear
+    from hf_onebit.integration.attention import use_decode_attention
     from hf_onebit.integration.head import use_float_head
     from hf_onebit.formats.packing import pack_ternary
 
@@ -142,6 +147,8 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary", torch_
         replace_with_empty_onebit_linear(model, OneBitConfig(weight_format=weight_format))
         if not torch_head:
             use_float_head(model)
+        if not torch_attention:
+            use_decode_attention(model)
     model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -172,7 +179,8 @@ def worker_llama(spec: dict) -> dict:
 
     if spec.get("t5") is False:  # before the first kernel call: the CPU backend reads it when it makes plans
         os.environ["HF_ONEBIT_TERNARY_T5"] = "0"
-    model = build_llama(spec["layers"], spec["onebit"], spec.get("format", "binary"), spec.get("torch_head", False))
+    model = build_llama(spec["layers"], spec["onebit"], spec.get("format", "binary"), spec.get("torch_head", False),
+                        spec.get("torch_attention", False))
     if spec.get("huge_pages"):  # the 2 MiB-page advice our CPU backend gives packed weights, here for torch's weights
         from hf_onebit.ops.cpu.pages import advise_huge_pages
 
@@ -411,6 +419,8 @@ def llama_section(args, out=print) -> None:
         packed_rows.append((f"{label}, 2-bit codes only", {**packed, "layers": layers, "t5": False}))
     if args.torch_head:  # the same model with torch's nn.Linear as its bf16 output head
         packed_rows.append((f"{label}, torch head", {**packed, "layers": layers, "torch_head": True}))
+    if args.torch_attention:  # the same model on transformers' sdpa attention
+        packed_rows.append((f"{label}, torch attention", {**packed, "layers": layers, "torch_attention": True}))
     specs = packed_rows + [("dense bf16", {**dense, "layers": small}),
                            ("dense bf16, 2 MiB pages", {**dense, "layers": small, "huge_pages": True})]
     if small < layers:
@@ -483,6 +493,8 @@ def main(argv=None):
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's rows in (a)")
     parser.add_argument("--torch-head", action="store_true",
                         help="(a) also runs the packed model with torch's nn.Linear as its output head, not FloatHead")
+    parser.add_argument("--torch-attention", action="store_true",
+                        help="(a) also runs the packed model on transformers' sdpa attention, not onebit_sdpa")
     parser.add_argument("--rounds", type=int, default=1,
                         help="(a): run every row's worker this many times, the rows in rotation, and report the "
                              "median (default 1)")

@@ -98,7 +98,8 @@ def quantize_(model: nn.Module, config=None, skips: Iterable[str] = (), progress
     ``config.modules_to_not_convert`` and ``skips`` add to the default skips (``lm_head``). Layers on any device work;
     a progress bar shows one step per layer. ``config.tie_input_scales``: the shared ``g`` are tied afterwards
     (:func:`hf_onebit.integration.tying.tie_input_scales_`). The output head, kept float, becomes a
-    :class:`~hf_onebit.nn.float_head.FloatHead` (:func:`hf_onebit.integration.head.use_float_head`).
+    :class:`~hf_onebit.nn.float_head.FloatHead` (:func:`hf_onebit.integration.head.use_float_head`), and a model on
+    transformers' ``sdpa`` attention runs ``onebit_sdpa`` (:func:`hf_onebit.integration.attention.use_decode_attention`).
     """
     from ..config import OneBitConfig
 
@@ -118,9 +119,11 @@ def quantize_(model: nn.Module, config=None, skips: Iterable[str] = (), progress
         from .tying import tie_input_scales_
 
         tie_input_scales_(model)
+    from .attention import use_decode_attention
     from .head import use_float_head
 
     use_float_head(model)
+    use_decode_attention(model)
     return model
 
 

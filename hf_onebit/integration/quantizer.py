@@ -11,6 +11,7 @@ from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from .checkpoint import saved_settings_metadata, validate_checkpoint
 from .convert import dequantize_, replace_with_empty_onebit_linear
+from .attention import use_decode_attention
 from .head import use_float_head
 from ..nn.linear import OneBitLinear, quantize_weight
 from ..formats import get_format
@@ -146,6 +147,7 @@ class OneBitHfQuantizer(HfQuantizer):
                             max(errors.values()), max(errors, key=errors.get))
         hub.record_teacher(model, None if self.pre_quantized else model.config.name_or_path)
         use_float_head(model)
+        use_decode_attention(model)
         return model
 
     def get_quantize_ops(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers.quantizers import auto
 
 from ..config import QUANT_METHOD, OneBitConfig
+from .attention import register_attention
 from .quantizer import OneBitHfQuantizer
 
 
@@ -13,7 +14,9 @@ def _same_class(a, b) -> bool:
 
 
 def register() -> None:
-    """Make transformers resolve ``quant_method: "onebit"`` to hf_onebit's config and quantizer."""
+    """Make transformers resolve ``quant_method: "onebit"`` to hf_onebit's config and quantizer, and know the
+    ``onebit_sdpa`` attention (:mod:`.attention`)."""
+    register_attention()
     for mapping, cls, register_fn in (
         (auto.AUTO_QUANTIZATION_CONFIG_MAPPING, OneBitConfig, auto.register_quantization_config),
         (auto.AUTO_QUANTIZER_MAPPING, OneBitHfQuantizer, auto.register_quantizer),

@@ -48,12 +48,12 @@ def test_the_choice_holds_inside_and_each_models_own_comes_back_even_after_an_er
     with training_attention((student, None, teacher), "sdpa", bf16=False) as name:
         assert name == "sdpa"
         assert student.config._attn_implementation == teacher.config._attn_implementation == "sdpa"
-    assert (student.config._attn_implementation, teacher.config._attn_implementation) == ("sdpa", "eager")
+    assert (student.config._attn_implementation, teacher.config._attn_implementation) == ("onebit_sdpa", "eager")
     with pytest.raises(RuntimeError, match="boom"):
         with training_attention((student, teacher), "auto", bf16=True):
             assert student.config._attn_implementation == teacher.config._attn_implementation == "eager"
             raise RuntimeError("boom")
-    assert (student.config._attn_implementation, teacher.config._attn_implementation) == ("sdpa", "eager")
+    assert (student.config._attn_implementation, teacher.config._attn_implementation) == ("onebit_sdpa", "eager")
     with training_attention((student, teacher), "model", bf16=True) as name:  # nothing changes
         assert name is None and teacher.config._attn_implementation == "eager"
 
@@ -71,9 +71,9 @@ def test_eager_and_sdpa_compute_the_same_function(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("choice, bf16, during, recorded", [("auto", True, "eager", "eager"),
-                                                             ("auto", False, "sdpa", "model"),
-                                                             ("eager", False, "eager", "eager")])
+@pytest.mark.parametrize("choice, bf16, during, recorded", [("auto", True, ("eager", "eager"), "eager"),
+                                                             ("auto", False, ("onebit_sdpa", "sdpa"), "model"),
+                                                             ("eager", False, ("eager", "eager"), "eager")])
 def test_run_stages_trains_both_models_on_the_choice_and_gives_theirs_back(tmp_path, choice, bf16, during, recorded):
     student, teacher = _models(tmp_path)
     seen = {"student": [], "teacher": []}
@@ -85,9 +85,10 @@ def test_run_stages_trains_both_models_on_the_choice_and_gives_theirs_back(tmp_p
         hook.remove()
     assert summary["e2e"]["steps"] == 2
     assert summary["attn_implementation"] == recorded  # "model": each model kept its own
-    assert seen["student"] and set(seen["student"]) == {during}
-    assert seen["teacher"] and set(seen["teacher"]) == {during}
-    assert student.config._attn_implementation == teacher.config._attn_implementation == "sdpa"
+    assert seen["student"] and set(seen["student"]) == {during[0]}
+    assert seen["teacher"] and set(seen["teacher"]) == {during[1]}
+    # each model's own back: the 1-bit student's is onebit_sdpa (hf_onebit's loader sets it), the teacher's sdpa
+    assert (student.config._attn_implementation, teacher.config._attn_implementation) == ("onebit_sdpa", "sdpa")
 
 
 def test_the_budget_times_the_step_on_the_attention_the_run_will_use(tmp_path, monkeypatch):
@@ -102,10 +103,10 @@ def test_the_budget_times_the_step_on_the_attention_the_run_will_use(tmp_path, m
 
     monkeypatch.setattr(budget, "measure_step_times", fake_measure)
     budget.plan_for_budget(student, teacher, DistillPlan(bf16=True), 60.0)
-    assert seen == ["eager"] and student.config._attn_implementation == "sdpa"
+    assert seen == ["eager"] and student.config._attn_implementation == "onebit_sdpa"
     seen.clear()
     budget.plan_for_budget(student, teacher, DistillPlan(bf16=True, attn_implementation="model"), 60.0)
-    assert seen == ["sdpa"]
+    assert seen == ["onebit_sdpa"]
 
 
 def test_the_cli_passes_the_choice_to_the_plan():

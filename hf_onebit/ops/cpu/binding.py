@@ -50,6 +50,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     # isa, M, K, N, x, x_bf16, ldx, w, ldw, bias, y, y_bf16, ldy, nthreads: bf16-weight float layers (bf16_gemv.h)
     lib.onebit_bf16_gemv.argtypes = [c_int, i64, i64, i64, vp, c_int, i64, vp, i64, vp, vp, c_int, i64, c_int]
     lib.onebit_bf16_gemv.restype = c_int
+    # isa, B, H, Hkv, L, D, q, qsb, qsh, k, ksb, ksh, ksl, v, vsb, vsh, vsl, mask, msb, scale, bf16, out, osb, osh,
+    # nthreads: one query position against a key/value cache (attention.h)
+    lib.onebit_decode_attention.argtypes = [c_int, i64, i64, i64, i64, i64, vp, i64, i64, vp, i64, i64, i64, vp, i64,
+                                            i64, i64, vp, i64, ctypes.c_float, c_int, vp, i64, i64, c_int]
+    lib.onebit_decode_attention.restype = c_int
     lib.onebit_set_flush_denormal.argtypes = [c_int, c_int]  # on, nthreads
     lib.onebit_set_flush_denormal.restype = c_int
     f32 = ctypes.c_float
