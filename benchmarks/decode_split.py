@@ -1,15 +1,18 @@
-"""Where a CPU decode token of the LLaMA-2-7B-shaped 1-bit model goes: packed linears, output head, the rest.
+"""Where a CPU decode token of the LLaMA-2-7B-shaped 1-bit model goes: packed linears, output head, attention, the rest.
 
     python benchmarks/decode_split.py                   # 8 layers, int8 activations (the CPU default)
     python benchmarks/decode_split.py --layers 4 --act-bits 0
+    python benchmarks/decode_split.py --torch-attention # transformers' sdpa instead of onebit_sdpa
     HF_ONEBIT_CPU_ISA=avx2 python benchmarks/decode_split.py   # our kernels on their AVX2 paths
 
 Builds the model of ``benchmarks/decode.py`` (random packed sign bits, bf16 embeddings / output head / attention),
 decodes greedily after a 16-token prompt, and times every packed linear's forward and the output head's forward with
-module hooks, per decode token as ``decode.decode_rate`` measures the rate (generate(n + 1) minus generate(1),
-divided by n; median of repeats). The hooks cost time of their own, so the token time with hooks is printed beside
-the one without. The output head is a FloatHead, as hf_onebit's quantizer makes it (``--torch-head``: torch's
-nn.Linear). Also times the output head's GEMV alone at M = 1, torch's ``F.linear`` and FloatHead's kernel alternated
+module hooks, and the attention function (the scores-softmax-values step, without the projections, rotary embeddings
+and cache update) through a timing wrapper registered with transformers' attention interface, per decode token as
+``decode.decode_rate`` measures the rate (generate(n + 1) minus generate(1), divided by n; median of repeats). The
+hooks cost time of their own, so the token time with hooks is printed beside the one without. The output head is a
+FloatHead and the attention ``onebit_sdpa``, as hf_onebit's quantizer makes them (``--torch-head``: torch's
+nn.Linear; ``--torch-attention``: transformers' ``sdpa``). Also times the output head's GEMV alone at M = 1, torch's ``F.linear`` and FloatHead's kernel alternated
 (its weight's bytes / time = the bandwidth each reaches), beside the machine's read bandwidth
 (``kernels.cpu_read_bandwidth``: ``torch.sum`` over 1.5 GiB). One process; compare ratios from one run (the machines
 are noisy).
@@ -50,6 +53,28 @@ def add_timers(model, totals: dict) -> list:
     return handles
 
 
+def time_attention(model, totals: dict):
+    """Run ``model``'s attention function (a registered one: ``sdpa``, ``onebit_sdpa``) through a wrapper that adds
+    each call's time to ``totals["attention"]``, registered with transformers under ``timed_<name>`` (masks as for
+    the wrapped one); returns a function that puts the model's own implementation back."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = model.config._attn_implementation
+    inner = ALL_ATTENTION_FUNCTIONS[name]
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        totals["attention"] += time.perf_counter() - start
+        return out
+
+    AttentionInterface.register(f"timed_{name}", timed)
+    AttentionMaskInterface.register(f"timed_{name}", ALL_MASK_ATTENTION_FUNCTIONS[name])
+    model.set_attn_implementation(f"timed_{name}")
+    return lambda: model.set_attn_implementation(name)
+
+
 def head_gemv(model, rounds: int = 5, calls: int = 4) -> dict:
     """Seconds per M = 1 call of the output head's weight: torch's ``F.linear`` and hf_onebit's FloatHead, in
     alternating rounds of ``calls`` calls each (median round per path)."""
@@ -80,6 +105,8 @@ def main(argv=None):
     p.add_argument("--act-bits", type=int, choices=(0, 8), default=8)
     p.add_argument("--torch-head", action="store_true",
                    help="the output head is torch's nn.Linear (default: FloatHead, as hf_onebit's quantizer makes it)")
+    p.add_argument("--torch-attention", action="store_true",
+                   help="attention on transformers' sdpa (default: onebit_sdpa, as hf_onebit's quantizer sets it)")
     args = p.parse_args(argv)
     if args.layers < 1 or args.tokens < 1 or args.repeats < 1:
         p.error(f"--layers, --tokens, --repeats: got {args.layers}, {args.tokens}, {args.repeats}; allowed: >= 1")
@@ -89,29 +116,31 @@ def main(argv=None):
     from hf_onebit.ops import cpu
     from kernels import cpu_read_bandwidth  # the kernel benchmark's measurement (same folder)
 
-    model = build_llama(args.layers, True, torch_head=args.torch_head)
+    model = build_llama(args.layers, True, torch_head=args.torch_head, torch_attention=args.torch_attention)
     for module in model.modules():
         if isinstance(module, OneBitLinear):
             module.act_bits = args.act_bits
     vocab = LLAMA7B["vocab_size"]
     plain = 1 / decode_rate(model, args.tokens, args.repeats, vocab)
-    parts = {"packed linears": 0.0, "output head": 0.0}
-    handles = add_timers(model, parts)
+    parts = {"packed linears": 0.0, "output head": 0.0, "attention": 0.0}
+    attention = model.config._attn_implementation
+    handles, restore = add_timers(model, parts), time_attention(model, parts)
     hooked = 1 / decode_rate(model, args.tokens, args.repeats, vocab, parts=parts)
     for handle in handles:
         handle.remove()
+    restore()
     heads = head_gemv(model)
     head_bytes = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     bandwidth = cpu_read_bandwidth()
     print(f"{args.layers} layers, act_bits={args.act_bits}, kernels {cpu.active_isa_name()}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}, output head "
-          f"{type(model.lm_head).__name__}\n")
+          f"{type(model.lm_head).__name__}, attention {attention}\n")
     print("| part of a decode token | ms | share |")
     print("|---|---|---|")
     for key, value in parts.items():
         print(f"| {key} | {value * 1e3:.2f} | {value / hooked:.0%} |")
     rest = hooked - sum(parts.values())
-    print(f"| everything else (attention, norms, rotary, cache, sampling, hooks) | {rest * 1e3:.2f} "
+    print(f"| everything else (norms, rotary embeddings, KV cache, sampling, hooks) | {rest * 1e3:.2f} "
           f"| {rest / hooked:.0%} |")
     print(f"| token, with the hooks | {hooked * 1e3:.2f} | 100% |")
     print(f"| token, without the hooks | {plain * 1e3:.2f} | |")

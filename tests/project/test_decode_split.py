@@ -44,3 +44,21 @@ def test_head_gemv_times_torch_and_float_head(tiny_checkpoint):
     times = decode_split.head_gemv(model, rounds=2, calls=1)
     assert set(times) == {"torch F.linear", "hf_onebit FloatHead"}
     assert all(seconds > 0 for seconds in times.values())
+
+
+def test_the_attention_timer_times_the_attention_function_and_gives_the_model_back(tiny_checkpoint):
+    path, _ = tiny_checkpoint("llama")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig()).eval()
+    assert model.config._attn_implementation == "onebit_sdpa"  # as hf_onebit's quantizer sets it
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.inference_mode():
+        before = model(ids).logits
+    totals = {"attention": 0.0}
+    restore = decode_split.time_attention(model, totals)
+    assert model.config._attn_implementation == "timed_onebit_sdpa"
+    with torch.inference_mode():
+        during = model(ids).logits
+    assert totals["attention"] > 0
+    restore()
+    assert model.config._attn_implementation == "onebit_sdpa"
+    torch.testing.assert_close(during, before)
