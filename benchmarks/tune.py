@@ -34,6 +34,7 @@ from quality import machine  # noqa: E402
 from hf_onebit.commands.evaluate import act_bits_arg  # noqa: E402
 from hf_onebit.training.losses import DEFAULT_HIDDEN_METRIC, HIDDEN_METRICS  # noqa: E402
 from hf_onebit.training.optim import DEFAULT_BETAS  # noqa: E402
+from hf_onebit.training.pipeline import DistillPlan  # noqa: E402
 from hf_onebit.training.recipes import RECIPES  # noqa: E402
 
 
@@ -69,6 +70,8 @@ def main(argv=None) -> None:
                    help="rows of the attention-relation term: every n-th position (DistillationLoss.attention_stride)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the run (spread between runs)")
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
+    p.add_argument("--weight-decay", type=float, default=DistillPlan.weight_decay,
+                   help="AdamW's decoupled weight decay of the latent weights (default: DistillPlan's)")
     p.add_argument("--adam-beta2", type=float, default=DEFAULT_BETAS[1],
                    help="Adam's second-moment decay (default: the library's, DEFAULT_BETAS)")
     p.add_argument("--freeze-embeddings", action="store_true",
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
     from hf_onebit.fixtures.real_text import real_text_files
     from hf_onebit.training.data import TokenBlocks, text_file_dataset
     from hf_onebit.training.losses import DistillationLoss
-    from hf_onebit.training.pipeline import DistillPlan, run_stages
+    from hf_onebit.training.pipeline import run_stages
     from hf_onebit.training.precision import bf16_is_fast
     from hf_onebit.training.relations import parse_attention_layers
 
@@ -113,6 +116,7 @@ def main(argv=None) -> None:
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr, min_lr_rate=args.min_lr_rate,
+                       weight_decay=args.weight_decay,
                        adam_beta2=args.adam_beta2,
                        seed=args.seed, loss=loss,
                        recipe_overrides=json.loads(args.override))
