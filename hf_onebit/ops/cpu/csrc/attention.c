@@ -9,10 +9,6 @@
 #include "onebit.h"
 #include "pool.h"
 
-static inline float element(const void *row, int64_t d, int bf16) {
-    return bf16 ? onebit_bf16_value(((const uint16_t *)row)[d]) : ((const float *)row)[d];
-}
-
 static void scores_portable(const float *q, const void *k, int64_t ld, int64_t L, int64_t D, int bf16,
                             const uint8_t *keep, float *s) {
     const size_t size = bf16 ? 2 : 4;
@@ -23,7 +19,7 @@ static void scores_portable(const float *q, const void *k, int64_t ld, int64_t L
         }
         const char *row = (const char *)k + j * ld * size;
         float acc = 0.0f;
-        for (int64_t d = 0; d < D; ++d) acc += q[d] * element(row, d, bf16);
+        for (int64_t d = 0; d < D; ++d) acc += q[d] * onebit_attention_element(row, d, bf16);
         s[j] = acc;
     }
 }
@@ -35,7 +31,7 @@ static void weighted_portable(const float *p, const void *v, int64_t ld, int64_t
     for (int64_t j = 0; j < L; ++j) {
         if (p[j] == 0.0f) continue;
         const char *row = (const char *)v + j * ld * size;
-        for (int64_t d = 0; d < D; ++d) acc[d] += p[j] * element(row, d, bf16);
+        for (int64_t d = 0; d < D; ++d) acc[d] += p[j] * onebit_attention_element(row, d, bf16);
     }
 }
 
@@ -103,7 +99,7 @@ static void attention_task(void *arg, int tid, int used) {
         if (t >= j->B * j->H) break;
         const int64_t b = t / j->H, h = t % j->H, g = h / j->rep;
         const char *qrow = j->q + (b * j->qsb + h * j->qsh) * size;
-        for (int64_t d = 0; d < j->D; ++d) q[d] = element(qrow, d, j->bf16) * j->scale;
+        for (int64_t d = 0; d < j->D; ++d) q[d] = onebit_attention_element(qrow, d, j->bf16) * j->scale;
         const char *k = j->k + (b * j->ksb + g * j->ksh) * size, *v = j->v + (b * j->vsb + g * j->vsh) * size;
         const uint8_t *keep = j->mask ? j->mask + b * j->msb : NULL;
         j->kern.scores(q, k, j->ksl, j->L, j->D, j->bf16, keep, s);

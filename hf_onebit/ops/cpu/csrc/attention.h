@@ -17,9 +17,16 @@
 
 #include <stdint.h>
 
+#include "onebit.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Element d of a key, value or query row as a float (bf16: widened). */
+static inline float onebit_attention_element(const void *row, int64_t d, int bf16) {
+    return bf16 ? onebit_bf16_value(((const uint16_t *)row)[d]) : ((const float *)row)[d];
+}
 
 /* One query head against the L cached rows of its key/value head (rows ld elements apart, D contiguous elements
  * each; bf16 when bf16, else float32): scores s[j] = q . k_j for the rows keep[j] admits (every row when keep is

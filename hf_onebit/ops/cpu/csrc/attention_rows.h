@@ -19,10 +19,6 @@
 #include "attention.h"
 #include "kernels_common.h"
 
-ONEBIT_INLINE float att_tail_value(const void *row, int64_t d, int bf16) {
-    return bf16 ? onebit_bf16_value(((const uint16_t *)row)[d]) : ((const float *)row)[d];
-}
-
 static void scores(const float *q, const void *k, int64_t ld, int64_t L, int64_t D, int bf16, const uint8_t *keep,
                    float *s) {
     const size_t size = bf16 ? 2 : 4;
@@ -41,7 +37,7 @@ static void scores(const float *q, const void *k, int64_t ld, int64_t L, int64_t
         }
         if (d < dfull) a = att_fmadd(att_load(q + d), att_load_row(row, d, bf16), a);
         float acc = att_sum(att_add(a, b));
-        for (d = dfull; d < D; ++d) acc += q[d] * att_tail_value(row, d, bf16);
+        for (d = dfull; d < D; ++d) acc += q[d] * onebit_attention_element(row, d, bf16);
         s[j] = acc;
     }
 }
@@ -56,7 +52,7 @@ static void weighted(const float *p, const void *v, int64_t ld, int64_t L, int64
         const att_vec pj = att_set1(p[j]);
         for (int64_t d = 0; d < dfull; d += ATT_W)
             att_store(acc + d, att_fmadd(pj, att_load_row(row, d, bf16), att_load(acc + d)));
-        for (int64_t d = dfull; d < D; ++d) acc[d] += p[j] * att_tail_value(row, d, bf16);
+        for (int64_t d = dfull; d < D; ++d) acc[d] += p[j] * onebit_attention_element(row, d, bf16);
     }
 }
 
