@@ -62,6 +62,9 @@ def main(argv=None) -> None:
                    help="learning rate of the embedding matrices (default: the latent weights')")
     p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
                    help="distance of the hidden-state term (DistillationLoss.hidden_metric)")
+    p.add_argument("--ce-weight", type=float, default=0.0,
+                   help="weight of the cross-entropy on the training text's next tokens (DistillationLoss.ce_weight)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the KL term")
     p.add_argument("--attention-weight", type=float, default=0.0,
                    help="weight of the attention-relation term (DistillationLoss.attention_weight; 0: off)")
     p.add_argument("--attention-layers", default="all",
@@ -110,6 +113,7 @@ def main(argv=None) -> None:
     bf16 = bf16_is_fast("cpu")
     weight = {} if args.hidden_weight is None else {"hidden_weight": args.hidden_weight}
     loss = DistillationLoss(hidden_metric=args.hidden_metric, attention_weight=args.attention_weight,
+                            ce_weight=args.ce_weight, temperature=args.temperature,
                             attention_layers=parse_attention_layers(args.attention_layers),
                             attention_stride=args.attention_stride, **weight)
     args.hidden_weight = loss.hidden_weight  # the value used, in the result's args
