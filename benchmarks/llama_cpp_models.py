@@ -3,8 +3,8 @@
 Used by ``benchmarks/decode.py`` (its llama.cpp rows). :func:`write_f16_gguf` writes a LLaMA-2-7B-shaped model with
 ``layers`` blocks and random float16 weights (the same shapes and value range as decode.py's dense model) with the
 ``gguf`` package; :func:`quantize` turns it into another type with llama.cpp's own quantizer (llama-cpp-python's
-``llama_model_quantize``), keeping the output head in F16 as hf_onebit keeps lm_head in 16 bits, so that the rows
-differ in their block layers only. :func:`decode_rate` measures greedy decoding in llama.cpp the way decode.py measures
+``llama_model_quantize``), with the output head in F16 or Q8_0 (:data:`HEAD_TYPES`: the counterparts of hf_onebit's
+``head_bits`` 16 and 8) and the token embeddings in F16, so that the rows differ in their block layers only. :func:`decode_rate` measures greedy decoding in llama.cpp the way decode.py measures
 transformers: ``new_tokens / (time(prompt + new_tokens + 1) - time(prompt + 1))``, median of repeats.
 
 The vocabulary is a placeholder of LLaMA-2's size (32,000 entries: the three special tokens, the 256 byte tokens,
@@ -26,6 +26,8 @@ LLAMA7B = dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=320
                eps=1e-5)
 #: the llama.cpp types compared: at most 2 bits per weight, plus Q4_0 and the F16 source
 TYPES = tuple(GGML_TYPES)
+#: llama.cpp's type for the output head at each of hf_onebit's ``head_bits``
+HEAD_TYPES = {16: "F16", 8: "Q8_0"}
 
 
 def _vocab(size: int) -> tuple[list[str], list[float], list[int]]:
@@ -86,17 +88,16 @@ def write_f16_gguf(path: str, layers: int, seed: int = 0) -> int:
     return os.path.getsize(path)
 
 
-def quantize(source: str, target: str, qtype: str, threads: int) -> int:
-    """``source`` (F16) quantized to ``qtype`` by llama.cpp, output head and token embeddings kept F16; returns the
-    target file's size in bytes."""
+def quantize(source: str, target: str, qtype: str, threads: int, head: str = "F16") -> int:
+    """``source`` (F16) quantized to ``qtype`` by llama.cpp, the output head to ``head`` (a value of
+    :data:`HEAD_TYPES`), the token embeddings kept F16; returns the target file's size in bytes."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     params.nthread = threads
-    f16 = llama_cpp.GGML_TYPE_F16
-    params.output_tensor_type = f16
-    params.token_embedding_type = f16
+    params.output_tensor_type = getattr(llama_cpp, f"GGML_TYPE_{head}")
+    params.token_embedding_type = llama_cpp.GGML_TYPE_F16
     status = llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params))
     if status != 0:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {qtype} (status {status})")

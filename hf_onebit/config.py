@@ -16,6 +16,8 @@ INIT_METHODS = ("svid", "nmf")
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 BACKENDS = ("auto", "reference", "cpu", "triton")
 ACT_BITS = (0, 8, "auto")
+#: ``head_bits`` values: 16 (the output head's float weights) or 8 (an int8 copy for decode-size calls on a CPU).
+HEAD_BITS = (16, 8)
 
 _FIELDS = (
     "modules_to_not_convert",
@@ -25,6 +27,7 @@ _FIELDS = (
     "scale_dtype",
     "backend",
     "act_bits",
+    "head_bits",
     "weight_format",
     "format_version",
     "training",
@@ -77,6 +80,11 @@ class OneBitConfig(QuantizationConfigMixin):
             CPUs, exact float elsewhere (:data:`hf_onebit.ops.AUTO_ACT_BITS`); ``0`` always computes with exact float
             activations; ``8`` always quantises ``x * g`` per token to int8 first (symmetric absmax, as llama.cpp's
             and BitNet's kernels do).
+        head_bits: what the output head (kept float, a :class:`~hf_onebit.nn.float_head.FloatHead`) reads on
+            decode-size calls on a CPU (up to 4 rows, no gradient): ``8`` (default) an int8 copy of its weights with
+            one float scale per row (symmetric absmax), made at the first such call - half the bytes of bf16; ``16``
+            the float weights. Prefill, training and other devices always use the float weights, which are what is
+            saved.
         weight_format: ``"binary"`` (default: ``sign(W)`` in {-1, +1}, 1 bit per weight, SVID scales) or
             ``"ternary"`` (BitNet b1.58 values in {-1, 0, +1}, 2-bit codes, the same ``g`` / ``h`` vectors: about
             2 bits per weight, a clearly smaller reconstruction error; see ``docs/concepts/ternary.md``).
@@ -96,6 +104,7 @@ class OneBitConfig(QuantizationConfigMixin):
         scale_dtype: str = "float16",
         backend: str = "auto",
         act_bits: int | str = "auto",
+        head_bits: int = 8,
         weight_format: str = "binary",
         format_version: int = FORMAT_VERSION,
         training: bool = False,
@@ -111,6 +120,7 @@ class OneBitConfig(QuantizationConfigMixin):
         self.scale_dtype = str(scale_dtype).replace("torch.", "")
         self.backend = backend
         self.act_bits = act_bits
+        self.head_bits = head_bits
         self.weight_format = weight_format
         self.format_version = format_version
         self.training = training
@@ -138,6 +148,8 @@ class OneBitConfig(QuantizationConfigMixin):
             _fail("backend", self.backend, f"one of {BACKENDS}")
         if self.act_bits != "auto" and not (_is_int(self.act_bits) and self.act_bits in ACT_BITS):
             _fail("act_bits", self.act_bits, f"one of {ACT_BITS}")
+        if not (_is_int(self.head_bits) and self.head_bits in HEAD_BITS):
+            _fail("head_bits", self.head_bits, f"one of {HEAD_BITS}")
         if self.weight_format not in WEIGHT_FORMATS:
             _fail("weight_format", self.weight_format, f"one of {WEIGHT_FORMATS}")
         try:

@@ -122,7 +122,7 @@ def quantize_(model: nn.Module, config=None, skips: Iterable[str] = (), progress
     from .attention import use_decode_attention
     from .head import use_float_head
 
-    use_float_head(model)
+    use_float_head(model, config.head_bits)
     use_decode_attention(model)
     return model
 

@@ -146,7 +146,7 @@ class OneBitHfQuantizer(HfQuantizer):
                 logger.info("hf_onebit: tied input scales; largest relative weight change %.3g (%s)",
                             max(errors.values()), max(errors, key=errors.get))
         hub.record_teacher(model, None if self.pre_quantized else model.config.name_or_path)
-        use_float_head(model)
+        use_float_head(model, self.quantization_config.head_bits)
         use_decode_attention(model)
         return model
 

@@ -47,9 +47,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.onebit_binary_to_lut.restype = c_int
     lib.onebit_binary_lut_bytes.argtypes = [i64, i64]
     lib.onebit_binary_lut_bytes.restype = i64
-    # isa, M, K, N, x, x_bf16, ldx, w, ldw, bias, y, y_bf16, ldy, nthreads: bf16-weight float layers (bf16_gemv.h)
+    # isa, M, K, N, x, x_bf16, ldx, w, ldw, bias, y, y_bf16, ldy, nthreads: bf16-weight float layers (gemv.h)
     lib.onebit_bf16_gemv.argtypes = [c_int, i64, i64, i64, vp, c_int, i64, vp, i64, vp, vp, c_int, i64, c_int]
     lib.onebit_bf16_gemv.restype = c_int
+    # isa, M, K, N, x, x_bf16, ldx, w, ldw, scale, bias, y, y_bf16, ldy, nthreads: int8-weight float layers (gemv.h)
+    lib.onebit_int8_gemv.argtypes = [c_int, i64, i64, i64, vp, c_int, i64, vp, i64, vp, vp, vp, c_int, i64, c_int]
+    lib.onebit_int8_gemv.restype = c_int
     # isa, B, H, Hkv, L, D, q, qsb, qsh, k, ksb, ksh, ksl, v, vsb, vsh, vsl, mask, msb, scale, bf16, out, osb, osh,
     # nthreads: one query position against a key/value cache (attention.h)
     lib.onebit_decode_attention.argtypes = [c_int, i64, i64, i64, i64, i64, vp, i64, i64, vp, i64, i64, i64, vp, i64,

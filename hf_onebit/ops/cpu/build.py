@@ -43,12 +43,12 @@ PORTABLE_SOURCES = ("kernels_portable.c", "ternary_portable.c", "ternary5.c", "l
 # (sources, flags, define) of the optional SIMD units, x86-64 only; a unit is left out unless all its sources compile.
 X86_UNITS = (
     (
-        ("kernels_avx2.c", "ternary_avx2.c", "lut_avx2.c", "bf16_gemv_avx2.c", "attention_avx2.c"),
+        ("kernels_avx2.c", "ternary_avx2.c", "lut_avx2.c", "gemv_avx2.c", "attention_avx2.c"),
         ["-mavx2", "-mfma"],
         "ONEBIT_HAVE_AVX2",
     ),
     (
-        ("kernels_avx512.c", "ternary_avx512.c", "bf16_gemv_avx512.c", "attention_avx512.c"),
+        ("kernels_avx512.c", "ternary_avx512.c", "gemv_avx512.c", "attention_avx512.c"),
         ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
         "ONEBIT_HAVE_AVX512",
     ),
@@ -150,7 +150,7 @@ def compile_library(workdir: Path, cc: str | None = None, machine: str | None = 
         objects.extend(unit)
         defines.append(f"-D{define}")
     out = workdir / LIBRARY_NAME
-    driver = ["pool.c", "onebit.c", "train.c", "bf16_gemv.c", "attention.c", "fpenv.c"]
+    driver = ["pool.c", "onebit.c", "train.c", "gemv.c", "attention.c", "fpenv.c"]
     link = ["-shared", *(source[:-2] + ".o" for source in driver), *objects, "-o", LIBRARY_NAME, "-lm"]
     try:
         if not openmp:
