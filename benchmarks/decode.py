@@ -13,7 +13,8 @@ weights. The 1-bit model is built directly in its packed form on the meta device
 ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model is built the same way with random
 bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both (the 1-bit model's lm_head is a FloatHead,
 as hf_onebit's quantizer makes it, reading an int8 copy of its weights on decode calls, ``head_bits=8``, the default;
-``--head-bits 16``: its bf16 weights; ``--torch-head`` adds a row with torch's nn.Linear; its attention is hf_onebit's
+``--head-bits 16``: its bf16 weights; ``--bf16-head-row`` adds a row with them beside the int8 copy; ``--torch-head``
+adds a row with torch's nn.Linear; its attention is hf_onebit's
 ``onebit_sdpa``, as the quantizer sets it: ``--torch-attention`` adds a row with transformers' ``sdpa``, which the
 dense model runs). The packed weights get
 the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
@@ -421,6 +422,8 @@ def llama_section(args, out=print) -> None:
     packed_rows = [(label, {**packed, "layers": layers})]
     if args.format == "ternary":  # the same model reading its 2-bit codes only
         packed_rows.append((f"{label}, 2-bit codes only", {**packed, "layers": layers, "t5": False}))
+    if args.bf16_head_row and args.head_bits == 8:  # the same model's FloatHead on its bf16 weights
+        packed_rows.append((f"{label}, bf16 head", {**packed, "layers": layers, "head_bits": 16}))
     if args.torch_head:  # the same model with torch's nn.Linear as its bf16 output head
         packed_rows.append((f"{label}, torch head", {**packed, "layers": layers, "torch_head": True}))
     if args.torch_attention:  # the same model on transformers' sdpa attention
@@ -506,6 +509,8 @@ def main(argv=None):
                         help="(a) the packed model's output head reads its bf16 weights (16) or an int8 copy (8, the "
                              "default: OneBitConfig.head_bits); llama.cpp's quantized files keep their output head "
                              "in F16 or Q8_0 to match")
+    parser.add_argument("--bf16-head-row", action="store_true",
+                        help="(a) also runs the packed model with its FloatHead on the bf16 weights (head_bits=16)")
     parser.add_argument("--torch-attention", action="store_true",
                         help="(a) also runs the packed model on transformers' sdpa attention, not onebit_sdpa")
     parser.add_argument("--rounds", type=int, default=1,

@@ -12,8 +12,9 @@ and cache update) through a timing wrapper registered with transformers' attenti
 ``decode.decode_rate`` measures the rate (generate(n + 1) minus generate(1), divided by n; median of repeats). The
 hooks cost time of their own, so the token time with hooks is printed beside the one without. The output head is a
 FloatHead and the attention ``onebit_sdpa``, as hf_onebit's quantizer makes them (``--torch-head``: torch's
-nn.Linear; ``--torch-attention``: transformers' ``sdpa``). Also times the output head's GEMV alone at M = 1, torch's ``F.linear`` and FloatHead's kernel alternated
-(its weight's bytes / time = the bandwidth each reaches), beside the machine's read bandwidth
+nn.Linear; ``--head-bits 16``: the FloatHead on its bf16 weights, not the int8 copy; ``--torch-attention``:
+transformers' ``sdpa``). Also times the output head's GEMV alone at M = 1, torch's ``F.linear`` and FloatHead on the
+bf16 weights and on the int8 copy, alternated (bytes read / time = the bandwidth each reaches), beside the machine's read bandwidth
 (``kernels.cpu_read_bandwidth``: ``torch.sum`` over 1.5 GiB). One process; compare ratios from one run (the machines
 are noisy).
 """
@@ -76,25 +77,36 @@ def time_attention(model, totals: dict):
 
 
 def head_gemv(model, rounds: int = 5, calls: int = 4) -> dict:
-    """Seconds per M = 1 call of the output head's weight: torch's ``F.linear`` and hf_onebit's FloatHead, in
+    """``{path: (seconds per M = 1 call, bytes read per call)}`` for the output head's weight: torch's ``F.linear`` on
+    the bf16 weights and hf_onebit's FloatHead on them (``head_bits=16``) and on their int8 copy (``head_bits=8``), in
     alternating rounds of ``calls`` calls each (median round per path)."""
     from hf_onebit.nn import FloatHead
 
     weight = model.lm_head.weight
-    x = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
-    head = model.lm_head if isinstance(model.lm_head, FloatHead) else FloatHead.from_linear(model.lm_head)
-    paths = {"torch F.linear": lambda: torch.nn.functional.linear(x, weight), "hf_onebit FloatHead": lambda: head(x)}
+    n, k = weight.shape
+    x = torch.randn(1, 1, k, dtype=weight.dtype)
+    linear = torch.nn.Linear(k, n, bias=False, device="meta")
+    linear.weight = weight
+    float_bytes = weight.numel() * weight.element_size()
+    paths = {"torch F.linear": (lambda: torch.nn.functional.linear(x, weight), float_bytes),
+             "FloatHead, bf16 weights": (FloatHead.from_linear(linear, 16), float_bytes),
+             "FloatHead, int8 copy": (FloatHead.from_linear(linear, 8), n * k + 4 * n)}
     times = {name: [] for name in paths}
     with torch.inference_mode():
-        for fn in paths.values():
-            fn()
+        for fn, _ in paths.values():
+            fn(x) if isinstance(fn, FloatHead) else fn()
         for _ in range(rounds):
-            for name, fn in paths.items():
+            for name, (fn, _) in paths.items():
                 start = time.perf_counter()
                 for _ in range(calls):
-                    fn()
+                    fn(x) if isinstance(fn, FloatHead) else fn()
                 times[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: (statistics.median(times[name]), nbytes) for name, (_, nbytes) in paths.items()}
+
+
+def head_bits(model) -> str:
+    bits = getattr(model.lm_head, "weight_bits", None)
+    return "" if bits is None else f" (head_bits={bits})"
 
 
 def main(argv=None):
@@ -105,6 +117,8 @@ def main(argv=None):
     p.add_argument("--act-bits", type=int, choices=(0, 8), default=8)
     p.add_argument("--torch-head", action="store_true",
                    help="the output head is torch's nn.Linear (default: FloatHead, as hf_onebit's quantizer makes it)")
+    p.add_argument("--head-bits", type=int, choices=(16, 8), default=8,
+                   help="what the FloatHead reads on decode calls: its bf16 weights (16) or an int8 copy (8, default)")
     p.add_argument("--torch-attention", action="store_true",
                    help="attention on transformers' sdpa (default: onebit_sdpa, as hf_onebit's quantizer sets it)")
     args = p.parse_args(argv)
@@ -116,7 +130,8 @@ def main(argv=None):
     from hf_onebit.ops import cpu
     from kernels import cpu_read_bandwidth  # the kernel benchmark's measurement (same folder)
 
-    model = build_llama(args.layers, True, torch_head=args.torch_head, torch_attention=args.torch_attention)
+    model = build_llama(args.layers, True, torch_head=args.torch_head, torch_attention=args.torch_attention,
+                        head_bits=args.head_bits)
     for module in model.modules():
         if isinstance(module, OneBitLinear):
             module.act_bits = args.act_bits
@@ -130,11 +145,10 @@ def main(argv=None):
         handle.remove()
     restore()
     heads = head_gemv(model)
-    head_bytes = model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     bandwidth = cpu_read_bandwidth()
     print(f"{args.layers} layers, act_bits={args.act_bits}, kernels {cpu.active_isa_name()}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}, output head "
-          f"{type(model.lm_head).__name__}, attention {attention}\n")
+          f"{type(model.lm_head).__name__}{head_bits(model)}, attention {attention}\n")
     print("| part of a decode token | ms | share |")
     print("|---|---|---|")
     for key, value in parts.items():
@@ -146,11 +160,11 @@ def main(argv=None):
     print(f"| token, without the hooks | {plain * 1e3:.2f} | |")
     print(f"\noutput head GEMV alone ({tuple(model.lm_head.weight.shape)}, {model.lm_head.weight.dtype}, M = 1); "
           f"read bandwidth {bandwidth / 1e9:.1f} GB/s\n")
-    print("| path | ms | GB/s | vs torch |")
-    print("|---|---|---|---|")
-    for name, seconds in heads.items():
-        print(f"| {name} | {seconds * 1e3:.2f} | {head_bytes / seconds / 1e9:.1f} | "
-              f"{heads['torch F.linear'] / seconds:.2f}x |")
+    print("| path | ms | MB read | GB/s | vs torch |")
+    print("|---|---|---|---|---|")
+    for name, (seconds, nbytes) in heads.items():
+        print(f"| {name} | {seconds * 1e3:.2f} | {nbytes / 1e6:.1f} | {nbytes / seconds / 1e9:.1f} | "
+              f"{heads['torch F.linear'][0] / seconds:.2f}x |")
 
 
 if __name__ == "__main__":

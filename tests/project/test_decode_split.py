@@ -42,8 +42,10 @@ def test_head_gemv_times_torch_and_float_head(tiny_checkpoint):
     path, _ = tiny_checkpoint("llama")
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=OneBitConfig(), dtype=torch.bfloat16)
     times = decode_split.head_gemv(model, rounds=2, calls=1)
-    assert set(times) == {"torch F.linear", "hf_onebit FloatHead"}
-    assert all(seconds > 0 for seconds in times.values())
+    assert set(times) == {"torch F.linear", "FloatHead, bf16 weights", "FloatHead, int8 copy"}
+    assert all(seconds > 0 for seconds, _ in times.values())
+    n, k = model.lm_head.weight.shape
+    assert times["FloatHead, bf16 weights"][1] == 2 * n * k and times["FloatHead, int8 copy"][1] == n * k + 4 * n
 
 
 def test_the_attention_timer_times_the_attention_function_and_gives_the_model_back(tiny_checkpoint):
