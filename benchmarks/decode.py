@@ -14,7 +14,8 @@ ever exist), so it never needs the 28 GB a float32 7B would take; the bf16 model
 bf16 weights. Embeddings, lm_head, norms and attention stay bf16 in both (the 1-bit model's lm_head is a FloatHead,
 as hf_onebit's quantizer makes it, reading an int8 copy of its weights on decode calls, ``head_bits=8``, the default;
 ``--head-bits 16``: its bf16 weights; ``--bf16-head-row`` adds a row with them beside the int8 copy; ``--torch-head``
-adds a row with torch's nn.Linear; its attention is hf_onebit's
+adds a row with torch's nn.Linear; ``--static-cache-row`` one decoding on transformers' static KV cache (preallocated,
+written in place) instead of the default dynamic one (concatenated at every step); its attention is hf_onebit's
 ``onebit_sdpa``, as the quantizer sets it: ``--torch-attention`` adds a row with transformers' ``sdpa``, which the
 dense model runs). The packed weights get
 the 2 MiB-page advice of the CPU backend on their second call; the bf16 model is run twice, in the pages torch
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import resource
@@ -75,8 +77,13 @@ def model_bytes(model) -> int:
 
 
 def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool = False,
-                parts: dict | None = None) -> float:
+                parts: dict | None = None, cache_implementation: str | None = None) -> float:
     """Tokens per second of greedy decoding after a PROMPT_TOKENS prompt (prefill excluded).
+
+    Every ``generate`` runs exactly its number of new tokens: the generation config's end-of-sequence token is unset
+    (no stopping check; ``min_new_tokens`` would add a vocabulary-wide logits processor to every step, ~0.2 ms a
+    token that no model needs). ``cache_implementation``: passed to ``generate`` (e.g. ``"static"``; None: the
+    default dynamic KV cache).
 
     ``parts``: seconds that timers of the caller add up during a ``generate`` (e.g. module hooks), by name; every
     entry is set to 0 before each ``generate`` and, at the end, to its median per decode token, measured the same way
@@ -102,6 +109,10 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
         extra = {"compile_config": config}
 
     parts = {} if parts is None else parts
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None
+    if cache_implementation is not None:
+        config.cache_implementation = cache_implementation
 
     def generate(n):
         parts.update(dict.fromkeys(parts, 0.0))
@@ -110,7 +121,8 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
                 cache.reset()  # its tensors are inference tensors: reset them in inference mode
                 extra.update(cache_kwargs(model, cache))  # `cache` or `past_key_values`, as transformers names it
             start = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
+            out = model.generate(prompt, generation_config=config, max_new_tokens=n, do_sample=False, pad_token_id=0,
+                                 **extra)
             elapsed = time.perf_counter() - start
         assert out.shape[1] == PROMPT_TOKENS + n
         return elapsed
@@ -199,7 +211,7 @@ def worker_llama(spec: dict) -> dict:
                 if isinstance(module, OneBitLinear):
                     module.act_bits = act_bits
             result[f"tok_s_a{act_bits}"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"],
-                                                           spec["compile"])
+                                                           spec["compile"], cache_implementation=spec.get("cache"))
     else:
         result["tok_s"] = decode_rate(model, spec["tokens"], spec["repeats"], LLAMA7B["vocab_size"], spec["compile"])
     result["peak_rss"] = peak_rss_bytes()
@@ -424,6 +436,8 @@ def llama_section(args, out=print) -> None:
         packed_rows.append((f"{label}, 2-bit codes only", {**packed, "layers": layers, "t5": False}))
     if args.bf16_head_row and args.head_bits == 8:  # the same model's FloatHead on its bf16 weights
         packed_rows.append((f"{label}, bf16 head", {**packed, "layers": layers, "head_bits": 16}))
+    if args.static_cache_row:  # the same model decoding on transformers' static KV cache
+        packed_rows.append((f"{label}, static KV cache", {**packed, "layers": layers, "cache": "static"}))
     if args.torch_head:  # the same model with torch's nn.Linear as its bf16 output head
         packed_rows.append((f"{label}, torch head", {**packed, "layers": layers, "torch_head": True}))
     if args.torch_attention:  # the same model on transformers' sdpa attention
@@ -511,6 +525,8 @@ def main(argv=None):
                              "in F16 or Q8_0 to match")
     parser.add_argument("--bf16-head-row", action="store_true",
                         help="(a) also runs the packed model with its FloatHead on the bf16 weights (head_bits=16)")
+    parser.add_argument("--static-cache-row", action="store_true",
+                        help="(a) also runs the packed model with generate(cache_implementation='static')")
     parser.add_argument("--torch-attention", action="store_true",
                         help="(a) also runs the packed model on transformers' sdpa attention, not onebit_sdpa")
     parser.add_argument("--rounds", type=int, default=1,

@@ -57,7 +57,8 @@ def test_llama_section_prints_medians_and_each_round(monkeypatch):
     monkeypatch.setattr(decode, "mem_available", lambda: 1e12)
     lines = []
     args = argparse.Namespace(layers=2, quick=False, compile=False, format="binary", torch_head=False,
-                              torch_attention=False, no_llama_cpp=True, rounds=2)
+                              torch_attention=False, no_llama_cpp=True, rounds=2, head_bits=8, bf16_head_row=False,
+                              static_cache_row=False)
     decode.llama_section(args, out=lines.append)
     text = "\n".join(lines)
     # calls in rotation: 1-bit 0, bf16 1, bf16 2M 2, then 1-bit 3, bf16 4, bf16 2M 5 -> 1-bit a8 median 21.5
