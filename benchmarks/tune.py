@@ -75,6 +75,8 @@ def main(argv=None) -> None:
     p.add_argument("--min-lr-rate", type=float, default=0.05, help="where the cosine ends, as a fraction of the lr")
     p.add_argument("--weight-decay", type=float, default=DistillPlan.weight_decay,
                    help="AdamW's decoupled weight decay of the latent weights (default: DistillPlan's)")
+    p.add_argument("--adam-beta1", type=float, default=DEFAULT_BETAS[0],
+                   help="Adam's first-moment decay (default: the library's, DEFAULT_BETAS)")
     p.add_argument("--adam-beta2", type=float, default=DEFAULT_BETAS[1],
                    help="Adam's second-moment decay (default: the library's, DEFAULT_BETAS)")
     p.add_argument("--freeze-embeddings", action="store_true",
@@ -121,7 +123,7 @@ def main(argv=None) -> None:
                        recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr, min_lr_rate=args.min_lr_rate,
                        weight_decay=args.weight_decay,
-                       adam_beta2=args.adam_beta2,
+                       adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
                        seed=args.seed, loss=loss,
                        recipe_overrides=json.loads(args.override))
     with tempfile.TemporaryDirectory(prefix=f"tune-{args.name}-") as out:  # the checkpoint: scored, then removed

@@ -54,7 +54,8 @@ class DistillPlan:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     min_lr_rate: float = 0.05  # the cosine ends at this fraction of the learning rates
-    adam_beta2: float = DEFAULT_BETAS[1]  # Adam's second-moment decay (beta1 stays DEFAULT_BETAS[0])
+    adam_beta1: float = DEFAULT_BETAS[0]  # Adam's first-moment (momentum) decay
+    adam_beta2: float = DEFAULT_BETAS[1]  # Adam's second-moment decay
     loss: DistillationLoss = field(default_factory=DistillationLoss)
     cache_targets: int = 0  # top-k teacher targets cached once (0: the teacher runs every step)
     cache_epochs: float = 2.0  # with cache_targets: times each cached sequence is seen (sets how many are cached)
@@ -82,9 +83,10 @@ class DistillPlan:
         embedding_learning_rate(1.0, self.embedding_lr)  # refuses a bad value here, before any model work
         if not (isinstance(self.min_lr_rate, (int, float)) and 0 <= self.min_lr_rate <= 1):
             raise ValueError(f"min_lr_rate: got {self.min_lr_rate!r}; allowed: a number from 0 to 1")
-        beta2 = self.adam_beta2
-        if isinstance(beta2, bool) or not (isinstance(beta2, (int, float)) and 0 <= beta2 < 1):
-            raise ValueError(f"adam_beta2: got {self.adam_beta2!r}; allowed: a number in [0, 1)")
+        for name in ("adam_beta1", "adam_beta2"):
+            beta = getattr(self, name)
+            if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and 0 <= beta < 1):
+                raise ValueError(f"{name}: got {beta!r}; allowed: a number in [0, 1)")
         if not self.cache_epochs >= 1:
             raise ValueError(f"cache_epochs: got {self.cache_epochs!r}; allowed: a number >= 1")
         check_attention(self.attn_implementation)
@@ -189,7 +191,7 @@ def _run_stages(student, teacher, data, plan, output_dir, resume, save_steps, pr
         callback = OneBitDistillationCallback(teacher, recipe=recipe, loss=plan.loss, targets=targets, **overrides)
         embedding_lr = embedding_learning_rate(lr, plan.embedding_lr)
         optimizer = onebit_optimizer(student, lr=lr, scale_lr=scale_lr, weight_decay=plan.weight_decay,
-                                     embedding_lr=embedding_lr, betas=(DEFAULT_BETAS[0], plan.adam_beta2))
+                                     embedding_lr=embedding_lr, betas=(plan.adam_beta1, plan.adam_beta2))
         count = StepCount(plan.e2e_steps)
         scheduler = cosine_schedule(optimizer, max(1, round(plan.warmup_ratio * plan.e2e_steps)), count,
                                     min_lr_rate=plan.min_lr_rate)

@@ -597,7 +597,7 @@ def test_the_end_to_end_learning_rate_ends_at_min_lr_rate(tmp_path):
             pipeline.DistillPlan(min_lr_rate=bad)
 
 
-def test_the_plan_sets_adams_second_moment_decay(tmp_path, monkeypatch):
+def test_the_plan_sets_adams_moment_decays(tmp_path, monkeypatch):
     import hf_onebit
     from hf_onebit.training import optim, pipeline
     from hf_onebit.training.data import TokenBlocks
@@ -613,19 +613,22 @@ def test_the_plan_sets_adams_second_moment_decay(tmp_path, monkeypatch):
     monkeypatch.setattr(optim, "onebit_optimizer", spy)
     teacher_dir = tiny_teacher_dir(str(tmp_path))
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
-    for beta2, expected in ((None, optim.DEFAULT_BETAS), (0.5, (optim.DEFAULT_BETAS[0], 0.5))):
+    cases = ((None, None, optim.DEFAULT_BETAS), (None, 0.5, (optim.DEFAULT_BETAS[0], 0.5)),
+             (0.8, None, (0.8, optim.DEFAULT_BETAS[1])))
+    for beta1, beta2, expected in cases:
         student = AutoModelForCausalLM.from_pretrained(teacher_dir,
                                                        quantization_config=hf_onebit.OneBitConfig(training=True))
+        betas = {name: value for name, value in (("adam_beta1", beta1), ("adam_beta2", beta2)) if value is not None}
         plan = pipeline.DistillPlan(stages=("e2e",), e2e_steps=2, batch_size=2, seq_len=16, recipe="onebit",
-                                    loss=DistillationLoss(hidden_weight=0.0),
-                                    **({} if beta2 is None else {"adam_beta2": beta2}))
+                                    loss=DistillationLoss(hidden_weight=0.0), **betas)
         pipeline.run_stages(student, teacher, TokenBlocks(torch.randint(0, 96, (8, 16))), plan,
-                            str(tmp_path / f"run-{beta2}"), progress=False, log=lambda *a: None)
+                            str(tmp_path / f"run-{beta1}-{beta2}"), progress=False, log=lambda *a: None)
         assert {g["betas"] for g in built[-1].param_groups} == {expected}
     assert optim.DEFAULT_BETAS == (0.9, 0.95)  # chosen on the validation split (docs/benchmarks-quality-zen4.md)
-    for bad in (1.0, -0.1, True, "0.9"):
-        with pytest.raises(ValueError, match="adam_beta2"):
-            pipeline.DistillPlan(adam_beta2=bad)
+    for name in ("adam_beta1", "adam_beta2"):
+        for bad in (1.0, -0.1, True, "0.9"):
+            with pytest.raises(ValueError, match=f"{name}: got"):
+                pipeline.DistillPlan(**{name: bad})
 
 
 def test_resuming_a_checkpoint_with_another_optimizer_layout_says_so(tmp_path):
