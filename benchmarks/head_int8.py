@@ -2,6 +2,7 @@
 
     python benchmarks/head_int8.py                 # SmolLM2-135M's head on the held-out test split + GEMV times
     python benchmarks/head_int8.py --split val --windows 4
+    python benchmarks/head_int8.py --no-quality --decode --layers 32   # + whole-model decode with either head
 
 Quality: SmolLM2-135M-Instruct in bf16 (the float teacher: its tied head is the one a 1-bit SmolLM2 keeps) runs each
 held-out window once; its final hidden states go through the head twice, as a decode call computes it (products and
@@ -12,8 +13,13 @@ on the most likely next token.
 
 Time: the head's GEMV at M = 1 for SmolLM2's head (49152 x 576) and a LLaMA-2-7B-shaped one (32000 x 4096, random
 bf16 weights): torch's ``F.linear``, FloatHead on the bf16 weights and on the int8 copy, in alternating rounds (median
-round), with the bytes each reads per call and the machine's read bandwidth. One process; compare ratios within one
-run.
+round), with the bytes each reads per call and the machine's read bandwidth.
+
+Decode (``--decode``): greedy decoding speed (``benchmarks/decode.py``'s ``decode_rate``: 32 new tokens after a
+16-token prompt, prefill excluded) of the 1-bit SmolLM2-135M (real weights, ``quantize_`` without distillation, bf16)
+and of the 1-bit LLaMA-2-7B-shaped model of ``decode.py`` (``--layers``, random packed weights), each with its head
+switched between the int8 copy and the bf16 weights (``FloatHead.weight_bits``) in ``--decode-rounds`` alternating
+rounds; int8 activations and ``onebit_sdpa`` (the defaults). One process; compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -89,18 +95,46 @@ def head_times(rounds: int, calls: int) -> list[tuple]:
     return out
 
 
+def decode_ab(layers: int, rounds: int) -> list[tuple]:
+    """``[(model, median tok/s with the int8 copy, median with the bf16 weights, each round's rates)]``."""
+    from transformers import AutoModelForCausalLM
+
+    from decode import LLAMA7B, build_llama, decode_rate
+    from hf_onebit import OneBitConfig, quantize_
+    from hf_onebit.fixtures.real_model import smollm2_checkpoint
+
+    smollm2 = AutoModelForCausalLM.from_pretrained(smollm2_checkpoint(), dtype=torch.bfloat16).eval()
+    quantize_(smollm2, OneBitConfig(), progress=False)
+    models = (("SmolLM2-135M, 1-bit", smollm2, smollm2.config.vocab_size),
+              (f"LLaMA-2-7B-shaped, 1-bit, {layers} layers", build_llama(layers, True), LLAMA7B["vocab_size"]))
+    out = []
+    for label, model, vocab in models:
+        rates = {8: [], 16: []}
+        for _ in range(rounds):
+            for bits in (8, 16):
+                model.lm_head.weight_bits = bits
+                rates[bits].append(decode_rate(model, 32, 2, vocab))
+        out.append((label, statistics.median(rates[8]), statistics.median(rates[16]), rates))
+        del model
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--windows", type=int, default=None, help="windows per domain (default: the split's default)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=8)
-    p.add_argument("--no-quality", action="store_true", help="only the GEMV times")
+    p.add_argument("--no-quality", action="store_true", help="leave out the perplexity table")
+    p.add_argument("--decode", action="store_true", help="add whole-model decode with either head (see above)")
+    p.add_argument("--layers", type=int, default=8, help="--decode: layers of the 7B-shaped model")
+    p.add_argument("--decode-rounds", type=int, default=4, help="--decode: alternating rounds per model")
     args = p.parse_args(argv)
     if args.windows is not None and args.windows < 1:
         p.error(f"--windows: got {args.windows}; allowed: an integer >= 1")
-    if args.rounds < 1 or args.calls < 1:
-        p.error(f"--rounds, --calls: got {args.rounds}, {args.calls}; allowed: >= 1")
+    if min(args.rounds, args.calls, args.layers, args.decode_rounds) < 1:
+        p.error(f"--rounds, --calls, --layers, --decode-rounds: got {args.rounds}, {args.calls}, {args.layers}, "
+                f"{args.decode_rounds}; allowed: >= 1")
     from hf_onebit.ops import cpu
     from kernels import cpu_read_bandwidth  # the kernel benchmark's measurement (same folder)
 
@@ -126,6 +160,13 @@ def main(argv=None):
     for label, shape, name, seconds, nbytes in times:
         print(f"| {label} {shape[0]} x {shape[1]} | {name} | {seconds * 1e3:.3f} | {nbytes / 1e6:.1f} | "
               f"{nbytes / seconds / 1e9:.1f} | {base[label] / seconds:.2f}x |")
+    if args.decode:
+        print(f"\ngreedy decode, 32 new tokens, median of {args.decode_rounds} alternating rounds\n")
+        print("| model | tok/s, int8 copy | tok/s, bf16 weights | int8 vs bf16 | rounds (int8 / bf16) |")
+        print("|---|---|---|---|---|")
+        for label, int8, bf16, rates in decode_ab(args.layers, args.decode_rounds):
+            rounds = " / ".join(" ".join(f"{r:.1f}" for r in rates[b]) for b in (8, 16))
+            print(f"| {label} | {int8:.2f} | {bf16:.2f} | {int8 / bf16:.2f}x | {rounds} |")
 
 
 if __name__ == "__main__":
