@@ -370,6 +370,7 @@ def llama_cpp_files(layers: int, out=print, head: str = "F16"):
             return
         built = run_worker({"kind": "llama_cpp_files", "folder": folder, "layers": layers, "threads": cpu_threads(),
                             "head": head})
+        os.sync()  # the files' dirty pages written back now, not during the first rows' timing
         errors = built.get("errors", {q: built.get("error", "?") for q in llama_cpp_models.TYPES})
         yield [(qtype, {"error": errors[qtype]} if qtype in errors else os.path.join(folder, f"{qtype}.gguf"))
                for qtype in llama_cpp_models.TYPES]
