@@ -19,6 +19,7 @@ short prompt, both with ``--threads`` threads.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -85,9 +86,12 @@ def hf_speed(model, prompt_ids: list, window: list, tokens: int = 64) -> tuple[f
     model(input_ids=torch.tensor([window]))
     prefill = len(window) / (time.perf_counter() - start)
     ids = torch.tensor([prompt_ids])
-    model.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)  # warm-up
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None  # exactly `tokens` new tokens, with no per-step logits processor (min_new_tokens')
+    model.generate(ids, generation_config=config, max_new_tokens=4, do_sample=False)  # warm-up
     start = time.perf_counter()
-    model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    out = model.generate(ids, generation_config=config, max_new_tokens=tokens, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + tokens
     return prefill, tokens / (time.perf_counter() - start)
 
 
