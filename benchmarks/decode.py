@@ -76,6 +76,18 @@ def model_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
+def generation_config(model, cache_implementation: str | None = None):
+    """A copy of ``model``'s generation config for greedy timing runs: no end-of-sequence token (every ``generate``
+    runs exactly ``max_new_tokens``), pad token 0, and ``cache_implementation`` when given."""
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None
+    config.do_sample = False
+    config.pad_token_id = 0
+    if cache_implementation is not None:
+        config.cache_implementation = cache_implementation
+    return config
+
+
 def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool = False,
                 parts: dict | None = None, cache_implementation: str | None = None) -> float:
     """Tokens per second of greedy decoding after a PROMPT_TOKENS prompt (prefill excluded).
@@ -100,29 +112,25 @@ def decode_rate(model, new_tokens: int, repeats: int, vocab: int, compiled: bool
     cache = None
     from hf_onebit.integration.compat import cache_kwargs
 
+    config = generation_config(model, cache_implementation)
     if compiled:
         from transformers import CompileConfig, StaticCache
 
-        config = CompileConfig(fullgraph=True, dynamic=False, backend="inductor")
-        config._compile_all_devices = True  # generate compiles on GPUs only unless told otherwise
+        config.compile_config = CompileConfig(fullgraph=True, dynamic=False, backend="inductor")
+        config.compile_config._compile_all_devices = True  # generate compiles on GPUs only unless told otherwise
         cache = StaticCache(config=model.config, max_cache_len=PROMPT_TOKENS + new_tokens + 1)
-        extra = {"compile_config": config}
 
     parts = {} if parts is None else parts
-    config = copy.deepcopy(model.generation_config)
-    config.eos_token_id = None
-    if cache_implementation is not None:
-        config.cache_implementation = cache_implementation
 
     def generate(n):
         parts.update(dict.fromkeys(parts, 0.0))
+        config.max_new_tokens = n
         with torch.inference_mode():
             if cache is not None:
                 cache.reset()  # its tensors are inference tensors: reset them in inference mode
                 extra.update(cache_kwargs(model, cache))  # `cache` or `past_key_values`, as transformers names it
             start = time.perf_counter()
-            out = model.generate(prompt, generation_config=config, max_new_tokens=n, do_sample=False, pad_token_id=0,
-                                 **extra)
+            out = model.generate(prompt, generation_config=config, **extra)
             elapsed = time.perf_counter() - start
         assert out.shape[1] == PROMPT_TOKENS + n
         return elapsed

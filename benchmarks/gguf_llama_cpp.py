@@ -88,9 +88,11 @@ def hf_speed(model, prompt_ids: list, window: list, tokens: int = 64) -> tuple[f
     ids = torch.tensor([prompt_ids])
     config = copy.deepcopy(model.generation_config)
     config.eos_token_id = None  # exactly `tokens` new tokens, with no per-step logits processor (min_new_tokens')
-    model.generate(ids, generation_config=config, max_new_tokens=4, do_sample=False)  # warm-up
+    config.do_sample, config.max_new_tokens = False, 4
+    model.generate(ids, generation_config=config)  # warm-up
+    config.max_new_tokens = tokens
     start = time.perf_counter()
-    out = model.generate(ids, generation_config=config, max_new_tokens=tokens, do_sample=False)
+    out = model.generate(ids, generation_config=config)
     assert out.shape[1] == ids.shape[1] + tokens
     return prefill, tokens / (time.perf_counter() - start)
 

@@ -16,28 +16,26 @@ in alternation; a rate is ``(n - 1) / (time(generate(n)) - time(generate(1)))`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
 
-from decode import LLAMA7B, PROMPT_TOKENS, build_llama
+from decode import LLAMA7B, PROMPT_TOKENS, build_llama, generation_config
 
 CACHES = ("dynamic", "static")
 
 
 def rates(model, lengths, repeats: int) -> dict:
     """``{(length, cache): tokens per second}``."""
-    config = copy.deepcopy(model.generation_config)
-    config.eos_token_id = None  # exactly n new tokens
+    configs = {cache: generation_config(model, cache) for cache in CACHES}  # exactly n new tokens, greedy
     prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
 
     def generate(n: int, cache: str) -> float:
         with torch.inference_mode():
             start = time.perf_counter()
-            out = model.generate(prompt, generation_config=config, max_new_tokens=n, do_sample=False, pad_token_id=0,
-                                 cache_implementation=cache)
+            configs[cache].max_new_tokens = n
+            out = model.generate(prompt, generation_config=configs[cache])
             elapsed = time.perf_counter() - start
         assert out.shape[1] == PROMPT_TOKENS + n
         return elapsed
