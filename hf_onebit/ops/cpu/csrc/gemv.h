@@ -68,19 +68,17 @@ typedef void (*onebit_gemv_rows_fn)(const float *xp, int64_t ldx, int mr, const 
         }                                                                                                           \
     }
 
+/* The row kernels of the SIMD units (the type onebit_gemv_rows_fn). */
+#define ONEBIT_GEMV_ROWS_DECLARE(NAME)                                                                              \
+    void NAME(const float *xp, int64_t ldx, int mr, const void *w, int64_t ldw, int64_t K, int64_t n0, int64_t n1,  \
+              float *out, int64_t ldo)
 #ifdef ONEBIT_HAVE_AVX2
-/* gemv_avx2.c */
-void onebit_bf16_gemv_rows_avx2(const float *xp, int64_t ldx, int mr, const void *w, int64_t ldw, int64_t K,
-                                int64_t n0, int64_t n1, float *out, int64_t ldo);
-void onebit_int8_gemv_rows_avx2(const float *xp, int64_t ldx, int mr, const void *w, int64_t ldw, int64_t K,
-                                int64_t n0, int64_t n1, float *out, int64_t ldo);
+ONEBIT_GEMV_ROWS_DECLARE(onebit_bf16_gemv_rows_avx2); /* gemv_avx2.c */
+ONEBIT_GEMV_ROWS_DECLARE(onebit_int8_gemv_rows_avx2);
 #endif
 #ifdef ONEBIT_HAVE_AVX512
-/* gemv_avx512.c */
-void onebit_bf16_gemv_rows_avx512(const float *xp, int64_t ldx, int mr, const void *w, int64_t ldw, int64_t K,
-                                  int64_t n0, int64_t n1, float *out, int64_t ldo);
-void onebit_int8_gemv_rows_avx512(const float *xp, int64_t ldx, int mr, const void *w, int64_t ldw, int64_t K,
-                                  int64_t n0, int64_t n1, float *out, int64_t ldo);
+ONEBIT_GEMV_ROWS_DECLARE(onebit_bf16_gemv_rows_avx512); /* gemv_avx512.c */
+ONEBIT_GEMV_ROWS_DECLARE(onebit_int8_gemv_rows_avx512);
 #endif
 
 /* ---- exported API ---- */
