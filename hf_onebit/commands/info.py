@@ -86,7 +86,8 @@ def run(args) -> int:
         return 1
     print(f"format version: config {quant.get('format_version', 'missing (= 1)')}, "
           f"weights {metadata.get(METADATA_KEY, 'missing (= 1)')}; this hf_onebit writes {FORMAT_VERSION}")
-    settings = ", ".join(f"{k}={quant[k]}" for k in ("init", "scale_dtype", "post_layernorm", "act_bits", "backend")
+    settings = ", ".join(f"{k}={quant[k]}" for k in ("init", "scale_dtype", "post_layernorm", "act_bits", "head_bits",
+                                                     "backend")
                          if k in quant)
     print(f"quantization: onebit ({settings})")
     weight_format = quant.get("weight_format", "binary")

@@ -18,6 +18,9 @@ from hf_onebit import OneBitConfig
         ("act_bits", 4),
         ("act_bits", "fast"),
         ("act_bits", True),
+        ("head_bits", 4),
+        ("head_bits", True),
+        ("head_bits", "auto"),
         ("weight_format", "int4"),
         ("format_version", 99),
         ("training", 1),
@@ -44,6 +47,14 @@ def test_act_bits_defaults_to_auto_and_round_trips():
     assert OneBitConfig().act_bits == "auto" and OneBitConfig().to_dict()["act_bits"] == "auto"
     for value in (0, 8, "auto"):
         assert OneBitConfig.from_dict(json.loads(OneBitConfig(act_bits=value).to_json_string())).act_bits == value
+
+
+def test_head_bits_defaults_to_8_and_round_trips():
+    assert OneBitConfig().head_bits == 8 and OneBitConfig().to_dict()["head_bits"] == 8
+    for value in (16, 8):
+        assert OneBitConfig.from_dict(json.loads(OneBitConfig(head_bits=value).to_json_string())).head_bits == value
+    saved_before = {k: v for k, v in OneBitConfig().to_dict().items() if k != "head_bits"}
+    assert OneBitConfig.from_dict(saved_before).head_bits == 8  # a checkpoint saved without the field
 
 
 def test_training_is_not_saved():
