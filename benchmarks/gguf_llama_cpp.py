@@ -19,7 +19,6 @@ short prompt, both with ``--threads`` threads.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -86,9 +85,10 @@ def hf_speed(model, prompt_ids: list, window: list, tokens: int = 64) -> tuple[f
     model(input_ids=torch.tensor([window]))
     prefill = len(window) / (time.perf_counter() - start)
     ids = torch.tensor([prompt_ids])
-    config = copy.deepcopy(model.generation_config)
-    config.eos_token_id = None  # exactly `tokens` new tokens, with no per-step logits processor (min_new_tokens')
-    config.do_sample, config.max_new_tokens = False, 4
+    from decode import generation_config
+
+    config = generation_config(model)  # greedy, exactly max_new_tokens (no end-of-sequence stop)
+    config.max_new_tokens = 4
     model.generate(ids, generation_config=config)  # warm-up
     config.max_new_tokens = tokens
     start = time.perf_counter()

@@ -58,6 +58,14 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_head_bits(value, where: str = "OneBitConfig.head_bits") -> int:
+    """``value`` if it is one of :data:`HEAD_BITS`, else a ValueError naming ``where``, the value and what is
+    allowed."""
+    if not (_is_int(value) and value in HEAD_BITS):
+        raise ValueError(f"{where}: got {value!r}; allowed: one of {HEAD_BITS}")
+    return value
+
+
 class OneBitConfig(QuantizationConfigMixin):
     """Configuration of hf_onebit's 1-bit quantization.
 
@@ -148,8 +156,7 @@ class OneBitConfig(QuantizationConfigMixin):
             _fail("backend", self.backend, f"one of {BACKENDS}")
         if self.act_bits != "auto" and not (_is_int(self.act_bits) and self.act_bits in ACT_BITS):
             _fail("act_bits", self.act_bits, f"one of {ACT_BITS}")
-        if not (_is_int(self.head_bits) and self.head_bits in HEAD_BITS):
-            _fail("head_bits", self.head_bits, f"one of {HEAD_BITS}")
+        check_head_bits(self.head_bits)
         if self.weight_format not in WEIGHT_FORMATS:
             _fail("weight_format", self.weight_format, f"one of {WEIGHT_FORMATS}")
         try:

@@ -19,20 +19,16 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..config import HEAD_BITS
+from ..config import check_head_bits
 from ..ops.cpu import gemv
-
-
-def check_weight_bits(value, where: str = "FloatHead.weight_bits") -> int:
-    if isinstance(value, bool) or value not in HEAD_BITS:
-        raise ValueError(f"{where}: got {value!r}; allowed: one of {HEAD_BITS}")
-    return int(value)
 
 
 class FloatHead(nn.Linear):
     """``nn.Linear`` with the CPU decode kernels (see the module docstring)."""
 
     weight_bits: int = 16
+    #: ``(key, q, scale)`` of the int8 copy, or None before the first int8 call (see :meth:`int8_weight`)
+    _int8: Optional[tuple] = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_bits: int = 16) -> "FloatHead":
@@ -42,8 +38,7 @@ class FloatHead(nn.Linear):
         head.in_features, head.out_features = linear.in_features, linear.out_features
         head.register_parameter("weight", linear.weight)
         head.register_parameter("bias", linear.bias)
-        head.weight_bits = check_weight_bits(weight_bits)
-        head._int8 = None
+        head.weight_bits = check_head_bits(weight_bits, "FloatHead.weight_bits")
         head.train(linear.training)
         return head
 
@@ -51,7 +46,7 @@ class FloatHead(nn.Linear):
         """The int8 copy ``(q, scale)`` of the current weight, made (again) when the weight has changed."""
         w = self.weight
         key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype)
-        cached = getattr(self, "_int8", None)
+        cached = self._int8
         if cached is None or cached[0] != key:
             cached = (key, *gemv.quantize_rows_int8(w.detach()))
             self._int8 = cached

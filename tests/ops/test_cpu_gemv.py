@@ -128,7 +128,7 @@ def test_int8_quantizer_rounds_each_row_to_its_absmax():
     w = torch.tensor([[0.5, -1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.5, -0.01, 2.0]])
     q, scale = gemv.quantize_rows_int8(w.bfloat16())
     assert q.dtype == torch.int8 and scale.dtype == torch.float32
-    assert torch.equal(scale, torch.tensor([1 / 127, 0.0, 3 / 127]))
+    assert torch.equal(scale, torch.tensor([1 / 127, 1.0, 3 / 127]))  # a row of zeros: scale 1, as the reference
     assert q.tolist() == [[64, -127, 32, 0], [0, 0, 0, 0], [127, 64, 0, 85]]
     gen = torch.Generator().manual_seed(4)
     w = torch.randn(5000, 33, generator=gen)  # more rows than a chunk

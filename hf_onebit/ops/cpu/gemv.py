@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from ..reference import quantize_activations_int8
 from .binding import ERRORS, active_isa, library
 
 #: Environment variable; "0" sends every call to torch.
@@ -99,8 +100,9 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 
 def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, scale)``: ``q`` int8 (N, K) and ``scale`` float32 (N,) with ``weight ~ q * scale[:, None]``: per row
-    ``scale = max |w| / 127`` and ``q = round(w / scale)`` (a row of zeros: scale 0, codes 0). Works in chunks of
+    """``(q, scale)``: ``q`` int8 (N, K) and ``scale`` float32 (N,) with ``weight ~ q * scale[:, None]``, each row
+    quantized as the reference quantizes an activation row (:func:`hf_onebit.ops.reference.quantize_activations_int8`:
+    ``scale = max |w| / 127``, 1 for a row of zeros; ``q = round(w / scale)``). Works in chunks of
     :data:`QUANTIZE_CHUNK_ROWS` rows, so the float32 working copy stays small for a large head."""
     if weight.dim() != 2:
         raise ValueError(f"quantize_rows_int8: weight: got {weight.dim()} dimensions; allowed: 2 (N, K)")
@@ -109,11 +111,9 @@ def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     scale = torch.empty(N, dtype=torch.float32, device=weight.device)
     with torch.no_grad():
         for n0 in range(0, N, QUANTIZE_CHUNK_ROWS):
-            w = weight[n0:n0 + QUANTIZE_CHUNK_ROWS].float()
-            s = w.abs().amax(dim=1) / 127.0
-            safe = torch.where(s > 0, s, torch.ones_like(s))
-            q[n0:n0 + QUANTIZE_CHUNK_ROWS] = torch.round(w / safe[:, None]).clamp_(-127, 127).to(torch.int8)
-            scale[n0:n0 + QUANTIZE_CHUNK_ROWS] = s
+            rows, row_scale = quantize_activations_int8(weight[n0:n0 + QUANTIZE_CHUNK_ROWS])
+            q[n0:n0 + QUANTIZE_CHUNK_ROWS] = rows.to(torch.int8)
+            scale[n0:n0 + QUANTIZE_CHUNK_ROWS] = row_scale[:, 0]
     return q, scale
 
 
