@@ -196,9 +196,15 @@ ONEBIT_INLINE void planes_group(const int R, const int mr, const int8_t *q, int6
         for (int m = 0; m < mr; ++m)
             for (int s = 0; s < 4; ++s) acc[r][m][s] = _mm512_setzero_si512();
     const int64_t blocks = kbytes / 64;
+    /* The group's R rows are one contiguous stream of R * kbytes bytes: its cache lines PLANE_PREFETCH_L2 ahead are
+     * prefetched in address order, R per block and the rest after the blocks, so that consecutive groups tile the
+     * thread's rows line by line. (Offsets per row left out the lines of a row's last partial block when kbytes is not
+     * a multiple of 64 - every row of a 4096 x 11008 down projection - and each of them cost a stall on memory.) */
+    const uintptr_t ahead = (uintptr_t)rows + PLANE_PREFETCH_L2;
+    uintptr_t line = ahead & ~(uintptr_t)63;
+    const uintptr_t last = (ahead + (uintptr_t)(R * kbytes)) & ~(uintptr_t)63;
     for (int64_t b = 0; b < blocks; ++b) {
-        for (int r = 0; r < R; ++r)
-            _mm_prefetch((const char *)rows + r * kbytes + b * 64 + PLANE_PREFETCH_L2, _MM_HINT_T1);
+        for (int r = 0; r < R; ++r, line += 64) _mm_prefetch((const char *)line, _MM_HINT_T1);
         __m512i lo[2], hi[2];
         for (int r = 0; r < R; ++r) {
             lo[r] = _mm512_loadu_si512((const void *)(rows + r * kbytes + b * 64));
@@ -217,6 +223,7 @@ ONEBIT_INLINE void planes_group(const int R, const int mr, const int8_t *q, int6
             }
         }
     }
+    for (; line < last; line += 64) _mm_prefetch((const char *)line, _MM_HINT_T1);
     const __m512i ones = _mm512_set1_epi8(1);
     const int64_t nwords = (kbytes + 7) / 8, full = kbytes / 8;
     uint64_t tail[2];
