@@ -14,14 +14,17 @@ from transformers import Trainer
 sys.path.insert(0, os.path.dirname(__file__))
 from distill_utils import load_pair, token_data, train_args  # noqa: E402
 
-from hf_onebit.training import OneBitDistillationCallback, onebit_optimizer  # noqa: E402
+from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, onebit_optimizer  # noqa: E402
 
 
 def main():
     teacher_dir, out_json, global_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     student, teacher = load_pair(teacher_dir)
-    cb = OneBitDistillationCallback(teacher, recipe="progressive", init_steps=2, phases=3)
+    # the plain hidden-state distance: the default dim-scaled one divides by medians over each process's own rows,
+    # so its loss depends on how the batch is split (docs/distillation.md, "Several processes")
+    loss = DistillationLoss(hidden_metric="cosine")
+    cb = OneBitDistillationCallback(teacher, recipe="progressive", loss=loss, init_steps=2, phases=3)
     args = train_args(os.path.dirname(out_json) + f"/run-{world}", 6, per_device_train_batch_size=global_batch // world,
                       ddp_backend="gloo" if world > 1 else None)
     trainer = Trainer(model=student, args=args, train_dataset=token_data(48, 16), callbacks=[cb],

@@ -61,7 +61,8 @@ class OneBitDistillationCallback(TrainerCallback):
         teacher: the full-precision model (frozen here; moved to the student's device at the start of training).
         recipe: ``"progressive"``, ``"onebit"``, ``"bitnet"`` or a :class:`~hf_onebit.training.recipes.Recipe`;
             None (default): the student's format's default, ``"progressive"`` for binary and ternary alike.
-        loss: a :class:`~hf_onebit.training.losses.DistillationLoss` (default: KL + hidden-state MSE, alpha = 1).
+        loss: a :class:`~hf_onebit.training.losses.DistillationLoss` (default ``DistillationLoss()``: KL + the
+            hidden-state term at ``DEFAULT_HIDDEN_WEIGHT``, ``DEFAULT_HIDDEN_METRIC``).
         adaptive_clip: clip gradients at ``clip_multiplier`` times the running EMA of the gradient norm (starting at
             ``clip_initial``); the Trainer's own ``max_grad_norm`` is switched off while it is on. Needs gradients
             that are not sharded (single process or DDP); use ``max_grad_norm`` with FSDP / DeepSpeed.
