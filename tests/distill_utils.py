@@ -6,11 +6,24 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
 import hf_onebit  # noqa: F401  (registers the quantizer)
 from hf_onebit import OneBitConfig
 from hf_onebit.training import TokenBlocks
+
+
+def dim_scaled_hidden_reference(student_states, teacher_states, mask: torch.Tensor) -> torch.Tensor:
+    """The dim-scaled hidden-state term written out: per layer after the embeddings, the rows ``mask`` scores, every
+    dimension divided by the teacher's median ``|h|`` over them, the squared distance of the L2-normalised states
+    summed, and the mean over layers."""
+    total = 0.0
+    for a, b in zip(student_states[1:], teacher_states[1:]):
+        a, b = a[:, :-1][mask], b[:, :-1][mask]
+        scale = b.abs().median(dim=0).values
+        total = total + (F.normalize(a / scale, dim=-1) - F.normalize(b / scale, dim=-1)).pow(2).sum()
+    return total / (len(student_states) - 1)
 
 
 def tiny_teacher_dir(root: str, seed: int = 0, hidden: int = 48, layers: int = 2, vocab: int = 97) -> str:

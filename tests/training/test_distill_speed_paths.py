@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
-from distill_utils import load_pair, tiny_teacher_dir, token_data, train_args
+from distill_utils import dim_scaled_hidden_reference, load_pair, tiny_teacher_dir, token_data, train_args
 from hf_onebit.training import DistillationLoss, OneBitDistillationCallback, onebit_optimizer
 from hf_onebit.training import losses
 from hf_onebit.training.teacher_cast import TeacherWeightCast
@@ -53,12 +53,7 @@ def test_loss_terms_equal_the_masked_reference():
     ht = tuple(torch.randn(2, 9, 6, generator=g) for _ in range(3))
     mask = torch.rand(2, 8, generator=g) > 0.4
     terms = loss.terms(s, t, mask, hs, ht)
-    hidden = 0.0
-    for a, b in zip(hs[1:], ht[1:]):  # the default distance: every dimension over the teacher's median |h| first
-        a, b = a[:, :-1][mask], b[:, :-1][mask]
-        scale = b.abs().median(dim=0).values
-        hidden = hidden + (F.normalize(a / scale, dim=-1) - F.normalize(b / scale, dim=-1)).pow(2).sum()
-    hidden = hidden / 2
+    hidden = dim_scaled_hidden_reference(hs, ht, mask)  # the default distance
     torch.testing.assert_close(terms["kl"], losses.kl_token_sum_reference(s, t, mask, 1.5))
     plain = DistillationLoss(kl_weight=1.0, hidden_weight=1.0, temperature=1.5, chunked_kl=False).terms(s, t, mask, hs, ht)
     torch.testing.assert_close(plain["kl"], terms["kl"])
