@@ -180,6 +180,7 @@ def main(argv=None):
         if args.sdpa:
             fused.append(step(True, attention="sdpa"))
     heap.release()
+    cb.release()  # the hooks and the denormal flushing that on_train_begin installed
     mp, md = statistics.median(plain), statistics.median(distill)
     tokens = args.batch_size * args.seq_len
     rows = [["plain fine-tuning (CE)", mp, tokens / mp, 1.0],

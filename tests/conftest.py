@@ -65,3 +65,20 @@ def smollm2_dir():
 def input_ids():
     torch.manual_seed(1)
     return torch.randint(0, 128, (2, 11))
+
+
+def _flushing_denormals() -> bool:
+    """Whether the calling thread flushes denormal floats to zero: a float32 denormal times one comes out zero then."""
+    return float(torch.tensor(1e-40, dtype=torch.float32) * 1.0) == 0.0
+
+
+@pytest.fixture(autouse=True)
+def _no_denormal_flushing_left_behind():
+    """Fail a test that leaves denormal flushing on (a distillation callback whose ``release`` was never called): the
+    tests after it would compute with other float semantics than they were written for."""
+    yield
+    if _flushing_denormals():
+        from hf_onebit.ops.cpu.fpenv import set_flush_denormal
+
+        set_flush_denormal(False)
+        pytest.fail("the test left denormal flushing on (OneBitDistillationCallback.release() not called)")
