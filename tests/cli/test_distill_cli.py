@@ -298,11 +298,14 @@ def test_a_step_costs_a_fixed_part_and_a_part_per_token():
 
 
 @pytest.mark.parametrize("seconds, expected", [(10_000, (4, 256)), (600, (4, 256)), (599, (2, 256)),
-                                               (300, (2, 256)), (150, (1, 256)), (75, (2, 64)), (37.5, (1, 64)),
-                                               (37, (2, 64)), (20, (2, 64)), (19, (1, 64)), (9, (1, 64))])
+                                               (300, (2, 256)), (150, (1, 256)), (149, (4, 64)), (75, (4, 64)),
+                                               (40, (4, 64)), (39, (2, 64)), (37.5, (2, 64)), (37, (2, 64)),
+                                               (20, (2, 64)), (19, (1, 64)), (9, (1, 64))])
 def test_a_short_budget_gets_a_smaller_step(seconds, expected):
-    """The largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed part), else the
-    largest fallback step (4 x 64, 2 x 64) of which it buys ``fallback_steps`` (here 40), else the smallest."""
+    """The larger of the largest step of which the budget buys ``min_steps`` (here 150; 1/256 s a token, no fixed
+    part) and the largest fallback step (4 x 64, 2 x 64) of which it buys ``fallback_steps`` (here 40), else the
+    smallest: at 75 s, 2 x 64 buys 150 steps and 4 x 64 buys 75, and 4 x 64 is taken; at 150 s, 1 x 256 buys 150 and
+    ties with 4 x 64 in tokens, and the first on the ladder is taken."""
     from hf_onebit.training.budget import fit_step_shape, step_shapes
 
     assert fit_step_shape(seconds, step_shapes(4, 256), 0.0, 2 ** -8, min_steps=150, fallback_steps=40) == expected
@@ -312,6 +315,21 @@ def test_a_short_budget_gets_a_smaller_step(seconds, expected):
     # a fixed part of 1 s a step: 4 x 256 costs 5 s, 2 x 256 3 s
     assert fit_step_shape(750, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (4, 256)
     assert fit_step_shape(749, step_shapes(4, 256), 1.0, 2 ** -8, min_steps=150) == (2, 256)
+
+
+def test_a_larger_budget_never_gets_a_smaller_step():
+    """Sweeping the budget from 1 s to 20 minutes in steps of 1 s (a fixed part of 0.3 s a step, 1/512 s a token, the
+    default thresholds), the chosen step's tokens never shrink: the budget that first buys 1000 steps of 1 x 64 keeps
+    the 4 x 64 it had."""
+    from hf_onebit.training.budget import fit_step_shape, step_shapes
+
+    shapes = step_shapes(4, 256)
+    chosen = [fit_step_shape(float(s), shapes, 0.3, 2 ** -9) for s in range(1, 1201)]
+    sizes = [b * n for b, n in chosen]
+    assert all(a <= b for a, b in zip(sizes, sizes[1:]))
+    assert {(1, 64), (2, 64), (4, 64)} <= set(chosen)  # the sweep went through the fallbacks
+    assert chosen[-1] == (1, 256)  # buys 1000 steps at 4 x 64's price: the first of the two on the ladder
+    assert fit_step_shape(425.0, shapes, 0.3, 2 ** -9) == (4, 64)  # 1 x 64 buys 1000+ steps here; 4 x 64 buys 530
 
 
 def _fake_measure(measured, fixed_s, per_token_s):
@@ -339,8 +357,8 @@ def _table_measure(measured, seconds_of):
 # 4 x 64 3.56 s; the plan wants MIN_E2E_STEPS = 1000 steps, else FALLBACK_E2E_STEPS = 350 of 4 x 64 or 2 x 64
 @pytest.mark.parametrize("seconds, fit_seq_len, measured_shapes, shape", [
     (4670, True, [(1, 64), (2, 64), (1, 256)], (1, 256)),   # 1000 steps of 1 x 256 fit: measured at that size too
-    (2667, True, [(1, 64), (2, 64)], (2, 64)),              # the chosen step is one of the two measured
-    (2000, True, [(1, 64), (2, 64)], (1, 64)),              # 1000 of 1 x 64 fit, not of 2 x 64
+    (2667, True, [(1, 64), (2, 64), (4, 64)], (4, 64)),     # 1000 of 2 x 64 fit, and 740 of 4 x 64: the larger
+    (2000, True, [(1, 64), (2, 64), (4, 64)], (4, 64)),     # 1000 of 1 x 64 fit, and 560 of 4 x 64: the larger
     (1500, True, [(1, 64), (2, 64), (4, 64)], (4, 64)),     # not even 1000 of 1 x 64: 4 x 64 (420 fit)
     (1000, True, [(1, 64), (2, 64)], (2, 64)),
     (600, True, [(1, 64), (2, 64)], (1, 64)),               # not even 350 of 2 x 64: the smallest
