@@ -223,9 +223,19 @@ def _ppl(value: float) -> str:
     return f"{value:.1f}" if value < 1e5 else f"{value:.3g}"
 
 
+def _plot_label(result: dict) -> str:
+    """A bar's label: the row, and for a trained row its budget and end-to-end step (two rows of one name differ)."""
+    if result["row"] not in TRAINED:
+        return result["row"]
+    plan = result.get("plan", {})
+    step = f", {plan['batch_size']} x {plan['seq_len']}" if "batch_size" in plan and "seq_len" in plan else ""
+    return f"{result['row']} ({result['budget_s'] / 60:g} min{step})"
+
+
 def _plot(results, teacher, path: str) -> None:
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -236,7 +246,7 @@ def _plot(results, teacher, path: str) -> None:
 
     trained = sorted((r for r in results if r["row"] not in ("teacher",)),
                      key=lambda r: HeldoutReport.from_dict(r["test"]).geomean)
-    labels = [f"{r['row']} ({r['budget_s'] / 60:g} min)" if r["row"] in TRAINED else r["row"] for r in trained]
+    labels = [_plot_label(r) for r in trained]
     values = [HeldoutReport.from_dict(r["test"]).geomean for r in trained]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(trained) + 1.5))
     ax.barh(labels, values, color=["tab:blue" if r["row"] in TRAINED else "tab:gray" for r in trained])
@@ -246,6 +256,7 @@ def _plot(results, teacher, path: str) -> None:
         ax.axvline(teacher.geomean, color="k", ls="--", label=f"teacher ({teacher.geomean:.1f})")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled decades only
     ax.invert_yaxis()
     m = results[0].get("machine", {}) if results else {}
     ax.set_xlabel("held-out test perplexity, geometric mean of 4 domains (log scale)")

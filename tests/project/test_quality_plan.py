@@ -76,3 +76,12 @@ def test_machine_names_the_code_that_ran_when_the_environment_caps_it():
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["code"] == {"torch": "AVX2", "onednn_max": "AVX2", "hf_onebit": "avx2", "capped": "AVX2"}
     assert info["isa"].endswith("CPU running AVX2 code")
+
+
+def test_two_rows_of_one_name_and_budget_get_their_own_bars_in_the_plot():
+    """The plot's bars are labelled by row, budget and end-to-end step: two runs of ``today`` at 15 minutes on
+    different steps are two bars (matplotlib draws bars of one label on top of each other)."""
+    rows = [{"row": "today", "budget_s": 900.0, "plan": {"batch_size": b, "seq_len": 64}} for b in (1, 4)]
+    assert [quality._plot_label(r) for r in rows] == ["today (15 min, 1 x 64)", "today (15 min, 4 x 64)"]
+    assert quality._plot_label({"row": "teacher"}) == "teacher"
+    assert quality._plot_label({"row": "today", "budget_s": 3600.0}) == "today (60 min)"  # no plan recorded
