@@ -34,13 +34,14 @@ DEFAULT_BLOCKWISE_SHARE = 0.5
 MIN_E2E_STEPS = 1000
 #: The largest step of sequences of :data:`MIN_FIT_SEQ_LEN` tokens with more than one sequence (4 x 64, then 2 x 64:
 #: :func:`fallback_shapes`) that buys this many is taken whenever it is larger than the step that buys
-#: :data:`MIN_E2E_STEPS` (or none does), before the smallest: past a few hundred steps, more sequences a step pay. On an AVX-512 CPU in bf16 (validation split,
-#: docs/benchmarks-quality-zen4.md) 380 steps of 4 x 64 tokens ended 1.07x closer to the teacher than 560 of 2 x 64, and
-#: those 1.22x closer than 690 of 1 x 64, in the same ~10.5-11.5 minutes (350 keeps that 380 within reach); on the
-#: AVX2 CPU the smaller step won at 220-300 steps (above), which this floor keeps. At 60 minutes on the AVX-512 CPU
-#: 1307 steps of 2 x 256 ended 1.06x closer than 712 of 4 x 256: :data:`MIN_E2E_STEPS` stays. In 15 minutes on the
-#: AVX-512 CPU (bf16; both splits), where 1 x 64 is the largest step that buys 1000, 523 steps of 4 x 64 ended 1.33x
-#: closer than 897 of 1 x 64 (validation; test 1.34x): the fallback's claim holds above the threshold too.
+#: :data:`MIN_E2E_STEPS` (or none does); the smallest step only when neither exists: past a few hundred steps, more
+#: sequences a step pay. On an AVX-512 CPU in bf16 (validation split, docs/benchmarks-quality-zen4.md) 380 steps of
+#: 4 x 64 tokens ended 1.07x closer to the teacher than 560 of 2 x 64, and those 1.22x closer than 690 of 1 x 64, in the
+#: same ~10.5-11.5 minutes (350 keeps that 380 within reach); on the AVX2 CPU the smaller step won at 220-300 steps
+#: (above), which this floor keeps. At 60 minutes on the AVX-512 CPU 1307 steps of 2 x 256 ended 1.06x closer than 712
+#: of 4 x 256: :data:`MIN_E2E_STEPS` stays. In 15 minutes on the AVX-512 CPU (bf16; both splits), where 1 x 64 is the
+#: largest step that buys 1000, 523 steps of 4 x 64 ended 1.33x closer than 897 of 1 x 64 (validation; test 1.34x): the
+#: fallback's claim holds above the threshold too.
 FALLBACK_E2E_STEPS = 350
 #: ``plan_for_budget`` also times the next larger step than the one it chose when the line through the measured steps
 #: prices it within this factor of what buys :data:`MIN_E2E_STEPS`: on an AMD EPYC Zen 5 in bf16 the line through the
