@@ -97,6 +97,8 @@ def plan_for(row: str, args):
         terms["attention_stride"] = args.attention_stride
     if args.hidden_weight is not None:
         terms["hidden_weight"] = args.hidden_weight
+    if args.hidden_weight_end is not None:
+        terms["hidden_weight_end"] = args.hidden_weight_end
     if cached:  # cached targets hold neither hidden states nor attention projections
         terms.update(attention_weight=0.0, hidden_weight=0.0)
     common = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, bf16=args.bf16, lr=args.lr,
@@ -157,6 +159,8 @@ def run_row(row: str, args) -> dict:
     result["plan"] = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("loss", "blockwise", "deadline")}
     result["plan"]["blockwise"] = dataclasses.asdict(plan.blockwise)
     result["plan"]["hidden_weight"] = plan.loss.hidden_weight
+    result["plan"]["hidden_weight_end"] = plan.loss.hidden_weight_end
+    result["plan"]["hidden_decay_start"] = plan.loss.hidden_decay_start
     result["plan"]["hidden_metric"] = plan.loss.hidden_metric
     result["plan"]["attention_weight"] = plan.loss.attention_weight
     result["plan"]["attention_layers"] = plan.loss.attention_layers
@@ -288,6 +292,9 @@ def main(argv=None):
     p.add_argument("--hidden-weight", type=float, default=None,
                    help="weight of the hidden-state term of the end-to-end loss (default: the library's, "
                         "DEFAULT_HIDDEN_WEIGHT; rows on cached targets have none)")
+    p.add_argument("--hidden-weight-end", type=float, default=None,
+                   help="that term's weight at the end of the run, reached over its second half (default: the "
+                        "library's, DEFAULT_HIDDEN_WEIGHT_END)")
     p.add_argument("--attention-weight", type=float, default=None,
                    help="weight of the attention-relation term of the end-to-end loss (default: the library's)")
     p.add_argument("--attention-layers", default=None,

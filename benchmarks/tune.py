@@ -58,6 +58,9 @@ def main(argv=None) -> None:
     p.add_argument("--scale-lr", type=float, default=None)
     p.add_argument("--hidden-weight", type=float, default=None,
                    help="weight of the hidden-state term (default: the library's, DEFAULT_HIDDEN_WEIGHT)")
+    p.add_argument("--hidden-weight-end", type=float, default=None,
+                   help="that weight at the end of the run, reached over its second half (default: the library's, "
+                        "DEFAULT_HIDDEN_WEIGHT_END)")
     p.add_argument("--embedding-lr", type=float, default=None,
                    help="learning rate of the embedding matrices (default: the latent weights')")
     p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
@@ -114,11 +117,14 @@ def main(argv=None) -> None:
     data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
     bf16 = bf16_is_fast("cpu")
     weight = {} if args.hidden_weight is None else {"hidden_weight": args.hidden_weight}
+    if args.hidden_weight_end is not None:
+        weight["hidden_weight_end"] = args.hidden_weight_end
     loss = DistillationLoss(hidden_metric=args.hidden_metric, attention_weight=args.attention_weight,
                             ce_weight=args.ce_weight, temperature=args.temperature,
                             attention_layers=parse_attention_layers(args.attention_layers),
                             attention_stride=args.attention_stride, **weight)
-    args.hidden_weight = loss.hidden_weight  # the value used, in the result's args
+    args.hidden_weight = loss.hidden_weight  # the values used, in the result's args
+    args.hidden_weight_end = loss.hidden_weight_end
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr, min_lr_rate=args.min_lr_rate,

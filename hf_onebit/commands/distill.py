@@ -15,7 +15,7 @@ from ..training.attention import CHOICES as ATTENTION_CHOICES
 from ..training.blockwise import INPUTS, SCALE_INITS
 from ..training.budget import FALLBACK_E2E_STEPS, MIN_E2E_STEPS
 from ..training.data import STYLES
-from ..training.losses import DEFAULT_HIDDEN_METRIC, DEFAULT_HIDDEN_WEIGHT, HIDDEN_METRICS
+from ..training.losses import DEFAULT_HIDDEN_METRIC, DEFAULT_HIDDEN_WEIGHT, DEFAULT_HIDDEN_WEIGHT_END, HIDDEN_METRICS
 from ..training.recipes import RECIPES
 from ..training.relations import parse_attention_layers
 
@@ -125,6 +125,9 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--post-layernorm", action="store_true", help="onebit: LayerNorm after every 1-bit linear")
     p.add_argument("--hidden-weight", type=float, default=DEFAULT_HIDDEN_WEIGHT,
                    help=f"alpha of the hidden-state MSE term (default {DEFAULT_HIDDEN_WEIGHT:g})")
+    p.add_argument("--hidden-weight-end", type=float, default=DEFAULT_HIDDEN_WEIGHT_END,
+                   help="the hidden-state term's weight at the end of the end-to-end stage, reached geometrically over "
+                        f"its second half (default {DEFAULT_HIDDEN_WEIGHT_END:g}; equal to --hidden-weight: constant)")
     p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
                    help="distance of the hidden-state term: of the L2-normalised states ('cosine'), or of the states "
                         "with every dimension divided by the teacher's median |value| first ('dim-scaled'); default "
@@ -237,7 +240,8 @@ def plan_from_args(args):
         recipe=args.recipe, lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, cache_targets=args.cache_targets, recipe_overrides=overrides,
-        loss=DistillationLoss(hidden_weight=hidden, hidden_metric=args.hidden_metric, ce_weight=args.ce_weight,
+        loss=DistillationLoss(hidden_weight=hidden, hidden_weight_end=args.hidden_weight_end,
+                              hidden_metric=args.hidden_metric, ce_weight=args.ce_weight,
                               temperature=args.kd_temperature, attention_weight=args.attention_weight,
                               attention_layers=args.attention_layers, attention_stride=args.attention_stride),
         bf16=bool(args.bf16), attn_implementation=args.attn_implementation, seed=args.seed)

@@ -62,7 +62,8 @@ class OneBitDistillationCallback(TrainerCallback):
         recipe: ``"progressive"``, ``"onebit"``, ``"bitnet"`` or a :class:`~hf_onebit.training.recipes.Recipe`;
             None (default): the student's format's default, ``"progressive"`` for binary and ternary alike.
         loss: a :class:`~hf_onebit.training.losses.DistillationLoss` (default ``DistillationLoss()``: KL + the
-            hidden-state term at ``DEFAULT_HIDDEN_WEIGHT``, ``DEFAULT_HIDDEN_METRIC``).
+            hidden-state term at ``DEFAULT_HIDDEN_WEIGHT``, falling to ``DEFAULT_HIDDEN_WEIGHT_END`` over the second
+            half of the run, ``DEFAULT_HIDDEN_METRIC``; the weight in use is logged as ``hidden_weight``).
         adaptive_clip: clip gradients at ``clip_multiplier`` times the running EMA of the gradient norm (starting at
             ``clip_initial``); the Trainer's own ``max_grad_norm`` is switched off while it is on. Needs gradients
             that are not sharded (single process or DDP); use ``max_grad_norm`` with FSDP / DeepSpeed.
@@ -137,6 +138,7 @@ class OneBitDistillationCallback(TrainerCallback):
         self._active = False
         self._sums: dict[str, float] = {}
         self._count = 0.0
+        self._progress: float | None = None  # the fraction of the run done, set at every step's beginning
         self._signs = None
         self._frozen_step: int | None = None  # the step whose start froze the codes (Recipe.freeze_codes_at)
 
@@ -190,6 +192,7 @@ class OneBitDistillationCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         step = state.global_step
+        self._progress = step / max(state.max_steps, 1)  # the hidden-state term's weight follows it
         if self._frozen_step is None and self.recipe.codes_frozen_at(step, state.max_steps):
             freeze_codes_all_(model, _matmul_dtype(args, model))
             self._frozen_step = step
@@ -237,6 +240,8 @@ class OneBitDistillationCallback(TrainerCallback):
         if self._count:
             for name, value in self._sums.items():
                 extra[f"distill_{name}"] = value / self._count
+            if "hidden" in self._sums:
+                extra["hidden_weight"] = self.loss.hidden_weight_at(self._progress)
         self._sums, self._count = {}, 0.0
         if self.recipe.freeze_codes_at is not None:
             extra["codes_frozen"] = float(self._frozen_step is not None)
@@ -383,7 +388,7 @@ class OneBitDistillationCallback(TrainerCallback):
         terms = self.loss.terms(output.logits, teacher_out.get("logits"), mask, output.get("hidden_states"),
                                 teacher_out.get("hidden_states"), ctx["labels"], teacher_topk=ctx["teacher_topk"],
                                 relations=relations, attention_mask=ctx["attention_mask"])
-        total = self.loss.combine(terms)
+        total = self.loss.combine(terms, self._progress)
         count = float(mask.sum())
         n = ctx["num_items_in_batch"]
         loss = total / (n.to(total.device) if torch.is_tensor(n) else n) if n is not None else total / max(count, 1.0)

@@ -22,6 +22,13 @@ IGNORE_INDEX = -100
 #: and 30 with lr 2e-3 1.04x / 1.08x closer than 10 with 1e-3 on two seeds; at 60 minutes of 4 x 256 tokens a step
 #: (AMD EPYC Zen 5) 10 and 100 ended 1.02x and 1.05x further than 30 (docs/benchmarks-quality-zen5.md)
 DEFAULT_HIDDEN_WEIGHT = 30.0
+#: the hidden-state term's weight at the end of a run (``DistillationLoss.hidden_weight_end``), reached geometrically
+#: from ``hidden_weight`` over the part of the run after ``DEFAULT_HIDDEN_DECAY_START``: on SmolLM2-135M at 560 steps of
+#: 2 x 64 tokens (validation split, AMD EPYC Zen 4, bf16, the other defaults) 30 -> 3 over the second half ended
+#: 1.037x closer to the teacher than a constant 30 (198.9 against 206.5 / 205.9 on two seeds of the constant weight;
+#: docs/benchmarks-quality-zen4.md): the hidden states guide the first half, the last part trains on the KL itself
+DEFAULT_HIDDEN_WEIGHT_END = 3.0
+DEFAULT_HIDDEN_DECAY_START = 0.5
 #: ``DistillationLoss.hidden_metric`` choices, and the default: on SmolLM2-135M at 560 steps of 2 x 64 tokens
 #: (validation split, AMD EPYC Zen 4, bf16, the other defaults) ``"dim-scaled"`` ended 1.039x and 1.054x closer to the
 #: teacher than ``"cosine"`` on two seeds (206.5 / 205.9 against 214.5 / 217.0; docs/benchmarks-quality-zen4.md)
@@ -39,6 +46,11 @@ class DistillationLoss:
         hidden_weight: ``alpha``: weight of the hidden-state term, the mean over layers of
             ``|| h_s / |h_s| - h_t / |h_t| ||^2`` per token (in [0, 4]; OneBit's MSE between L2-normalised states);
             :data:`DEFAULT_HIDDEN_WEIGHT` by default.
+        hidden_weight_end: the hidden-state term's weight at the end of a run: from the fraction
+            ``hidden_decay_start`` of the run on, the weight moves geometrically from ``hidden_weight`` to it
+            (:meth:`hidden_weight_at`; the callback passes the run's progress); None keeps ``hidden_weight`` all
+            along. :data:`DEFAULT_HIDDEN_WEIGHT_END` (3) by default.
+        hidden_decay_start: where in the run (0..1) the weight starts to fall; :data:`DEFAULT_HIDDEN_DECAY_START`.
         ce_weight: weight of the cross-entropy on the labels (the ordinary LM loss).
         hidden_layers: ``"all"`` (every layer output, the embedding output excluded) or ``"last"``.
         hidden_metric: ``"cosine"``: the distance of the L2-normalised states as above; ``"dim-scaled"``: the same
@@ -59,6 +71,8 @@ class DistillationLoss:
     kl_weight: float = 1.0
     temperature: float = 1.0
     hidden_weight: float = DEFAULT_HIDDEN_WEIGHT
+    hidden_weight_end: "float | None" = DEFAULT_HIDDEN_WEIGHT_END
+    hidden_decay_start: float = DEFAULT_HIDDEN_DECAY_START
     ce_weight: float = 0.0
     hidden_layers: str = "all"
     hidden_metric: str = DEFAULT_HIDDEN_METRIC
@@ -75,6 +89,12 @@ class DistillationLoss:
         if not self.kl_weight + self.hidden_weight + self.ce_weight + self.attention_weight > 0:
             raise ValueError("DistillationLoss: kl_weight, hidden_weight, ce_weight and attention_weight are all 0; "
                              "allowed: one > 0")
+        end = self.hidden_weight_end
+        if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not end > 0):
+            raise ValueError(f"DistillationLoss.hidden_weight_end: got {end!r}; allowed: None or a number > 0")
+        start = self.hidden_decay_start
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+            raise ValueError(f"DistillationLoss.hidden_decay_start: got {start!r}; allowed: a number in [0, 1)")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"DistillationLoss.temperature: got {self.temperature!r}; allowed: a number > 0")
         if not isinstance(self.chunked_kl, bool):
@@ -157,8 +177,22 @@ class DistillationLoss:
             out["ce"] = F.cross_entropy(scored_rows(student_logits, mask), labels[:, 1:][mask], reduction="sum")
         return out
 
-    def combine(self, terms: dict) -> torch.Tensor:
-        weights = {"kl": self.kl_weight, "hidden": self.hidden_weight, "ce": self.ce_weight,
+    def hidden_weight_at(self, progress: "float | None") -> float:
+        """The hidden-state term's weight at ``progress``, the fraction of the run done (clamped to 0..1): constant
+        ``hidden_weight`` up to ``hidden_decay_start``, then geometric to ``hidden_weight_end`` at 1. ``progress``
+        None (outside a run), ``hidden_weight_end`` None or ``hidden_weight`` 0: ``hidden_weight``."""
+        if progress is None or self.hidden_weight_end is None or self.hidden_weight == 0:
+            return float(self.hidden_weight)
+        start = self.hidden_decay_start
+        frac = (min(max(float(progress), 0.0), 1.0) - start) / (1.0 - start)
+        if frac <= 0:
+            return float(self.hidden_weight)
+        return float(self.hidden_weight * (self.hidden_weight_end / self.hidden_weight) ** frac)
+
+    def combine(self, terms: dict, progress: "float | None" = None) -> torch.Tensor:
+        """The weighted sum of ``terms``; ``progress`` (the fraction of the run done) sets the hidden-state term's
+        weight (:meth:`hidden_weight_at`)."""
+        weights = {"kl": self.kl_weight, "hidden": self.hidden_weight_at(progress), "ce": self.ce_weight,
                    "attention": self.attention_weight}
         return sum(weights[name] * value for name, value in terms.items())
 

@@ -73,6 +73,46 @@ def test_dimension_scale_is_not_moved_by_one_massive_token_and_is_never_zero():
     assert dimension_scale(torch.zeros(0, 4)).shape == (4,)
 
 
+def test_the_hidden_weight_falls_geometrically_over_the_second_half_of_the_run():
+    loss = DistillationLoss(hidden_weight=30.0, hidden_weight_end=3.0)
+    assert [loss.hidden_weight_at(p) for p in (None, -1.0, 0.0, 0.3, 0.5)] == [30.0] * 5
+    assert loss.hidden_weight_at(0.75) == pytest.approx(30.0 * 0.1 ** 0.5)
+    assert loss.hidden_weight_at(1.0) == pytest.approx(3.0) and loss.hidden_weight_at(2.0) == pytest.approx(3.0)
+    assert DistillationLoss(hidden_weight=30.0, hidden_weight_end=None).hidden_weight_at(0.9) == 30.0
+    assert DistillationLoss(hidden_weight=0.0).hidden_weight_at(0.9) == 0.0
+    early = DistillationLoss(hidden_weight=8.0, hidden_weight_end=2.0, hidden_decay_start=0.0)
+    assert early.hidden_weight_at(0.5) == pytest.approx(4.0)
+    terms = {"kl": torch.tensor(2.0), "hidden": torch.tensor(0.5)}
+    assert float(loss.combine(terms)) == pytest.approx(2.0 + 30.0 * 0.5)
+    assert float(loss.combine(terms, 1.0)) == pytest.approx(2.0 + 3.0 * 0.5)
+    for kwargs, message in (
+            ({"hidden_weight_end": 0}, r"hidden_weight_end: got 0; allowed: None or a number > 0"),
+            ({"hidden_weight_end": "3"}, r"hidden_weight_end: got '3'; allowed: None or a number > 0"),
+            ({"hidden_decay_start": 1.0}, r"hidden_decay_start: got 1.0; allowed: a number in \[0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            DistillationLoss(**kwargs)
+
+
+def test_the_callback_weighs_the_hidden_term_by_the_runs_progress_and_logs_the_weight(tmp_path):
+    """4 steps, the weight falls from step 2 (half the run) on: each logged loss is the KL plus the logged weight
+    times the hidden term, and the weights are 30, 30, 30, 30 * 0.1 ** 0.5 (progress 0, 1/4, 2/4, 3/4)."""
+    from transformers import Trainer
+
+    from distill_utils import token_data, train_args
+    from hf_onebit.training import OneBitDistillationCallback
+
+    student, teacher = load_pair(tiny_teacher_dir(str(tmp_path)))
+    cb = OneBitDistillationCallback(teacher, loss=DistillationLoss(hidden_weight=30.0, hidden_weight_end=3.0),
+                                    init_steps=1, plot=False)
+    trainer = Trainer(model=student, args=train_args(str(tmp_path / "run"), 4), train_dataset=token_data(),
+                      callbacks=[cb], optimizers=(onebit_optimizer(student, lr=1e-3), None))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["hidden_weight"] for h in logs] == pytest.approx([30.0, 30.0, 30.0, 30.0 * 0.1 ** 0.5], rel=1e-5)
+    for h in logs:
+        assert h["loss"] == pytest.approx(h["distill_kl"] + h["hidden_weight"] * h["distill_hidden"], rel=2e-3)
+
+
 def test_hidden_metric_is_checked():
     with pytest.raises(ValueError, match=r"hidden_metric: got 'l2'; allowed: one of \('cosine', 'dim-scaled'\)"):
         DistillationLoss(hidden_metric="l2")
@@ -110,6 +150,12 @@ def test_the_cli_passes_hidden_metric_and_embedding_lr_to_the_plan_and_checks_th
     assert plan.loss.hidden_metric == "dim-scaled" and plan.embedding_lr == 4e-4
     default = plan_from_args(build_parser().parse_args(["distill", "--teacher", "t", "--out", "o"]))
     assert default.loss.hidden_metric == DistillationLoss().hidden_metric and default.embedding_lr is None
+    assert default.loss.hidden_weight_end == DistillationLoss().hidden_weight_end == 3.0
+    end = plan_from_args(build_parser().parse_args(["distill", "--teacher", "t", "--out", "o", "--hidden-weight-end",
+                                                     "30"]))
+    assert end.loss.hidden_weight_end == 30.0 and end.loss.hidden_weight_at(1.0) == 30.0  # constant
+    with pytest.raises(SystemExit, match=r"hidden_weight_end: got 0.0; allowed: None or a number > 0"):
+        main(["distill", "--teacher", "missing", "--out", "o", "--hidden-weight-end", "0"])
     with pytest.raises(SystemExit, match=r"embedding_lr: got -1.0; allowed: None or a number > 0"):
         main(["distill", "--teacher", "missing", "--out", "o", "--embedding-lr", "-1"])
 
