@@ -3,6 +3,7 @@
     python benchmarks/tune.py --name base --text wiki                 # training text: Wikipedia only
     python benchmarks/tune.py --name no-books --text wiki-docs        # Wikipedia and the Sphinx manual
     python benchmarks/tune.py --name mix                              # the default training text (real-text)
+    python benchmarks/tune.py --name mix124 --text-repeats 1,2,4      # the manual twice, the books four times
     python benchmarks/tune.py --name lr2e-3 --lr 2e-3
     python benchmarks/tune.py --name b8 --batch 8 --steps 125         # about the same minutes as 200 x 4
     python benchmarks/tune.py --name ph10 --override '{"phases": 10, "t_end": 104.6}'
@@ -42,12 +43,25 @@ from hf_onebit.training.recipes import RECIPES  # noqa: E402
 TEXTS = {"real-text": 3, "wiki-docs": 2, "wiki": 1}
 
 
+def _repeats(value: str) -> tuple[int, ...]:
+    try:
+        repeats = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        repeats = ()
+    if len(repeats) != 3 or min(repeats) < 1:
+        raise argparse.ArgumentTypeError(f"got {value!r}; allowed: three integers >= 1, e.g. 1,2,4")
+    return repeats
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
     p.add_argument("--text", choices=tuple(TEXTS), default="real-text",
                    help="training text: Wikipedia, the Sphinx manual and the books (default), Wikipedia and the manual, "
                         "or Wikipedia alone")
+    p.add_argument("--text-repeats", type=_repeats, default=(1, 1, 1),
+                   help="how many times each training file's blocks are in the pool the steps draw from, comma-"
+                        "separated in the --text order (default 1,1,1: the files' own proportions)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
@@ -114,7 +128,8 @@ def main(argv=None) -> None:
         student.get_input_embeddings().weight.requires_grad_(False)
         student.get_output_embeddings().weight.requires_grad_(False)
     files = real_text_files()[:TEXTS[args.text]]
-    data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks for f in files]))
+    data = TokenBlocks(torch.cat([text_file_dataset(f, tok, args.seq_len).blocks.repeat(r, 1)
+                                  for f, r in zip(files, args.text_repeats)]))
     bf16 = bf16_is_fast("cpu")
     weight = {} if args.hidden_weight is None else {"hidden_weight": args.hidden_weight}
     if args.hidden_weight_end is not None:
