@@ -25,8 +25,8 @@ DEFAULT_HIDDEN_WEIGHT = 30.0
 #: the hidden-state term's weight at the end of a run (``DistillationLoss.hidden_weight_end``), reached geometrically
 #: from ``hidden_weight`` over the part of the run after ``DEFAULT_HIDDEN_DECAY_START``: on SmolLM2-135M at 560 steps of
 #: 2 x 64 tokens (validation split, AMD EPYC Zen 4, bf16, the other defaults) 30 -> 3 over the second half ended
-#: 1.037x closer to the teacher than a constant 30 (198.9 against 206.5 / 205.9 on two seeds of the constant weight;
-#: docs/benchmarks-quality-zen4.md): the hidden states guide the first half, the last part trains on the KL itself
+#: 1.038x and 1.027x closer to the teacher than a constant 30 on two seeds (198.9 / 200.5 against 206.5 / 205.9, every
+#: domain closer; docs/benchmarks-quality-zen4.md): the hidden states guide the first half, the last part the KL
 DEFAULT_HIDDEN_WEIGHT_END = 3.0
 DEFAULT_HIDDEN_DECAY_START = 0.5
 #: ``DistillationLoss.hidden_metric`` choices, and the default: on SmolLM2-135M at 560 steps of 2 x 64 tokens
