@@ -5,6 +5,7 @@
     python benchmarks/tune.py --name mix                              # the default training text (real-text)
     python benchmarks/tune.py --name mix124 --text-repeats 1,2,4      # the manual twice, the books four times
     python benchmarks/tune.py --name lr2e-3 --lr 2e-3
+    python benchmarks/tune.py --name decay025 --hidden-decay-start 0.25   # the hidden-state weight falls from 1/4 on
     python benchmarks/tune.py --name b8 --batch 8 --steps 125         # about the same minutes as 200 x 4
     python benchmarks/tune.py --name ph10 --override '{"phases": 10, "t_end": 104.6}'
     python benchmarks/tune.py --name t-prog --weight-format ternary --recipe progressive
@@ -75,6 +76,8 @@ def main(argv=None) -> None:
     p.add_argument("--hidden-weight-end", type=float, default=None,
                    help="that weight at the end of the run, reached over its second half (default: the library's, "
                         "DEFAULT_HIDDEN_WEIGHT_END)")
+    p.add_argument("--hidden-decay-start", type=float, default=None,
+                   help="the fraction of the run after which that weight starts to fall (default: the library's, 0.5)")
     p.add_argument("--embedding-lr", type=float, default=None,
                    help="learning rate of the embedding matrices (default: the latent weights')")
     p.add_argument("--hidden-metric", choices=HIDDEN_METRICS, default=DEFAULT_HIDDEN_METRIC,
@@ -134,12 +137,15 @@ def main(argv=None) -> None:
     weight = {} if args.hidden_weight is None else {"hidden_weight": args.hidden_weight}
     if args.hidden_weight_end is not None:
         weight["hidden_weight_end"] = args.hidden_weight_end
+    if args.hidden_decay_start is not None:
+        weight["hidden_decay_start"] = args.hidden_decay_start
     loss = DistillationLoss(hidden_metric=args.hidden_metric, attention_weight=args.attention_weight,
                             ce_weight=args.ce_weight, temperature=args.temperature,
                             attention_layers=parse_attention_layers(args.attention_layers),
                             attention_stride=args.attention_stride, **weight)
     args.hidden_weight = loss.hidden_weight  # the values used, in the result's args
     args.hidden_weight_end = loss.hidden_weight_end
+    args.hidden_decay_start = loss.hidden_decay_start
     plan = DistillPlan(stages=("e2e",), e2e_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, bf16=bf16,
                        recipe=args.recipe,
                        lr=args.lr, scale_lr=args.scale_lr, embedding_lr=args.embedding_lr, min_lr_rate=args.min_lr_rate,
