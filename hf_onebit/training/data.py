@@ -168,19 +168,37 @@ def generate_prompted_data(teacher, tokenizer, num_sequences: int, seq_len: int 
                 raise ValueError(f"prompts: {len(prompts)} prompts gave {len(stream)} tokens, fewer than the "
                                  f"{need} needed for {num_sequences} x {seq_len}; pass more prompts")
             gen = torch.Generator().manual_seed(seed * 1_000_003 + batch_no)
-            answers = _sample_answers(model, [_prompt_ids(tokenizer, p) for p in batch], pad, eos, max_new_tokens,
-                                      temperature, top_p, top_k, gen, on_step=bar.update)
+            answers = _sample_answers(  # the last batch stops once the stream's end can no longer change
+                model, [_prompt_ids(tokenizer, p) for p in batch], pad, eos, max_new_tokens, temperature, top_p, top_k,
+                gen, on_step=bar.update,
+                settled=lambda answers, done, kept=len(stream): settled_length(kept, answers, done) >= need)
             for answer in answers:
                 stream.extend(answer + [eos])
             bar.set(min(len(stream), need))  # the per-step counts above, corrected to what the stream kept
             batch_no += 1
+        bar.finish(need)
     return torch.tensor(stream[:need], dtype=torch.long).view(num_sequences, seq_len)
 
 
+def settled_length(kept: int, answers: list[list[int]], done: torch.Tensor) -> int:
+    """How many leading tokens of ``stream + answer_0 + [eos] + answer_1 + [eos] + ...`` (``kept`` tokens already in
+    the stream) can no longer change while the answers still being sampled (``done`` False) grow: every answer up to
+    and including the first unfinished one - of which only what it has so far counts."""
+    total = kept
+    for answer, finished in zip(answers, done.tolist()):
+        total += len(answer)
+        if not finished:
+            return total
+        total += 1  # its EOS
+    return total
+
+
 def _sample_answers(model, prompts: list[list[int]], pad: int, eos: int, max_new_tokens: int, temperature: float,
-                    top_p: float, top_k: int, gen: torch.Generator, on_step=None) -> list[list[int]]:
+                    top_p: float, top_k: int, gen: torch.Generator, on_step=None, settled=None) -> list[list[int]]:
     """Sample an answer to each (tokenized) prompt, batched with left padding; each answer stops before its EOS.
     ``on_step(n)`` is called after every token step with the number of answers that received a token (or their EOS).
+    ``settled(answers, done)``, when given, is asked after every token step and stops the sampling when it returns
+    True (the caller has the tokens it keeps; the answers then hold what they had so far).
 
     A plain KV-cache loop with :func:`_sample`, which applies top-k before top-p so that nothing sorts the whole
     vocabulary (``generate`` with ``top_k=50, top_p=0.95`` spent half of its time sampling at batch 64 on a 2-core CPU).
@@ -204,7 +222,7 @@ def _sample_answers(model, prompts: list[list[int]], pad: int, eos: int, max_new
                 answers[i].append(token)
         if on_step is not None:
             on_step(active)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if bool(done.all()) or step == max_new_tokens - 1 or (settled is not None and settled(answers, done)):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         position = position + 1
@@ -258,8 +276,9 @@ class _generating:
 
 
 class _bar:
-    """A tqdm token bar (or a silent stand-in) as a context manager; it moves at every token step, never past
-    ``total``."""
+    """A tqdm token bar (or a silent stand-in) as a context manager; it moves at every token step. Its ``total`` is
+    the tokens needed; the answers sampled beside the ones that fill the stream count too, so the count can pass it:
+    the total then grows with the count, and the bar keeps moving until the last batch stops."""
 
     def __init__(self, total: int, progress: bool):
         self.bar = None
@@ -274,9 +293,17 @@ class _bar:
         self.set(self.n + n)
 
     def set(self, n: int) -> None:
-        """Move to ``n`` tokens (clamped to ``total``)."""
-        n = min(n, self.total)
+        """Move to ``n`` tokens (past ``total``: the total grows to ``n``)."""
         if self.bar is not None and n != self.n:
+            if n > self.bar.total:
+                self.bar.total = n
+            self.bar.update(n - self.n)
+        self.n = n
+
+    def finish(self, n: int) -> None:
+        """End at ``n`` of ``n`` tokens (the answers sampled past the stream's end no longer count)."""
+        if self.bar is not None:
+            self.bar.total = n
             self.bar.update(n - self.n)
         self.n = n
 

@@ -85,3 +85,32 @@ def test_self_generated_styles_have_their_own_cache(tmp_path, monkeypatch):
     assert torch.equal(again.blocks, essays.blocks[:2])
     with pytest.raises(ValueError, match="prompts: the cached 'essays' style"):
         self_generated_dataset(model, tok, 2, 8, style="essays", cache_dir=str(tmp_path), prompts=["a"])
+
+
+def test_the_last_batch_stops_once_the_stream_is_settled_with_the_same_tokens():
+    """The answers past the stream's end are not sampled to their end: the stream is the one the full answers give,
+    from fewer model calls."""
+    model, tok = tiny_llama(seed=1), _chat_tokenizer()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    blocks = generate_prompted_data(model, tok, 2, 18, prompts=PROMPTS, max_new_tokens=7, batch_size=4, seed=5,
+                                    progress=False, **settings)
+    early = len(calls)
+    calls.clear()
+    stream = []
+    for b in range(3):  # the same batches, each answer sampled to its end (EOS or max_new_tokens)
+        gen = torch.Generator().manual_seed(5 * 1_000_003 + b)
+        prompts = [_prompt_ids(tok, p) for p in PROMPTS[4 * b:4 * b + 4]]
+        for answer in _sample_answers(model, prompts, tok.pad_token_id, tok.eos_token_id, 7, gen=gen, **settings):
+            stream.extend(answer + [tok.eos_token_id])
+        if len(stream) >= 36:
+            break
+    assert blocks.flatten().tolist() == stream[:36]
+    assert early < len(calls)
+
+
+def test_settled_length_counts_finished_answers_and_the_first_open_one():
+    done = torch.tensor([True, False, True])
+    assert data_mod.settled_length(10, [[1, 2], [3], [4, 5, 6]], done) == 10 + 3 + 1
+    assert data_mod.settled_length(0, [[1], [2]], torch.tensor([True, True])) == 4
