@@ -282,7 +282,7 @@ class _bar:
 
     def __init__(self, total: int, progress: bool):
         self.bar = None
-        self.total, self.n = total, 0
+        self.n = 0
         if progress:
             from tqdm.auto import tqdm
 
