@@ -105,6 +105,9 @@ def plan_for(row: str, args):
                   attn_implementation=args.attn_implementation, loss=DistillationLoss(**terms),
                   cache_targets=64 if cached else 0,
                   recipe_overrides={} if args.freeze_codes_at is None else {"freeze_codes_at": args.freeze_codes_at})
+    for name in ("adam_beta1", "adam_beta2"):
+        if getattr(args, name, None) is not None:
+            common[name] = getattr(args, name)
     if row in ("today", "today-cached", "ternary-today"):
         return DistillPlan(stages=("e2e",), **common)
     init = "svid" if row == "blockwise-svid" else "data"
@@ -295,6 +298,10 @@ def main(argv=None):
     p.add_argument("--hidden-weight-end", type=float, default=None,
                    help="that term's weight at the end of the run, reached over its second half (default: the "
                         "library's, DEFAULT_HIDDEN_WEIGHT_END)")
+    p.add_argument("--adam-beta1", type=float, default=None,
+                   help="Adam's first-moment decay (default: the library's, DEFAULT_BETAS)")
+    p.add_argument("--adam-beta2", type=float, default=None,
+                   help="Adam's second-moment decay (default: the library's, DEFAULT_BETAS)")
     p.add_argument("--attention-weight", type=float, default=None,
                    help="weight of the attention-relation term of the end-to-end loss (default: the library's)")
     p.add_argument("--attention-layers", default=None,

@@ -44,6 +44,17 @@ def test_without_the_option_the_library_default_stays(parse):
     assert quality.plan_for("today", args).loss.hidden_weight == DEFAULT_HIDDEN_WEIGHT
 
 
+def test_adam_betas_reach_the_plan_and_default_to_the_library(parse):
+    from hf_onebit.training.optim import DEFAULT_BETAS
+
+    plan = quality.plan_for("today", parse("--adam-beta1", "0.8"))
+    assert (plan.adam_beta1, plan.adam_beta2) == (0.8, DEFAULT_BETAS[1])
+    plan = quality.plan_for("blockwise", parse("--adam-beta2", "0.98"))
+    assert (plan.adam_beta1, plan.adam_beta2) == (DEFAULT_BETAS[0], 0.98)
+    plan = quality.plan_for("today", parse())
+    assert (plan.adam_beta1, plan.adam_beta2) == DEFAULT_BETAS
+
+
 @pytest.mark.parametrize("row", ["today-cached", "all", "ternary-all"])
 def test_cached_target_rows_drop_the_terms_their_targets_lack(parse, row):
     args = parse("--hidden-weight", "10", "--attention-weight", "1")
