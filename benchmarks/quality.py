@@ -105,9 +105,8 @@ def plan_for(row: str, args):
                   attn_implementation=args.attn_implementation, loss=DistillationLoss(**terms),
                   cache_targets=64 if cached else 0,
                   recipe_overrides={} if args.freeze_codes_at is None else {"freeze_codes_at": args.freeze_codes_at})
-    for name in ("adam_beta1", "adam_beta2"):
-        if getattr(args, name, None) is not None:
-            common[name] = getattr(args, name)
+    common.update({name: getattr(args, name) for name in ("adam_beta1", "adam_beta2")
+                   if getattr(args, name) is not None})
     if row in ("today", "today-cached", "ternary-today"):
         return DistillPlan(stages=("e2e",), **common)
     init = "svid" if row == "blockwise-svid" else "data"

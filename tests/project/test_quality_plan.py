@@ -47,8 +47,8 @@ def test_without_the_option_the_library_default_stays(parse):
 def test_adam_betas_reach_the_plan_and_default_to_the_library(parse):
     from hf_onebit.training.optim import DEFAULT_BETAS
 
-    plan = quality.plan_for("today", parse("--adam-beta1", "0.8"))
-    assert (plan.adam_beta1, plan.adam_beta2) == (0.8, DEFAULT_BETAS[1])
+    plan = quality.plan_for("today", parse("--adam-beta1", "0.7"))  # not the default: the option must act
+    assert (plan.adam_beta1, plan.adam_beta2) == (0.7, DEFAULT_BETAS[1])
     plan = quality.plan_for("blockwise", parse("--adam-beta2", "0.98"))
     assert (plan.adam_beta1, plan.adam_beta2) == (DEFAULT_BETAS[0], 0.98)
     plan = quality.plan_for("today", parse())
